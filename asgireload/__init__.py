@@ -1,0 +1,61 @@
+"""asgireload: an asyncio-native auto-reloader for ASGI apps.
+
+The public names are imported lazily, so a worker process (which imports
+`asgireload.worker`) never pays for, or depends on, the supervisor's modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .__about__ import __version__ as __version__
+
+if TYPE_CHECKING:
+    from .config import Config as Config
+    from .errors import AsgireloadError as AsgireloadError
+    from .errors import ConfigError as ConfigError
+    from .errors import ReloadTimeout as ReloadTimeout
+    from .errors import StartupError as StartupError
+    from .reloader import Reloader as Reloader
+    from .serving import run as run
+    from .serving import serve as serve
+    from .supervisor import ReloadEvent as ReloadEvent
+
+_EXPORTS = {
+    "Config": "config",
+    "AsgireloadError": "errors",
+    "ConfigError": "errors",
+    "ReloadTimeout": "errors",
+    "StartupError": "errors",
+    "Reloader": "reloader",
+    "run": "serving",
+    "serve": "serving",
+    "ReloadEvent": "supervisor",
+}
+
+__all__ = [
+    "AsgireloadError",
+    "Config",
+    "ConfigError",
+    "ReloadEvent",
+    "ReloadTimeout",
+    "Reloader",
+    "StartupError",
+    "__version__",
+    "run",
+    "serve",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'asgireload' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,56 @@
+"""Checks made before anything binds, without running any of the user's code.
+
+A mistake in the command (a folder that does not exist, a module that is nowhere on the
+path, an unreadable env file) is reported as one sentence and nothing starts. Whether the
+attribute exists and is an app can only be known by importing, which the first worker does.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import sys
+
+from .config import Config
+from .envfile import EnvFileError, read_env_file
+from .errors import ConfigError, StartupError
+
+
+def preflight(config: Config) -> None:
+    if not isinstance(config.app, str):
+        raise ConfigError("the supervisor needs the app as an import string such as 'main:app'.")
+    if not os.path.isdir(config.app_dir):
+        raise StartupError(f"--app-dir {config.app_dir} does not exist or is not a folder.")
+    for directory in config.reload_dirs:
+        if not os.path.isdir(directory):
+            raise StartupError(f"--reload-dir {directory} does not exist or is not a folder.")
+    if config.env_file is not None:
+        try:
+            read_env_file(config.env_file)
+        except EnvFileError as exc:
+            raise StartupError(str(exc)) from None
+    find_module(config.app, config.app_dir)
+
+
+def find_module(import_string: str, app_dir: str) -> None:
+    """Locate module's file the way the worker's import will, without executing it."""
+    module = import_string.partition(":")[0]
+    search: list[str] | None = [app_dir, os.getcwd(), *sys.path[1:]]
+    name = ""
+    for part in module.split("."):
+        name = f"{name}.{part}" if name else part
+        spec = importlib.machinery.PathFinder.find_spec(name, search)
+        if spec is None and name in sys.builtin_module_names:
+            return
+        if spec is None:
+            raise StartupError(
+                f"cannot import {import_string!r}: no module named {name!r} "
+                f"(looked in {app_dir}; pass --app-dir?)"
+            )
+        locations = spec.submodule_search_locations
+        search = list(locations) if locations is not None else None
+        if search is None and name != module:
+            raise StartupError(
+                f"cannot import {import_string!r}: {name!r} is a module, not a package, "
+                f"so it has no submodule {module[len(name) + 1 :]!r}."
+            )

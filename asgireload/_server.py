@@ -1,0 +1,166 @@
+"""uvicorn's Server, run the way a reloader needs it.
+
+Three differences from `uvicorn.Server.serve()`:
+- no signal handlers: the supervisor (or the embedding program) decides when to stop;
+- it wakes once a second (for the Date header), not ten times, so an idle worker costs nothing;
+- its drain never closes a keep-alive connection under a client that is about to reuse it.
+  uvicorn closes idle connections at once on shutdown, which races a client sending its next
+  request (it gets "server disconnected" instead of a response). Here each connection, once
+  idle, is handed to the new generation (see _handoff.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import h11
+import uvicorn
+
+logger = logging.getLogger("asgireload")
+
+DRAIN_POLL = 0.005  # seconds between looks at the connections of a draining server
+
+HandOff = Callable[[list[int]], bool]
+
+
+class Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._stop_requested = asyncio.Event()
+        self._adopting: set[asyncio.Task[Any]] = set()
+
+    async def start(self, sockets: list[socket.socket]) -> bool:
+        """Run lifespan start-up and start accepting; False if start-up failed."""
+        if not self.config.loaded:
+            self.config.load()
+        self.lifespan = self.config.lifespan_class(self.config)
+        try:
+            await self.startup(sockets=sockets)
+        except SystemExit:
+            return False
+        return self.started and not self.should_exit
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    async def serve_until_stopped(self) -> None:
+        """Serve until `request_stop()`; keeps uvicorn's per-second housekeeping."""
+        while not await self.on_tick(0):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._stop_requested.wait()
+            if self._stop_requested.is_set():
+                return
+
+    def adopt(self, fds: list[int]) -> None:
+        """Serve connections an older generation handed over, as if just accepted."""
+        loop = asyncio.get_running_loop()
+        config = self.config
+
+        def create_protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=loop
+            )
+
+        for fd in fds:
+            try:
+                sock = socket.socket(fileno=fd)
+            except OSError:
+                os.close(fd)
+                continue
+            task = loop.create_task(loop.connect_accepted_socket(create_protocol, sock))
+            self._adopting.add(task)
+            task.add_done_callback(_forget(self._adopting, sock))
+
+    async def drain(self, timeout: float, hand_off: HandOff | None = None) -> None:
+        """Stop accepting, let requests in flight finish (up to `timeout`), then lifespan shut-down.
+
+        With `hand_off`, each keep-alive connection is passed on as soon as it is idle, so the
+        client's next request on it reaches the new generation. Without it (no newer generation
+        to pass to), busy connections close after their response and idle ones close at once.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for server in self.servers:
+            server.close()
+        closing: set[Any] = set()
+        while self.server_state.connections or self.server_state.tasks:
+            if loop.time() >= deadline:
+                self._cut_remaining()
+                break
+            for connection in list(self.server_state.connections):
+                if connection in closing:
+                    continue
+                cycle = getattr(connection, "cycle", _WEBSOCKET)
+                if cycle is _WEBSOCKET:
+                    connection.shutdown()  # closes with 1012, service restart
+                    closing.add(connection)
+                elif hand_off is not None:
+                    if _is_idle(connection):
+                        _pass_on(connection, hand_off)
+                elif cycle is None or cycle.response_complete:
+                    connection.shutdown()
+                    closing.add(connection)
+                else:
+                    cycle.keep_alive = False
+                    closing.add(connection)
+            await asyncio.sleep(DRAIN_POLL)
+        if not self.force_exit:
+            await self.lifespan.shutdown()
+
+    def _cut_remaining(self) -> None:
+        count = len(self.server_state.tasks)
+        if count:
+            logger.warning("Drain timeout reached: cancelling %d request(s) still running.", count)
+        for task in list(self.server_state.tasks):
+            task.cancel()
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.close()
+
+
+_WEBSOCKET: Any = object()
+
+
+def _is_idle(connection: Any) -> bool:
+    """Between requests, with nothing buffered in either direction."""
+    cycle = connection.cycle
+    if cycle is not None and not cycle.response_complete:
+        return False
+    transport = connection.transport
+    if transport.is_closing() or transport.get_write_buffer_size():
+        return False
+    parser = getattr(connection, "conn", None)  # h11 keeps its state where we can see it
+    if isinstance(parser, h11.Connection):
+        return parser.our_state is h11.IDLE and parser.their_state is h11.IDLE and not parser.trailing_data[0]
+    return True
+
+
+def _pass_on(connection: Any, hand_off: HandOff) -> None:
+    """Give the connection's socket away and forget it here without closing it."""
+    sock = connection.transport.get_extra_info("socket")
+    if sock is None:
+        return
+    duplicate = os.dup(sock.fileno())
+    try:
+        sent = hand_off([duplicate])
+    finally:
+        os.close(duplicate)
+    if sent:
+        connection.transport.abort()  # closes our descriptor only: the socket lives on, elsewhere
+
+
+def _forget(tasks: set[Any], sock: socket.socket) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            sock.close()
+
+    return done

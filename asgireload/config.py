@@ -1,0 +1,276 @@
+"""The one place where every option is declared, defaulted and validated.
+
+The command line, `serve()` and `Reloader` all build a `Config`; the CLI generates its flags
+from the field metadata below, so an option is written down exactly once. Construction has
+no side effects: it validates values and resolves relative paths against the current folder,
+nothing else (whether a folder exists or a port is free is checked when the server starts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+ASGIApp = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+    Awaitable[None],
+]
+
+_PATH_OPTIONS = ("app_dir", "uds", "env_file")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+_IMPORT_STRING = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _option(
+    default: Any,
+    help: str,
+    *,
+    metavar: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    flag: str | None = None,
+    negatable: bool = False,
+    cli: bool = True,
+) -> Any:
+    """A dataclass field whose metadata tells the CLI how to expose it."""
+    meta = {
+        "help": help,
+        "metavar": metavar,
+        "choices": choices,
+        "flag": flag,
+        "negatable": negatable,
+        "cli": cli,
+    }
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """Every option of asgireload. Times are in seconds, paths absolute once built."""
+
+    app: str | ASGIApp = _option(
+        None, "The app as module:attribute, e.g. main:app or pkg.web:create_app.", cli=False
+    )
+    host: str = _option("127.0.0.1", "Bind the socket to this host.", metavar="HOST")
+    port: int = _option(8000, "Bind the socket to this port; 0 picks a free one.", metavar="PORT")
+    uds: str | None = _option(None, "Bind to this Unix domain socket path instead.", metavar="PATH")
+    fd: int | None = _option(
+        None, "Serve on this already-listening socket file descriptor instead.", metavar="FD"
+    )
+    factory: bool = _option(False, "Treat APP as a factory: call it with no arguments to get the app.")
+    app_dir: str = _option(
+        ".", "Look for APP's module in this folder (put first on sys.path).", metavar="DIR"
+    )
+    reload: bool = _option(True, "Restart the app when its code changes.", cli=False)
+    reload_dirs: tuple[str, ...] = _option(
+        (),
+        "Watch imported modules under this folder (repeatable; replaces the default, the app folder).",
+        metavar="DIR",
+        flag="--reload-dir",
+    )
+    reload_includes: tuple[str, ...] = _option(
+        (),
+        "Also watch files under the watched folders that match this glob, e.g. '*.html' (repeatable).",
+        metavar="GLOB",
+        flag="--reload-include",
+    )
+    reload_excludes: tuple[str, ...] = _option(
+        (),
+        "Never watch files that match this glob, e.g. 'migrations/*' (repeatable).",
+        metavar="GLOB",
+        flag="--reload-exclude",
+    )
+    env_file: str | None = _option(
+        None,
+        "Load environment variables from this file; re-read, and watched, on every reload.",
+        metavar="PATH",
+    )
+    drain_timeout: float = _option(
+        10.0,
+        "How long an old generation may finish its in-flight requests before it is killed.",
+        metavar="SECONDS",
+    )
+    sequential: bool = _option(
+        False,
+        "Stop the old generation before starting the new one, for apps that cannot run twice at once "
+        "(requests wait, none is refused).",
+    )
+    keep_last_good: bool = _option(
+        False,
+        "When a reload fails, keep the last working generation serving and only log the error "
+        "(default: serve the error page).",
+    )
+    show_errors: bool | None = _option(
+        None,
+        "Show tracebacks and file paths on the error page (default: only when bound to loopback).",
+        negatable=True,
+    )
+    standby: bool = _option(
+        True,
+        "Keep a warm worker (interpreter and uvicorn already imported) ready for the next reload.",
+        negatable=True,
+    )
+    preload: bool = _option(
+        True,
+        "Let the warm worker import the third-party modules the app used last time, ahead of the reload.",
+        negatable=True,
+    )
+    poll_interval: float = _option(
+        1.0,
+        "Seconds between full scans of the watched files (file-system events, where the OS has them, "
+        "make changes show up sooner).",
+        metavar="SECONDS",
+    )
+    lifespan: Literal["auto", "on", "off"] = _option(
+        "auto", "Run the app's lifespan start-up and shut-down.", choices=("auto", "on", "off")
+    )
+    log_level: str = _option("info", "Log level of asgireload and uvicorn.", choices=LOG_LEVELS)
+    access_log: bool = _option(True, "Log every request.", negatable=True)
+    root_path: str = _option("", "Set the ASGI root_path for an app mounted below a path.", metavar="PATH")
+    proxy_headers: bool = _option(
+        True, "Trust X-Forwarded-Proto/For from the addresses in --forwarded-allow-ips.", negatable=True
+    )
+    forwarded_allow_ips: str | None = _option(
+        None,
+        "Comma-separated addresses trusted for proxy headers (uvicorn's default: 127.0.0.1).",
+        metavar="IPS",
+    )
+    http: str = _option("auto", "HTTP implementation.", choices=("auto", "h11", "httptools"))
+    ws: str = _option(
+        "auto",
+        "WebSocket implementation.",
+        choices=("auto", "none", "websockets", "websockets-sansio", "wsproto"),
+    )
+    loop: str = _option("auto", "Event loop implementation.", choices=("auto", "asyncio", "uvloop"))
+    interface: str = _option(
+        "auto",
+        "Application interface; wsgi serves a WSGI app such as Flask through uvicorn.",
+        choices=("auto", "asgi3", "asgi2", "wsgi"),
+    )
+    capture_output: bool = _option(
+        False, "Collect the workers' output (for tests) instead of letting it reach the terminal.", cli=False
+    )
+
+    def __post_init__(self) -> None:
+        for name in _PATH_OPTIONS:
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
+        for name in ("reload_dirs", "reload_includes", "reload_excludes"):
+            value = getattr(self, name)
+            if isinstance(value, list | tuple):
+                items = tuple(os.fspath(v) if isinstance(v, os.PathLike) else v for v in value)
+                object.__setattr__(self, name, items)
+        _validate(self)
+        resolve = os.path.abspath
+        object.__setattr__(self, "app_dir", resolve(self.app_dir))
+        object.__setattr__(self, "reload_dirs", tuple(resolve(d) for d in self.reload_dirs))
+        if self.env_file is not None:
+            object.__setattr__(self, "env_file", resolve(self.env_file))
+        if self.uds is not None:
+            object.__setattr__(self, "uds", resolve(self.uds))
+
+    @property
+    def import_string(self) -> str:
+        """The app as module:attribute (only for a Config whose app is a string)."""
+        if not isinstance(self.app, str):
+            raise ConfigError("this Config holds an app object, not an import string.")
+        return self.app
+
+    @property
+    def watch_roots(self) -> tuple[str, ...]:
+        return self.reload_dirs or (self.app_dir,)
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.uds is not None:
+            return True
+        if self.fd is not None:
+            return False
+        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+
+    @property
+    def errors_visible(self) -> bool:
+        return self.is_loopback if self.show_errors is None else self.show_errors
+
+
+def cli_flag(field: dataclasses.Field[Any]) -> str:
+    return str(field.metadata.get("flag") or "--" + field.name.replace("_", "-"))
+
+
+def option_fields() -> list[dataclasses.Field[Any]]:
+    """The options, in declaration order (the app itself is not one)."""
+    return [f for f in dataclasses.fields(Config) if f.name != "app"]
+
+
+def _fail(name: str, problem: str) -> ConfigError:
+    field = {f.name: f for f in dataclasses.fields(Config)}[name]
+    return ConfigError(f"option {name} ({cli_flag(field)}) {problem}")
+
+
+def _validate(config: Config) -> None:
+    """Check every value's type and range; raise one ConfigError naming the first bad option."""
+    app = config.app
+    if isinstance(app, str):
+        if not _IMPORT_STRING.match(app):
+            raise ConfigError(f"APP must look like module:attribute (for example main:app), got {app!r}.")
+    elif app is None:
+        raise ConfigError("an app is required: pass an import string such as 'main:app' or an ASGI app.")
+    elif not callable(app):
+        raise ConfigError(
+            f"the app must be an ASGI callable or an import string, got a {type(app).__name__}."
+        )
+
+    for field in option_fields():
+        value = getattr(config, field.name)
+        expected = field.type if isinstance(field.type, str) else str(field.type)
+        _check_type(field.name, value, expected)
+        choices = field.metadata.get("choices")
+        if choices and value not in choices:
+            raise _fail(field.name, f"must be one of {', '.join(choices)}; got {value!r}.")
+
+    if not 0 <= config.port <= 65535:
+        raise _fail("port", f"must be between 0 and 65535, got {config.port}.")
+    if config.fd is not None and config.fd < 0:
+        raise _fail("fd", f"must be a file descriptor number (0 or more), got {config.fd}.")
+    if config.uds is not None and config.fd is not None:
+        raise ConfigError("pass either --uds or --fd, not both.")
+    for name in ("drain_timeout", "poll_interval"):
+        value = float(getattr(config, name))
+        if math.isnan(value) or value < 0 or math.isinf(value):
+            raise _fail(name, f"must be a number of seconds, 0 or more, got {value}.")
+    if config.poll_interval < 0.01:
+        raise _fail("poll_interval", f"must be at least 0.01 seconds, got {config.poll_interval}.")
+    if not config.host:
+        raise _fail("host", "must not be empty.")
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    optional = "None" in annotation
+    if value is None:
+        if optional:
+            return
+        raise _fail(name, "must not be None.")
+    if annotation.startswith("tuple"):
+        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+            raise _fail(name, f"must be a tuple of strings, got {value!r}.")
+        return
+    if annotation.startswith("bool"):
+        ok = isinstance(value, bool)
+        kind = "True or False"
+    elif annotation.startswith("int"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        kind = "a whole number"
+    elif annotation.startswith("float"):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        kind = "a number"
+    else:
+        ok = isinstance(value, str)
+        kind = "a string"
+    if not ok:
+        raise _fail(name, f"must be {kind}, got {value!r}.")

@@ -1,0 +1,128 @@
+"""`Reloader`: a real reloading server as an async context manager, for tests and tools."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+from .config import Config
+from .errors import AsgireloadError
+from .serving import build_config
+from .supervisor import ReloadEvent, State, Supervisor
+
+DEFAULT_TIMEOUT = 30.0  # seconds; every wait has one, so a broken reload fails a test instead of hanging it
+
+
+class Reloader:
+    """Run `app` with reload on, in the current event loop, for the life of an `async with`.
+
+    On entry the socket is bound (port 0 picks a free one) and generation 1 is ready or has
+    failed; a failed app does not raise, `state` says "failed". A mistake in the command (no
+    such module, no such attribute, port in use) raises StartupError. On exit every worker is
+    drained and gone and every descriptor closed. If the task is cancelled during entry or
+    exit, the cleanup still runs to the end before CancelledError propagates.
+    """
+
+    def __init__(self, app: Any, **options: Any) -> None:
+        options.setdefault("port", 0)
+        options.setdefault("capture_output", True)
+        self.config: Config = build_config(app, True, options)
+        self._supervisor: Supervisor | None = None
+        self._entered = False
+
+    def __repr__(self) -> str:
+        return f"<Reloader {self.config.app!r} {self.url or 'not started'} state={self.state}>"
+
+    async def __aenter__(self) -> Reloader:
+        if self._entered:
+            raise AsgireloadError("a Reloader can be entered only once; create a new one.")
+        self._entered = True
+        self._supervisor = Supervisor(self.config)
+        await self._supervisor.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._supervisor is not None:
+            await self._supervisor.stop()
+
+    @property
+    def _running(self) -> Supervisor:
+        if self._supervisor is None:
+            raise AsgireloadError("the Reloader is not running; use it inside `async with`.")
+        return self._supervisor
+
+    @property
+    def url(self) -> str:
+        return self._supervisor.url if self._supervisor else ""
+
+    @property
+    def host(self) -> str:
+        return str(self._running.sockname[0])
+
+    @property
+    def port(self) -> int:
+        return int(self._running.sockname[1])
+
+    @property
+    def state(self) -> State:
+        return self._supervisor.state if self._supervisor else "starting"
+
+    @property
+    def generation(self) -> int:
+        """The newest generation started (ready, failed, or still loading)."""
+        return self._running.generation
+
+    @property
+    def failure(self) -> dict[str, Any] | None:
+        """While the app is broken: its summary, traceback and the files to fix."""
+        return self._running.failure
+
+    @property
+    def output(self) -> str:
+        """What the workers printed so far (stdout and stderr, interleaved)."""
+        return "".join(self._running.output)
+
+    def is_watching(self, path: str | os.PathLike[str]) -> bool:
+        """Whether a change to this file starts a new generation."""
+        return os.path.abspath(path) in self._running.watched
+
+    async def reload(self, *, timeout: float = DEFAULT_TIMEOUT) -> ReloadEvent:
+        """Start a new generation now and wait for its outcome. Cancelling stops the wait only."""
+        target = self._running.generation + 1
+        self._running.request_reload("reload() called")
+        return await self._running.wait_for_generation(target, timeout)
+
+    async def wait_for_generation(self, generation: int, *, timeout: float = DEFAULT_TIMEOUT) -> ReloadEvent:
+        """Wait until that generation (or a newer one) is ready or has failed; ReloadTimeout after
+        `timeout` seconds. Cancelling stops the wait only."""
+        return await self._running.wait_for_generation(generation, timeout)
+
+    async def next_generation(self, *, timeout: float = DEFAULT_TIMEOUT) -> ReloadEvent:
+        """Wait for the outcome of the generation after the newest one started so far."""
+        return await self.wait_for_generation(self._running.generation + 1, timeout=timeout)
+
+    async def edit(
+        self, path: str | os.PathLike[str], text: str, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> ReloadEvent:
+        """Save `text` to `path` the way an editor does (temp file, then rename over) and wait
+        for the generation that change starts."""
+        target = self._running.generation + 1
+        write_like_an_editor(path, text)
+        return await self.wait_for_generation(target, timeout=timeout)
+
+    def events(self) -> AsyncIterator[ReloadEvent]:
+        """Every generation's outcome from now on, as it happens."""
+        return self._running.events()
+
+
+def write_like_an_editor(path: str | os.PathLike[str], text: str) -> None:
+    """Write a temp file beside `path` and rename it over, as most editors save."""
+    path = os.fspath(path)
+    temporary = f"{path}.asgireload~"
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.replace(temporary, path)

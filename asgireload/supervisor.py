@@ -1,0 +1,596 @@
+"""The supervisor: one listening socket, one state machine of worker generations.
+
+Every event (a worker's message, its exit, a file change, a manual reload, a crash-loop
+timer) goes through one queue and is handled by one task, so the state below changes in one
+place, one event at a time:
+
+    standby ──load──▶ loading ──ready──▶ serving ──drain──▶ draining ──exit──▶ gone
+                         │                  │
+                         └─failed / crash───┴──▶ error page (a worker serving the traceback)
+
+A generation is ready before the one it replaces is told to drain (in sequential mode the
+old one is drained first), so no request finds nobody listening: connections that arrive
+while no worker accepts wait in the kernel's backlog of the socket the supervisor holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from . import _handoff, _sockets, _workers, protocol
+from ._preflight import preflight
+from ._workers import WorkerProcess, describe_exit
+from .config import Config
+from .envfile import EnvFileError, read_env_file
+from .errors import ReloadTimeout, StartupError
+from .scanner import Scanner
+from .watchfilter import WatchFilter
+
+logger = logging.getLogger("asgireload")
+
+State = Literal["starting", "ready", "failed", "reloading", "stopped"]
+BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
+HELD_CONNECTIONS = 1024  # idle connections kept while no generation serves (sequential mode)
+SLOW_START_REPORT = 5.0  # seconds before a generation that has not said ready is reported
+
+
+@dataclasses.dataclass(frozen=True)
+class ReloadEvent:
+    """One generation's outcome, as `Reloader.events()` yields it."""
+
+    generation: int
+    outcome: Literal["ready", "failed"]
+    changed: tuple[str, ...]
+    duration: float  # seconds from the change (or the request) to the outcome
+    summary: str = ""
+    traceback: str = ""
+
+
+@dataclasses.dataclass
+class _Pending:
+    changed: tuple[str, ...]
+    since: float  # wall-clock time of the change
+    reason: str
+
+
+def relative(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
+
+
+class Supervisor:
+    """Runs generations of workers for one Config. Use it through serve() or Reloader."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.project = WatchFilter(config.watch_roots, config.reload_includes, config.reload_excludes)
+        self.state: State = "starting"
+        self.generation = 0
+        self.url = ""
+        self.failure: dict[str, Any] | None = None
+        self.output: collections.deque[str] = collections.deque(maxlen=20000)
+        self._queue: asyncio.Queue[_workers.Event] = asyncio.Queue()
+        self._listener: Any = None
+        self._scanner: Scanner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._workers: set[WorkerProcess] = set()
+        self._current: WorkerProcess | None = None
+        self._loading: WorkerProcess | None = None
+        self._standby: WorkerProcess | None = None
+        self._pending: _Pending | None = None
+        self._after_drain: _Pending | None = None
+        self._spawned = 0
+        self._crashes = 0
+        self._retry: asyncio.TimerHandle | None = None
+        self._preload: list[str] = []
+        self._settled = asyncio.Condition()
+        self._outcomes: dict[int, ReloadEvent] = {}
+        self._subscribers: list[asyncio.Queue[ReloadEvent]] = []
+        self._stopping = False
+        self._held: list[int] = []  # handed-over connections waiting for a generation to serve them
+
+    # ---------------------------------------------------------------- public surface
+
+    @property
+    def sockname(self) -> Any:
+        return self._listener.getsockname() if self._listener is not None else None
+
+    @property
+    def watched(self) -> Scanner | tuple[()]:
+        """The watched files (supports `in` and `len`)."""
+        return self._scanner if self._scanner is not None else ()
+
+    async def start(self) -> None:
+        """Check, bind, start generation 1 and wait for its outcome (ready or failed).
+
+        Raises StartupError (with nothing left bound or running) for a mistake in the command:
+        a folder or module that does not exist, a port in use, an attribute that is not an app.
+        """
+        preflight(self.config)
+        self._listener = _sockets.bind(self.config)
+        self.url = _sockets.describe(self._listener, self.config)
+        try:
+            self._scanner = Scanner(
+                self._on_change,
+                interval=self.config.poll_interval,
+                discover=self.project.included_files if self.config.reload_includes else None,
+            )
+            self._tasks.append(asyncio.create_task(self._handle_events(), name="asgireload-supervisor"))
+            self._tasks.append(asyncio.create_task(self._scanner.run(), name="asgireload-scanner"))
+            if self.config.env_file is not None:
+                self._scanner.watch([(self.config.env_file, _stat(self.config.env_file))])
+            await self._emit_wait(("reload", "start"))
+            first = await self.wait_for_generation(1, timeout=None)
+            if first.outcome == "failed" and (self.failure or {}).get("kind") == "usage":
+                raise StartupError(first.summary)
+        except BaseException:
+            await self.stop(force=True)
+            raise
+
+    async def stop(self, *, force: bool = False) -> None:
+        """Drain every worker (kill at the deadline, or at once with force) and release everything."""
+        if self.state == "stopped":
+            return
+        self._stopping = True
+        if self._retry is not None:
+            self._retry.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        workers = [w for w in self._workers if w.alive]
+        for worker in workers:
+            if not force and worker.state in ("serving", "draining"):
+                worker.send({"type": protocol.DRAIN, "timeout": self.config.drain_timeout})
+            else:
+                worker.kill()
+        deadline = self.config.drain_timeout + 1.0
+        try:
+            async with asyncio.timeout(deadline if not force else 2.0):
+                await asyncio.gather(*(w.process.wait() for w in workers))
+        except TimeoutError:
+            survivors = [w for w in workers if w.process.returncode is None]
+            logger.warning("Killing %d worker(s) that did not stop within %.1f s.", len(survivors), deadline)
+        for worker in workers:
+            worker.kill()  # the whole process group: children the app started go too
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await asyncio.gather(*(w.process.wait() for w in workers))
+        for worker in list(self._workers):
+            worker.close()
+            for task in worker.tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._workers.clear()
+        _handoff.close_all(self._held)
+        self._held = []
+        if self._listener is not None:
+            self._listener.close()
+            if self.config.uds is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.config.uds)
+        self.state = "stopped"
+        async with self._settled:
+            self._settled.notify_all()
+
+    def kill_all(self) -> None:
+        """Kill every worker now (a second Ctrl-C); stop() then finishes at once."""
+        for worker in list(self._workers):
+            worker.kill()
+
+    def request_reload(self, reason: str = "requested") -> None:
+        self._queue.put_nowait(("reload", reason))
+
+    async def wait_for_generation(self, generation: int, timeout: float | None) -> ReloadEvent:
+        """Wait until generation `generation` (or a later one) is ready or has failed."""
+
+        def settled() -> bool:
+            return self.state == "stopped" or any(g >= generation for g in self._outcomes)
+
+        async with asyncio.timeout(timeout):
+            try:
+                async with self._settled:
+                    await self._settled.wait_for(settled)
+            except TimeoutError:
+                raise ReloadTimeout(
+                    f"generation {generation} did not become ready or fail within {timeout} s "
+                    f"(the newest is {self.generation}, state {self.state})."
+                ) from None
+        if self.state == "stopped" and not any(g >= generation for g in self._outcomes):
+            raise StartupError("the server stopped before that generation settled.")
+        return self._outcomes[min(g for g in self._outcomes if g >= generation)]
+
+    async def events(self) -> AsyncIterator[ReloadEvent]:
+        queue: asyncio.Queue[ReloadEvent] = asyncio.Queue()
+        self._subscribers.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.remove(queue)
+
+    # ---------------------------------------------------------------- event loop
+
+    def _emit(self, event: _workers.Event) -> None:
+        self._queue.put_nowait(event)
+
+    async def _emit_wait(self, event: _workers.Event) -> None:
+        await self._queue.put(event)
+
+    def _on_change(self, paths: list[str], since: float) -> None:
+        self._emit(("changed", tuple(paths), since))
+
+    async def _handle_events(self) -> None:
+        while True:
+            event = await self._queue.get()
+            try:
+                await self._handle(event)
+            except Exception:
+                logger.exception("asgireload hit an internal error handling %s; carrying on.", event[0])
+
+    async def _handle(self, event: _workers.Event) -> None:
+        kind = event[0]
+        if kind == "changed":
+            _, paths, since = event
+            self._crashes = 0
+            await self._begin(_Pending(paths, since, "change"))
+        elif kind == "reload":
+            await self._begin(_Pending((), time.time(), event[1]))
+        elif kind == "retry":
+            self._retry = None
+            loading, current = self._loading, self._current
+            if (loading is None or loading.error_page) and (current is None or current.error_page):
+                await self._begin(_Pending((), time.time(), "restart after a crash"))
+        elif kind == "slow":
+            worker = event[1]
+            if worker is self._loading and worker is not None and worker.alive:
+                waited = time.monotonic() - worker.spawned_at
+                logger.warning("Generation %s is still starting after %.0f s.", worker.generation, waited)
+                self._later(SLOW_START_REPORT, ("slow", worker))
+        elif kind == "message":
+            await self._on_message(event[1], event[2])
+        elif kind == "garbage":
+            worker, reason = event[1], event[2]
+            logger.error("Worker %s (pid %s) sent %s; stopping it.", worker.seq, worker.pid, reason)
+            worker.kill()
+        elif kind == "exited":
+            await self._on_exit(event[1], event[2])
+        elif kind == "drain-deadline":
+            worker = event[1]
+            if worker.alive and worker.state == "draining":
+                logger.warning("Worker %s did not finish draining in time; killing it.", worker.seq)
+                worker.kill()
+
+    def _later(self, delay: float, event: _workers.Event) -> asyncio.TimerHandle:
+        return asyncio.get_running_loop().call_later(delay, self._emit, event)
+
+    # ---------------------------------------------------------------- generations
+
+    async def _begin(self, pending: _Pending) -> None:
+        """Start the next generation, superseding one that is still loading."""
+        if self._stopping:
+            return
+        if self._loading is not None:
+            logger.info("Generation %s is superseded by a newer change.", self._loading.generation)
+            stale = self._loading
+            self._loading = None
+            stale.kill()
+            if self._pending is not None:
+                pending = _Pending(
+                    tuple(sorted({*self._pending.changed, *pending.changed})),
+                    min(self._pending.since, pending.since),
+                    pending.reason,
+                )
+        current = self._current
+        if self.config.sequential and current is not None and current.alive:
+            self._drain(current)
+            self._current = None
+            self._after_drain = pending
+            self.state = "reloading"
+            return
+        await self._load(pending)
+
+    async def _load(self, pending: _Pending, failure: dict[str, Any] | None = None) -> None:
+        self.generation += 1
+        self._pending = pending
+        self.state = "reloading" if self.generation > 1 else "starting"
+        worker = self._standby if self._standby is not None and self._standby.alive else None
+        self._standby = None
+        if worker is None:
+            worker = await self._spawn()
+        env, env_failure = self._read_env()
+        keep = self.config.keep_last_good and self._current is not None and not self._current.error_page
+        worker.on_failure = "exit" if keep else "error_page"
+        worker.error_page = bool(failure or env_failure)
+        worker.load(
+            {
+                "type": protocol.LOAD,
+                "generation": self.generation,
+                "env": env,
+                "failure": failure or env_failure,
+                "on_failure": worker.on_failure,
+            }
+        )
+        self._loading = worker
+        self._later(SLOW_START_REPORT, ("slow", worker))
+
+    def _read_env(self) -> tuple[dict[str, str], dict[str, Any] | None]:
+        if self.config.env_file is None:
+            return {}, None
+        try:
+            return read_env_file(self.config.env_file), None
+        except EnvFileError as exc:
+            logger.error("%s", exc)
+            return {}, {"kind": "env", "summary": str(exc), "traceback": "", "files": [self.config.env_file]}
+
+    async def _spawn(self) -> WorkerProcess:
+        self._spawned += 1
+        spawning = asyncio.ensure_future(
+            _workers.spawn(
+                self._spawned,
+                self._worker_settings(),
+                self._listener,
+                self._emit,
+                self._capture if self.config.capture_output else None,
+            )
+        )
+        try:
+            worker = await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            # stop() cancelled us mid-spawn: finish it, so that stop() sees the worker and ends it
+            self._workers.add(await spawning)
+            raise
+        self._workers.add(worker)
+        worker.stop_relaying = _handoff.listen(worker.handoff, lambda fds: self._relay(worker, fds))
+        return worker
+
+    def _relay(self, sender: WorkerProcess, fds: list[int]) -> None:
+        """Pass connections a draining worker handed over to the serving one (or hold them)."""
+        target = self._current
+        if target is not None and target is not sender and target.alive:
+            _handoff.send_fds(target.handoff, fds)
+            _handoff.close_all(fds)
+            return
+        room = HELD_CONNECTIONS - len(self._held)
+        self._held.extend(fds[:room])
+        _handoff.close_all(fds[room:])
+
+    def _capture(self, line: str) -> None:
+        self.output.append(line)
+
+    def _worker_settings(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "app": c.import_string,
+            "factory": c.factory,
+            "app_dir": c.app_dir,
+            "roots": list(c.watch_roots),
+            "includes": list(c.reload_includes),
+            "excludes": list(c.reload_excludes),
+            "drain_timeout": c.drain_timeout,
+            "show_errors": c.errors_visible,
+            "preload": self._preload if c.preload else [],
+            "uvicorn": {
+                "lifespan": c.lifespan,
+                "http": c.http,
+                "ws": c.ws,
+                "loop": c.loop,
+                "log_level": c.log_level,
+                "access_log": c.access_log,
+                "root_path": c.root_path,
+                "proxy_headers": c.proxy_headers,
+                "forwarded_allow_ips": c.forwarded_allow_ips,
+                "interface": c.interface,
+            },
+        }
+
+    async def _ensure_standby(self) -> None:
+        if self.config.standby and not self._stopping and (self._standby is None or not self._standby.alive):
+            worker = await self._spawn()
+            worker.state = "standby"
+            self._standby = worker
+
+    def _drain(self, worker: WorkerProcess) -> None:
+        worker.state = "draining"
+        worker.send({"type": protocol.DRAIN, "timeout": self.config.drain_timeout})
+        self._later(self.config.drain_timeout + 1.0, ("drain-deadline", worker))
+
+    # ---------------------------------------------------------------- worker events
+
+    async def _on_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == protocol.HELLO:
+            if worker.pending_load is not None:
+                load, worker.pending_load = worker.pending_load, None
+                worker.send(load)
+        elif kind == protocol.FILES:
+            if worker is self._loading or worker is self._current:
+                self._watch_reported(message)
+        elif kind == protocol.FAILED:
+            worker.failed = True
+            self._record_failure(worker, message["failure"])
+            if worker.on_failure == "exit" and self._current is not None:
+                # --keep-last-good: the failed worker exits, the last good generation serves on.
+                self._loading = None
+                self.state = "ready"
+                logger.warning(
+                    "Keeping generation %s serving until the error is fixed.", self._current.generation
+                )
+        elif kind == protocol.READY:
+            await self._on_ready(worker, bool(message.get("error_page")))
+
+    def _watch_reported(self, message: dict[str, Any]) -> None:
+        assert self._scanner is not None
+        entries = []
+        for path, mtime, size, ino in message["files"]:
+            if self.project.is_project_file(path):
+                entries.append((path, None if mtime is None else (mtime, size, ino)))
+        if entries:
+            self._scanner.watch(entries)
+        known = set(self._preload)
+        for name in message.get("modules", []):
+            if isinstance(name, str) and name not in known:
+                known.add(name)
+                self._preload.append(name)
+
+    async def _on_ready(self, worker: WorkerProcess, error_page: bool) -> None:
+        if worker is not self._loading:
+            worker.kill()
+            return
+        self._loading = None
+        old, self._current = self._current, worker
+        worker.state = "serving"
+        worker.error_page = error_page
+        pending = self._pending or _Pending((), time.time(), "start")
+        self._pending = None
+        if self._held:
+            held, self._held = self._held, []
+            _handoff.send_fds(worker.handoff, held)
+            _handoff.close_all(held)
+        if old is not None and old.alive:
+            self._drain(old)
+        if error_page:
+            self.state = "failed"
+        else:
+            self.state = "ready"
+            self.failure = None
+            self._settle(worker.generation, "ready", pending)
+            self._log_ready(worker, pending)
+        await self._ensure_standby()
+
+    def _log_ready(self, worker: WorkerProcess, pending: _Pending) -> None:
+        took = (time.time() - pending.since) * 1000
+        if pending.reason == "start":
+            logger.info(
+                "Started %s in %.0f ms, serving on %s (press CTRL+C to quit)", self.config.app, took, self.url
+            )
+        elif pending.changed:
+            names = ", ".join(relative(p) for p in pending.changed[:5])
+            more = f" and {len(pending.changed) - 5} more" if len(pending.changed) > 5 else ""
+            logger.info(
+                "Reloaded in %.0f ms (generation %s): %s%s changed", took, worker.generation, names, more
+            )
+        else:
+            logger.info("Reloaded in %.0f ms (generation %s): %s", took, worker.generation, pending.reason)
+
+    def _record_failure(self, worker: WorkerProcess, failure: dict[str, Any]) -> None:
+        failure = dict(failure)
+        failure["files"] = [f for f in failure.get("files", []) if isinstance(f, str)]
+        self.failure = failure
+        if self._scanner is not None:
+            self._scanner.watch((p, _stat(p)) for p in failure["files"] if p not in self._scanner)
+        where = ", ".join(relative(p) for p in failure["files"][-2:])
+        traceback = str(failure.get("traceback") or "").rstrip()
+        logger.error(
+            "Generation %s failed: %s%s%s",
+            worker.generation,
+            failure.get("summary", "unknown error"),
+            f" (fix {where}; the server reloads by itself)" if where else "",
+            "\n" + traceback if traceback else "",
+        )
+        self.state = "failed"
+        pending = self._pending or _Pending((), time.time(), "start")
+        assert worker.generation is not None
+        self._settle(worker.generation, "failed", pending, failure)
+
+    def _settle(
+        self,
+        generation: int | None,
+        outcome: Literal["ready", "failed"],
+        pending: _Pending,
+        failure: dict[str, Any] | None = None,
+    ) -> None:
+        assert generation is not None
+        event = ReloadEvent(
+            generation=generation,
+            outcome=outcome,
+            changed=pending.changed,
+            duration=max(0.0, time.time() - pending.since),
+            summary=str((failure or {}).get("summary", "")),
+            traceback=str((failure or {}).get("traceback", "")),
+        )
+        self._outcomes[generation] = event
+        for queue in self._subscribers:
+            queue.put_nowait(event)
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._settled:
+            self._settled.notify_all()
+
+    async def _on_exit(self, worker: WorkerProcess, returncode: int | None) -> None:
+        was = worker.state
+        worker.state = "gone"
+        worker.close()
+        self._workers.discard(worker)
+        if self._stopping:
+            return
+        if worker is self._standby:
+            self._standby = None
+            await self._ensure_standby()
+        elif worker is self._loading:
+            self._loading = None
+            await self._crashed(worker, f"the worker {describe_exit(returncode)} before it was ready")
+        elif worker is self._current:
+            self._current = None
+            await self._crashed(worker, f"the worker {describe_exit(returncode)} while serving")
+        elif was == "draining" and self._after_drain is not None and self._current is None:
+            pending, self._after_drain = self._after_drain, None
+            await self._load(pending)
+
+    async def _crashed(self, worker: WorkerProcess, reason: str) -> None:
+        """A worker died unexpectedly: show why, and try again with a growing delay.
+
+        Only the backoff timer starts the app again, so a worker that dies at once can never
+        make a hot loop; and a worker that was itself serving (or loading) the error page is
+        not replaced by another error page, whatever killed it would kill that one too.
+        """
+        failure = {"kind": "crash", "summary": reason, "exit_reason": reason, "traceback": "", "files": []}
+        if not worker.failed:
+            self._record_failure(worker, failure)
+        delay = min(BACKOFF_START * 2**self._crashes, BACKOFF_MAX)
+        self._crashes += 1
+        logger.warning("Restarting %s in %.1f s.", self.config.app, delay)
+        if self._retry is not None:
+            self._retry.cancel()
+        self._retry = self._later(delay, ("retry",))
+        if worker.error_page:
+            return
+        current = self._current
+        if current is not None and current.alive and current.error_page:
+            current.send({"type": protocol.FAILURE, "failure": self.failure or failure})
+        elif current is None or not (self.config.keep_last_good and not current.error_page):
+            pending = self._pending or _Pending((), time.time(), reason)
+            await self._load(pending, failure=self.failure or failure)
+
+
+def _stat(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+async def run_until_cancelled(supervisor: Supervisor) -> None:
+    """Start, serve until cancelled, then stop: the body of serve(reload=True)."""
+    try:
+        await supervisor.start()
+        await asyncio.Future()
+    finally:
+        await asyncio.shield(supervisor.stop())
+
+
+__all__ = ["ReloadEvent", "StartupError", "Supervisor"]

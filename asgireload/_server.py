@@ -78,38 +78,47 @@ class Server(uvicorn.Server):
             self._adopting.add(task)
             task.add_done_callback(_forget(self._adopting, sock))
 
-    async def drain(self, timeout: float, hand_off: HandOff | None = None) -> None:
+    async def drain(
+        self,
+        timeout: float,
+        hand_off: HandOff | None = None,
+        on_stopped: Callable[[], None] | None = None,
+    ) -> None:
         """Stop accepting, let requests in flight finish (up to `timeout`), then lifespan shut-down.
 
-        With `hand_off`, each keep-alive connection is passed on as soon as it is idle, so the
-        client's next request on it reaches the new generation. Without it (no newer generation
-        to pass to), busy connections close after their response and idle ones close at once.
+        With `hand_off`, idle keep-alive connections are passed on at once, so the client's next
+        request on one reaches the new generation; a connection busy with a request closes after
+        its response (the client's next request opens a new connection, to the new generation).
+        Without it, idle connections close at once. `on_stopped` is called as soon as no new
+        request can reach this server: from then on it only finishes what it has.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         for server in self.servers:
             server.close()
-        closing: set[Any] = set()
-        while self.server_state.connections or self.server_state.tasks:
-            if loop.time() >= deadline:
-                self._cut_remaining()
-                break
+        seen: set[Any] = set()
+        while True:
             for connection in list(self.server_state.connections):
-                if connection in closing:
+                if connection in seen:
                     continue
+                seen.add(connection)
                 cycle = getattr(connection, "cycle", _WEBSOCKET)
                 if cycle is _WEBSOCKET:
                     connection.shutdown()  # closes with 1012, service restart
-                    closing.add(connection)
-                elif hand_off is not None:
-                    if _is_idle(connection):
-                        _pass_on(connection, hand_off)
+                elif hand_off is not None and _is_idle(connection):
+                    _pass_on(connection, hand_off)
                 elif cycle is None or cycle.response_complete:
                     connection.shutdown()
-                    closing.add(connection)
                 else:
                     cycle.keep_alive = False
-                    closing.add(connection)
+            if on_stopped is not None:
+                on_stopped()
+                on_stopped = None
+            if not (self.server_state.connections or self.server_state.tasks):
+                break
+            if loop.time() >= deadline:
+                self._cut_remaining()
+                break
             await asyncio.sleep(DRAIN_POLL)
         if not self.force_exit:
             await self.lifespan.shutdown()

@@ -20,6 +20,7 @@ from typing import Any
 
 from . import protocol
 
+EXIT_AFTER_EOF = 1.0  # seconds a worker may live on after closing its channel
 FLOOD_LIMIT = 2000  # messages a second a worker may send before it is taken for broken
 
 Event = tuple[Any, ...]
@@ -54,9 +55,11 @@ class WorkerProcess:
         self.greeted = False
         self.error_page = False
         self.failed = False
+        self.reported_files = False  # it finished importing the app (or failed to)
+        self.when_drained: Callable[[], None] | None = None  # once it no longer answers new requests
         self.on_failure = "error_page"  # or "exit": what the worker does when its app fails to load
         self.pending_load: dict[str, Any] | None = None
-        self.spawned_at = time.monotonic()
+        self.spawned_at = self.loaded_at = time.monotonic()
         self.tasks: list[asyncio.Task[None]] = []
 
     def __repr__(self) -> str:
@@ -74,9 +77,16 @@ class WorkerProcess:
         self.channel.send(message)
 
     def load(self, message: dict[str, Any]) -> None:
+        self.loaded_at = time.monotonic()
         self.state = "loading"
         self.generation = message["generation"]
         self.send(message)
+
+    def drained(self) -> None:
+        """It stopped answering new requests (it said so, exited, or took too long to say)."""
+        callback, self.when_drained = self.when_drained, None
+        if callback is not None:
+            callback()
 
     def kill(self) -> None:
         """SIGKILL the worker's whole process group (it leads its own session)."""
@@ -164,7 +174,12 @@ async def _read_channel(worker: WorkerProcess, emit: Callable[[Event], None]) ->
         emit(("garbage", worker, str(exc)))
     finally:
         worker.channel.close()
-    await worker.process.wait()
+    try:
+        async with asyncio.timeout(EXIT_AFTER_EOF):
+            await worker.process.wait()
+    except TimeoutError:
+        emit(("garbage", worker, "nothing more: it closed its control channel but kept running"))
+        await worker.process.wait()
     emit(("exited", worker, worker.process.returncode))
 
 
@@ -192,6 +207,9 @@ def _check(worker: WorkerProcess, message: dict[str, Any]) -> None:
                 and all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in entry[1:])
             ):
                 raise protocol.ProtocolError(f"a malformed file entry {str(entry)[:80]}")
+    elif kind == protocol.DRAINING:
+        if worker.state != "draining":
+            raise protocol.ProtocolError("a 'draining' message from a worker that was not told to drain")
     elif kind in (protocol.READY, protocol.FAILED):
         if message.get("generation") != worker.generation or worker.state != "loading":
             raise protocol.ProtocolError(f"a {kind!r} message for generation {message.get('generation')!r}")

@@ -23,7 +23,8 @@ HELLO = "hello"  # {pid, protocol}: first message, the worker is warm and waits 
 FILES = "files"  # {files: [[path, mtime_ns, size, ino] | [path, null, null, null]], modules: [names]}
 READY = "ready"  # {generation, error_page: bool}: lifespan start-up done, the worker accepts
 FAILED = "failed"  # {generation, failure: {summary, traceback, files, kind}}
-WORKER_MESSAGES = frozenset({HELLO, FILES, READY, FAILED})
+DRAINING = "draining"  # {}: it no longer accepts nor answers new requests on its connections
+WORKER_MESSAGES = frozenset({HELLO, FILES, READY, FAILED, DRAINING})
 
 # supervisor -> worker
 LOAD = "load"  # {generation, env, on_failure: "error_page" | "exit", failure: {...} | null}

@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from . import _handoff, _sockets, _workers, protocol
@@ -38,6 +38,7 @@ logger = logging.getLogger("asgireload")
 
 State = Literal["starting", "ready", "failed", "reloading", "stopped"]
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
+DRAINING_DEADLINE = 1.0  # seconds an old generation has to stop answering before we announce anyway
 HELD_CONNECTIONS = 1024  # idle connections kept while no generation serves (sequential mode)
 SLOW_START_REPORT = 5.0  # seconds before a generation that has not said ready is reported
 
@@ -75,7 +76,7 @@ class Supervisor:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.project = WatchFilter(config.watch_roots, config.reload_includes, config.reload_excludes)
-        self.state: State = "starting"
+        self._stopped = False
         self.generation = 0
         self.url = ""
         self.failure: dict[str, Any] | None = None
@@ -98,9 +99,26 @@ class Supervisor:
         self._outcomes: dict[int, ReloadEvent] = {}
         self._subscribers: list[asyncio.Queue[ReloadEvent]] = []
         self._stopping = False
+        self._failed: tuple[int, _Pending] | None = None  # a failure not yet reported as an outcome
         self._held: list[int] = []  # handed-over connections waiting for a generation to serve them
 
     # ---------------------------------------------------------------- public surface
+
+    @property
+    def state(self) -> State:
+        """starting, ready, reloading (a healthy generation serves, a newer one loads), failed
+        (the error page serves), or stopped."""
+        if self._stopped:
+            return "stopped"
+        if not self._outcomes:
+            return "starting"
+        current = self._current
+        healthy = current is not None and current.alive and not current.error_page
+        if self._loading is not None and (healthy or self.failure is None):
+            return "reloading"
+        if healthy:
+            return "ready"
+        return "reloading" if self.failure is None else "failed"
 
     @property
     def sockname(self) -> Any:
@@ -120,6 +138,12 @@ class Supervisor:
         preflight(self.config)
         self._listener = _sockets.bind(self.config)
         self.url = _sockets.describe(self._listener, self.config)
+        if not self.config.is_loopback and self.config.show_errors is None:
+            logger.warning(
+                "Listening on %s, not only on this machine: the error page will hide tracebacks and "
+                "file paths. Pass --show-errors to show them anyway.",
+                self.url,
+            )
         try:
             self._scanner = Scanner(
                 self._on_change,
@@ -140,7 +164,7 @@ class Supervisor:
 
     async def stop(self, *, force: bool = False) -> None:
         """Drain every worker (kill at the deadline, or at once with force) and release everything."""
-        if self.state == "stopped":
+        if self._stopped:
             return
         self._stopping = True
         if self._retry is not None:
@@ -152,8 +176,11 @@ class Supervisor:
                 await task
         workers = [w for w in self._workers if w.alive]
         for worker in workers:
-            if not force and worker.state in ("serving", "draining"):
+            if not force and worker.state == "serving":
+                worker.state = "draining"
                 worker.send({"type": protocol.DRAIN, "timeout": self.config.drain_timeout})
+            elif not force and worker.state == "draining":
+                pass  # already finishing its requests
             else:
                 worker.kill()
         deadline = self.config.drain_timeout + 1.0
@@ -181,7 +208,7 @@ class Supervisor:
             if self.config.uds is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(self.config.uds)
-        self.state = "stopped"
+        self._stopped = True
         async with self._settled:
             self._settled.notify_all()
 
@@ -256,8 +283,17 @@ class Supervisor:
         elif kind == "slow":
             worker = event[1]
             if worker is self._loading and worker is not None and worker.alive:
-                waited = time.monotonic() - worker.spawned_at
-                logger.warning("Generation %s is still starting after %.0f s.", worker.generation, waited)
+                waited = time.monotonic() - worker.loaded_at
+                doing = (
+                    "running lifespan start-up" if worker.reported_files else f"importing {self.config.app}"
+                )
+                logger.warning(
+                    "Generation %s is still starting after %.0f s: %s (pid %s).",
+                    worker.generation,
+                    waited,
+                    doing,
+                    worker.pid,
+                )
                 self._later(SLOW_START_REPORT, ("slow", worker))
         elif kind == "message":
             await self._on_message(event[1], event[2])
@@ -267,6 +303,8 @@ class Supervisor:
             worker.kill()
         elif kind == "exited":
             await self._on_exit(event[1], event[2])
+        elif kind == "draining-deadline":
+            event[1].drained()  # announce the new generation even if the old one is unresponsive
         elif kind == "drain-deadline":
             worker = event[1]
             if worker.alive and worker.state == "draining":
@@ -287,6 +325,7 @@ class Supervisor:
             stale = self._loading
             self._loading = None
             stale.kill()
+            self._settle_failure()  # a superseded generation that had failed did fail
             if self._pending is not None:
                 pending = _Pending(
                     tuple(sorted({*self._pending.changed, *pending.changed})),
@@ -298,14 +337,12 @@ class Supervisor:
             self._drain(current)
             self._current = None
             self._after_drain = pending
-            self.state = "reloading"
             return
         await self._load(pending)
 
     async def _load(self, pending: _Pending, failure: dict[str, Any] | None = None) -> None:
         self.generation += 1
         self._pending = pending
-        self.state = "reloading" if self.generation > 1 else "starting"
         worker = self._standby if self._standby is not None and self._standby.alive else None
         self._standby = None
         if worker is None:
@@ -402,9 +439,11 @@ class Supervisor:
             worker.state = "standby"
             self._standby = worker
 
-    def _drain(self, worker: WorkerProcess) -> None:
+    def _drain(self, worker: WorkerProcess, then: Callable[[], None] | None = None) -> None:
         worker.state = "draining"
+        worker.when_drained = then
         worker.send({"type": protocol.DRAIN, "timeout": self.config.drain_timeout})
+        self._later(DRAINING_DEADLINE, ("draining-deadline", worker))
         self._later(self.config.drain_timeout + 1.0, ("drain-deadline", worker))
 
     # ---------------------------------------------------------------- worker events
@@ -416,6 +455,7 @@ class Supervisor:
                 load, worker.pending_load = worker.pending_load, None
                 worker.send(load)
         elif kind == protocol.FILES:
+            worker.reported_files = True
             if worker is self._loading or worker is self._current:
                 self._watch_reported(message)
         elif kind == protocol.FAILED:
@@ -424,12 +464,14 @@ class Supervisor:
             if worker.on_failure == "exit" and self._current is not None:
                 # --keep-last-good: the failed worker exits, the last good generation serves on.
                 self._loading = None
-                self.state = "ready"
+                self._settle_failure()
                 logger.warning(
                     "Keeping generation %s serving until the error is fixed.", self._current.generation
                 )
         elif kind == protocol.READY:
             await self._on_ready(worker, bool(message.get("error_page")))
+        elif kind == protocol.DRAINING:
+            worker.drained()
 
     def _watch_reported(self, message: dict[str, Any]) -> None:
         assert self._scanner is not None
@@ -459,15 +501,22 @@ class Supervisor:
             held, self._held = self._held, []
             _handoff.send_fds(worker.handoff, held)
             _handoff.close_all(held)
-        if old is not None and old.alive:
-            self._drain(old)
         if error_page:
-            self.state = "failed"
+            announce = self._settle_failure  # only now does the error page answer in place of the app
         else:
-            self.state = "ready"
             self.failure = None
-            self._settle(worker.generation, "ready", pending)
-            self._log_ready(worker, pending)
+            self._failed = None
+
+            def announce() -> None:
+                self._settle(worker.generation, "ready", pending)
+                self._log_ready(worker, pending)
+
+        if old is not None and old.alive:
+            # Announced once the old generation answers nothing new, so that after the
+            # "Reloaded" line (or an awaited ReloadEvent) every request gets the new code.
+            self._drain(old, then=announce)
+        else:
+            announce()
         await self._ensure_standby()
 
     def _log_ready(self, worker: WorkerProcess, pending: _Pending) -> None:
@@ -500,10 +549,15 @@ class Supervisor:
             f" (fix {where}; the server reloads by itself)" if where else "",
             "\n" + traceback if traceback else "",
         )
-        self.state = "failed"
-        pending = self._pending or _Pending((), time.time(), "start")
-        assert worker.generation is not None
-        self._settle(worker.generation, "failed", pending, failure)
+        if worker.generation is not None:
+            self._failed = (worker.generation, self._pending or _Pending((), time.time(), "start"))
+
+    def _settle_failure(self) -> None:
+        """Report the recorded failure once the error page (or the last good generation) serves."""
+        if self._failed is None:
+            return
+        (generation, pending), self._failed = self._failed, None
+        self._settle(generation, "failed", pending, self.failure)
 
     def _settle(
         self,
@@ -533,6 +587,7 @@ class Supervisor:
     async def _on_exit(self, worker: WorkerProcess, returncode: int | None) -> None:
         was = worker.state
         worker.state = "gone"
+        worker.drained()
         worker.close()
         self._workers.discard(worker)
         if self._stopping:
@@ -566,14 +621,17 @@ class Supervisor:
         if self._retry is not None:
             self._retry.cancel()
         self._retry = self._later(delay, ("retry",))
-        if worker.error_page:
-            return
         current = self._current
-        if current is not None and current.alive and current.error_page:
+        if worker.error_page:
+            self._settle_failure()
+        elif current is not None and current.alive and current.error_page:
             current.send({"type": protocol.FAILURE, "failure": self.failure or failure})
-        elif current is None or not (self.config.keep_last_good and not current.error_page):
+            self._settle_failure()
+        elif current is not None and current.alive and self.config.keep_last_good:
+            self._settle_failure()
+        else:
             pending = self._pending or _Pending((), time.time(), reason)
-            await self._load(pending, failure=self.failure or failure)
+            await self._load(pending, failure=self.failure or failure)  # settles when it serves
 
 
 def _stat(path: str) -> tuple[int, int, int] | None:

@@ -91,7 +91,12 @@ class Worker:
         reporter.cancel()
         stop_adopting()
         handoff.setblocking(True)
-        await self.server.drain(drain_timeout, hand_off=lambda fds: _handoff.send_fds(handoff, fds))
+        await self.server.drain(
+            drain_timeout,
+            hand_off=lambda fds: _handoff.send_fds(handoff, fds),
+            on_stopped=lambda: channel.send({"type": protocol.DRAINING}),
+        )
+        await channel.flush()
 
     async def _receive(self) -> dict[str, Any]:
         assert self.channel is not None

@@ -250,7 +250,9 @@ async def test_lifespan_runs_once_per_generation(tmp_path: Path) -> None:
     pids = {pid for _, pid in events}
     assert len(pids) == 3
     for pid in pids:
-        assert [kind for kind, p in events if p == pid] == ["lifespan.startup", "lifespan.shutdown"]
+        assert [kind for kind, p in events if p == pid] == ["lifespan.startup", "lifespan.shutdown"], (
+            server.output
+        )
 
 
 async def test_reload_include_watches_templates(tmp_path: Path) -> None:

@@ -141,7 +141,7 @@ def load_app(import_string: str, *, factory: bool, app_dir: str) -> Any:
         if not callable(app):
             raise AppLoadError(
                 usage_failure(
-                    f"--factory was given but {import_string!r} is a {type(app).__name__}, "
+                    f"--factory was given but {import_string!r} is {_a(type(app).__name__)}, "
                     "not a function that returns the app"
                 )
             )
@@ -154,12 +154,16 @@ def load_app(import_string: str, *, factory: bool, app_dir: str) -> Any:
     if not callable(app):
         raise AppLoadError(
             usage_failure(
-                f"{import_string!r} is not an ASGI app: it is a {type(app).__name__} "
+                f"{import_string!r} is not an ASGI app: it is {_a(type(app).__name__)} "
                 "(expected an async callable taking scope, receive, send)",
                 files=[p for p in [_module_file(module)] if p],
             )
         )
     return app
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[:1].lower() in "aeiou" else f"a {noun}"
 
 
 def usage_failure(summary: str, files: list[str] | None = None) -> dict[str, Any]:

@@ -223,7 +223,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("an app is required: pass an import string such as 'main:app' or an ASGI app.")
     elif not callable(app):
         raise ConfigError(
-            f"the app must be an ASGI callable or an import string, got a {type(app).__name__}."
+            "the app must be an ASGI callable or an import string, "
+            f"got an object of type {type(app).__name__}."
         )
 
     for field in option_fields():

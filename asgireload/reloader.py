@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
 from .config import Config
 from .errors import AsgireloadError
 from .serving import build_config
-from .supervisor import ReloadEvent, State, Supervisor
+from .supervisor import EventStream, ReloadEvent, State, Supervisor
 
 DEFAULT_TIMEOUT = 30.0  # seconds; every wait has one, so a broken reload fails a test instead of hanging it
 
@@ -114,8 +113,8 @@ class Reloader:
         write_like_an_editor(path, text)
         return await self.wait_for_generation(target, timeout=timeout)
 
-    def events(self) -> AsyncIterator[ReloadEvent]:
-        """Every generation's outcome from now on, as it happens."""
+    def events(self) -> EventStream:
+        """Every generation's outcome from this call on, as it happens (`async for`)."""
         return self._running.events()
 
 

@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, Literal
 
 from . import _handoff, _sockets, _workers, protocol
@@ -53,6 +53,27 @@ class ReloadEvent:
     duration: float  # seconds from the change (or the request) to the outcome
     summary: str = ""
     traceback: str = ""
+
+
+class EventStream:
+    """An async iterator of ReloadEvents; it receives every outcome from its creation on."""
+
+    def __init__(self, subscribers: list[asyncio.Queue[ReloadEvent]]) -> None:
+        self._queue: asyncio.Queue[ReloadEvent] = asyncio.Queue()
+        self._subscribers = subscribers
+        subscribers.append(self._queue)
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> ReloadEvent:
+        if self._queue not in self._subscribers:
+            raise StopAsyncIteration
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        if self._queue in self._subscribers:
+            self._subscribers.remove(self._queue)
 
 
 @dataclasses.dataclass
@@ -224,29 +245,23 @@ class Supervisor:
         """Wait until generation `generation` (or a later one) is ready or has failed."""
 
         def settled() -> bool:
-            return self.state == "stopped" or any(g >= generation for g in self._outcomes)
+            return self._stopped or any(g >= generation for g in self._outcomes)
 
-        async with asyncio.timeout(timeout):
-            try:
-                async with self._settled:
-                    await self._settled.wait_for(settled)
-            except TimeoutError:
-                raise ReloadTimeout(
-                    f"generation {generation} did not become ready or fail within {timeout} s "
-                    f"(the newest is {self.generation}, state {self.state})."
-                ) from None
-        if self.state == "stopped" and not any(g >= generation for g in self._outcomes):
+        try:
+            async with asyncio.timeout(timeout), self._settled:
+                await self._settled.wait_for(settled)
+        except TimeoutError:
+            raise ReloadTimeout(
+                f"generation {generation} did not become ready or fail within {timeout} s "
+                f"(the newest is {self.generation}, state {self.state})."
+            ) from None
+        if not any(g >= generation for g in self._outcomes):
             raise StartupError("the server stopped before that generation settled.")
         return self._outcomes[min(g for g in self._outcomes if g >= generation)]
 
-    async def events(self) -> AsyncIterator[ReloadEvent]:
-        queue: asyncio.Queue[ReloadEvent] = asyncio.Queue()
-        self._subscribers.append(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._subscribers.remove(queue)
+    def events(self) -> EventStream:
+        """Every outcome from now on (subscribed at this call, not at the first iteration)."""
+        return EventStream(self._subscribers)
 
     # ---------------------------------------------------------------- event loop
 
@@ -460,6 +475,12 @@ class Supervisor:
                 self._watch_reported(message)
         elif kind == protocol.FAILED:
             worker.failed = True
+            if message["failure"].get("kind") == "usage" and worker.generation == 1:
+                # A mistake in the command: start() turns it into one line and a failed exit.
+                self.failure = dict(message["failure"])
+                self._loading = None
+                self._settle(1, "failed", self._pending or _Pending((), time.time(), "start"), self.failure)
+                return
             self._record_failure(worker, message["failure"])
             if worker.on_failure == "exit" and self._current is not None:
                 # --keep-last-good: the failed worker exits, the last good generation serves on.

@@ -77,8 +77,9 @@ class Worker:
         else:
             started = await self._start_app(message)
         if not started:
-            if message.get("on_failure") != "error_page":
-                return
+            fatal = self.failure.get("kind") == "usage" and self.generation == 1
+            if fatal or message.get("on_failure") != "error_page":
+                return  # a mistake in the command (or --keep-last-good): no error page
             await self._start_server(self._error_app(), [listener], interface="asgi3")
         assert self.server is not None
         channel.send({"type": protocol.READY, "generation": self.generation, "error_page": not started})

@@ -85,6 +85,11 @@ class Reloader:
         """What the workers printed so far (stdout and stderr, interleaved)."""
         return "".join(self._running.output)
 
+    @property
+    def pids(self) -> dict[str, int]:
+        """Process ids of the live workers by role ("serving", "loading", "standby"), for diagnostics."""
+        return self._running.pids
+
     def is_watching(self, path: str | os.PathLike[str]) -> bool:
         """Whether a change to this file starts a new generation."""
         return os.path.abspath(path) in self._running.watched

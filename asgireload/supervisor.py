@@ -40,6 +40,8 @@ State = Literal["starting", "ready", "failed", "reloading", "stopped"]
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
 DRAINING_DEADLINE = 1.0  # seconds an old generation has to stop answering before we announce anyway
 HELD_CONNECTIONS = 1024  # idle connections kept while no generation serves (sequential mode)
+PACKAGES_POLL = 30.0  # seconds between full scans of preloaded packages (file events are the hint)
+STANDBY_WAIT = 2.0  # seconds a reload waits for a warm worker still preloading, then starts a cold one
 SLOW_START_REPORT = 5.0  # seconds before a generation that has not said ready is reported
 
 
@@ -105,6 +107,7 @@ class Supervisor:
         self._queue: asyncio.Queue[_workers.Event] = asyncio.Queue()
         self._listener: Any = None
         self._scanner: Scanner | None = None
+        self._packages: Scanner | None = None  # installed packages the standby preloads
         self._tasks: list[asyncio.Task[None]] = []
         self._workers: set[WorkerProcess] = set()
         self._current: WorkerProcess | None = None
@@ -115,7 +118,8 @@ class Supervisor:
         self._spawned = 0
         self._crashes = 0
         self._retry: asyncio.TimerHandle | None = None
-        self._preload: list[str] = []
+        self._preload: list[str] = []  # third-party modules the standby imports ahead of time
+        self._not_preloadable: set[str] = set()
         self._settled = asyncio.Condition()
         self._outcomes: dict[int, ReloadEvent] = {}
         self._subscribers: list[asyncio.Queue[ReloadEvent]] = []
@@ -140,6 +144,12 @@ class Supervisor:
         if healthy:
             return "ready"
         return "reloading" if self.failure is None else "failed"
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """The live workers by role: serving, loading, standby."""
+        roles = {"serving": self._current, "loading": self._loading, "standby": self._standby}
+        return {role: w.pid for role, w in roles.items() if w is not None and w.alive}
 
     @property
     def sockname(self) -> Any:
@@ -173,6 +183,9 @@ class Supervisor:
             )
             self._tasks.append(asyncio.create_task(self._handle_events(), name="asgireload-supervisor"))
             self._tasks.append(asyncio.create_task(self._scanner.run(), name="asgireload-scanner"))
+            if self.config.preload and self.config.standby:
+                self._packages = Scanner(self._on_packages_change, interval=PACKAGES_POLL)
+                self._tasks.append(asyncio.create_task(self._packages.run(), name="asgireload-packages"))
             if self.config.env_file is not None:
                 self._scanner.watch([(self.config.env_file, _stat(self.config.env_file))])
             await self._emit_wait(("reload", "start"))
@@ -274,6 +287,9 @@ class Supervisor:
     def _on_change(self, paths: list[str], since: float) -> None:
         self._emit(("changed", tuple(paths), since))
 
+    def _on_packages_change(self, paths: list[str], since: float) -> None:
+        self._emit(("packages-changed", tuple(paths)))
+
     async def _handle_events(self) -> None:
         while True:
             event = await self._queue.get()
@@ -318,6 +334,22 @@ class Supervisor:
             worker.kill()
         elif kind == "exited":
             await self._on_exit(event[1], event[2])
+        elif kind == "packages-changed":
+            standby = self._standby
+            names = ", ".join(relative(p) for p in event[1][:3])
+            logger.info("Installed packages changed (%s); replacing the warm worker.", names)
+            if standby is not None and standby.alive:
+                standby.kill()  # its exit brings a fresh standby, which preloads the new code
+        elif kind == "standby-late":
+            worker = event[1]
+            if worker is self._loading and worker is not None and not worker.greeted and worker.alive:
+                logger.warning(
+                    "The warm worker was not ready %.0f s after the reload began; starting a fresh one.",
+                    STANDBY_WAIT,
+                )
+                self._loading = None
+                worker.kill()
+                await self._load(self._pending or _Pending((), time.time(), "reload"), cold=True)
         elif kind == "draining-deadline":
             event[1].drained()  # announce the new generation even if the old one is unresponsive
         elif kind == "drain-deadline":
@@ -355,13 +387,19 @@ class Supervisor:
             return
         await self._load(pending)
 
-    async def _load(self, pending: _Pending, failure: dict[str, Any] | None = None) -> None:
+    async def _load(
+        self, pending: _Pending, failure: dict[str, Any] | None = None, cold: bool = False
+    ) -> None:
         self.generation += 1
         self._pending = pending
         worker = self._standby if self._standby is not None and self._standby.alive else None
         self._standby = None
-        if worker is None:
-            worker = await self._spawn()
+        if worker is None or cold:
+            if worker is not None:
+                worker.kill()
+            worker = await self._spawn(preload=not cold)
+        elif not worker.greeted:
+            self._later(STANDBY_WAIT, ("standby-late", worker))
         env, env_failure = self._read_env()
         keep = self.config.keep_last_good and self._current is not None and not self._current.error_page
         worker.on_failure = "exit" if keep else "error_page"
@@ -387,12 +425,12 @@ class Supervisor:
             logger.error("%s", exc)
             return {}, {"kind": "env", "summary": str(exc), "traceback": "", "files": [self.config.env_file]}
 
-    async def _spawn(self) -> WorkerProcess:
+    async def _spawn(self, preload: bool = True) -> WorkerProcess:
         self._spawned += 1
         spawning = asyncio.ensure_future(
             _workers.spawn(
                 self._spawned,
-                self._worker_settings(),
+                self._worker_settings(preload),
                 self._listener,
                 self._emit,
                 self._capture if self.config.capture_output else None,
@@ -422,7 +460,7 @@ class Supervisor:
     def _capture(self, line: str) -> None:
         self.output.append(line)
 
-    def _worker_settings(self) -> dict[str, Any]:
+    def _worker_settings(self, preload: bool) -> dict[str, Any]:
         c = self.config
         return {
             "app": c.import_string,
@@ -433,7 +471,7 @@ class Supervisor:
             "excludes": list(c.reload_excludes),
             "drain_timeout": c.drain_timeout,
             "show_errors": c.errors_visible,
-            "preload": self._preload if c.preload else [],
+            "preload": self._preload if c.preload and preload else [],
             "uvicorn": {
                 "lifespan": c.lifespan,
                 "http": c.http,
@@ -466,6 +504,15 @@ class Supervisor:
     async def _on_message(self, worker: WorkerProcess, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == protocol.HELLO:
+            failed = message.get("preload_failed")
+            if isinstance(failed, dict) and failed.get("module") in self._preload:
+                self._preload.remove(failed["module"])
+                self._not_preloadable.add(failed["module"])
+                logger.warning(
+                    "Preloading %r failed (%s); it is imported with the app instead.",
+                    failed["module"],
+                    failed.get("error"),
+                )
             if worker.pending_load is not None:
                 load, worker.pending_load = worker.pending_load, None
                 worker.send(load)
@@ -496,13 +543,18 @@ class Supervisor:
 
     def _watch_reported(self, message: dict[str, Any]) -> None:
         assert self._scanner is not None
-        entries = []
+        entries, packages = [], []
         for path, mtime, size, ino in message["files"]:
+            stat = None if mtime is None else (mtime, size, ino)
             if self.project.is_project_file(path):
-                entries.append((path, None if mtime is None else (mtime, size, ino)))
+                entries.append((path, stat))
+            elif self.config.preload and self.project.is_installed_package(path):
+                packages.append((path, stat))
         if entries:
             self._scanner.watch(entries)
-        known = set(self._preload)
+        if packages and self._packages is not None:
+            self._packages.watch(packages)
+        known = set(self._preload) | self._not_preloadable
         for name in message.get("modules", []):
             if isinstance(name, str) and name not in known:
                 known.add(name)

@@ -84,6 +84,13 @@ class WatchFilter:
             return False
         return not self.is_excluded(path, root)
 
+    def is_installed_package(self, path: str) -> bool:
+        """A file of an installed package (site-packages), the kind a warm worker preloads."""
+        if self.is_project_file(path):
+            return False
+        parts = path.split(os.sep)
+        return "site-packages" in parts or "dist-packages" in parts
+
     def is_included(self, path: str) -> bool:
         """A file that matches --reload-include under a watched root (and no exclude)."""
         root = self._root_of(path)

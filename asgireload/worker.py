@@ -62,8 +62,15 @@ class Worker:
     async def run(self) -> None:
         control = socket.socket(fileno=self.settings["control_fd"])
         self.channel = channel = await protocol.Channel.open(control, protocol.SUPERVISOR_MESSAGES)
-        self._preload()
-        channel.send({"type": protocol.HELLO, "pid": os.getpid(), "protocol": protocol.PROTOCOL_VERSION})
+        preload_failed = self._preload()
+        channel.send(
+            {
+                "type": protocol.HELLO,
+                "pid": os.getpid(),
+                "protocol": protocol.PROTOCOL_VERSION,
+                "preload_failed": preload_failed,
+            }
+        )
         message = await self._receive()
         if message["type"] != protocol.LOAD:
             return
@@ -110,20 +117,19 @@ class Worker:
             os._exit(0)
         return message
 
-    def _preload(self) -> None:
-        """Import the third-party modules the last generation used, so a reload need not."""
+    def _preload(self) -> dict[str, str] | None:
+        """Import the third-party modules the last generation used, so a reload need not.
+
+        Stops at the first that fails (the supervisor drops it from the list and says so once).
+        """
         for name in self.settings.get("preload") or ():
             try:
                 importlib.import_module(name)
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
-                print(
-                    f"asgireload: preloading {name!r} failed ({type(exc).__name__}: {exc}); "
-                    "it will be imported with the app instead.",
-                    file=sys.stderr,
-                )
-                return
+                return {"module": name, "error": f"{type(exc).__name__}: {exc}"}
+        return None
 
     async def _start_app(self, message: dict[str, Any]) -> bool:
         """Import the app and start serving it; on failure report it and return False."""

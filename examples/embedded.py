@@ -10,6 +10,7 @@ Ctrl-C cancels both tasks; serve() drains its workers before it returns.
 import asyncio
 import contextlib
 import logging
+import os
 
 from asgireload import serve
 
@@ -32,7 +33,8 @@ async def ticker():
 async def main():
     logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(message)s")
     async with asyncio.TaskGroup() as tasks:
-        tasks.create_task(serve(app, reload=True, port=8000))
+        port = int(os.environ.get("PORT", "8000"))
+        tasks.create_task(serve(app, reload=True, port=port))
         tasks.create_task(ticker())
 
 

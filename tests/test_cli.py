@@ -330,16 +330,22 @@ class Cli:
 
 
 @contextlib.asynccontextmanager
-async def run_cli(folder: Path, *args: str, pass_fds: tuple[int, ...] = ()) -> AsyncIterator[Cli]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASGIRELOAD")}
+async def run_cli(
+    folder: Path,
+    *args: str,
+    pass_fds: tuple[int, ...] = (),
+    stdin: int = asyncio.subprocess.DEVNULL,
+    command: tuple[str, ...] = ("-m", "asgireload"),
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[Cli]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASGIRELOAD")} | (env or {})
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "asgireload",
+        *command,
         *args,
         cwd=folder,
         env=env,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=stdin,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
@@ -547,3 +553,33 @@ async def test_an_edit_reloads(project: Path) -> None:
         async with client() as http:
             response = await http.get(f"http://127.0.0.1:{port}/")
             assert (response.status_code, response.text) == (200, "second edition"), cli.transcript()
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+async def test_r_and_enter_in_a_terminal_reloads(project: Path) -> None:
+    controller, terminal = os.openpty()
+    try:
+        async with run_cli(project, "main:app", "--port", "0", stdin=terminal) as cli:
+            await cli.started()
+            os.write(controller, b"r\n")
+            match = await cli.wait_for_line(r"Reloaded in \d+ ms \(generation 2\): (.*)$")
+            assert "terminal" in match[1], cli.transcript()
+    finally:
+        os.close(controller)
+        os.close(terminal)
+
+
+async def test_the_embedded_example_serves_beside_another_task(tmp_path: Path) -> None:
+    port = free_port()
+    async with run_cli(tmp_path, command=(str(EXAMPLES / "embedded.py"),), env={"PORT": str(port)}) as cli:
+        await cli.wait_for_line(r"Started embedded:app in \d+ ms, serving on http://127\.0\.0\.1:(\d+)")
+        async with client() as http:
+            response = await http.get(f"http://127.0.0.1:{port}/")
+            assert response.text.startswith("Hello from an app served"), cli.transcript()
+        await cli.collect_workers()
+        cli.port = port
+        cli.send(signal.SIGINT)
+        assert await cli.exited() == 0, cli.transcript()
+        cli.assert_nothing_left()

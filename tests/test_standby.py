@@ -1,0 +1,126 @@
+"""The warm standby: replaced when it dies or its packages change, never waited on forever,
+and a package that cannot be preloaded is reported once and imported with the app instead."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from asgireload import Reloader
+
+from .conftest import PLAIN_APP, until, write
+
+# An "installed package": preloading only considers files under a site-packages folder.
+FAKEPKG = """
+import os
+with open({log!r}, "a") as log:
+    log.write(f"imported {{os.getpid()}}\\n")
+if not os.environ.get("APP_SETS_THIS"):
+    {when_unset}
+"""
+
+
+@pytest.fixture
+def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    site = tmp_path / "env" / "site-packages"
+    site.mkdir(parents=True)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    return site
+
+
+def app_using_fakepkg(project: Path, body: str = "v1") -> None:
+    write(
+        project / "main.py",
+        PLAIN_APP.replace(
+            'BODY = "v1"', f'os.environ["APP_SETS_THIS"] = "1"\nimport fakepkg\nBODY = {body!r}'
+        ),
+    )
+
+
+def imports(log: Path) -> list[int]:
+    return [int(line.split()[1]) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+async def test_a_standby_that_dies_is_replaced_without_a_reload(plain_app: Path) -> None:
+    async with Reloader("main:app", app_dir=plain_app) as server, httpx.AsyncClient() as client:
+        await until(lambda: "standby" in server.pids, what="a standby")
+        first = server.pids["standby"]
+        os.kill(first, signal.SIGKILL)
+        await until(lambda: server.pids.get("standby") not in (None, first), what="a new standby")
+        assert server.generation == 1
+        await server.edit(plain_app / "main.py", PLAIN_APP.replace('"v1"', '"v2"'))
+        assert (await client.get(server.url)).text == "v2"
+
+
+async def test_the_standby_preloads_installed_packages(tmp_path: Path, installed: Path) -> None:
+    log = tmp_path / "imports.log"
+    write(installed / "fakepkg.py", FAKEPKG.format(log=str(log), when_unset="pass"))
+    app_using_fakepkg(tmp_path / "app")
+    async with Reloader("main:app", app_dir=tmp_path / "app") as server, httpx.AsyncClient() as client:
+        await until(
+            lambda: "standby" in server.pids and len(imports(log)) == 2, what="the standby to preload"
+        )
+        standby = server.pids["standby"]
+        assert imports(log) == [server.pids["serving"], standby]
+        await server.edit(tmp_path / "app" / "main.py", (tmp_path / "app" / "main.py").read_text() + "\n")
+        assert server.pids["serving"] == standby
+        assert imports(log).count(standby) == 1  # the reload did not import fakepkg again
+        assert (await client.get(server.url)).text == "v1"
+
+
+async def test_a_changed_package_replaces_the_standby(tmp_path: Path, installed: Path) -> None:
+    log = tmp_path / "imports.log"
+    write(installed / "fakepkg.py", FAKEPKG.format(log=str(log), when_unset="pass"))
+    app_using_fakepkg(tmp_path / "app")
+    async with Reloader("main:app", app_dir=tmp_path / "app") as server:
+        await until(lambda: len(imports(log)) == 2, what="the standby to preload")
+        standby = server.pids["standby"]
+        write(installed / "fakepkg.py", FAKEPKG.format(log=str(log), when_unset="pass") + "VERSION = 2\n")
+        await until(lambda: server.pids.get("standby") not in (None, standby), what="a fresh standby")
+        assert server.generation == 1  # an upgraded package replaces the standby, it does not reload
+
+
+async def test_a_package_that_fails_to_preload_is_reported_once(
+    tmp_path: Path, installed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="asgireload")
+    log = tmp_path / "imports.log"
+    write(installed / "fakepkg.py", FAKEPKG.format(log=str(log), when_unset="raise RuntimeError('unset')"))
+    app_using_fakepkg(tmp_path / "app")
+    async with Reloader("main:app", app_dir=tmp_path / "app") as server, httpx.AsyncClient() as client:
+        for body in ("v2", "v3"):
+            event = await server.edit(
+                tmp_path / "app" / "main.py",
+                PLAIN_APP.replace('"v1"', f'"{body}"').replace(
+                    'BODY = "', 'os.environ["APP_SETS_THIS"] = "1"\nimport fakepkg\nBODY = "'
+                ),
+            )
+            assert event.outcome == "ready"
+            assert (await client.get(server.url)).text == body
+    warnings = [r.getMessage() for r in caplog.records if "Preloading 'fakepkg' failed" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "RuntimeError: unset" in warnings[0]
+
+
+async def test_a_standby_stuck_preloading_is_not_waited_on(
+    tmp_path: Path, installed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="asgireload")
+    log = tmp_path / "imports.log"
+    write(installed / "fakepkg.py", FAKEPKG.format(log=str(log), when_unset="import time; time.sleep(60)"))
+    app_using_fakepkg(tmp_path / "app")
+    async with Reloader("main:app", app_dir=tmp_path / "app") as server, httpx.AsyncClient() as client:
+        await until(lambda: len(imports(log)) == 2, what="the standby to hang in its preload")
+        stuck = server.pids["standby"]
+        source = (tmp_path / "app" / "main.py").read_text().replace("'v1'", "'v2'")
+        event = await server.edit(tmp_path / "app" / "main.py", source)
+        assert event.outcome == "ready"
+        assert (await client.get(server.url)).text == "v2"
+        assert server.pids["serving"] != stuck
+        assert stuck not in server.pids.values()
+    assert any("starting a fresh one" in r.getMessage() for r in caplog.records)

@@ -28,6 +28,19 @@ def send_fds(channel: socket.socket, fds: list[int]) -> bool:
     return True
 
 
+def send_all(channel: socket.socket, fds: list[int]) -> list[int]:
+    """Send descriptors in messages of at most MAX_FDS, closing each sent one here.
+
+    Returns those that could not be sent (the peer is gone or not reading), still open.
+    """
+    for start in range(0, len(fds), MAX_FDS):
+        chunk = fds[start : start + MAX_FDS]
+        if not send_fds(channel, chunk):
+            return fds[start:]
+        close_all(chunk)
+    return []
+
+
 def receive_fds(channel: socket.socket) -> list[int] | None:
     """The descriptors waiting on a non-blocking channel; None once the peer closed it."""
     received: list[int] = []

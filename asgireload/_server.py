@@ -96,21 +96,27 @@ class Server(uvicorn.Server):
         deadline = loop.time() + timeout
         for server in self.servers:
             server.close()
-        seen: set[Any] = set()
+        if self._adopting:  # connections handed to us a moment ago: serve them like the rest
+            await asyncio.gather(*self._adopting, return_exceptions=True)
+        closing: set[Any] = set()
         while True:
             for connection in list(self.server_state.connections):
-                if connection in seen:
+                if connection in closing:
                     continue
-                seen.add(connection)
                 cycle = getattr(connection, "cycle", _WEBSOCKET)
                 if cycle is _WEBSOCKET:
                     connection.shutdown()  # closes with 1012, service restart
-                elif hand_off is not None and _is_idle(connection):
+                    closing.add(connection)
+                elif cycle is not None and not cycle.response_complete:
+                    cycle.keep_alive = False  # busy: it closes after this response
+                    closing.add(connection)
+                elif not _is_idle(connection):
+                    continue  # a response still flushing, or half a request: look again soon
+                elif hand_off is not None:
                     _pass_on(connection, hand_off)
-                elif cycle is None or cycle.response_complete:
-                    connection.shutdown()
                 else:
-                    cycle.keep_alive = False
+                    connection.shutdown()
+                    closing.add(connection)
             if on_stopped is not None:
                 on_stopped()
                 on_stopped = None
@@ -145,6 +151,8 @@ def _is_idle(connection: Any) -> bool:
         return False
     transport = connection.transport
     if transport.is_closing() or transport.get_write_buffer_size():
+        return False
+    if getattr(connection, "pipeline", None):  # httptools: requests read but not yet answered
         return False
     parser = getattr(connection, "conn", None)  # h11 keeps its state where we can see it
     if isinstance(parser, h11.Connection):

@@ -55,6 +55,8 @@ class WorkerProcess:
         self.greeted = False
         self.error_page = False
         self.failed = False
+        self.preloaded = False  # it was asked to preload third-party modules
+        self.was_ready = False  # it said ready: it accepts (or accepted) connections
         self.reported_files = False  # it finished importing the app (or failed to)
         self.when_drained: Callable[[], None] | None = None  # once it no longer answers new requests
         self.on_failure = "error_page"  # or "exit": what the worker does when its app fails to load
@@ -211,7 +213,7 @@ def _check(worker: WorkerProcess, message: dict[str, Any]) -> None:
         if worker.state != "draining":
             raise protocol.ProtocolError("a 'draining' message from a worker that was not told to drain")
     elif kind in (protocol.READY, protocol.FAILED):
-        if message.get("generation") != worker.generation or worker.state != "loading":
+        if message.get("generation") != worker.generation or worker.state not in ("loading", "draining"):
             raise protocol.ProtocolError(f"a {kind!r} message for generation {message.get('generation')!r}")
         if kind == protocol.FAILED and not isinstance(message.get("failure"), dict):
             raise protocol.ProtocolError("a 'failed' message without a failure")

@@ -120,10 +120,10 @@ class Config:
         "Let the warm worker import the third-party modules the app used last time, ahead of the reload.",
         negatable=True,
     )
-    poll_interval: float = _option(
-        1.0,
-        "Seconds between full scans of the watched files (file-system events, where the OS has them, "
-        "make changes show up sooner).",
+    poll_interval: float | None = _option(
+        None,
+        "Seconds between full scans of the watched files [default: 1.0 where the OS gives file events "
+        "(Linux), which make changes show up at once; 0.2 elsewhere].",
         metavar="SECONDS",
     )
     lifespan: Literal["auto", "on", "off"] = _option(
@@ -242,10 +242,12 @@ def _validate(config: Config) -> None:
     if config.uds is not None and config.fd is not None:
         raise ConfigError("pass either --uds or --fd, not both.")
     for name in ("drain_timeout", "poll_interval"):
+        if getattr(config, name) is None:
+            continue
         value = float(getattr(config, name))
         if math.isnan(value) or value < 0 or math.isinf(value):
             raise _fail(name, f"must be a number of seconds, 0 or more, got {value}.")
-    if config.poll_interval < 0.01:
+    if config.poll_interval is not None and config.poll_interval < 0.01:
         raise _fail("poll_interval", f"must be at least 0.01 seconds, got {config.poll_interval}.")
     if not config.host:
         raise _fail("host", "must not be empty.")

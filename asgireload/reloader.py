@@ -9,7 +9,7 @@ from typing import Any
 from .config import Config
 from .errors import AsgireloadError
 from .serving import build_config
-from .supervisor import EventStream, ReloadEvent, State, Supervisor
+from .supervisor import EventStream, ReloadEvent, State, Supervisor, stop_completely
 
 DEFAULT_TIMEOUT = 30.0  # seconds; every wait has one, so a broken reload fails a test instead of hanging it
 
@@ -24,7 +24,8 @@ class Reloader:
     exit, the cleanup still runs to the end before CancelledError propagates.
     """
 
-    def __init__(self, app: Any, **options: Any) -> None:
+    def __init__(self, app: Any, *, start_timeout: float = DEFAULT_TIMEOUT, **options: Any) -> None:
+        self._start_timeout = start_timeout
         options.setdefault("port", 0)
         options.setdefault("capture_output", True)
         self.config: Config = build_config(app, True, options)
@@ -39,14 +40,14 @@ class Reloader:
             raise AsgireloadError("a Reloader can be entered only once; create a new one.")
         self._entered = True
         self._supervisor = Supervisor(self.config)
-        await self._supervisor.start()
+        await self._supervisor.start(timeout=self._start_timeout)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._supervisor is not None:
-            await self._supervisor.stop()
+            await stop_completely(self._supervisor)
 
     @property
     def _running(self) -> Supervisor:

@@ -60,8 +60,8 @@ class ReloadEvent:
 class EventStream:
     """An async iterator of ReloadEvents; it receives every outcome from its creation on."""
 
-    def __init__(self, subscribers: list[asyncio.Queue[ReloadEvent]]) -> None:
-        self._queue: asyncio.Queue[ReloadEvent] = asyncio.Queue()
+    def __init__(self, subscribers: list[asyncio.Queue[ReloadEvent | None]]) -> None:
+        self._queue: asyncio.Queue[ReloadEvent | None] = asyncio.Queue()
         self._subscribers = subscribers
         subscribers.append(self._queue)
 
@@ -71,7 +71,11 @@ class EventStream:
     async def __anext__(self) -> ReloadEvent:
         if self._queue not in self._subscribers:
             raise StopAsyncIteration
-        return await self._queue.get()
+        event = await self._queue.get()
+        if event is None:  # the server stopped
+            await self.aclose()
+            raise StopAsyncIteration
+        return event
 
     async def aclose(self) -> None:
         if self._queue in self._subscribers:
@@ -122,7 +126,7 @@ class Supervisor:
         self._not_preloadable: set[str] = set()
         self._settled = asyncio.Condition()
         self._outcomes: dict[int, ReloadEvent] = {}
-        self._subscribers: list[asyncio.Queue[ReloadEvent]] = []
+        self._subscribers: list[asyncio.Queue[ReloadEvent | None]] = []
         self._stopping = False
         self._failed: tuple[int, _Pending] | None = None  # a failure not yet reported as an outcome
         self._held: list[int] = []  # handed-over connections waiting for a generation to serve them
@@ -160,7 +164,7 @@ class Supervisor:
         """The watched files (supports `in` and `len`)."""
         return self._scanner if self._scanner is not None else ()
 
-    async def start(self) -> None:
+    async def start(self, timeout: float | None = None) -> None:
         """Check, bind, start generation 1 and wait for its outcome (ready or failed).
 
         Raises StartupError (with nothing left bound or running) for a mistake in the command:
@@ -189,11 +193,11 @@ class Supervisor:
             if self.config.env_file is not None:
                 self._scanner.watch([(self.config.env_file, _stat(self.config.env_file))])
             await self._emit_wait(("reload", "start"))
-            first = await self.wait_for_generation(1, timeout=None)
+            first = await self.wait_for_generation(1, timeout=timeout)
             if first.outcome == "failed" and (self.failure or {}).get("kind") == "usage":
                 raise StartupError(first.summary)
         except BaseException:
-            await self.stop(force=True)
+            await stop_completely(self, force=True)
             raise
 
     async def stop(self, *, force: bool = False) -> None:
@@ -205,15 +209,13 @@ class Supervisor:
             self._retry.cancel()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         workers = [w for w in self._workers if w.alive]
         for worker in workers:
             if not force and worker.state == "serving":
                 worker.state = "draining"
                 worker.send({"type": protocol.DRAIN, "timeout": self.config.drain_timeout})
-            elif not force and worker.state == "draining":
+            elif not force and worker.state == "draining" and worker.was_ready:
                 pass  # already finishing its requests
             else:
                 worker.kill()
@@ -231,9 +233,7 @@ class Supervisor:
                 await asyncio.gather(*(w.process.wait() for w in workers))
         for worker in list(self._workers):
             worker.close()
-            for task in worker.tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await asyncio.gather(*worker.tasks, return_exceptions=True)
         self._workers.clear()
         _handoff.close_all(self._held)
         self._held = []
@@ -243,6 +243,8 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     os.unlink(self.config.uds)
         self._stopped = True
+        for queue in self._subscribers:
+            queue.put_nowait(None)
         async with self._settled:
             self._settled.notify_all()
 
@@ -309,7 +311,9 @@ class Supervisor:
         elif kind == "retry":
             self._retry = None
             loading, current = self._loading, self._current
-            if (loading is None or loading.error_page) and (current is None or current.error_page):
+            if loading is not None and loading.error_page:
+                self._retry = self._later(BACKOFF_START, ("retry",))  # let the error page come up first
+            elif loading is None and (current is None or current.error_page):
                 await self._begin(_Pending((), time.time(), "restart after a crash"))
         elif kind == "slow":
             worker = event[1]
@@ -367,18 +371,18 @@ class Supervisor:
         """Start the next generation, superseding one that is still loading."""
         if self._stopping:
             return
+        if self._after_drain is not None:
+            # --sequential, and the old generation is still finishing: fold this change in.
+            self._after_drain = _merge(self._after_drain, pending)
+            return
         if self._loading is not None:
             logger.info("Generation %s is superseded by a newer change.", self._loading.generation)
             stale = self._loading
             self._loading = None
-            stale.kill()
+            self._drain(stale)  # drained, not killed: it may already accept connections
             self._settle_failure()  # a superseded generation that had failed did fail
             if self._pending is not None:
-                pending = _Pending(
-                    tuple(sorted({*self._pending.changed, *pending.changed})),
-                    min(self._pending.since, pending.since),
-                    pending.reason,
-                )
+                pending = _merge(self._pending, pending)
         current = self._current
         if self.config.sequential and current is not None and current.alive:
             self._drain(current)
@@ -415,6 +419,9 @@ class Supervisor:
         )
         self._loading = worker
         self._later(SLOW_START_REPORT, ("slow", worker))
+        if env_failure is not None:
+            worker.failed = True
+            self._record_failure(worker, env_failure)
 
     def _read_env(self) -> tuple[dict[str, str], dict[str, Any] | None]:
         if self.config.env_file is None:
@@ -443,16 +450,15 @@ class Supervisor:
             self._workers.add(await spawning)
             raise
         self._workers.add(worker)
+        worker.preloaded = preload and bool(self._preload) and self.config.preload
         worker.stop_relaying = _handoff.listen(worker.handoff, lambda fds: self._relay(worker, fds))
         return worker
 
-    def _relay(self, sender: WorkerProcess, fds: list[int]) -> None:
+    def _relay(self, sender: WorkerProcess | None, fds: list[int]) -> None:
         """Pass connections a draining worker handed over to the serving one (or hold them)."""
         target = self._current
         if target is not None and target is not sender and target.alive:
-            _handoff.send_fds(target.handoff, fds)
-            _handoff.close_all(fds)
-            return
+            fds = _handoff.send_all(target.handoff, fds)  # what could not be sent is held
         room = HELD_CONNECTIONS - len(self._held)
         self._held.extend(fds[:room])
         _handoff.close_all(fds[room:])
@@ -486,13 +492,18 @@ class Supervisor:
             },
         }
 
-    async def _ensure_standby(self) -> None:
+    async def _ensure_standby(self, preload: bool = True) -> None:
         if self.config.standby and not self._stopping and (self._standby is None or not self._standby.alive):
-            worker = await self._spawn()
+            worker = await self._spawn(preload=preload)
             worker.state = "standby"
             self._standby = worker
 
     def _drain(self, worker: WorkerProcess, then: Callable[[], None] | None = None) -> None:
+        if not worker.greeted:
+            worker.kill()  # still starting: it cannot have accepted anything, nor hear a drain
+            if then is not None:
+                then()
+            return
         worker.state = "draining"
         worker.when_drained = then
         worker.send({"type": protocol.DRAIN, "timeout": self.config.drain_timeout})
@@ -513,7 +524,7 @@ class Supervisor:
                     failed["module"],
                     failed.get("error"),
                 )
-            if worker.pending_load is not None:
+            if worker.pending_load is not None and worker.state == "loading":
                 load, worker.pending_load = worker.pending_load, None
                 worker.send(load)
         elif kind == protocol.FILES:
@@ -521,6 +532,8 @@ class Supervisor:
             if worker is self._loading or worker is self._current:
                 self._watch_reported(message)
         elif kind == protocol.FAILED:
+            if worker is not self._loading:
+                return  # superseded: it is draining already
             worker.failed = True
             if message["failure"].get("kind") == "usage" and worker.generation == 1:
                 # A mistake in the command: start() turns it into one line and a failed exit.
@@ -537,6 +550,7 @@ class Supervisor:
                     "Keeping generation %s serving until the error is fixed.", self._current.generation
                 )
         elif kind == protocol.READY:
+            worker.was_ready = True
             await self._on_ready(worker, bool(message.get("error_page")))
         elif kind == protocol.DRAINING:
             worker.drained()
@@ -562,8 +576,7 @@ class Supervisor:
 
     async def _on_ready(self, worker: WorkerProcess, error_page: bool) -> None:
         if worker is not self._loading:
-            worker.kill()
-            return
+            return  # superseded: it was told to drain, and will once it reads that
         self._loading = None
         old, self._current = self._current, worker
         worker.state = "serving"
@@ -572,8 +585,7 @@ class Supervisor:
         self._pending = None
         if self._held:
             held, self._held = self._held, []
-            _handoff.send_fds(worker.handoff, held)
-            _handoff.close_all(held)
+            self._relay(None, held)
         if error_page:
             announce = self._settle_failure  # only now does the error page answer in place of the app
         else:
@@ -667,7 +679,12 @@ class Supervisor:
             return
         if worker is self._standby:
             self._standby = None
-            await self._ensure_standby()
+            if worker.greeted:
+                await self._ensure_standby()
+            elif worker.preloaded:
+                logger.warning("The warm worker died while preloading; the next one will not preload.")
+                await self._ensure_standby(preload=False)
+            # a standby that dies before saying hello without preloading: the next load spawns one
         elif worker is self._loading:
             self._loading = None
             await self._crashed(worker, f"the worker {describe_exit(returncode)} before it was ready")
@@ -702,9 +719,16 @@ class Supervisor:
             self._settle_failure()
         elif current is not None and current.alive and self.config.keep_last_good:
             self._settle_failure()
+        elif self._loading is not None and self._loading.alive:
+            self._settle_failure()  # the generation loading now replaces the crashed one soon
         else:
             pending = self._pending or _Pending((), time.time(), reason)
             await self._load(pending, failure=self.failure or failure)  # settles when it serves
+
+
+def _merge(earlier: _Pending, later: _Pending) -> _Pending:
+    changed = tuple(sorted({*earlier.changed, *later.changed}))
+    return _Pending(changed, min(earlier.since, later.since), later.reason)
 
 
 def _stat(path: str) -> tuple[int, int, int] | None:
@@ -721,7 +745,21 @@ async def run_until_cancelled(supervisor: Supervisor) -> None:
         await supervisor.start()
         await asyncio.Future()
     finally:
-        await asyncio.shield(supervisor.stop())
+        await stop_completely(supervisor)
+
+
+async def stop_completely(supervisor: Supervisor, *, force: bool = False) -> None:
+    """Stop, and finish stopping even if cancelled again meanwhile (then re-raise that)."""
+    stopping = asyncio.ensure_future(supervisor.stop(force=force))
+    cancelled = False
+    while not stopping.done():
+        try:
+            await asyncio.shield(stopping)
+        except asyncio.CancelledError:
+            cancelled = True
+    stopping.result()
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 __all__ = ["ReloadEvent", "StartupError", "Supervisor"]

@@ -18,10 +18,11 @@ import importlib
 import json
 import os
 import select
+import signal
 import socket
 import sys
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 import uvicorn
 
@@ -35,6 +36,14 @@ LAZY_IMPORT_CHECK = 0.5  # seconds between looks for modules imported after star
 REPORT_CHUNK = 2000  # files per `files` message
 
 
+def _exit_with_children() -> NoReturn:
+    """The supervisor is gone: take down this worker and whatever the app started (our group)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.killpg(os.getpgrp(), signal.SIGKILL)
+    os._exit(0)  # not reached: the signal above includes us
+
+
 def _watch_for_hangup(fd: int) -> None:
     """Exit the process the moment the supervisor's end of the channel closes."""
 
@@ -44,7 +53,7 @@ def _watch_for_hangup(fd: int) -> None:
         while True:
             for _, events in poller.poll():
                 if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                    os._exit(0)
+                    _exit_with_children()
 
     threading.Thread(target=wait, name="asgireload-hangup", daemon=True).start()
 
@@ -98,7 +107,9 @@ class Worker:
         drain_timeout = await self._serve_until_drain()
         reporter.cancel()
         stop_adopting()
+        returned = _handoff.receive_fds(handoff) or []  # handed to us too late to serve: pass on
         handoff.setblocking(True)
+        _handoff.close_all(_handoff.send_all(handoff, returned))
         await self.server.drain(
             drain_timeout,
             hand_off=lambda fds: _handoff.send_fds(handoff, fds),
@@ -114,7 +125,8 @@ class Worker:
             print(f"asgireload worker: {exc}; exiting.", file=sys.stderr)
             os._exit(1)
         if message is None:
-            os._exit(0)
+            _exit_with_children()
+        assert message is not None
         return message
 
     def _preload(self) -> dict[str, str] | None:

@@ -48,6 +48,9 @@ class Reloader:
     build_cmd: Callable[[int, Path], list[str]]
 
 
+ASGIRELOAD_EXTRA_ARGS: list[str] = []  # run.py --asgireload-arg, e.g. --no-preload
+
+
 def _asgireload_cmd(port: int, app_dir: Path) -> list[str]:
     return [
         sys.executable,
@@ -63,6 +66,7 @@ def _asgireload_cmd(port: int, app_dir: Path) -> list[str]:
         "--no-access-log",
         "--log-level",
         "warning",
+        *ASGIRELOAD_EXTRA_ARGS,
     ]
 
 

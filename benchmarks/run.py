@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import bench_common
 import uvicorn
 from bench_common import (
     ASGIRELOAD,
@@ -55,6 +56,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--load-reloads", type=int, help="reloads for the under-load figure (10; quick 3)")
     parser.add_argument("--idle-seconds", type=float, help="idle CPU sampling time (20; quick 5)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also save raw numbers as JSON")
+    parser.add_argument(
+        "--asgireload-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="pass this option to asgireload too (repeatable), e.g. --asgireload-arg=--no-preload",
+    )
     args = parser.parse_args(argv)
     args.reloads = args.reloads or (5 if args.quick else 20)
     args.load_reloads = args.load_reloads or (3 if args.quick else 10)
@@ -89,6 +97,7 @@ def markdown_table(rows: Sequence[Row], asgireload_ok: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    bench_common.ASGIRELOAD_EXTRA_ARGS.extend(args.asgireload_arg)
     selected = args.only or list(MEASUREMENTS)
     measures: dict[str, Measure] = {
         "latency": lambda rs, tmp: run_latency(rs, tmp, args.reloads),

@@ -325,3 +325,27 @@ def test_the_fixture_in_a_module_scoped_async_fixture(pytester: pytest.Pytester)
     """
     result = _nested(pytester, source, *ASYNCIO, "--asyncio-mode=strict")
     result.assert_outcomes(passed=2)
+
+
+async def test_events_end_when_the_server_stops(plain_app: Path) -> None:
+    seen = []
+    async with Reloader("main:app", app_dir=plain_app) as server:
+
+        async def listen() -> None:
+            async for event in server.events():
+                seen.append(event.generation)
+
+        listener = asyncio.create_task(listen())
+        await server.reload()
+    async with asyncio.timeout(5):
+        await listener
+    assert seen == [2]
+
+
+async def test_entering_has_a_deadline(tmp_path: Path) -> None:
+    write(tmp_path / "main.py", "import time\ntime.sleep(60)\n" + PLAIN_APP)
+    before = children()
+    with pytest.raises(ReloadTimeout, match="generation 1 did not become ready"):
+        async with Reloader("main:app", app_dir=tmp_path, start_timeout=1.0):
+            pass
+    assert children() == before

@@ -523,6 +523,26 @@ async def test_sigkill_of_the_supervisor_takes_the_workers_down(project: Path) -
         assert not workers_serving(project), cli.transcript()
 
 
+async def test_sigkill_of_the_supervisor_takes_the_apps_own_children_down(tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text(
+        "import subprocess, sys\n"
+        "helper = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"print('helper pid', helper.pid, flush=True)\n{app_source('first')}"
+    )
+    async with run_cli(tmp_path, "main:app", "--port", "0") as cli:
+        await cli.started()
+        match = await cli.wait_for_line(r"helper pid (\d+)", stream="stdout")
+        helper = proc_stat(int(match[1]))
+        assert helper is not None
+        with pidfds([helper]) as exits:
+            os.kill(cli.pid, signal.SIGKILL)
+            try:
+                async with asyncio.timeout(HANGUP_DEADLINE):
+                    await all_readable(exits)
+            except TimeoutError:
+                pytest.fail(f"the app's child {helper.pid} outlived the supervisor by {HANGUP_DEADLINE} s")
+
+
 # ------------------------------------------------------------------------ 6-7. reloading
 
 

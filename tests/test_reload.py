@@ -312,3 +312,61 @@ async def test_sequential_mode_reloads_without_errors(plain_app: Path) -> None:
         assert await body(client, server.url) == "v2"
         await server.edit(plain_app / "main.py", with_body("v3"))
         assert await body(client, server.url) == "v3"
+
+
+async def test_a_hundred_idle_keep_alive_connections_move_to_the_new_generation(plain_app: Path) -> None:
+    async def request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+        writer.write(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        length = int(
+            next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1]
+        )
+        return (await reader.readexactly(length)).decode()
+
+    sized = PLAIN_APP.replace('[(b"content-type", b"text/plain")]', '[(b"content-length", b"2")]')
+    write(plain_app / "main.py", sized)
+    async with Reloader("main:app", app_dir=plain_app) as server:
+        connections = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(100)]
+        try:
+            async with asyncio.timeout(20):
+                assert {await request(r, w) for r, w in connections} == {"v1"}
+                await server.edit(plain_app / "main.py", sized.replace('BODY = "v1"', 'BODY = "v2"'))
+                # the same connections, now served by the new generation: none was closed
+                assert [await request(r, w) for r, w in connections] == ["v2"] * 100
+        finally:
+            for _, writer in connections:
+                writer.close()
+            await asyncio.gather(*(w.wait_closed() for _, w in connections), return_exceptions=True)
+
+
+async def test_a_broken_env_file_is_a_failed_generation_until_fixed(tmp_path: Path) -> None:
+    write(tmp_path / ".env", "GREETING=one\n")
+    write(tmp_path / "main.py", PLAIN_APP.replace('BODY = "v1"', 'BODY = os.environ["GREETING"]'))
+    reloader = Reloader("main:app", app_dir=tmp_path, env_file=tmp_path / ".env")
+    async with reloader as server, httpx.AsyncClient() as client:
+        event = await server.edit(tmp_path / ".env", "GREETING one\n")
+        assert event.outcome == "failed"
+        response = await client.get(server.url, headers={"accept": "text/plain"})
+        assert response.status_code == 500
+        assert "line 1" in response.text
+        event = await server.edit(tmp_path / ".env", "GREETING=two\n")
+        assert event.outcome == "ready"
+        assert await body(client, server.url) == "two"
+
+
+async def test_sequential_mode_never_runs_two_generations_at_once(tmp_path: Path) -> None:
+    write(tmp_path / "main.py", LIFESPAN_APP)
+    async with Reloader("main:app", app_dir=tmp_path, sequential=True) as server:
+        target = server.generation + 1
+        write_like_an_editor(tmp_path / "main.py", LIFESPAN_APP.replace('BODY = "v1"', 'BODY = "v2"'))
+        await server.wait_for_generation(target)
+        write_like_an_editor(tmp_path / "main.py", LIFESPAN_APP.replace('BODY = "v1"', 'BODY = "v3"'))
+        write_like_an_editor(tmp_path / "main.py", LIFESPAN_APP.replace('BODY = "v1"', 'BODY = "v4"'))
+        await until(lambda: server.state == "ready" and server.generation > target, what="the last edit")
+        await server.wait_for_generation(server.generation)
+        async with httpx.AsyncClient() as client:
+            assert await body(client, server.url) == "v4"
+    kinds = (tmp_path / "lifespan.log").read_text().split()[::2]
+    # one at a time: every start-up is followed by its shut-down before the next start-up
+    assert kinds == ["lifespan.startup", "lifespan.shutdown"] * (len(kinds) // 2)

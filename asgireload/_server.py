@@ -98,25 +98,28 @@ class Server(uvicorn.Server):
             server.close()
         if self._adopting:  # connections handed to us a moment ago: serve them like the rest
             await asyncio.gather(*self._adopting, return_exceptions=True)
-        closing: set[Any] = set()
+        handled: set[Any] = set()  # connections that will close, or pass on, by themselves
         while True:
             for connection in list(self.server_state.connections):
-                if connection in closing:
+                if connection in handled:
                     continue
                 cycle = getattr(connection, "cycle", _WEBSOCKET)
                 if cycle is _WEBSOCKET:
                     connection.shutdown()  # closes with 1012, service restart
-                    closing.add(connection)
+                    handled.add(connection)
                 elif cycle is not None and not cycle.response_complete:
-                    cycle.keep_alive = False  # busy: it closes after this response
-                    closing.add(connection)
+                    if hand_off is not None:
+                        _pass_on_after_response(connection, cycle, hand_off, handled)
+                    else:
+                        cycle.keep_alive = False  # it closes after this response
+                    handled.add(connection)
                 elif not _is_idle(connection):
                     continue  # a response still flushing, or half a request: look again soon
                 elif hand_off is not None:
                     _pass_on(connection, hand_off)
                 else:
                     connection.shutdown()
-                    closing.add(connection)
+                    handled.add(connection)
             if on_stopped is not None:
                 on_stopped()
                 on_stopped = None
@@ -172,6 +175,24 @@ def _pass_on(connection: Any, hand_off: HandOff) -> None:
         os.close(duplicate)
     if sent:
         connection.transport.abort()  # closes our descriptor only: the socket lives on, elsewhere
+
+
+def _pass_on_after_response(connection: Any, cycle: Any, hand_off: HandOff, handled: set[Any]) -> None:
+    """Pass a busy connection on the moment its response is complete, before it reads more.
+
+    Closing it after the response instead would race a client that sends its next request at
+    once (it would write into a connection being closed and get a reset).
+    """
+    original = cycle.on_response
+
+    def on_response() -> None:
+        original()
+        if _is_idle(connection):
+            _pass_on(connection, hand_off)
+        else:  # a pipelined request, or a response still flushing: the drain loop looks again
+            handled.discard(connection)
+
+    cycle.on_response = on_response
 
 
 def _forget(tasks: set[Any], sock: socket.socket) -> Callable[[asyncio.Task[Any]], None]:

@@ -87,6 +87,11 @@ class _Pending:
     changed: tuple[str, ...]
     since: float  # wall-clock time of the change
     reason: str
+    # where a reload's time goes, for the debug log: wall-clock times of each step
+    steps: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def mark(self, step: str) -> None:
+        self.steps.setdefault(step, time.time())
 
 
 def relative(path: str) -> str:
@@ -305,7 +310,9 @@ class Supervisor:
         if kind == "changed":
             _, paths, since = event
             self._crashes = 0
-            await self._begin(_Pending(paths, since, "change"))
+            pending = _Pending(paths, since, "change")
+            pending.mark("detected")
+            await self._begin(pending)
         elif kind == "reload":
             await self._begin(_Pending((), time.time(), event[1]))
         elif kind == "retry":
@@ -408,6 +415,7 @@ class Supervisor:
         keep = self.config.keep_last_good and self._current is not None and not self._current.error_page
         worker.on_failure = "exit" if keep else "error_page"
         worker.error_page = bool(failure or env_failure)
+        pending.mark("load sent")
         worker.load(
             {
                 "type": protocol.LOAD,
@@ -582,6 +590,7 @@ class Supervisor:
         worker.state = "serving"
         worker.error_page = error_page
         pending = self._pending or _Pending((), time.time(), "start")
+        pending.mark("ready")
         self._pending = None
         if self._held:
             held, self._held = self._held, []
@@ -605,7 +614,13 @@ class Supervisor:
         await self._ensure_standby()
 
     def _log_ready(self, worker: WorkerProcess, pending: _Pending) -> None:
+        pending.mark("old generation stopped")
         took = (time.time() - pending.since) * 1000
+        if logger.isEnabledFor(logging.DEBUG):
+            steps = ", ".join(
+                f"{step} +{(t - pending.since) * 1000:.1f} ms" for step, t in pending.steps.items()
+            )
+            logger.debug("Generation %s: changed at 0 ms, %s", worker.generation, steps)
         if pending.reason == "start":
             logger.info(
                 "Started %s in %.0f ms, serving on %s (press CTRL+C to quit)", self.config.app, took, self.url

@@ -370,3 +370,24 @@ async def test_sequential_mode_never_runs_two_generations_at_once(tmp_path: Path
     kinds = (tmp_path / "lifespan.log").read_text().split()[::2]
     # one at a time: every start-up is followed by its shut-down before the next start-up
     assert kinds == ["lifespan.startup", "lifespan.shutdown"] * (len(kinds) // 2)
+
+
+async def test_a_connection_busy_during_the_reload_moves_to_the_new_generation(tmp_path: Path) -> None:
+    sized = SLOW_APP.replace("[]})", '[(b"content-length", str(len(body)).encode())]})')
+    write(tmp_path / "main.py", sized)
+    async with Reloader("main:app", app_dir=tmp_path) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            async with asyncio.timeout(20):
+                writer.write(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+                await until(lambda: "slow request started" in server.output, what="the slow request")
+                await server.edit(tmp_path / "main.py", sized.replace('BODY = "v1"', 'BODY = "v2"'))
+                first = await reader.readuntil(b"slow v1")
+                assert first.startswith(b"HTTP/1.1 200")
+                # the same connection, not closed after its response: now served by generation 2
+                writer.write(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\n")
+                second = await reader.readuntil(b"slow v2")
+                assert second.startswith(b"HTTP/1.1 200")
+        finally:
+            writer.close()
+            await writer.wait_closed()

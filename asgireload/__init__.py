@@ -17,10 +17,10 @@ if TYPE_CHECKING:
     from .errors import ConfigError as ConfigError
     from .errors import ReloadTimeout as ReloadTimeout
     from .errors import StartupError as StartupError
+    from .events import ReloadEvent as ReloadEvent
     from .reloader import Reloader as Reloader
     from .serving import run as run
     from .serving import serve as serve
-    from .supervisor import ReloadEvent as ReloadEvent
 
 _EXPORTS = {
     "Config": "config",
@@ -31,7 +31,7 @@ _EXPORTS = {
     "Reloader": "reloader",
     "run": "serving",
     "serve": "serving",
-    "ReloadEvent": "supervisor",
+    "ReloadEvent": "events",
 }
 
 __all__ = [

@@ -8,8 +8,9 @@ from typing import Any
 
 from .config import Config
 from .errors import AsgireloadError
+from .events import EventStream, ReloadEvent, State
 from .serving import build_config
-from .supervisor import EventStream, ReloadEvent, State, Supervisor, stop_completely
+from .supervisor import Supervisor, stop_completely
 
 DEFAULT_TIMEOUT = 30.0  # seconds; every wait has one, so a broken reload fails a test instead of hanging it
 

@@ -31,55 +31,18 @@ from ._workers import WorkerProcess, describe_exit
 from .config import Config
 from .envfile import EnvFileError, read_env_file
 from .errors import ReloadTimeout, StartupError
+from .events import EventStream, ReloadEvent, State
 from .scanner import Scanner
 from .watchfilter import WatchFilter
 
 logger = logging.getLogger("asgireload")
 
-State = Literal["starting", "ready", "failed", "reloading", "stopped"]
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
 DRAINING_DEADLINE = 1.0  # seconds an old generation has to stop answering before we announce anyway
 HELD_CONNECTIONS = 1024  # idle connections kept while no generation serves (sequential mode)
 PACKAGES_POLL = 30.0  # seconds between full scans of preloaded packages (file events are the hint)
 STANDBY_WAIT = 2.0  # seconds a reload waits for a warm worker still preloading, then starts a cold one
 SLOW_START_REPORT = 5.0  # seconds before a generation that has not said ready is reported
-
-
-@dataclasses.dataclass(frozen=True)
-class ReloadEvent:
-    """One generation's outcome, as `Reloader.events()` yields it."""
-
-    generation: int
-    outcome: Literal["ready", "failed"]
-    changed: tuple[str, ...]
-    duration: float  # seconds from the change (or the request) to the outcome
-    summary: str = ""
-    traceback: str = ""
-
-
-class EventStream:
-    """An async iterator of ReloadEvents; it receives every outcome from its creation on."""
-
-    def __init__(self, subscribers: list[asyncio.Queue[ReloadEvent | None]]) -> None:
-        self._queue: asyncio.Queue[ReloadEvent | None] = asyncio.Queue()
-        self._subscribers = subscribers
-        subscribers.append(self._queue)
-
-    def __aiter__(self) -> EventStream:
-        return self
-
-    async def __anext__(self) -> ReloadEvent:
-        if self._queue not in self._subscribers:
-            raise StopAsyncIteration
-        event = await self._queue.get()
-        if event is None:  # the server stopped
-            await self.aclose()
-            raise StopAsyncIteration
-        return event
-
-    async def aclose(self) -> None:
-        if self._queue in self._subscribers:
-            self._subscribers.remove(self._queue)
 
 
 @dataclasses.dataclass
@@ -777,4 +740,4 @@ async def stop_completely(supervisor: Supervisor, *, force: bool = False) -> Non
         raise asyncio.CancelledError
 
 
-__all__ = ["ReloadEvent", "StartupError", "Supervisor"]
+__all__ = ["EventStream", "ReloadEvent", "State", "Supervisor", "run_until_cancelled", "stop_completely"]

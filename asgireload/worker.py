@@ -158,7 +158,7 @@ class Worker:
         self._report_files()
         sink: dict[str, Any] = {}
         try:
-            ok = await self._start_server(catch_lifespan_failure(app, sink), [listener])
+            ok = await self._start_server(app, [listener], lifespan_sink=sink)
         except Exception as exc:
             ok = False
             sink.setdefault("failure", failure_from_exception(exc, "startup"))
@@ -173,7 +173,11 @@ class Worker:
         return False
 
     async def _start_server(
-        self, app: Any, sockets: list[socket.socket], interface: str | None = None
+        self,
+        app: Any,
+        sockets: list[socket.socket],
+        interface: str | None = None,
+        lifespan_sink: dict[str, Any] | None = None,
     ) -> bool:
         uv = self.settings["uvicorn"]
         config = uvicorn.Config(
@@ -190,6 +194,9 @@ class Worker:
             interface=interface or uv["interface"],  # type: ignore[arg-type]
             timeout_graceful_shutdown=self.settings["drain_timeout"],
         )
+        config.load()  # resolves the interface: from here on the app is ASGI 3, whatever it was
+        if lifespan_sink is not None:
+            config.loaded_app = catch_lifespan_failure(config.loaded_app, lifespan_sink)
         self.server = Server(config)
         return await self.server.start(sockets)
 

@@ -391,3 +391,45 @@ async def test_a_connection_busy_during_the_reload_moves_to_the_new_generation(t
         finally:
             writer.close()
             await writer.wait_closed()
+
+
+WSGI_APP = """
+BODY = b"wsgi v1"
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [BODY]
+"""
+
+ASGI2_APP = """
+BODY = b"asgi2 v1"
+
+class App:
+    def __init__(self, scope):
+        self.scope = scope
+
+    async def __call__(self, receive, send):
+        if self.scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": BODY})
+"""
+
+
+@pytest.mark.parametrize(
+    ("source", "attribute", "interface", "first"),
+    [
+        (WSGI_APP, "application", "wsgi", "wsgi v1"),
+        (ASGI2_APP, "App", "auto", "asgi2 v1"),
+        (ASGI2_APP, "App", "asgi2", "asgi2 v1"),
+    ],
+)
+async def test_wsgi_and_asgi2_apps_reload(
+    tmp_path: Path, source: str, attribute: str, interface: str, first: str
+) -> None:
+    write(tmp_path / "main.py", source)
+    reloader = Reloader(f"main:{attribute}", app_dir=tmp_path, interface=interface)
+    async with reloader as server, httpx.AsyncClient() as client:
+        assert await body(client, server.url) == first
+        await server.edit(tmp_path / "main.py", source.replace(" v1", " v2"))
+        assert await body(client, server.url) == first.replace("v1", "v2")

@@ -1,7 +1,12 @@
 """How a project tests its app against a real reloading server, with the asgireload fixture.
 
-    pip install asgireload httpx pytest pytest-asyncio
-    pytest examples/test_with_fixture.py -p asyncio --asyncio-mode=auto
+From this checkout, after the README's test install (`python -m pip install -e ".[test]"`):
+
+    python -m pytest examples/test_with_fixture.py
+
+In your own project, copy this file into your tests, `pip install asgireload httpx pytest
+pytest-asyncio`, and run pytest with `asyncio_mode = auto` (or mark the tests with
+`@pytest.mark.asyncio`).
 
 The fixture writes the files into the test's tmp_path, runs a real server on a free port, and
 `server.edit()` saves a file the way an editor does and waits for the reload.

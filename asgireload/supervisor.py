@@ -32,7 +32,7 @@ from .config import Config
 from .envfile import EnvFileError, read_env_file
 from .errors import ReloadTimeout, StartupError
 from .events import EventStream, ReloadEvent, State
-from .scanner import Scanner
+from .scanner import Scanner, stat_key
 from .watchfilter import WatchFilter
 
 logger = logging.getLogger("asgireload")
@@ -159,7 +159,7 @@ class Supervisor:
                 self._packages = Scanner(self._on_packages_change, interval=PACKAGES_POLL)
                 self._tasks.append(asyncio.create_task(self._packages.run(), name="asgireload-packages"))
             if self.config.env_file is not None:
-                self._scanner.watch([(self.config.env_file, _stat(self.config.env_file))])
+                self._scanner.watch([(self.config.env_file, stat_key(self.config.env_file))])
             await self._emit_wait(("reload", "start"))
             first = await self.wait_for_generation(1, timeout=timeout)
             if first.outcome == "failed" and (self.failure or {}).get("kind") == "usage":
@@ -602,7 +602,7 @@ class Supervisor:
         failure["files"] = [f for f in failure.get("files", []) if isinstance(f, str)]
         self.failure = failure
         if self._scanner is not None:
-            self._scanner.watch((p, _stat(p)) for p in failure["files"] if p not in self._scanner)
+            self._scanner.watch((p, stat_key(p)) for p in failure["files"] if p not in self._scanner)
         where = ", ".join(relative(p) for p in failure["files"][-2:])
         traceback = str(failure.get("traceback") or "").rstrip()
         logger.error(
@@ -707,14 +707,6 @@ class Supervisor:
 def _merge(earlier: _Pending, later: _Pending) -> _Pending:
     changed = tuple(sorted({*earlier.changed, *later.changed}))
     return _Pending(changed, min(earlier.since, later.since), later.reason)
-
-
-def _stat(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 async def run_until_cancelled(supervisor: Supervisor) -> None:

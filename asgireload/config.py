@@ -23,6 +23,18 @@ ASGIApp = Callable[
 ]
 
 _PATH_OPTIONS = ("app_dir", "uds", "env_file")
+_UVICORN_OPTIONS = (
+    "lifespan",
+    "http",
+    "ws",
+    "loop",
+    "log_level",
+    "access_log",
+    "root_path",
+    "proxy_headers",
+    "forwarded_allow_ips",
+    "interface",
+)
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _IMPORT_STRING = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
@@ -181,6 +193,10 @@ class Config:
         if not isinstance(self.app, str):
             raise ConfigError("this Config holds an app object, not an import string.")
         return self.app
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """The options that are uvicorn.Config's too, under uvicorn's names."""
+        return {name: getattr(self, name) for name in _UVICORN_OPTIONS}
 
     @property
     def watch_roots(self) -> tuple[str, ...]:

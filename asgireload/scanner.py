@@ -86,10 +86,6 @@ class Scanner:
                 self._events.watch(os.path.dirname(path))
         self._wakeup.set()
 
-    def check_now(self) -> None:
-        self._check_all = True
-        self._wakeup.set()
-
     def _hint(self, path: str | None) -> None:
         if path is None:
             self._check_all = True

@@ -105,19 +105,8 @@ async def _serve_in_process(config: Config) -> None:
     app = import_app(config)
     sock = _sockets.bind(config)
     try:
-        uv = uvicorn.Config(
-            app,
-            lifespan=config.lifespan,
-            http=config.http,
-            ws=config.ws,
-            log_level=config.log_level,
-            access_log=config.access_log,
-            root_path=config.root_path,
-            proxy_headers=config.proxy_headers,
-            forwarded_allow_ips=config.forwarded_allow_ips,
-            interface=config.interface,  # type: ignore[arg-type]
-            log_config=None,
-        )
+        options = dict(config.uvicorn_options(), loop="none")  # this event loop serves it
+        uv = uvicorn.Config(app, **options, log_config=None)
         server = Server(uv)
         if not await server.start([sock]):
             raise AsgireloadError(f"the app {config.app!r} failed its lifespan start-up (see the log).")

@@ -449,18 +449,7 @@ class Supervisor:
             "drain_timeout": c.drain_timeout,
             "show_errors": c.errors_visible,
             "preload": self._preload if c.preload and preload else [],
-            "uvicorn": {
-                "lifespan": c.lifespan,
-                "http": c.http,
-                "ws": c.ws,
-                "loop": c.loop,
-                "log_level": c.log_level,
-                "access_log": c.access_log,
-                "root_path": c.root_path,
-                "proxy_headers": c.proxy_headers,
-                "forwarded_allow_ips": c.forwarded_allow_ips,
-                "interface": c.interface,
-            },
+            "uvicorn": c.uvicorn_options(),
         }
 
     async def _ensure_standby(self, preload: bool = True) -> None:

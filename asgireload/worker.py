@@ -126,7 +126,6 @@ class Worker:
             os._exit(1)
         if message is None:
             _exit_with_children()
-        assert message is not None
         return message
 
     def _preload(self) -> dict[str, str] | None:
@@ -179,21 +178,10 @@ class Worker:
         interface: str | None = None,
         lifespan_sink: dict[str, Any] | None = None,
     ) -> bool:
-        uv = self.settings["uvicorn"]
-        config = uvicorn.Config(
-            app,
-            lifespan=uv["lifespan"],
-            http=uv["http"],
-            ws=uv["ws"],
-            loop="none",
-            log_level=uv["log_level"],
-            access_log=uv["access_log"],
-            root_path=uv["root_path"],
-            proxy_headers=uv["proxy_headers"],
-            forwarded_allow_ips=uv["forwarded_allow_ips"],
-            interface=interface or uv["interface"],  # type: ignore[arg-type]
-            timeout_graceful_shutdown=self.settings["drain_timeout"],
-        )
+        options = dict(self.settings["uvicorn"], loop="none")  # the loop runs already
+        if interface is not None:
+            options["interface"] = interface
+        config = uvicorn.Config(app, **options, timeout_graceful_shutdown=self.settings["drain_timeout"])
         config.load()  # resolves the interface: from here on the app is ASGI 3, whatever it was
         if lifespan_sink is not None:
             config.loaded_app = catch_lifespan_failure(config.loaded_app, lifespan_sink)

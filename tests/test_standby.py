@@ -33,13 +33,20 @@ def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return site
 
 
-def app_using_fakepkg(project: Path, body: str = "v1") -> None:
-    write(
-        project / "main.py",
-        PLAIN_APP.replace(
-            'BODY = "v1"', f'os.environ["APP_SETS_THIS"] = "1"\nimport fakepkg\nBODY = {body!r}'
-        ),
+def install_fakepkg(site: Path, log: Path, when_unset: str, extra: str = "") -> None:
+    """An installed package that logs each import, and does `when_unset` unless the app set it up."""
+    write(site / "fakepkg.py", FAKEPKG.format(log=str(log), when_unset=when_unset) + extra)
+
+
+def fakepkg_app(body: str = "v1") -> str:
+    """main.py: it sets what fakepkg needs, then imports it (what a preload cannot do)."""
+    return PLAIN_APP.replace(
+        'BODY = "v1"', f'os.environ["APP_SETS_THIS"] = "1"\nimport fakepkg\nBODY = {body!r}'
     )
+
+
+def app_using_fakepkg(project: Path, body: str = "v1") -> None:
+    write(project / "main.py", fakepkg_app(body))
 
 
 def imports(log: Path) -> list[int]:
@@ -59,7 +66,7 @@ async def test_a_standby_that_dies_is_replaced_without_a_reload(plain_app: Path)
 
 async def test_the_standby_preloads_installed_packages(tmp_path: Path, installed: Path) -> None:
     log = tmp_path / "imports.log"
-    write(installed / "fakepkg.py", FAKEPKG.format(log=str(log), when_unset="pass"))
+    install_fakepkg(installed, log, "pass")
     app_using_fakepkg(tmp_path / "app")
     async with Reloader("main:app", app_dir=tmp_path / "app") as server, httpx.AsyncClient() as client:
         await until(
@@ -75,12 +82,12 @@ async def test_the_standby_preloads_installed_packages(tmp_path: Path, installed
 
 async def test_a_changed_package_replaces_the_standby(tmp_path: Path, installed: Path) -> None:
     log = tmp_path / "imports.log"
-    write(installed / "fakepkg.py", FAKEPKG.format(log=str(log), when_unset="pass"))
+    install_fakepkg(installed, log, "pass")
     app_using_fakepkg(tmp_path / "app")
     async with Reloader("main:app", app_dir=tmp_path / "app") as server:
         await until(lambda: len(imports(log)) == 2, what="the standby to preload")
         standby = server.pids["standby"]
-        write(installed / "fakepkg.py", FAKEPKG.format(log=str(log), when_unset="pass") + "VERSION = 2\n")
+        install_fakepkg(installed, log, "pass", extra="VERSION = 2\n")
         await until(lambda: server.pids.get("standby") not in (None, standby), what="a fresh standby")
         assert server.generation == 1  # an upgraded package replaces the standby, it does not reload
 
@@ -90,16 +97,11 @@ async def test_a_package_that_fails_to_preload_is_reported_once(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="asgireload")
     log = tmp_path / "imports.log"
-    write(installed / "fakepkg.py", FAKEPKG.format(log=str(log), when_unset="raise RuntimeError('unset')"))
+    install_fakepkg(installed, log, "raise RuntimeError('unset')")
     app_using_fakepkg(tmp_path / "app")
     async with Reloader("main:app", app_dir=tmp_path / "app") as server, httpx.AsyncClient() as client:
         for body in ("v2", "v3"):
-            event = await server.edit(
-                tmp_path / "app" / "main.py",
-                PLAIN_APP.replace('"v1"', f'"{body}"').replace(
-                    'BODY = "', 'os.environ["APP_SETS_THIS"] = "1"\nimport fakepkg\nBODY = "'
-                ),
-            )
+            event = await server.edit(tmp_path / "app" / "main.py", fakepkg_app(body))
             assert event.outcome == "ready"
             assert (await client.get(server.url)).text == body
     warnings = [r.getMessage() for r in caplog.records if "Preloading 'fakepkg' failed" in r.getMessage()]
@@ -112,13 +114,12 @@ async def test_a_standby_stuck_preloading_is_not_waited_on(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="asgireload")
     log = tmp_path / "imports.log"
-    write(installed / "fakepkg.py", FAKEPKG.format(log=str(log), when_unset="import time; time.sleep(60)"))
+    install_fakepkg(installed, log, "import time; time.sleep(60)")
     app_using_fakepkg(tmp_path / "app")
     async with Reloader("main:app", app_dir=tmp_path / "app") as server, httpx.AsyncClient() as client:
         await until(lambda: len(imports(log)) == 2, what="the standby to hang in its preload")
         stuck = server.pids["standby"]
-        source = (tmp_path / "app" / "main.py").read_text().replace("'v1'", "'v2'")
-        event = await server.edit(tmp_path / "app" / "main.py", source)
+        event = await server.edit(tmp_path / "app" / "main.py", fakepkg_app("v2"))
         assert event.outcome == "ready"
         assert (await client.get(server.url)).text == "v2"
         assert server.pids["serving"] != stuck

@@ -132,6 +132,17 @@ class Config:
         "Let the warm worker import the third-party modules the app used last time, ahead of the reload.",
         negatable=True,
     )
+    force_polling: bool = _option(
+        False,
+        "Find changes by polling every watched file, never by file events (for mounts that deliver "
+        "none: network shares, some container and VM mounts). Also set by ASGIRELOAD_FORCE_POLLING=1.",
+    )
+    watch_editable: bool = _option(
+        True,
+        "Watch packages installed in editable mode (pip install -e) whose sources sit in the same "
+        "checkout as the app, like the app's own files.",
+        negatable=True,
+    )
     poll_interval: float | None = _option(
         None,
         "Seconds between full scans of the watched files [default: 1.0 where the OS gives file events "

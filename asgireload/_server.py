@@ -37,14 +37,35 @@ class Server(uvicorn.Server):
 
     async def start(self, sockets: list[socket.socket]) -> bool:
         """Run lifespan start-up and start accepting; False if start-up failed."""
+        if not await self.start_lifespan():
+            return False
+        await self.start_accepting(sockets)
+        return self.started and not self.should_exit
+
+    async def start_lifespan(self) -> bool:
+        """Run lifespan start-up without accepting anything yet; False if it failed."""
         if not self.config.loaded:
             self.config.load()
         self.lifespan = self.config.lifespan_class(self.config)
+        await self.lifespan.startup()
+        return not self.lifespan.should_exit
+
+    async def start_accepting(self, sockets: list[socket.socket]) -> None:
+        """Start accepting on `sockets` (after `start_lifespan`)."""
+        lifespan = self.lifespan
+
+        class _AlreadyStarted:  # uvicorn's startup() runs lifespan start-up first: it ran already
+            state = lifespan.state
+            should_exit = False
+
+            async def startup(self) -> None:
+                return None
+
+        self.lifespan = _AlreadyStarted()
         try:
             await self.startup(sockets=sockets)
-        except SystemExit:
-            return False
-        return self.started and not self.should_exit
+        finally:
+            self.lifespan = lifespan
 
     def request_stop(self) -> None:
         self._stop_requested.set()

@@ -8,8 +8,6 @@ into events, and make sure it is gone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import signal
 import socket
@@ -18,10 +16,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import protocol
+from . import _reaper, protocol
 
 EXIT_AFTER_EOF = 1.0  # seconds a worker may live on after closing its channel
 FLOOD_LIMIT = 2000  # messages a second a worker may send before it is taken for broken
+OUTPUT_CHUNK = 65536  # bytes read from a worker's output at a time: no line length can stall it
+AFTER_EXIT = 2.0  # seconds the channel and output may take to end once the worker's tree is gone
 
 Event = tuple[Any, ...]
 
@@ -38,14 +38,43 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
+class SpawnError(Exception):
+    """A worker process could not be started (the OS refused: fds, memory, the interpreter)."""
+
+
+class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's own, plus a future set the moment the process exits.
+
+    `Process.wait()` also waits for the output pipe to close, which a child of the app that
+    inherited it can delay for as long as it lives; the exit itself is what matters here.
+    """
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
 class WorkerProcess:
     """A spawned worker and what the supervisor knows of it."""
 
     def __init__(
-        self, seq: int, process: asyncio.subprocess.Process, channel: protocol.Channel, handoff: socket.socket
+        self,
+        seq: int,
+        process: asyncio.subprocess.Process,
+        channel: protocol.Channel,
+        handoff: socket.socket,
+        tag: str | None = None,
+        exited: asyncio.Future[None] | None = None,
     ) -> None:
         self.seq = seq
         self.process = process
+        self._exited = exited
+        self.tag = tag  # in the environment of everything this worker starts: see _reaper.py
         self.channel = channel
         self.handoff = handoff  # idle keep-alive connections travel over this, see _handoff.py
         self.stop_relaying: Callable[[], None] | None = None
@@ -59,7 +88,6 @@ class WorkerProcess:
         self.was_ready = False  # it said ready: it accepts (or accepted) connections
         self.reported_files = False  # it finished importing the app (or failed to)
         self.when_drained: Callable[[], None] | None = None  # once it no longer answers new requests
-        self.on_failure = "error_page"  # or "exit": what the worker does when its app fails to load
         self.pending_load: dict[str, Any] | None = None
         self.spawned_at = self.loaded_at = time.monotonic()
         self.tasks: list[asyncio.Task[None]] = []
@@ -70,6 +98,13 @@ class WorkerProcess:
     @property
     def alive(self) -> bool:
         return self.process.returncode is None and self.state != "gone"
+
+    async def wait_exit(self) -> int | None:
+        """Wait until the process has exited (not for its output pipe to close); its return code."""
+        if self._exited is not None:
+            await asyncio.shield(self._exited)
+            return self.process.returncode
+        return await self.process.wait()
 
     def send(self, message: dict[str, Any]) -> None:
         if not self.greeted:
@@ -91,10 +126,9 @@ class WorkerProcess:
             callback()
 
     def kill(self) -> None:
-        """SIGKILL the worker's whole process group (it leads its own session)."""
+        """SIGKILL the worker, its process group (it leads its own session) and its tagged descendants."""
         self.state = "gone" if self.process.returncode is not None else self.state
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
+        _reaper.kill_generation(self.pid, self.tag)
 
     def close(self) -> None:
         self.channel.close()
@@ -112,28 +146,43 @@ async def spawn(
     emit: Callable[[Event], None],
     output: Callable[[str], None] | None,
 ) -> WorkerProcess:
-    """Start a worker process; its messages, garbage and exit arrive through `emit`."""
+    """Start a worker process; its messages, garbage and exit arrive through `emit`.
+
+    The settings travel over the control channel, not argv: they grow with the app (the preload
+    list) and argv has a per-string limit. Raises SpawnError if the OS will not start it.
+    """
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     handoff, handoff_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    tag = _reaper.new_tag(seq)
+    environment = dict(os.environ)
+    environment[_reaper.TAG_VARIABLE] = tag
+    settings = {
+        **settings,
+        "handoff_fd": handoff_child.fileno(),
+        "listen_fd": listener.fileno(),
+    }
     try:
-        settings = {
-            **settings,
-            "control_fd": child.fileno(),
-            "handoff_fd": handoff_child.fileno(),
-            "listen_fd": listener.fileno(),
-        }
         pipe = asyncio.subprocess.PIPE if output is not None else None
-        process = await asyncio.create_subprocess_exec(
+        loop = asyncio.get_running_loop()
+        transport, protocol_ = await loop.subprocess_exec(
+            lambda: _Protocol(limit=OUTPUT_CHUNK, loop=loop),
             sys.executable,
+            "-P",  # the worker's own imports never see the current folder (nor the project)
             "-m",
             "asgireload.worker",
-            json.dumps(settings),
+            str(child.fileno()),
             pass_fds=(child.fileno(), handoff_child.fileno(), listener.fileno()),
             start_new_session=True,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=pipe,
             stderr=asyncio.subprocess.STDOUT if pipe else None,
+            env=environment,
         )
+        process = asyncio.subprocess.Process(transport, protocol_, loop)
+    except OSError as exc:
+        parent.close()
+        handoff.close()
+        raise SpawnError(f"could not start a worker process: {exc.strerror or exc}") from exc
     except BaseException:
         parent.close()
         handoff.close()
@@ -142,18 +191,22 @@ async def spawn(
         child.close()
         handoff_child.close()
     try:
-        channel = await protocol.Channel.open(parent, protocol.WORKER_MESSAGES)
+        channel = await protocol.Channel.open(
+            parent, protocol.WORKER_MESSAGES, send_limit=protocol.TRUSTED_MAX_LINE
+        )
+        channel.send({"type": protocol.SETTINGS, **settings})
     except BaseException:
         parent.close()
         handoff.close()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        _reaper.kill_generation(process.pid, tag)
         await process.wait()
         raise
-    worker = WorkerProcess(seq, process, channel, handoff)
-    worker.tasks.append(asyncio.create_task(_read_channel(worker, emit)))
+    worker = WorkerProcess(seq, process, channel, handoff, tag, protocol_.exited)
+    reading = asyncio.create_task(_read_channel(worker, emit))
+    worker.tasks.append(reading)
     if output is not None and process.stdout is not None:
         worker.tasks.append(asyncio.create_task(_read_output(process.stdout, output)))
+    worker.tasks.append(asyncio.create_task(_watch_exit(worker, emit, list(worker.tasks))))
     return worker
 
 
@@ -176,13 +229,29 @@ async def _read_channel(worker: WorkerProcess, emit: Callable[[Event], None]) ->
         emit(("garbage", worker, str(exc)))
     finally:
         worker.channel.close()
-    try:
-        async with asyncio.timeout(EXIT_AFTER_EOF):
-            await worker.process.wait()
-    except TimeoutError:
-        emit(("garbage", worker, "nothing more: it closed its control channel but kept running"))
-        await worker.process.wait()
-    emit(("exited", worker, worker.process.returncode))
+    if worker.process.returncode is None:
+        try:
+            async with asyncio.timeout(EXIT_AFTER_EOF):
+                await worker.wait_exit()
+        except TimeoutError:
+            emit(("garbage", worker, "nothing more: it closed its control channel but kept running"))
+
+
+async def _watch_exit(
+    worker: WorkerProcess, emit: Callable[[Event], None], readers: list[asyncio.Task[None]]
+) -> None:
+    """When the worker exits, end what it started, then report the exit.
+
+    The exit is known from the process, not from the channel's end of file: a child of the app
+    that inherited a descriptor by forking could keep the channel (or the output pipe) open.
+    Once the tree is gone they end by themselves; whatever is still open after AFTER_EXIT is cut.
+    """
+    returncode = await worker.wait_exit()
+    _reaper.kill_generation(worker.pid, worker.tag)
+    _done, pending = await asyncio.wait(readers, timeout=AFTER_EXIT)
+    for task in pending:
+        task.cancel()
+    emit(("exited", worker, returncode))
 
 
 def _check(worker: WorkerProcess, message: dict[str, Any]) -> None:
@@ -192,7 +261,9 @@ def _check(worker: WorkerProcess, message: dict[str, Any]) -> None:
         if kind != protocol.HELLO:
             raise protocol.ProtocolError(f"a {kind!r} message before 'hello'")
         if message.get("protocol") != protocol.PROTOCOL_VERSION:
-            raise protocol.ProtocolError(f"protocol version {message.get('protocol')!r}, expected 1")
+            raise protocol.ProtocolError(
+                f"protocol version {message.get('protocol')!r}, expected {protocol.PROTOCOL_VERSION}"
+            )
         worker.greeted = True
         return
     if kind == protocol.HELLO:
@@ -220,5 +291,14 @@ def _check(worker: WorkerProcess, message: dict[str, Any]) -> None:
 
 
 async def _read_output(stream: asyncio.StreamReader, output: Callable[[str], None]) -> None:
-    while line := await stream.readline():
-        output(line.decode(errors="replace"))
+    """Pass the output on line by line, reading in chunks so a line of any length gets through."""
+    partial = b""
+    while chunk := await stream.read(OUTPUT_CHUNK):
+        *lines, partial = (partial + chunk).split(b"\n")
+        for line in lines:
+            output(line.decode(errors="replace") + "\n")
+        if len(partial) > OUTPUT_CHUNK * 16:  # a line that never ends (a progress bar): pass it on
+            output(partial.decode(errors="replace"))
+            partial = b""
+    if partial:
+        output(partial.decode(errors="replace"))

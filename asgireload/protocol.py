@@ -15,31 +15,37 @@ import json
 import socket
 from typing import Any
 
-PROTOCOL_VERSION = 1
-MAX_LINE = 1 << 20  # 1 MiB: a `files` report of a few thousand modules fits many times over
+PROTOCOL_VERSION = 2
+MAX_LINE = 1 << 20  # 1 MiB: what the supervisor reads from a worker (a `files` report is chunked)
+# What a worker reads from the supervisor, which it trusts: no limit that grows with the app (the
+# settings carry the preload list, one name per module the app imported).
+TRUSTED_MAX_LINE = 1 << 30
 
 # worker -> supervisor
 HELLO = "hello"  # {pid, protocol}: first message, the worker is warm and waits for `load`
 FILES = "files"  # {files: [[path, mtime_ns, size, ino] | [path, null, null, null]], modules: [names]}
-READY = "ready"  # {generation, error_page: bool}: lifespan start-up done, the worker accepts
-FAILED = "failed"  # {generation, failure: {summary, traceback, files, kind}}
+READY = "ready"  # {generation, error_page: bool}: lifespan start-up done; accepts once told `serve`
+FAILED = "failed"  # {generation, failure: {summary, traceback, files, missing, kind}}; waits for orders
 DRAINING = "draining"  # {}: it no longer accepts nor answers new requests on its connections
 WORKER_MESSAGES = frozenset({HELLO, FILES, READY, FAILED, DRAINING})
 
 # supervisor -> worker
-LOAD = "load"  # {generation, env, on_failure: "error_page" | "exit", failure: {...} | null}
+SETTINGS = "settings"  # {app, roots, env, preload, uvicorn, ...}: the first message, read before `hello`
+LOAD = "load"  # {generation, env, failure: {...} | null}: import the app (or show that failure)
+SERVE = "serve"  # {}: start accepting (the app after `ready`, the error page after `failed`)
 FAILURE = "failure"  # {failure}: update what an error-page worker shows
-DRAIN = "drain"  # {timeout}: stop accepting, finish requests, shut down, exit
-SUPERVISOR_MESSAGES = frozenset({LOAD, FAILURE, DRAIN})
+DRAIN = "drain"  # {timeout}: stop accepting (or never start), finish requests, shut down, exit
+SUPERVISOR_MESSAGES = frozenset({SETTINGS, LOAD, SERVE, FAILURE, DRAIN})
 
 
 class ProtocolError(Exception):
     """The peer sent something that is not a message of this protocol."""
 
 
-def encode(message: dict[str, Any]) -> bytes:
-    line = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-    if len(line) > MAX_LINE:
+def encode(message: dict[str, Any], limit: int = MAX_LINE) -> bytes:
+    """One line of JSON. ASCII escapes keep paths that are not UTF-8 (surrogate escapes) lossless."""
+    line = json.dumps(message, separators=(",", ":")).encode("ascii") + b"\n"
+    if len(line) > limit:
         raise ProtocolError(f"a {message.get('type')!r} message of {len(line)} bytes is over the limit.")
     return line
 
@@ -60,15 +66,37 @@ def decode(line: bytes, allowed: frozenset[str]) -> dict[str, Any]:
 class Channel:
     """Messages over one end of a socketpair, on the running event loop."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, allowed: frozenset[str]):
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        allowed: frozenset[str],
+        max_line: int = MAX_LINE,
+        send_limit: int = MAX_LINE,
+    ):
         self._reader = reader
         self._writer = writer
         self._allowed = allowed
+        self._max_line = max_line
+        self._send_limit = send_limit
 
     @classmethod
-    async def open(cls, sock: socket.socket, allowed: frozenset[str]) -> Channel:
-        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_LINE)
-        return cls(reader, writer, allowed)
+    async def open(
+        cls,
+        sock: socket.socket,
+        allowed: frozenset[str],
+        *,
+        max_line: int = MAX_LINE,
+        send_limit: int = MAX_LINE,
+    ) -> Channel:
+        """`max_line` bounds what we read, `send_limit` what we write (the peer's `max_line`)."""
+        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=max_line)
+        return cls(reader, writer, allowed, max_line, send_limit)
+
+    def feed(self, data: bytes) -> None:
+        """Bytes of the stream read before this channel existed."""
+        if data:
+            self._reader.feed_data(data)
 
     async def receive(self) -> dict[str, Any] | None:
         """The next message, or None at end of file. Raises ProtocolError on garbage."""
@@ -79,7 +107,7 @@ class Channel:
                 raise ProtocolError("the channel closed in the middle of a message") from None
             return None
         except asyncio.LimitOverrunError:
-            raise ProtocolError(f"a line longer than {MAX_LINE} bytes") from None
+            raise ProtocolError(f"a line longer than {self._max_line} bytes") from None
         except ConnectionError:
             return None
         return decode(line, self._allowed)
@@ -88,7 +116,7 @@ class Channel:
         """Queue a message; a closed channel drops it (the reader sees EOF and acts on that)."""
         if self._writer.is_closing():
             return
-        self._writer.write(encode(message))
+        self._writer.write(encode(message, self._send_limit))
 
     async def flush(self) -> None:
         with contextlib.suppress(ConnectionError):

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from . import _handoff, _sockets, _workers, protocol
 from ._preflight import preflight
-from ._workers import WorkerProcess, describe_exit
+from ._workers import SpawnError, WorkerProcess, describe_exit
 from .config import Config
 from .envfile import EnvFileError, read_env_file
 from .errors import ReloadTimeout, StartupError
@@ -43,6 +43,7 @@ HELD_CONNECTIONS = 1024  # idle connections kept while no generation serves (seq
 PACKAGES_POLL = 30.0  # seconds between full scans of preloaded packages (file events are the hint)
 STANDBY_WAIT = 2.0  # seconds a reload waits for a warm worker still preloading, then starts a cold one
 SLOW_START_REPORT = 5.0  # seconds before a generation that has not said ready is reported
+_WITH_APP = ("loading", "serving", "draining")  # worker states in which it holds the app (or its page)
 
 
 @dataclasses.dataclass
@@ -50,6 +51,7 @@ class _Pending:
     changed: tuple[str, ...]
     since: float  # wall-clock time of the change
     reason: str
+    retried: bool = False  # it failed once beside an older generation, and is tried again alone
     # where a reload's time goes, for the debug log: wall-clock times of each step
     steps: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -86,7 +88,10 @@ class Supervisor:
         self._loading: WorkerProcess | None = None
         self._standby: WorkerProcess | None = None
         self._pending: _Pending | None = None
-        self._after_drain: _Pending | None = None
+        # A load that waits until no other generation's app runs (sequential mode, or a retry).
+        self._after_exit: _Pending | None = None
+        self._exclusive = config.sequential  # becomes True when the app proves it cannot overlap
+        self._retry_pending: _Pending | None = None  # a reload to try again when the timer fires
         self._spawned = 0
         self._crashes = 0
         self._retry: asyncio.TimerHandle | None = None
@@ -151,12 +156,18 @@ class Supervisor:
             self._scanner = Scanner(
                 self._on_change,
                 interval=self.config.poll_interval,
-                discover=self.project.included_files if self.config.reload_includes else None,
+                includes=self.project if self.config.reload_includes else None,
+                force_polling=self.config.force_polling,
             )
             self._tasks.append(asyncio.create_task(self._handle_events(), name="asgireload-supervisor"))
             self._tasks.append(asyncio.create_task(self._scanner.run(), name="asgireload-scanner"))
             if self.config.preload and self.config.standby:
-                self._packages = Scanner(self._on_packages_change, interval=PACKAGES_POLL)
+                self._packages = Scanner(
+                    self._on_packages_change,
+                    interval=PACKAGES_POLL,
+                    force_polling=self.config.force_polling,
+                    fast_poll=None,  # an upgrade is found by the next full scan: no fast polling
+                )
                 self._tasks.append(asyncio.create_task(self._packages.run(), name="asgireload-packages"))
             if self.config.env_file is not None:
                 self._scanner.watch([(self.config.env_file, stat_key(self.config.env_file))])
@@ -190,7 +201,7 @@ class Supervisor:
         deadline = self.config.drain_timeout + 1.0
         try:
             async with asyncio.timeout(deadline if not force else 2.0):
-                await asyncio.gather(*(w.process.wait() for w in workers))
+                await asyncio.gather(*(w.wait_exit() for w in workers))
         except TimeoutError:
             survivors = [w for w in workers if w.process.returncode is None]
             logger.warning("Killing %d worker(s) that did not stop within %.1f s.", len(survivors), deadline)
@@ -198,7 +209,7 @@ class Supervisor:
             worker.kill()  # the whole process group: children the app started go too
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
-                await asyncio.gather(*(w.process.wait() for w in workers))
+                await asyncio.gather(*(w.wait_exit() for w in workers))
         for worker in list(self._workers):
             worker.close()
             await asyncio.gather(*worker.tasks, return_exceptions=True)
@@ -273,6 +284,8 @@ class Supervisor:
         if kind == "changed":
             _, paths, since = event
             self._crashes = 0
+            if self.config.env_file in paths:
+                await self._replace_standby()  # it imported packages under the old values
             pending = _Pending(paths, since, "change")
             pending.mark("detected")
             await self._begin(pending)
@@ -281,8 +294,12 @@ class Supervisor:
         elif kind == "retry":
             self._retry = None
             loading, current = self._loading, self._current
+            retry, self._retry_pending = self._retry_pending, None
             if loading is not None and loading.error_page:
+                self._retry_pending = retry
                 self._retry = self._later(BACKOFF_START, ("retry",))  # let the error page come up first
+            elif retry is not None and loading is None:
+                await self._begin(retry)
             elif loading is None and (current is None or current.error_page):
                 await self._begin(_Pending((), time.time(), "restart after a crash"))
         elif kind == "slow":
@@ -309,11 +326,9 @@ class Supervisor:
         elif kind == "exited":
             await self._on_exit(event[1], event[2])
         elif kind == "packages-changed":
-            standby = self._standby
             names = ", ".join(relative(p) for p in event[1][:3])
             logger.info("Installed packages changed (%s); replacing the warm worker.", names)
-            if standby is not None and standby.alive:
-                standby.kill()  # its exit brings a fresh standby, which preloads the new code
+            await self._replace_standby()
         elif kind == "standby-late":
             worker = event[1]
             if worker is self._loading and worker is not None and not worker.greeted and worker.alive:
@@ -341,25 +356,32 @@ class Supervisor:
         """Start the next generation, superseding one that is still loading."""
         if self._stopping:
             return
-        if self._after_drain is not None:
-            # --sequential, and the old generation is still finishing: fold this change in.
-            self._after_drain = _merge(self._after_drain, pending)
+        if self._after_exit is not None:
+            # The older generations are still finishing: fold this change into the load that waits.
+            self._after_exit = _merge(self._after_exit, pending)
             return
         if self._loading is not None:
             logger.info("Generation %s is superseded by a newer change.", self._loading.generation)
-            stale = self._loading
-            self._loading = None
-            self._drain(stale)  # drained, not killed: it may already accept connections
+            stale, self._loading = self._loading, None
+            stale.kill()  # it was never told to serve, so it has accepted nothing
             self._settle_failure()  # a superseded generation that had failed did fail
             if self._pending is not None:
                 pending = _merge(self._pending, pending)
-        current = self._current
-        if self.config.sequential and current is not None and current.alive:
-            self._drain(current)
-            self._current = None
-            self._after_drain = pending
+        if self._exclusive and self._apps_running():
+            self._load_when_alone(pending)
             return
         await self._load(pending)
+
+    def _apps_running(self) -> bool:
+        """Whether any worker holds an app (loading, serving or draining), as opposed to a standby."""
+        return any(w.alive and w.state in _WITH_APP for w in self._workers)
+
+    def _load_when_alone(self, pending: _Pending) -> None:
+        """Stop every generation, and load `pending` once the last of them has exited."""
+        current, self._current = self._current, None
+        if current is not None and current.alive:
+            self._drain(current)
+        self._after_exit = pending
 
     async def _load(
         self, pending: _Pending, failure: dict[str, Any] | None = None, cold: bool = False
@@ -371,12 +393,19 @@ class Supervisor:
         if worker is None or cold:
             if worker is not None:
                 worker.kill()
-            worker = await self._spawn(preload=not cold)
+            try:
+                worker = await self._spawn(preload=not cold)
+            except SpawnError as exc:
+                if not cold:
+                    logger.error("%s; trying again without preloading.", exc)
+                    self.generation -= 1
+                    await self._load(pending, failure, cold=True)
+                else:
+                    self._could_not_start(exc, pending)
+                return
         elif not worker.greeted:
             self._later(STANDBY_WAIT, ("standby-late", worker))
         env, env_failure = self._read_env()
-        keep = self.config.keep_last_good and self._current is not None and not self._current.error_page
-        worker.on_failure = "exit" if keep else "error_page"
         worker.error_page = bool(failure or env_failure)
         pending.mark("load sent")
         worker.load(
@@ -385,7 +414,6 @@ class Supervisor:
                 "generation": self.generation,
                 "env": env,
                 "failure": failure or env_failure,
-                "on_failure": worker.on_failure,
             }
         )
         self._loading = worker
@@ -393,6 +421,26 @@ class Supervisor:
         if env_failure is not None:
             worker.failed = True
             self._record_failure(worker, env_failure)
+
+    def _could_not_start(self, exc: SpawnError, pending: _Pending) -> None:
+        """No worker could be started at all: say so, show it where a page serves, try again later."""
+        failure = {"kind": "spawn", "summary": f"{exc}.", "traceback": "", "files": []}
+        self.failure = failure
+        logger.error("Generation %s could not start: %s.", self.generation, exc)
+        current = self._current
+        if current is not None and current.alive and current.error_page:
+            current.send({"type": protocol.FAILURE, "failure": failure})
+        self._settle(self.generation, "failed", pending, failure)
+        self._schedule_retry(pending)
+
+    def _schedule_retry(self, pending: _Pending | None) -> None:
+        delay = min(BACKOFF_START * 2**self._crashes, BACKOFF_MAX)
+        self._crashes += 1
+        logger.warning("Restarting %s in %.1f s.", self.config.app, delay)
+        if self._retry is not None:
+            self._retry.cancel()
+        self._retry_pending = pending
+        self._retry = self._later(delay, ("retry",))
 
     def _read_env(self) -> tuple[dict[str, str], dict[str, Any] | None]:
         if self.config.env_file is None:
@@ -404,6 +452,7 @@ class Supervisor:
             return {}, {"kind": "env", "summary": str(exc), "traceback": "", "files": [self.config.env_file]}
 
     async def _spawn(self, preload: bool = True) -> WorkerProcess:
+        """A new worker (raises SpawnError if the OS refuses)."""
         self._spawned += 1
         spawning = asyncio.ensure_future(
             _workers.spawn(
@@ -418,7 +467,8 @@ class Supervisor:
             worker = await asyncio.shield(spawning)
         except asyncio.CancelledError:
             # stop() cancelled us mid-spawn: finish it, so that stop() sees the worker and ends it
-            self._workers.add(await spawning)
+            with contextlib.suppress(SpawnError):
+                self._workers.add(await spawning)
             raise
         self._workers.add(worker)
         worker.preloaded = preload and bool(self._preload) and self.config.preload
@@ -439,26 +489,40 @@ class Supervisor:
 
     def _worker_settings(self, preload: bool) -> dict[str, Any]:
         c = self.config
+        env, _ = self._read_env()  # a broken env file is reported by the load that reads it
         return {
             "app": c.import_string,
             "factory": c.factory,
             "app_dir": c.app_dir,
-            "roots": list(c.watch_roots),
+            "roots": list(self.project.roots),
             "includes": list(c.reload_includes),
             "excludes": list(c.reload_excludes),
             "drain_timeout": c.drain_timeout,
             "show_errors": c.errors_visible,
+            "env": env,
             "preload": self._preload if c.preload and preload else [],
             "uvicorn": c.uvicorn_options(),
         }
 
     async def _ensure_standby(self, preload: bool = True) -> None:
         if self.config.standby and not self._stopping and (self._standby is None or not self._standby.alive):
-            worker = await self._spawn(preload=preload)
+            try:
+                worker = await self._spawn(preload=preload)
+            except SpawnError as exc:
+                logger.warning("%s; the next reload starts one instead of a warm worker.", exc)
+                return
             worker.state = "standby"
             self._standby = worker
 
+    async def _replace_standby(self) -> None:
+        """A fresh warm worker: the one we have imported something that is out of date."""
+        standby, self._standby = self._standby, None
+        if standby is not None and standby.alive:
+            standby.kill()
+            await self._ensure_standby()
+
     def _drain(self, worker: WorkerProcess, then: Callable[[], None] | None = None) -> None:
+        """Tell a generation that may be serving to finish and exit (one still starting is killed)."""
         if not worker.greeted:
             worker.kill()  # still starting: it cannot have accepted anything, nor hear a drain
             if then is not None:
@@ -493,22 +557,8 @@ class Supervisor:
                 self._watch_reported(message)
         elif kind == protocol.FAILED:
             if worker is not self._loading:
-                return  # superseded: it is draining already
-            worker.failed = True
-            if message["failure"].get("kind") == "usage" and worker.generation == 1:
-                # A mistake in the command: start() turns it into one line and a failed exit.
-                self.failure = dict(message["failure"])
-                self._loading = None
-                self._settle(1, "failed", self._pending or _Pending((), time.time(), "start"), self.failure)
-                return
-            self._record_failure(worker, message["failure"])
-            if worker.on_failure == "exit" and self._current is not None:
-                # --keep-last-good: the failed worker exits, the last good generation serves on.
-                self._loading = None
-                self._settle_failure()
-                logger.warning(
-                    "Keeping generation %s serving until the error is fixed.", self._current.generation
-                )
+                return  # superseded: it was killed already
+            await self._on_failed(worker, message["failure"])
         elif kind == protocol.READY:
             worker.was_ready = True
             await self._on_ready(worker, bool(message.get("error_page")))
@@ -534,16 +584,66 @@ class Supervisor:
                 known.add(name)
                 self._preload.append(name)
 
+    async def _on_failed(self, worker: WorkerProcess, failure: dict[str, Any]) -> None:
+        """The loading generation could not start its app: retry, keep the old one, or show why."""
+        worker.failed = True
+        pending = self._pending or _Pending((), time.time(), "start")
+        if failure.get("kind") == "usage" and worker.generation == 1:
+            # A mistake in the command: start() turns it into one line and a failed exit.
+            self.failure = dict(failure)
+            self._loading = None
+            worker.kill()
+            self._settle(1, "failed", pending, self.failure)
+            return
+        current = self._current
+        keep = self.config.keep_last_good and current is not None and current.alive and not current.error_page
+        overlapping = self._apps_running_besides(worker)
+        if overlapping and not keep and not self._exclusive and not pending.retried:
+            # It may have failed only because the old generation holds a port, a lock or a file
+            # it needs: stop every older generation, and try once more alone.
+            logger.debug(
+                "Generation %s failed while an older generation was running; trying once more after "
+                "it has stopped.",
+                worker.generation,
+            )
+            self._loading = None
+            worker.kill()
+            pending.retried = True
+            self._load_when_alone(pending)
+            return
+        self._record_failure(worker, failure, old_running=keep and overlapping)
+        if keep:
+            assert current is not None
+            # --keep-last-good: the failed worker exits, the last good generation serves on.
+            self._loading = None
+            worker.kill()
+            self._settle_failure()
+            logger.warning("Keeping generation %s serving until the error is fixed.", current.generation)
+            return
+        await self._on_ready(worker, error_page=True)
+
+    def _apps_running_besides(self, worker: WorkerProcess) -> bool:
+        return any(w is not worker and w.alive and w.state in _WITH_APP for w in self._workers)
+
     async def _on_ready(self, worker: WorkerProcess, error_page: bool) -> None:
         if worker is not self._loading:
-            return  # superseded: it was told to drain, and will once it reads that
+            return  # superseded: it was killed, and never served
         self._loading = None
+        worker.send({"type": protocol.SERVE})
         old, self._current = self._current, worker
         worker.state = "serving"
         worker.error_page = error_page
         pending = self._pending or _Pending((), time.time(), "start")
         pending.mark("ready")
         self._pending = None
+        if pending.retried and not error_page and not self._exclusive:
+            self._exclusive = True
+            logger.warning(
+                "Generation %s started only once the old one had stopped: the app seems to hold something "
+                "exclusively at import (a port, a lock or a file). Reloading sequentially from now on "
+                "(pass --sequential to start that way).",
+                worker.generation,
+            )
         if self._held:
             held, self._held = self._held, []
             self._relay(None, held)
@@ -586,19 +686,28 @@ class Supervisor:
         else:
             logger.info("Reloaded in %.0f ms (generation %s): %s", took, worker.generation, pending.reason)
 
-    def _record_failure(self, worker: WorkerProcess, failure: dict[str, Any]) -> None:
+    def _record_failure(
+        self, worker: WorkerProcess, failure: dict[str, Any], old_running: bool = False
+    ) -> None:
         failure = dict(failure)
         failure["files"] = [f for f in failure.get("files", []) if isinstance(f, str)]
+        missing = [f for f in failure.get("missing", []) if isinstance(f, str)]
         self.failure = failure
         if self._scanner is not None:
             self._scanner.watch((p, stat_key(p)) for p in failure["files"] if p not in self._scanner)
+            # where a module that is not found would be created: creating it recovers
+            self._scanner.watch((p, stat_key(p)) for p in missing if p not in self._scanner)
         where = ", ".join(relative(p) for p in failure["files"][-2:])
         traceback = str(failure.get("traceback") or "").rstrip()
         logger.error(
-            "Generation %s failed: %s%s%s",
+            "Generation %s failed: %s%s%s%s",
             worker.generation,
             failure.get("summary", "unknown error"),
             f" (fix {where}; the server reloads by itself)" if where else "",
+            " The previous generation was still running: if the app holds a port or a lock at import, "
+            "pass --sequential."
+            if old_running
+            else "",
             "\n" + traceback if traceback else "",
         )
         if worker.generation is not None:
@@ -637,7 +746,6 @@ class Supervisor:
             self._settled.notify_all()
 
     async def _on_exit(self, worker: WorkerProcess, returncode: int | None) -> None:
-        was = worker.state
         worker.state = "gone"
         worker.drained()
         worker.close()
@@ -654,12 +762,13 @@ class Supervisor:
             # a standby that dies before saying hello without preloading: the next load spawns one
         elif worker is self._loading:
             self._loading = None
-            await self._crashed(worker, f"the worker {describe_exit(returncode)} before it was ready")
+            reason = f"The app's worker process {describe_exit(returncode)} before it was ready"
+            await self._crashed(worker, reason)
         elif worker is self._current:
             self._current = None
-            await self._crashed(worker, f"the worker {describe_exit(returncode)} while serving")
-        elif was == "draining" and self._after_drain is not None and self._current is None:
-            pending, self._after_drain = self._after_drain, None
+            await self._crashed(worker, f"The app's worker process {describe_exit(returncode)} while serving")
+        if self._after_exit is not None and not self._apps_running():
+            pending, self._after_exit = self._after_exit, None
             await self._load(pending)
 
     async def _crashed(self, worker: WorkerProcess, reason: str) -> None:
@@ -672,12 +781,7 @@ class Supervisor:
         failure = {"kind": "crash", "summary": reason, "exit_reason": reason, "traceback": "", "files": []}
         if not worker.failed:
             self._record_failure(worker, failure)
-        delay = min(BACKOFF_START * 2**self._crashes, BACKOFF_MAX)
-        self._crashes += 1
-        logger.warning("Restarting %s in %.1f s.", self.config.app, delay)
-        if self._retry is not None:
-            self._retry.cancel()
-        self._retry = self._later(delay, ("retry",))
+        self._schedule_retry(None)
         current = self._current
         if worker.error_page:
             self._settle_failure()

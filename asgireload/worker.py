@@ -1,45 +1,74 @@
-"""A worker: `python -m asgireload.worker SETTINGS`, spawned by the supervisor.
+"""A worker: `python -P -m asgireload.worker CONTROL_FD`, spawned by the supervisor.
 
-Life of a worker: start warm (uvicorn imported, channel up, optionally third-party modules
-preloaded), say `hello`, wait for `load`; import the app, report the files it was built from,
-run lifespan start-up, say `ready`, serve; on `drain`, finish in-flight requests and exit.
-If the app cannot be loaded the worker says `failed` and then, when asked to, serves the
-error page instead, so the browser shows the error rather than hanging.
+Life of a worker: read its settings from the control channel, start warm (uvicorn imported,
+optionally third-party modules preloaded, never the project's), say `hello`, wait for `load`;
+import the app, report the files it was built from, run lifespan start-up, say `ready` (or
+`failed`), and then wait: only when the supervisor answers `serve` does it accept connections
+(the app, or the error page after a failure), so a generation that was superseded meanwhile
+never answers a request. On `drain`, finish in-flight requests and exit.
 
 It exits at once when the supervisor goes away (end of file on the control socket), even in
-the middle of importing the app: a watchdog thread waits for the hang-up.
+the middle of importing the app: a watchdog thread waits for the hang-up, and takes down what
+the app started too.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import importlib
-import json
-import os
-import select
-import signal
-import socket
 import sys
-import threading
-from typing import Any, NoReturn
 
-import uvicorn
+_AT_START = frozenset(sys.modules)  # the interpreter's start-up, runpy and asgireload/__init__
 
-from . import _handoff, protocol
-from ._loader import AppLoadError, ImportRecorder, catch_lifespan_failure, failure_from_exception, load_app
-from ._server import Server
-from .errorpage import error_app
-from .watchfilter import WatchFilter
+
+def _set_aside_pythonpath() -> list[str]:
+    """Take PYTHONPATH's folders off sys.path until the app loads (they may hold the project)."""
+    import os
+
+    entries = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    for entry in entries:
+        if entry in sys.path:
+            sys.path.remove(entry)
+    return entries
+
+
+_PYTHONPATH = _set_aside_pythonpath()
+
+import uvicorn  # noqa: E402  (first, so that what uvicorn imports is known: see _shadowed_modules)
+
+_UVICORN = frozenset(sys.modules)
+
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import importlib  # noqa: E402
+import importlib.machinery  # noqa: E402
+import os  # noqa: E402
+import select  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+from typing import Any, NoReturn  # noqa: E402
+
+from . import _handoff, _logging, _reaper, protocol  # noqa: E402
+from ._loader import (  # noqa: E402
+    AppLoadError,
+    ImportRecorder,
+    catch_lifespan_failure,
+    failure_from_exception,
+    load_app,
+)
+from ._server import Server  # noqa: E402
+from .errorpage import error_app  # noqa: E402
+from .watchfilter import WatchFilter  # noqa: E402
 
 LAZY_IMPORT_CHECK = 0.5  # seconds between looks for modules imported after start-up
 REPORT_CHUNK = 2000  # files per `files` message
 
 
 def _exit_with_children() -> NoReturn:
-    """The supervisor is gone: take down this worker and whatever the app started (our group)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    """The supervisor is gone: take down this worker and whatever the app started."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    _reaper.kill_generation(None, os.environ.get(_reaper.TAG_VARIABLE))
     os.killpg(os.getpgrp(), signal.SIGKILL)
     os._exit(0)  # not reached: the signal above includes us
 
@@ -58,6 +87,44 @@ def _watch_for_hangup(fd: int) -> None:
     threading.Thread(target=wait, name="asgireload-hangup", daemon=True).start()
 
 
+def _read_settings(control: socket.socket) -> tuple[dict[str, Any], bytes]:
+    """The first message, read before any event loop exists (it chooses the loop)."""
+    buffer = b""
+    while b"\n" not in buffer:
+        chunk = control.recv(1 << 20)
+        if not chunk:
+            _exit_with_children()
+        buffer += chunk
+    line, _, rest = buffer.partition(b"\n")
+    settings = protocol.decode(line, frozenset({protocol.SETTINGS}))
+    return settings, rest
+
+
+def _uvicorn_imports(settings: dict[str, Any]) -> frozenset[str]:
+    """What `uvicorn APP` has imported by the time it imports the app: uvicorn itself, and what
+    its Config loads for these options (protocols, lifespan, loop)."""
+    config = uvicorn.Config(_placeholder_app, **dict(settings["uvicorn"], loop="none"), log_config=None)
+    config.load()
+    return _AT_START | _UVICORN | frozenset(sys.modules)
+
+
+async def _placeholder_app(scope: Any, receive: Any, send: Any) -> None:
+    raise RuntimeError("never called")
+
+
+def _shadowed_modules(project_paths: list[str], imported_by_uvicorn: frozenset[str]) -> list[str]:
+    """Modules this worker imported (for itself, or preloading) that a project module of the same
+    name would have shadowed under `uvicorn APP`, which imports the app with the project first
+    on sys.path. Forgetting them lets the app import its own module, exactly as under uvicorn."""
+    names = []
+    for name in list(sys.modules):
+        if "." in name or name in imported_by_uvicorn or name == "asgireload":
+            continue
+        if importlib.machinery.PathFinder.find_spec(name, project_paths) is not None:
+            names.append(name)
+    return [m for m in list(sys.modules) if m.partition(".")[0] in names]
+
+
 class Worker:
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = settings
@@ -67,10 +134,14 @@ class Worker:
         self.failure: dict[str, Any] = {}
         self.server: Server | None = None
         self.channel: protocol.Channel | None = None
+        self.imported_by_uvicorn: frozenset[str] = frozenset()
 
-    async def run(self) -> None:
+    async def run(self, received: bytes = b"") -> None:
         control = socket.socket(fileno=self.settings["control_fd"])
-        self.channel = channel = await protocol.Channel.open(control, protocol.SUPERVISOR_MESSAGES)
+        self.channel = channel = await protocol.Channel.open(
+            control, protocol.SUPERVISOR_MESSAGES, max_line=protocol.TRUSTED_MAX_LINE
+        )
+        channel.feed(received)
         preload_failed = self._preload()
         channel.send(
             {
@@ -84,21 +155,31 @@ class Worker:
         if message["type"] != protocol.LOAD:
             return
         self.generation = message["generation"]
+        self._prepare_imports()
         os.environ.update(message.get("env") or {})
-        listener = socket.socket(fileno=self.settings["listen_fd"])
 
-        started = False
         if message.get("failure"):
             self.failure.update(message["failure"])
+            started = False
+            channel.send({"type": protocol.READY, "generation": self.generation, "error_page": True})
         else:
-            started = await self._start_app(message)
-        if not started:
-            fatal = self.failure.get("kind") == "usage" and self.generation == 1
-            if fatal or message.get("on_failure") != "error_page":
-                return  # a mistake in the command (or --keep-last-good): no error page
-            await self._start_server(self._error_app(), [listener], interface="asgi3")
-        assert self.server is not None
-        channel.send({"type": protocol.READY, "generation": self.generation, "error_page": not started})
+            started = await self._start_app()
+            if started:
+                channel.send({"type": protocol.READY, "generation": self.generation, "error_page": False})
+        # Accept nothing until the supervisor says this generation is the one it wants serving.
+        message = await self._receive()
+        if message["type"] != protocol.SERVE:
+            if self.server is not None and started:
+                await self.server.lifespan.shutdown()
+            return
+        listener = socket.socket(fileno=self.settings["listen_fd"])
+        if started:
+            assert self.server is not None
+            await self.server.start_accepting([listener])
+        else:
+            await self._start_server(self._error_app(), interface="asgi3")
+            assert self.server is not None
+            await self.server.start_accepting([listener])
         await channel.flush()
 
         handoff = socket.socket(fileno=self.settings["handoff_fd"])
@@ -128,6 +209,14 @@ class Worker:
             _exit_with_children()
         return message
 
+    def _prepare_imports(self) -> None:
+        """Put the project where `uvicorn APP` has it: first on sys.path, PYTHONPATH after it."""
+        project_paths = [self.settings["app_dir"], *_PYTHONPATH]
+        for name in _shadowed_modules(project_paths, self.imported_by_uvicorn):
+            del sys.modules[name]
+        sys.path[0:0] = project_paths
+        importlib.invalidate_caches()
+
     def _preload(self) -> dict[str, str] | None:
         """Import the third-party modules the last generation used, so a reload need not.
 
@@ -142,28 +231,26 @@ class Worker:
                 return {"module": name, "error": f"{type(exc).__name__}: {exc}"}
         return None
 
-    async def _start_app(self, message: dict[str, Any]) -> bool:
-        """Import the app and start serving it; on failure report it and return False."""
-        listener = socket.socket(fileno=os.dup(self.settings["listen_fd"]))
+    async def _start_app(self) -> bool:
+        """Import the app and run its lifespan start-up (not accepting yet); on failure report it."""
         try:
             app = load_app(
                 self.settings["app"], factory=self.settings["factory"], app_dir=self.settings["app_dir"]
             )
         except AppLoadError as exc:
-            listener.close()
             self._report_files()
             self._fail(exc.failure)
             return False
         self._report_files()
         sink: dict[str, Any] = {}
         try:
-            ok = await self._start_server(app, [listener], lifespan_sink=sink)
+            ok = await self._start_server(app, lifespan_sink=sink)
         except Exception as exc:
             ok = False
             sink.setdefault("failure", failure_from_exception(exc, "startup"))
         if ok:
             return True
-        listener.close()
+        self.server = None
         self._report_files()
         self._fail(
             sink.get("failure")
@@ -172,12 +259,9 @@ class Worker:
         return False
 
     async def _start_server(
-        self,
-        app: Any,
-        sockets: list[socket.socket],
-        interface: str | None = None,
-        lifespan_sink: dict[str, Any] | None = None,
+        self, app: Any, interface: str | None = None, lifespan_sink: dict[str, Any] | None = None
     ) -> bool:
+        """A uvicorn server for `app`, through its lifespan start-up; False if that failed."""
         options = dict(self.settings["uvicorn"], loop="none")  # the loop runs already
         if interface is not None:
             options["interface"] = interface
@@ -186,7 +270,7 @@ class Worker:
         if lifespan_sink is not None:
             config.loaded_app = catch_lifespan_failure(config.loaded_app, lifespan_sink)
         self.server = Server(config)
-        return await self.server.start(sockets)
+        return await self.server.start_lifespan()
 
     def _fail(self, failure: dict[str, Any]) -> None:
         self.failure.clear()
@@ -241,17 +325,24 @@ def _relative(path: str) -> str:
 
 
 def main() -> None:
-    settings = json.loads(sys.argv[1])
-    _watch_for_hangup(settings["control_fd"])
+    control_fd = int(sys.argv[1])
+    _watch_for_hangup(control_fd)
+    settings, received = _read_settings(socket.socket(fileno=os.dup(control_fd)))
+    settings["control_fd"] = control_fd
+    for fd in (control_fd, settings["handoff_fd"], settings["listen_fd"]):
+        os.set_inheritable(fd, False)  # the app's children must not hold the port or our channels
+    os.environ.update(settings.get("env") or {})  # the env file, before anything is preloaded
     os.environ["ASGIRELOAD_WORKER"] = "1"  # serve() refuses to start a server from inside a worker
-    sys.path.insert(0, settings["app_dir"])
+    _logging.configure(settings["uvicorn"]["log_level"])
     worker = Worker(settings)
+    worker.imported_by_uvicorn = _uvicorn_imports(settings)
     worker.recorder.install()
     loop_factory = uvicorn.Config(app="unused:app", loop=settings["uvicorn"]["loop"]).get_loop_factory()
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(worker.run())
-    sys.stdout.flush()
-    sys.stderr.flush()
+        runner.run(worker.run(received))
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 if __name__ == "__main__":

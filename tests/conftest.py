@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import sysconfig
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,25 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0, what: str 
                 await asyncio.sleep(0.01)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout} s waiting for {what}") from None
+
+
+@pytest.fixture
+def installed() -> Iterator[Path]:
+    """The interpreter's own site-packages, for a test's fake installed package.
+
+    Only installed code (the standard library and site-packages) is ever preloaded or left
+    unwatched, so a package standing in for one must really be there; whatever the test adds is
+    removed afterwards (the suite runs in a virtualenv of its own).
+    """
+    site = Path(sysconfig.get_paths()["purelib"])
+    cache = site / "__pycache__"
+    before = set(site.iterdir()) | (set(cache.iterdir()) if cache.is_dir() else set())
+    try:
+        yield site
+    finally:
+        after = set(site.iterdir()) | (set(cache.iterdir()) if cache.is_dir() else set())
+        for path in after - before:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)

@@ -281,14 +281,14 @@ HOSTILE = """
 import os, sys, time, json
 
 def _hostile():
-    if len(sys.argv) < 2 or not sys.argv[-1].startswith("{{"):
-        return
+    if sys.argv[:1] != ["-m"] or not sys.argv[-1].isdigit():
+        return  # not a worker (python -P -m asgireload.worker CONTROL_FD)
     try:
         os.close(os.open({marker!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         return  # only the first worker misbehaves
-    fd = json.loads(sys.argv[-1])["control_fd"]
-    hello = b'{{"type":"hello","pid":%d,"protocol":1}}\\n' % os.getpid()
+    fd = int(sys.argv[-1])
+    hello = b'{{"type":"hello","pid":%d,"protocol":2}}\\n' % os.getpid()
     mode = {mode!r}
     if mode == "malformed":
         os.write(fd, b"this is not json\\n")

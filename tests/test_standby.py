@@ -15,7 +15,7 @@ from asgireload import Reloader
 
 from .conftest import PLAIN_APP, until, write
 
-# An "installed package": preloading only considers files under a site-packages folder.
+# An "installed package" (see the `installed` fixture): preloading only considers installed code.
 FAKEPKG = """
 import os
 with open({log!r}, "a") as log:
@@ -23,14 +23,6 @@ with open({log!r}, "a") as log:
 if not os.environ.get("APP_SETS_THIS"):
     {when_unset}
 """
-
-
-@pytest.fixture
-def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    site = tmp_path / "env" / "site-packages"
-    site.mkdir(parents=True)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
-    return site
 
 
 def install_fakepkg(site: Path, log: Path, when_unset: str, extra: str = "") -> None:

@@ -5,6 +5,7 @@ Each test runs real workers on a real socket. Processes are checked through /pro
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import logging
 import os
@@ -21,7 +22,10 @@ from .conftest import PLAIN_APP, until, write
 linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc (Linux)")
 
 # A helper process that records its pid in a folder and then waits to be killed.
-CHILD = "import os, sys, time; open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close(); time.sleep(600)"
+CHILD = (
+    "import os, sys, time; open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close(); "
+    "time.sleep(600)"
+)
 
 STARTS_CHILDREN = (
     PLAIN_APP
@@ -132,7 +136,7 @@ child = subprocess.Popen(
     async with Reloader("main:app", app_dir=tmp_path) as server:
         port = server.port
         await until(lambda: (tmp_path / "fds.txt").read_text().strip() != "", what="the child's fd list")
-        fds = eval((tmp_path / "fds.txt").read_text())  # noqa: S307 - a list the child printed
+        fds = ast.literal_eval((tmp_path / "fds.txt").read_text())  # the list the child printed
         # stdin, stdout, stderr, the fd of its own listing, and the output file: no socket
         assert len(fds) <= 5, fds
     probe = socket.socket()

@@ -21,6 +21,7 @@ import functools
 import os
 import struct
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from types import TracebackType
@@ -135,7 +136,9 @@ class DirectoryEvents:
     everything below it may have changed.  The first hint for an in-place write can arrive while the
     writer is still writing; later events for the same file follow, so consumers should debounce.
 
-    All methods must be called from the thread running the event loop the instance was created in.
+    ``watch``, ``try_watch`` and ``is_watching`` may be called from any thread (the scanner walks
+    big folder trees in a worker thread, watching each folder before it lists it); every other
+    method must be called from the thread running the event loop the instance was created in.
     """
 
     def __init__(self, on_change: Callable[[str | None], None]) -> None:
@@ -152,6 +155,8 @@ class DirectoryEvents:
         # (a symlink, say) share a wd; keep every spelling so each caller's path gets reported.
         self._wd_paths: dict[int, list[str]] = {}
         self._path_wd: dict[str, int] = {}
+        # Guards the fd and the two maps against a watch() from a worker thread.
+        self._lock = threading.RLock()
         fd = inotify.init()
         try:
             self._loop.add_reader(fd, self._read_events)
@@ -188,34 +193,44 @@ class DirectoryEvents:
         the path now names a new inode and must get a new watch.  Calling it again for every
         directory after a full rescan is therefore how a consumer heals lost watches.
         """
-        if self._fd < 0:
-            return False
+        return self.try_watch(directory) == 0
+
+    def try_watch(self, directory: str) -> int:
+        """Like ``watch``, but say why it failed: 0 on success, else the errno (ENOSPC: the limit)."""
         encoded = os.fsencode(directory)
         if b"\0" in encoded:
             # ctypes would silently truncate at the NUL and watch a different directory.
-            return False
-        try:
-            wd = self._inotify.add_watch(self._fd, encoded, _EVENT_MASK | _WATCH_FLAGS)
-        except OSError:
-            return False
-        previous = self._path_wd.get(directory)
-        if previous == wd:
-            return True
-        if previous is not None:
-            # The path now refers to a different directory than before (e.g. renamed away and
-            # replaced); events from the old one would be reported under the wrong name.
-            self._unbind(directory, previous)
-        self._path_wd[directory] = wd
-        self._wd_paths.setdefault(wd, []).append(directory)
-        return True
+            return errno.EINVAL
+        with self._lock:
+            if self._fd < 0:
+                return errno.EBADF
+            try:
+                wd = self._inotify.add_watch(self._fd, encoded, _EVENT_MASK | _WATCH_FLAGS)
+            except OSError as exc:
+                return exc.errno or errno.EINVAL
+            previous = self._path_wd.get(directory)
+            if previous == wd:
+                return 0
+            if previous is not None:
+                # The path now refers to a different directory than before (e.g. renamed away and
+                # replaced); events from the old one would be reported under the wrong name.
+                self._unbind(directory, previous)
+            self._path_wd[directory] = wd
+            self._wd_paths.setdefault(wd, []).append(directory)
+            return 0
+
+    def is_watching(self, directory: str) -> bool:
+        """Whether ``directory`` still has its watch (the kernel drops it when the folder goes)."""
+        return directory in self._path_wd
 
     def close(self) -> None:
         """Stop watching and release the fd (and with it every watch); idempotent."""
-        fd, self._fd = self._fd, -1
-        if fd < 0:
-            return
-        self._wd_paths.clear()
-        self._path_wd.clear()
+        with self._lock:
+            fd, self._fd = self._fd, -1
+            if fd < 0:
+                return
+            self._wd_paths.clear()
+            self._path_wd.clear()
         try:
             # Before os.close: the loop's selector must not keep an fd number that may be reused.
             self._loop.remove_reader(fd)
@@ -282,7 +297,8 @@ class DirectoryEvents:
                 break
             if not data:
                 break
-            self._parse(data, reports)
+            with self._lock:
+                self._parse(data, reports)
         for path in reports:
             self._on_change(path)
 

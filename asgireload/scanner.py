@@ -3,25 +3,40 @@
 Each watched path has a baseline `(st_mtime_ns, st_size, st_ino)`, or None for "missing".
 Any inequality is a change, so in-place writes, saves that rename a temp file over the
 original, deletes, re-creations and mtimes that go backwards after a `git checkout` are all
-seen. A full scan runs every `interval`; on Linux, inotify events on the watched folders make
-the scanner look at the named files at once (a hint only: the stat decides). A burst of
-changes (a checkout of 200 files) is gathered into one report: after the first change the
-scanner waits for a quiet gap, with an upper bound.
+seen. A burst of changes (a checkout of 200 files) is gathered into one report: after the
+first change the scanner waits for a quiet gap, with an upper bound.
+
+How a change is noticed, fastest first:
+
+* on Linux, inotify watches every folder that holds a watched file or that the
+  --reload-include walk entered; an event makes the scanner stat the named file at once, and
+  a new matching file (or a new folder, walked at once) joins the watched files;
+* folders that get no reliable events (a network or shared mount, an exhausted watch limit,
+  forced polling, no inotify at all) have their files, and their own listing, polled every
+  `fast_poll` seconds;
+* a full scan (stat everything, and walk the roots again for --reload-include) is the safety
+  net. Where events do the work, its measured cost buys it at most SAFETY_SCAN_SHARE of a core.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import errno
 import logging
 import os
+import stat
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-import anyio.to_thread
+from ._includes import IncludeRules, Walk, is_skipped_folder, walk_includes
+from ._includes import Stat as Stat
+from ._includes import stat_key as stat_key
+from ._mounts import Mount, MountTable
 
-Stat = tuple[int, int, int] | None
 ChangeHandler = Callable[[list[str], float], None]
 
 logger = logging.getLogger("asgireload")
@@ -33,39 +48,86 @@ THREAD_THRESHOLD = 256  # stat more files than this in a worker thread, off the 
 # With file events as hints, the full scan is only a safety net: it may cost at most this
 # share of one core (2,000 files take ~4.5 ms to stat here, so they are scanned every ~4.5 s).
 SAFETY_SCAN_SHARE = 0.001
-
-
-def stat_key(path: str) -> Stat:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+FAST_POLL = 0.25  # seconds between two stats of a file whose folder gets no file events
+# Polling may cost at most this share of a core: past ~10,000 polled files it slows down
+# rather than take the machine.
+POLL_SHARE = 0.1
+# After events were lost (queue overflow), the --reload-include walk runs again soon, but
+# walks back to back may take at most this share of a core.
+RECOVERY_SHARE = 0.1
+FORCE_POLLING_VARIABLE = "ASGIRELOAD_FORCE_POLLING"
+_IGNORED_LIMIT = 10_000  # remembered names that match no --reload-include glob
+_MISSING = (errno.ENOENT, errno.ENOTDIR)
 
 
 def _stat_many(paths: list[str]) -> list[Stat]:
     return [stat_key(p) for p in paths]
 
 
+def forced_polling_reason(force_polling: bool) -> str | None:
+    """Why file events are off: the option, the environment variable, or neither (None)."""
+    if force_polling:
+        return "--force-polling is set"
+    value = os.environ.get(FORCE_POLLING_VARIABLE, "")
+    if value.strip().lower() in ("1", "true", "yes"):
+        return f"{FORCE_POLLING_VARIABLE}={value} is set"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cover:
+    """How a folder is covered: its watch's errno (0: watched, -1: no file events at all), and
+    the mount that lacks events, if it is on one."""
+
+    error: int
+    no_events: tuple[Mount, str] | None
+
+
 class Scanner:
-    """Watches a growing set of files; calls `on_change(paths, changed_at)` once per burst."""
+    """Watches a growing set of files; calls `on_change(paths, changed_at)` once per burst.
+
+    `includes` (the project's WatchFilter, when --reload-include is given) adds every file it
+    includes under its roots. `fast_poll` is the interval for folders without file events
+    (None: no such polling and no mount detection, only full scans, for files that matter
+    less). `force_polling` turns file events off altogether.
+    """
 
     def __init__(
         self,
         on_change: ChangeHandler,
         *,
         interval: float | None = None,
-        discover: Callable[[], Iterable[str]] | None = None,
+        includes: IncludeRules | None = None,
+        force_polling: bool = False,
+        fast_poll: float | None = FAST_POLL,
     ) -> None:
         self._on_change = on_change
-        self._discover = discover
+        self._rules = includes
         self._baseline: dict[str, Stat] = {}
         self._suspects: set[str] = set()
         self._check_all = False
         self._wakeup = asyncio.Event()
-        self._events = _directory_events(self._hint)
+        self._forced = forced_polling_reason(force_polling)
+        self._events = None if self._forced else _directory_events(self._hint)
         self.interval = interval if interval is not None else (1.0 if self._events else 0.2)
+        self._fast_poll = None if fast_poll is None else min(fast_poll, self.interval)
+        self._mounts = MountTable() if self._events is not None and self._fast_poll is not None else None
         self._full_scan_cost = 0.0  # seconds the last full scan took
+        self._next_full = 0.0  # loop times at which the next full scan and the next poll are due
+        self._next_poll = 0.0
+        self._recovery_at = 0.0
+        self._walk_wanted = False  # events were lost: walk the roots again (soon, within budget)
+        self._stop = threading.Event()  # tells a walk running in a thread to give up
+        self._folder_files: dict[str, set[str]] = {}  # every covered folder: its watched files
+        self._parents: set[str] = set()  # every ancestor of a covered folder
+        self._include_dirs: dict[str, Stat] = {}  # folders the include walk entered: their stat
+        self._unwatched: set[str] = set()  # folders whose watch failed or was lost
+        self._polled_dirs: set[str] = set()
+        self._polled_files: set[str] = set()
+        self._new_entries: set[str] = set()  # unknown names that events reported
+        self._reenter: set[str] = set()  # covered folders an event named: watch them again
+        self._ignored: set[str] = set()  # names known to match no include glob
+        self._announced: set[str] = set()  # mount points (and "limit") already logged
 
     @property
     def uses_file_events(self) -> bool:
@@ -79,76 +141,266 @@ class Scanner:
 
     def watch(self, entries: Iterable[tuple[str, Stat]]) -> None:
         """Set the baseline of these files to the stat their code was built from, and check them now."""
-        for path, stat in entries:
-            self._baseline[path] = stat
+        for path, stat_ in entries:
+            self._baseline[path] = stat_
             self._suspects.add(path)
-            if self._events is not None:
-                self._events.watch(os.path.dirname(path))
-        self._wakeup.set()
-
-    def _hint(self, path: str | None) -> None:
-        if path is None:
-            self._check_all = True
-        elif path in self._baseline:
-            self._suspects.add(path)
-        else:
-            directory = os.path.join(path, "")
-            self._suspects.update(p for p in self._baseline if p.startswith(directory))
+            self._register(path)
         self._wakeup.set()
 
     @property
     def next_full_scan(self) -> float:
-        """Seconds until the next full scan: the interval, or longer while file events do the work."""
-        if self._events is None:
+        """Seconds until the next full scan: the interval, or longer while events or polling do the work."""
+        if self._events is None and self._fast_poll is None:
             return self.interval
         return max(self.interval, self._full_scan_cost / SAFETY_SCAN_SHARE)
 
     def close(self) -> None:
+        self._stop.set()
         if self._events is not None:
             self._events.close()
 
     async def run(self) -> None:
         """Scan until cancelled. Cancelling it is the way to stop it; nothing is left running."""
+        loop = asyncio.get_running_loop()
         try:
-            if self._discover is not None:
-                for path in await anyio.to_thread.run_sync(lambda: list(self._discover())):  # type: ignore[misc]
-                    self._baseline.setdefault(path, stat_key(path))
+            if self._forced and self._fast_poll is not None:
+                logger.info(
+                    "Polling the watched files every %g s with file events off: %s.",
+                    self._fast_poll,
+                    self._forced,
+                )
+            if self._rules is not None:
+                walk = await self._walk(self._rules.roots, stat_files=True)
+                self._merge(walk, new=False)
+                self._full_scan_cost = walk.seconds
+            self._next_full = loop.time() + self.next_full_scan
+            self._next_poll = loop.time() + (self._fast_poll or 0.0)
             while True:
+                deadline = self._next_full
+                if self._polled_dirs:
+                    deadline = min(deadline, self._next_poll)
+                if self._walk_wanted:
+                    deadline = min(deadline, self._recovery_at)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.next_full_scan):
+                    async with asyncio.timeout_at(deadline):
                         await self._wakeup.wait()
-                full = self._check_all or not self._wakeup.is_set()
-                changed = await self._scan(full)
+                now = loop.time()
+                full = now >= self._next_full or (self._walk_wanted and now >= self._recovery_at)
+                changed = await self._scan(full=full, poll=bool(self._polled_dirs) and now >= self._next_poll)
                 if changed:
                     await self._settle(changed)
         finally:
             self.close()
 
-    async def _scan(self, full: bool) -> dict[str, Stat]:
+    # ------------------------------------------------------------ folders and their cover
+
+    def _enter(self, folder: str) -> _Cover:
+        """Watch a folder and look up its mount; safe in the walk's thread."""
+        error = -1 if self._events is None else self._events.try_watch(folder)
+        no_events = None if self._mounts is None else self._mounts.lacking_events(folder)
+        return _Cover(error, no_events)
+
+    def _apply_cover(self, folder: str, cover: _Cover) -> None:
+        """Record how a folder is covered, and poll it if events cannot be trusted there."""
+        if folder not in self._folder_files:
+            self._folder_files[folder] = set()
+            child, parent = folder, os.path.dirname(folder)
+            while parent != child and parent not in self._parents:
+                self._parents.add(parent)
+                child, parent = parent, os.path.dirname(parent)
+        if cover.error > 0:
+            self._unwatched.add(folder)
+        else:
+            self._unwatched.discard(folder)
+        if cover.error == errno.ENOSPC:
+            self._announce_watch_limit()
+        if cover.no_events is not None:
+            self._announce_mount(folder, *cover.no_events)
+        trusted = cover.error == 0 and cover.no_events is None
+        self._set_polled(folder, self._fast_poll is not None and not trusted and cover.error not in _MISSING)
+
+    def _set_polled(self, folder: str, polled: bool) -> None:
+        files = self._folder_files[folder]
+        if polled and folder not in self._polled_dirs:
+            self._polled_dirs.add(folder)
+            self._polled_files.update(files)
+        elif not polled and folder in self._polled_dirs:
+            self._polled_dirs.discard(folder)
+            self._polled_files.difference_update(files)
+
+    def _register(self, path: str) -> None:
+        """Count a watched file in its folder, covering the folder the first time."""
+        folder = os.path.dirname(path)
+        if folder not in self._folder_files:
+            self._apply_cover(folder, self._enter(folder))
+        self._folder_files[folder].add(path)
+        if folder in self._polled_dirs:
+            self._polled_files.add(path)
+
+    def _heal(self, skip: Iterable[str] = ()) -> None:
+        """Watch again the folders whose watch failed or was lost (deleted and re-created, moved)."""
+        if self._events is None:
+            return
+        skipped = set(skip)
+        for folder in list(self._folder_files):
+            if folder not in skipped and (folder in self._unwatched or not self._events.is_watching(folder)):
+                self._apply_cover(folder, self._enter(folder))
+
+    def _announce_mount(self, folder: str, mount: Mount, reason: str) -> None:
+        if mount.point not in self._announced:
+            self._announced.add(mount.point)
+            logger.info(
+                "Polling the watched files in %s every %g s: it is on a %s mount (%s), %s.",
+                folder,
+                self._fast_poll,
+                mount.fstype,
+                mount.point,
+                reason,
+            )
+
+    def _announce_watch_limit(self) -> None:
+        if "limit" in self._announced:
+            return
+        self._announced.add("limit")
+        try:
+            with open("/proc/sys/fs/inotify/max_user_watches") as file:
+                limit = file.read().strip()
+        except OSError:
+            limit = "unknown"
+        then = f"polled every {self._fast_poll:g} s" if self._fast_poll else "only checked by full scans"
+        logger.warning(
+            "The inotify watch limit is reached (fs.inotify.max_user_watches = %s): folders left "
+            "without a watch are %s. Raise it to get file events everywhere, e.g. "
+            "`sudo sysctl fs.inotify.max_user_watches=524288`.",
+            limit,
+            then,
+        )
+
+    # ------------------------------------------------------------ --reload-include files
+
+    async def _walk(self, tops: Iterable[str], *, stat_files: bool) -> Walk:
+        assert self._rules is not None
+        return await asyncio.to_thread(
+            walk_includes, list(tops), self._rules, enter=self._enter, stat_files=stat_files, stop=self._stop
+        )
+
+    def _merge(self, walk: Walk, *, new: bool) -> None:
+        """Cover the folders a walk entered; watch the files it found (new ones: as missing)."""
+        for folder, (folder_stat, cover) in walk.folders.items():
+            self._include_dirs[folder] = folder_stat
+            assert isinstance(cover, _Cover)
+            self._apply_cover(folder, cover)
+        for path, stat_ in walk.files.items():
+            if path not in self._baseline:
+                self._baseline[path] = None if new else stat_
+                self._register(path)
+                self._suspects.add(path)
+
+    def _hint(self, path: str | None) -> None:
+        """A file event: stat a watched file now, or look at a new name, or rescan everything."""
+        if path is None:
+            self._check_all = True
+            self._walk_wanted = self._rules is not None
+        elif path in self._baseline:
+            self._suspects.add(path)
+        else:
+            if path in self._folder_files:
+                self._reenter.add(path)  # re-created or replaced: the old watch is gone
+            if path in self._folder_files or path in self._parents:
+                # A folder deleted, moved or replaced: every watched file below it may have changed.
+                below = os.path.join(path, "")
+                for folder, files in self._folder_files.items():
+                    if folder == path or folder.startswith(below):
+                        self._suspects.update(files)
+            if self._rules is not None and path not in self._ignored:
+                self._new_entries.add(path)
+        self._wakeup.set()
+
+    async def _take_new_entries(self) -> None:
+        """Add the new names in walked folders that match an include glob; walk new folders."""
+        entries, self._new_entries = self._new_entries, set()
+        assert self._rules is not None
+        folders = []
+        for path in entries:
+            if os.path.dirname(path) not in self._include_dirs or path in self._baseline:
+                continue
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                continue  # gone again: an editor's temporary file
+            if stat.S_ISDIR(mode):
+                if not is_skipped_folder(path):
+                    folders.append(path)
+            elif self._rules.is_included(path):
+                self._baseline[path] = None
+                self._register(path)
+                self._suspects.add(path)
+            else:
+                if len(self._ignored) >= _IGNORED_LIMIT:
+                    self._ignored.clear()
+                self._ignored.add(path)
+        if folders:
+            self._merge(await self._walk(folders, stat_files=False), new=True)
+
+    def _look_into_changed_folders(self, folder_stats: dict[str, Stat]) -> None:
+        """A polled folder whose stat changed has new or removed names: look at each new one."""
+        for folder, now in folder_stats.items():
+            if now is None or now == self._include_dirs.get(folder):
+                continue
+            self._include_dirs[folder] = now
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                continue
+            paths = (os.path.join(folder, name) for name in names)
+            known = (self._baseline, self._include_dirs, self._ignored)
+            self._new_entries.update(p for p in paths if not any(p in k for k in known))
+
+    # ------------------------------------------------------------ scanning
+
+    async def _stat(self, paths: list[str]) -> list[Stat]:
+        if len(paths) > THREAD_THRESHOLD:
+            return await asyncio.to_thread(_stat_many, paths)
+        return _stat_many(paths)
+
+    async def _scan(self, *, full: bool, poll: bool) -> dict[str, Stat]:
+        """Stat what is due: hinted files; polled files and folders; or everything, after a walk."""
         self._wakeup.clear()
-        if full:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        walked: set[str] = set()
+        if full and self._rules is not None:
+            self._walk_wanted = False
+            walk = await self._walk(self._rules.roots, stat_files=False)
+            self._include_dirs = {}
+            self._merge(walk, new=True)
+            walked = set(walk.folders)
+        check_all = full or self._check_all
+        if check_all:
             self._check_all = False
-            self._suspects.clear()
-            if self._discover is not None:
-                new = await anyio.to_thread.run_sync(lambda: list(self._discover()))  # type: ignore[misc]
-                for path in new:
-                    self._baseline.setdefault(path, None)
+            self._heal(skip=walked)
+        for folder in self._reenter:
+            self._apply_cover(folder, self._enter(folder))
+        self._reenter.clear()
+        if poll:
+            folders = [f for f in self._polled_dirs if f in self._include_dirs]
+            self._look_into_changed_folders(dict(zip(folders, await self._stat(folders), strict=True)))
+        if self._new_entries and self._rules is not None:
+            await self._take_new_entries()
+        if check_all:
             paths = list(self._baseline)
         else:
-            paths = list(self._suspects)
-            self._suspects.clear()
-        started = time.perf_counter()
-        if len(paths) > THREAD_THRESHOLD:
-            stats = await anyio.to_thread.run_sync(_stat_many, paths)
-        else:
-            stats = _stat_many(paths)
+            paths = list(self._suspects | self._polled_files if poll else self._suspects)
+        self._suspects = set()
+        stats = await self._stat(paths)
+        elapsed = time.perf_counter() - started
         if full:
-            self._full_scan_cost = time.perf_counter() - started
-        return {
-            p: s
-            for p, s in zip(paths, stats, strict=True)
-            if self._baseline.get(p, s) != s or p not in self._baseline
-        }
+            self._full_scan_cost = elapsed
+            self._next_full = loop.time() + self.next_full_scan
+            self._recovery_at = loop.time() + elapsed / RECOVERY_SHARE
+        if poll and self._fast_poll is not None:
+            self._next_poll = loop.time() + max(self._fast_poll, elapsed / POLL_SHARE)
+        return {p: s for p, s in zip(paths, stats, strict=True) if self._baseline.get(p, s) != s}
 
     async def _settle(self, changed: dict[str, Stat]) -> None:
         """Gather the rest of a burst, then report it once."""
@@ -159,13 +411,13 @@ class Scanner:
         while loop.time() < deadline:
             gap = BURST_QUIET_GAP if len(pending) > 1 else QUIET_GAP
             await asyncio.sleep(min(gap, max(0.0, deadline - loop.time())))
-            more = await self._scan(full=not self.uses_file_events or self._check_all)
+            more = await self._scan(full=False, poll=bool(self._polled_dirs))
             more = {p: s for p, s in more.items() if pending.get(p, "unset") != s}
             if not more:
                 break
             pending.update(more)
-        for path, stat in pending.items():
-            self._baseline[path] = stat
+        for path, stat_ in pending.items():
+            self._baseline[path] = stat_
         self._on_change(sorted(pending), _changed_at(pending, detected))
 
 
@@ -191,5 +443,6 @@ def _directory_events(callback: Callable[[str | None], None]) -> _DirectoryEvent
 
 
 class _DirectoryEventsLike(Protocol):
-    def watch(self, directory: str) -> bool: ...
+    def try_watch(self, directory: str) -> int: ...
+    def is_watching(self, directory: str) -> bool: ...
     def close(self) -> None: ...

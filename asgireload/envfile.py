@@ -46,6 +46,11 @@ def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
     # that may legitimately appear inside a value.
     for number, raw_line in enumerate(text.split("\n"), start=1):
         line = raw_line.removesuffix("\r")
+        if "\0" in line:
+            raise EnvFileError(
+                f"{name}, line {number}: a NUL byte is not allowed (an environment variable cannot hold "
+                "one); is the file binary, or saved as UTF-16? Save it as UTF-8 text."
+            )
         try:
             entry = _parse_line(line)
         except ValueError as exc:

@@ -188,3 +188,24 @@ def test_errors_do_not_echo_secret_values(tmp_path: Path) -> None:
     with pytest.raises(EnvFileError) as excinfo:
         read_env_file(path)
     assert "OTHER" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        (b"A=1\nB=2\nC=x\x00y\n", 3),  # inside a value
+        (b"# comment \x00\nA=1\n", 1),  # in a comment, which would otherwise be skipped
+        (b"A='quoted \x00 value'\n", 1),
+        ("A=1\n".encode("utf-16-le"), 1),  # UTF-16 without a BOM decodes as UTF-8 with NULs
+    ],
+)
+def test_a_nul_byte_is_rejected_with_its_line(tmp_path: Path, data: bytes, line: int) -> None:
+    path = tmp_path / ".env"
+    path.write_bytes(data)
+
+    with pytest.raises(EnvFileError) as excinfo:
+        read_env_file(path)
+
+    message = str(excinfo.value)
+    assert message.startswith(f"{path}, line {line}: a NUL byte")
+    assert "UTF-8" in message

@@ -8,13 +8,17 @@ broken app, so it imports only the standard library.
 from __future__ import annotations
 
 import html
+import ipaddress
+import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ASGIApp", "error_app"]
+__all__ = ["ASGIApp", "displayable", "error_app", "is_loopback_host"]
+
+logger = logging.getLogger("asgireload")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -28,6 +32,9 @@ _WS_INTERNAL_ERROR = 1011
 _SHOW_ERRORS_OPTION = "--show-errors"
 # A dotted name whose last part is capitalised, like an exception class, followed by ":" or the end.
 _EXCEPTION_TYPE = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_]*\.)*[A-Z][A-Za-z0-9_]*(?=:|\Z)")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_HOST_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?")
+_PORT = re.compile(r"(?::[0-9]{0,5})?")
 
 # The script is a constant on purpose: nothing from the failure is ever interpolated into it, so a
 # hostile summary or traceback cannot break out of it.  It polls with setTimeout (not setInterval)
@@ -99,6 +106,13 @@ class _Failure:
         )
 
     @property
+    def exit_sentence(self) -> str | None:
+        """How the worker ended, unless the summary says so already."""
+        if not self.exit_reason or self.exit_reason.rstrip(".") == self.summary.rstrip("."):
+            return None
+        return _exit_sentence(self.exit_reason)
+
+    @property
     def exception_type(self) -> str | None:
         """The exception class name at the start of the summary: the one part safe to show anyone."""
         match = _EXCEPTION_TYPE.match(self.summary)
@@ -109,40 +123,148 @@ def _text(value: Any) -> str:
     """Coerce a JSON value to text; the failure dict comes from another process and may be odd."""
     if value is None:
         return ""
-    return value if isinstance(value, str) else str(value)
+    return displayable(value if isinstance(value, str) else str(value))
 
 
-def error_app(failure: Mapping[str, Any], *, show_details: bool) -> ASGIApp:
+def displayable(text: str) -> str:
+    """Text that encodes as UTF-8, for a page or a message.
+
+    A path that is not UTF-8 reaches Python as a str with surrogate escapes (os.fsdecode); each
+    undecodable byte shows as \\xNN, as Python's repr of the bytes would show it.
+    """
+
+    def escape(match: re.Match[str]) -> str:
+        code = ord(match.group(0))
+        return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+    return _SURROGATE.sub(escape, text)
+
+
+def is_loopback_host(host_header: bytes | str | None) -> bool:
+    """Whether a Host header names this machine by a loopback name or address.
+
+    `localhost`, `*.localhost`, 127.0.0.0/8 in dotted-quad form and [::1], each with or without a
+    port. A page served from any other name may be an attacker's page whose name resolves to
+    127.0.0.1 (DNS rebinding), so it must not read what only the developer should. No Host (an
+    HTTP/1.0 request) is not loopback; nor are spellings like 0x7f.1 or 127.1 that a browser
+    would have normalised.
+    """
+    if host_header is None:
+        return False
+    if isinstance(host_header, bytes | bytearray):
+        host_header = bytes(host_header).decode("latin-1")
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        name, bracket, port = host[1:].partition("]")
+        if not bracket or not _PORT.fullmatch(port):
+            return False
+        try:
+            address = ipaddress.IPv6Address(name)
+        except ValueError:
+            return False
+        mapped = address.ipv4_mapped
+        return address.is_loopback or (mapped is not None and mapped.is_loopback)
+    name, colon, port = host.partition(":")
+    if not _PORT.fullmatch(colon + port):
+        return False
+    name = name.removesuffix(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return all(_HOST_LABEL.fullmatch(label) for label in name.split("."))
+    try:
+        return ipaddress.IPv4Address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_of(scope: Scope) -> bytes | None:
+    """The request's one Host header; None when it has none, or several (ambiguous)."""
+    found = [bytes(value) for name, value in scope.get("headers") or () if bytes(name).lower() == b"host"]
+    return found[0] if len(found) == 1 else None
+
+
+class _Page:
+    """The failure as shown, normalised again only when the worker updates the failure it holds."""
+
+    def __init__(self, failure: Mapping[str, Any]) -> None:
+        self._failure = failure
+        self._seen: dict[str, Any] | None = None
+        self._report = _Failure.from_mapping({})
+        self._text: dict[str | None, bytes] = {}
+
+    def report(self) -> _Failure:
+        current = dict(self._failure) if isinstance(self._failure, Mapping) else {}
+        if current != self._seen:
+            self._seen = current
+            self._report = _Failure.from_mapping(current)
+            self._text.clear()
+        return self._report
+
+    def text_body(self, hidden: str | None) -> bytes:
+        report = self.report()
+        body = self._text.get(hidden)
+        if body is None:
+            body = self._text[hidden] = _render_text(report, hidden=hidden).encode("utf-8", "replace")
+        return body
+
+
+def error_app(
+    failure: Mapping[str, Any], *, show_details: bool, only_loopback_hosts: bool = False
+) -> ASGIApp:
     """Build the app served while the user's app is broken.
 
     With ``show_details=False`` (the server is reachable from other machines) the page hides the
-    traceback, paths and message text, which can leak source code and secrets.
+    traceback, paths and message text, which can leak source code and secrets. With
+    ``only_loopback_hosts`` (the server listens on loopback only) it hides them too from any
+    request whose Host is not a loopback name or address (see `is_loopback_host`), and logs once
+    why. The page follows later changes to the `failure` mapping.
     """
-    report = _Failure.from_mapping(failure)
-    text_body = _render_text(report, show_details=show_details).encode("utf-8")
-    ws_reason = _close_reason(report, show_details=show_details)
+    page = _Page(failure)
+    warned: list[bytes | None] = []
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
+        hidden = None if show_details else _hidden_by_bind()
+        if hidden is None and only_loopback_hosts and kind in ("http", "websocket"):
+            host = _host_of(scope)
+            if not is_loopback_host(host):
+                hidden = _hidden_by_host(scope)
+                if not warned:
+                    warned.append(host)
+                    _warn_hidden(host, scope)
         if kind == "http":
-            await _serve_http(scope, receive, send, report, text_body, show_details=show_details)
+            await _serve_http(scope, receive, send, page, hidden)
         elif kind == "websocket":
-            await _serve_websocket(receive, send, ws_reason)
+            await _serve_websocket(receive, send, _close_reason(page.report(), hidden=hidden))
         elif kind == "lifespan":
             await _serve_lifespan(receive, send)
 
     return app
 
 
-async def _serve_http(
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    report: _Failure,
-    text_body: bytes,
-    *,
-    show_details: bool,
-) -> None:
+def _local_url(scope: Scope) -> str:
+    server = scope.get("server")
+    port = server[1] if isinstance(server, tuple | list) and len(server) == 2 else None
+    return f"http://localhost:{port}/" if isinstance(port, int) else "http://localhost/"
+
+
+def _warn_hidden(host: bytes | None, scope: Scope) -> None:
+    shown = "a request without a Host header" if host is None else f"a request for Host {_shorten(host)!r}"
+    logger.warning(
+        "The error page hid its details from %s. While the server listens on loopback, tracebacks "
+        "and paths are shown only to requests addressed to localhost or a loopback address, so that "
+        "a web page cannot read them through DNS rebinding. Open %s to see them. --show-errors would "
+        "show them to every Host, which is no fix for DNS rebinding.",
+        shown,
+        _local_url(scope),
+    )
+
+
+def _shorten(host: bytes) -> str:
+    text = host.decode("latin-1")
+    return text if len(text) <= 100 else text[:100] + "\u2026"
+
+
+async def _serve_http(scope: Scope, receive: Receive, send: Send, page: _Page, hidden: str | None) -> None:
     # Draining the body keeps the connection reusable; a client that left needs no answer.
     while True:
         message = await receive()
@@ -159,7 +281,7 @@ async def _serve_http(
     if _accepts_html(scope):
         # A fresh nonce per response lets the CSP forbid every script except our own poller.
         nonce = secrets.token_urlsafe(16)
-        body = _render_html(report, show_details=show_details, nonce=nonce).encode("utf-8")
+        body = _render_html(page.report(), hidden=hidden, nonce=nonce).encode("utf-8", "replace")
         csp = (
             f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
             "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -169,7 +291,7 @@ async def _serve_http(
             (b"content-security-policy", csp.encode()),
         ]
     else:
-        body = text_body
+        body = page.text_body(hidden)
         headers.append((b"content-type", b"text/plain; charset=utf-8"))
     headers.append((b"content-length", str(len(body)).encode()))
 
@@ -222,8 +344,8 @@ async def _serve_lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def _close_reason(report: _Failure, *, show_details: bool) -> str:
-    if not show_details:
+def _close_reason(report: _Failure, *, hidden: str | None) -> str:
+    if hidden is not None:
         return "app failed to load"
     reason = "app failed to load: " + " ".join(report.summary.split())
     return _truncate_utf8(reason, _MAX_CLOSE_REASON_BYTES)
@@ -247,24 +369,32 @@ def _recovery_sentence(report: _Failure) -> str:
     )
 
 
-def _hidden_details_sentence() -> str:
+def _hidden_by_bind() -> str:
     return (
         "The details are in the server's terminal. They are hidden here because the server is "
         f"reachable from other machines; start it with {_SHOW_ERRORS_OPTION} to show them on this page."
     )
 
 
-def _render_text(report: _Failure, *, show_details: bool) -> str:
-    if not show_details:
+def _hidden_by_host(scope: Scope) -> str:
+    return (
+        "The details are in the server's terminal. They are hidden here because this page was "
+        "requested through a name that is not localhost (a defence against DNS rebinding); open "
+        f"{_local_url(scope)} to see them."
+    )
+
+
+def _render_text(report: _Failure, *, hidden: str | None) -> str:
+    if hidden is not None:
         lines = ["The app failed to load."]
         if report.exception_type:
             lines.append(f"Error type: {report.exception_type}")
-        lines += ["", _hidden_details_sentence(), ""]
+        lines += ["", hidden, ""]
         return "\n".join(lines)
 
     lines = [f"{report.app} failed to load", "", report.summary]
-    if report.exit_reason:
-        lines.append(_exit_sentence(report.exit_reason))
+    if report.exit_sentence:
+        lines.append(report.exit_sentence)
     if report.files:
         lines += ["", "Files to fix:", *(f"  {path}" for path in report.files)]
     lines += ["", _recovery_sentence(report)]
@@ -280,18 +410,20 @@ def _exit_sentence(reason: str) -> str:
     """Turn "exited with code 3" into a sentence, without mangling reasons phrased differently."""
     if reason.startswith(("exited", "killed", "was ", "crashed", "timed out", "stopped")):
         return f"The worker {reason.rstrip('.')}."
+    if reason[:1].isupper():  # a sentence already
+        return reason
     return f"Worker exit: {reason}"
 
 
-def _render_html(report: _Failure, *, show_details: bool, nonce: str) -> str:
+def _render_html(report: _Failure, *, hidden: str | None, nonce: str) -> str:
     def esc(value: str) -> str:
         return html.escape(value, quote=True)
 
-    if show_details:
+    if hidden is None:
         title = f"{report.app} failed to load"
         parts = [f'<p class="summary">{esc(report.summary)}</p>']
-        if report.exit_reason:
-            parts.append(f'<p class="exit">{esc(_exit_sentence(report.exit_reason))}</p>')
+        if report.exit_sentence:
+            parts.append(f'<p class="exit">{esc(report.exit_sentence)}</p>')
         if report.files:
             items = "".join(f"<li><code>{esc(path)}</code></li>" for path in report.files)
             parts.append(f"<h2>Files to fix</h2><ul>{items}</ul>")
@@ -306,7 +438,7 @@ def _render_html(report: _Failure, *, show_details: bool, nonce: str) -> str:
         parts = []
         if report.exception_type:
             parts.append(f'<p class="summary">{esc(report.exception_type)}</p>')
-        parts.append(f"<p>{esc(_hidden_details_sentence())}</p>")
+        parts.append(f"<p>{esc(hidden)}</p>")
         parts.append(
             "<p>The server reloads the app by itself when its files change; "
             "there is no need to restart it.</p>"

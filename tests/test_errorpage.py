@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
@@ -9,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from asgireload.errorpage import ASGIApp, error_app
+from asgireload.errorpage import ASGIApp, displayable, error_app, is_loopback_host
 
 XSS = "<script>alert(1)</script>"
 XSS_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
@@ -319,3 +321,226 @@ async def test_unknown_scope_type_is_ignored() -> None:
     await error_app(FAILURE, show_details=True)({"type": "webtransport"}, recorder.receive, recorder.send)
 
     assert recorder.events == []
+
+
+# ---------------------------------------------------------------- Host headers (DNS rebinding)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost",
+        "localhost:8000",
+        "LOCALHOST:8000",
+        "localhost.",
+        "app.localhost",
+        "my-app.dev.localhost:3000",
+        "127.0.0.1",
+        "127.0.0.1:8000",
+        "127.1.2.3:8080",
+        "127.255.255.254",
+        "[::1]",
+        "[::1]:8000",
+        "[0:0:0:0:0:0:0:1]:80",
+        "[::ffff:127.0.0.1]",
+        " localhost:8000 ",
+        "localhost:",
+        b"localhost:8000",
+        bytearray(b"127.0.0.1"),
+    ],
+)
+def test_loopback_hosts(host: str | bytes) -> None:
+    assert is_loopback_host(host)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        None,
+        "",
+        "attacker.example",
+        "localhost.evil.com",
+        "localhost.evil.com:8000",
+        "evil-localhost",
+        "evillocalhost",
+        "127.0.0.1.evil.com",
+        "0x7f.1",
+        "0x7f000001",
+        "2130706433",
+        "127.1",
+        "0177.0.0.1",
+        "127.000.000.001",
+        "128.0.0.1",
+        "10.0.0.1",
+        "0.0.0.0",
+        "::1",  # an IPv6 address is only valid in brackets
+        "[::1",
+        "[::2]",
+        "[::1]x",
+        "[::1]:80:80",
+        "localhost:80:80",
+        "localhost:8o",
+        "localhost:123456",
+        "..localhost",
+        "a..localhost",
+        "-a.localhost",
+        "local host",
+        "localhost\x00.evil.com",
+        b"localhost\xff",
+    ],
+)
+def test_hosts_that_are_not_loopback(host: str | bytes | None) -> None:
+    assert not is_loopback_host(host)
+
+
+async def host_request(app: ASGIApp, host: str | None, headers: dict[str, str] = HTML) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8123") as client:
+        request = client.build_request("GET", "/", headers=headers)
+        if host is None:
+            del request.headers["host"]
+        else:
+            request.headers["host"] = host
+        return await client.send(request)
+
+
+@pytest.mark.parametrize("accept", [HTML, {"accept": "text/plain"}])
+async def test_a_foreign_host_gets_no_details(
+    accept: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="asgireload")
+    failure = dict(FAILURE, summary="RuntimeError: password=hunter2 rejected")
+    app = error_app(failure, show_details=True, only_loopback_hosts=True)
+
+    response = await host_request(app, "attacker.example:8123", accept)
+
+    assert response.status_code == 500
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["x-asgireload"] == "error"
+    body = response.text
+    assert "RuntimeError" in body
+    for secret in ("hunter2", "Traceback", "def broken", "main.py", "pkg/models.py", "code 3"):
+        assert secret not in body, secret
+    assert "http://localhost:8123/" in body
+    assert "--show-errors" not in body  # it is not the fix for this
+    (record,) = [r for r in caplog.records if r.name == "asgireload"]
+    assert record.levelno == logging.WARNING
+    assert "'attacker.example:8123'" in record.getMessage()
+    assert "DNS rebinding" in record.getMessage()
+    assert "--show-errors" in record.getMessage()
+
+
+async def test_a_loopback_host_gets_the_details() -> None:
+    app = error_app(FAILURE, show_details=True, only_loopback_hosts=True)
+
+    for host in ("localhost:8123", "127.0.0.1:8123", "[::1]:8123"):
+        response = await host_request(app, host)
+        assert "SyntaxError: invalid syntax (main.py, line 3)" in response.text, host
+        assert "<code>pkg/models.py</code>" in response.text, host
+
+
+async def test_a_request_without_host_is_not_loopback() -> None:
+    app = error_app(FAILURE, show_details=True, only_loopback_hosts=True)
+
+    response = await host_request(app, None, {"accept": "text/plain"})
+
+    assert response.status_code == 500
+    assert "main.py" not in response.text
+    assert "SyntaxError" in response.text
+
+
+async def test_two_host_headers_are_not_loopback() -> None:
+    recorder = Recorder({"type": "http.request"})
+    scope = {"type": "http", "headers": [(b"host", b"localhost"), (b"host", b"evil.example")]}
+
+    await error_app(FAILURE, show_details=True, only_loopback_hosts=True)(
+        scope, recorder.receive, recorder.send
+    )
+
+    assert b"main.py" not in recorder.sent[1]["body"]
+
+
+async def test_the_warning_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="asgireload")
+    app = error_app(FAILURE, show_details=True, only_loopback_hosts=True)
+
+    for host in ("a.example", "b.example", "localhost", "c.example"):
+        await host_request(app, host)
+
+    assert len([r for r in caplog.records if r.name == "asgireload"]) == 1
+
+
+async def test_without_the_option_every_host_sees_the_details(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="asgireload")
+
+    response = await host_request(error_app(FAILURE, show_details=True), "attacker.example")
+
+    assert "pkg/models.py" in response.text  # --show-errors was forced, or the bind is not loopback
+    assert not caplog.records
+
+
+async def test_a_websocket_from_a_foreign_host_gets_no_summary() -> None:
+    app = error_app(FAILURE, show_details=True, only_loopback_hosts=True)
+    for host, reason in [
+        (b"evil.example", "app failed to load"),
+        (b"localhost:1", "app failed to load: SyntaxError: invalid syntax (main.py, line 3)"),
+    ]:
+        recorder = Recorder({"type": "websocket.connect"})
+        await app({"type": "websocket", "headers": [(b"host", host)]}, recorder.receive, recorder.send)
+        assert recorder.sent[1]["reason"] == reason
+
+
+# ---------------------------------------------------------------- odd text
+
+
+async def test_paths_that_are_not_utf8_render() -> None:
+    path = os.fsdecode(b"/srv/caf\xe9/main.py")  # holds a surrogate escape
+    failure = dict(
+        FAILURE,
+        summary=f"ValueError: bad {path}",
+        traceback=f'  File "{path}", line 1\nValueError',
+        files=[path],
+        app=os.fsdecode(b"m\xff:app"),
+    )
+    app = error_app(failure, show_details=True)
+
+    for headers in (HTML, {"accept": "text/plain"}):
+        response = await request(app, headers=headers)
+        assert response.status_code == 500
+        assert "/srv/caf\\xe9/main.py" in response.text
+        assert "m\\xff:app" in response.text
+    sent = await websocket_close(app)
+    assert "caf\\xe9" in sent[1]["reason"]
+
+
+def test_displayable() -> None:
+    assert displayable("plain é") == "plain é"
+    assert displayable(os.fsdecode(b"a\xe9\xffb")) == "a\\xe9\\xffb"
+    assert displayable("lone \ud800") == "lone \\ud800"
+
+
+async def test_the_page_follows_an_updated_failure() -> None:
+    failure: dict[str, Any] = dict(FAILURE)
+    app = error_app(failure, show_details=True)
+    assert "main.py, line 3" in (await request(app)).text
+
+    failure.update(summary="NameError: name 'x' is not defined", files=["other.py"])
+
+    text = (await request(app)).text
+    assert "NameError: name 'x' is not defined" in text
+    assert "  other.py\n" in text
+
+
+@pytest.mark.parametrize("accept", [HTML, {"accept": "text/plain"}])
+async def test_an_exit_reason_that_is_a_sentence_is_shown_once_as_is(accept: dict[str, str]) -> None:
+    reason = "The app's worker process exited with code 3 before it was ready"
+    failure = dict(FAILURE, summary=reason, exit_reason=reason, traceback="", files=[])
+
+    text = (await request(error_app(failure, show_details=True), headers=accept)).text
+
+    assert text.count("exited with code 3") == 1
+    assert "Worker exit" not in text
+    other = dict(failure, summary="RuntimeError: boom", exit_reason="Killed by the out-of-memory killer.")
+    text = (await request(error_app(other, show_details=True), headers=accept)).text
+    assert "Killed by the out-of-memory killer." in text
+    assert "Worker exit" not in text

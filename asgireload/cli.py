@@ -16,15 +16,15 @@ from . import _logging
 from .__about__ import __version__
 from .config import Config, cli_flag, option_fields
 from .errors import ConfigError
-from .serving import run_with_signals
+from .serving import check_standard_streams, run_with_signals, warn_about_reopened
 
 DESCRIPTION = """\
 Serve an ASGI app with uvicorn and restart it when its code changes, without refusing a
 connection or cutting a request in flight. APP is module:attribute, e.g. main:app.
 """
 EPILOG = """\
-While it runs: type r and Enter (or send SIGHUP) to reload by hand; CTRL+C stops it, a second
-CTRL+C stops it at once. Times are in seconds.
+While it runs: type r and Enter (or send SIGUSR1) to reload by hand; CTRL+C, SIGTERM or
+closing the terminal (SIGHUP) stops it, a second CTRL+C stops it at once. Times are in seconds.
 """
 
 
@@ -94,8 +94,10 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    reopened = check_standard_streams()  # first: before anything opens a file or a socket
     config = parse_config(argv)
     _logging.configure(config.log_level)
+    warn_about_reopened(reopened)
     try:
         code = asyncio.run(run_with_signals(config))
     except KeyboardInterrupt:  # a Ctrl-C before the loop installed its handlers

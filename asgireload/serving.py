@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from . import _logging
+from . import _logging, _terminal
 from .config import Config
 from .errors import AsgireloadError, ConfigError
 
@@ -82,10 +82,14 @@ async def serve(app: Any, *, reload: bool = False, **options: Any) -> None:
     """Serve `app` (an import string or an ASGI app) until cancelled.
 
     With reload=True the app runs in worker processes that are replaced when its code changes.
-    Cancellation drains the workers (in-flight requests finish, up to drain_timeout), waits for
-    every process to exit, closes the socket, then lets CancelledError propagate. No signal
-    handler is installed: the caller's program owns its signals (use run() in a script).
+    Cancelling it (at any point, even during start-up) drains the workers (in-flight requests
+    finish, up to drain_timeout), waits for every process to exit, closes the socket, then lets
+    CancelledError propagate: nothing is left running or bound. Cancelled again while draining,
+    it still finishes the clean-up first. No signal handler is installed: the caller's program
+    owns its signals (use run() in a script). It needs asyncio: under another event loop (trio)
+    it raises AsgireloadError before anything starts.
     """
+    require_asyncio("serve() was awaited")
     config = build_config(app, reload, options)
     if config.reload:
         from .supervisor import Supervisor, run_until_cancelled
@@ -93,6 +97,39 @@ async def serve(app: Any, *, reload: bool = False, **options: Any) -> None:
         await run_until_cancelled(Supervisor(config))
     else:
         await _serve_in_process(config)
+
+
+def require_asyncio(what: str) -> None:
+    """Refuse, in one sentence, to start under an event loop that is not asyncio's.
+
+    The supervisor's tasks, subprocesses and signal handling are asyncio's; under trio nothing
+    would work, and half of it would have started (a socket bound, a coroutine never awaited).
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return
+    where = "with no asyncio event loop running"
+    if under_trio():
+        where = "under trio, where no asyncio event loop runs"
+    raise AsgireloadError(
+        f"asgireload needs asyncio, but {what} {where}: run it with asyncio.run(), or in "
+        "tests use the asyncio backend, e.g. @pytest.mark.anyio with anyio_backend = 'asyncio'."
+    )
+
+
+def under_trio() -> bool:
+    """Whether this code runs inside trio.run() (trio is never imported to find out)."""
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
 
 
 async def _serve_in_process(config: Config) -> None:
@@ -120,78 +157,95 @@ async def _serve_in_process(config: Config) -> None:
 
 
 def run(app: Any, *, reload: bool = True, **options: Any) -> None:
-    """Serve from a script: handles Ctrl-C and SIGTERM, logs like the command line, blocks.
+    """Serve from a script: handles Ctrl-C, SIGTERM and a hang-up, logs like the command line, blocks.
 
     Unlike serve(), reload defaults to True: run() is the script form of `asgireload APP`.
     """
+    reopened = check_standard_streams()
     config = build_config(app, reload, options)
     _logging.configure(config.log_level)
+    warn_about_reopened(reopened)
     code = asyncio.run(run_with_signals(config))
     if code:
         sys.exit(code)
 
 
+def check_standard_streams() -> list[str]:
+    """For the entry points that own the terminal: fix closed streams, exit 1 on a broken one."""
+    try:
+        return _terminal.ensure_standard_streams()
+    except _terminal.BrokenStream as exc:
+        _terminal.report_broken_stream(exc)
+        raise SystemExit(1) from None
+
+
+def warn_about_reopened(names: list[str]) -> None:
+    """Say once, in the log, that a closed stream's output is dropped (if the log is not the one)."""
+    if "stdout" in names and "stderr" not in names:
+        logger.warning(
+            "stdout is closed, so the app's output and the access log are dropped; redirect it to a "
+            "file to keep them."
+        )
+
+
 async def run_with_signals(config: Config) -> int:
-    """Serve until Ctrl-C or SIGTERM; SIGHUP or `r` + Enter reloads. Returns the exit code."""
+    """Serve until CTRL+C, SIGTERM or the terminal hanging up (SIGHUP); SIGUSR1 or `r` + Enter
+    reloads. Returns the exit code.
+
+    SIGHUP stops, as it stops any program whose terminal is closed; a SIGHUP that was ignored
+    when asgireload started (`nohup asgireload ...`) stays ignored.
+    """
     from .supervisor import Supervisor, run_until_cancelled
 
     supervisor = Supervisor(config)
     main = asyncio.create_task(run_until_cancelled(supervisor))
     loop = asyncio.get_running_loop()
-    stops = 0
+    stopping = False
 
-    def stop(signame: str) -> None:
-        nonlocal stops
-        stops += 1
-        if stops == 1:
-            logger.info("Shutting down (%s); press CTRL+C again to stop at once.", signame)
+    def stop(reason: str, then: str = "; press CTRL+C again to stop at once") -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            logger.info("Shutting down (%s)%s.", reason, then)
             main.cancel()
         else:
             logger.warning("Stopping at once.")
             supervisor.kill_all()
 
-    loop.add_signal_handler(signal.SIGINT, stop, "CTRL+C")
-    loop.add_signal_handler(signal.SIGTERM, stop, "SIGTERM")
-    loop.add_signal_handler(signal.SIGHUP, supervisor.request_reload, "SIGHUP")
-    keys = _watch_keys(loop, supervisor)
+    def hang_up() -> None:
+        if _terminal.terminal_hung_up():
+            reason = "the terminal hung up"
+        else:
+            reason = "SIGHUP; to reload by signal, send SIGUSR1"
+        if not stopping:  # a second hang-up (a shell passing it on) is not a second CTRL+C
+            stop(reason, then="")
+
+    handlers: dict[int, Callable[[], None]] = {
+        signal.SIGINT: lambda: stop("CTRL+C"),
+        signal.SIGTERM: lambda: stop("SIGTERM"),
+        signal.SIGUSR1: lambda: supervisor.request_reload("SIGUSR1"),
+    }
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        handlers[signal.SIGHUP] = hang_up
+    for signum, handler in handlers.items():
+        loop.add_signal_handler(signum, handler)
+    from_keys = "reload requested from the terminal"
+    keys = _terminal.TerminalKeys(loop, lambda: supervisor.request_reload(from_keys))
     try:
-        await main
+        with _terminal.job_control_ignored():
+            keys.start()
+            await main
     except asyncio.CancelledError:
-        if stops == 0:
+        if not stopping:
             raise
     except AsgireloadError as exc:
         print(f"asgireload: error: {exc}", file=sys.stderr)
         return 1
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        if keys:
-            loop.remove_reader(0)
+        keys.close()
+        for signum in handlers:
+            loop.remove_signal_handler(signum)
     return 0
-
-
-def _watch_keys(loop: asyncio.AbstractEventLoop, supervisor: Any) -> bool:
-    """`r` and Enter in the terminal reloads; only when stdin is a terminal."""
-    try:
-        if not os.isatty(0):
-            return False
-    except OSError:
-        return False
-
-    def on_input() -> None:
-        try:
-            data = os.read(0, 1024)
-        except OSError:
-            data = b""
-        if not data:
-            loop.remove_reader(0)
-        elif data.strip().lower() == b"r":
-            supervisor.request_reload("reload requested from the terminal")
-
-    with contextlib.suppress(OSError, ValueError):
-        loop.add_reader(0, on_input)
-        return True
-    return False
 
 
 def import_app(config: Config) -> Any:

@@ -460,6 +460,9 @@ async def test_help_lists_every_option(tmp_path: Path) -> None:
         assert re.search(rf"{re.escape(flag)}\b(?!-)", text), f"{flag} is not in --help\n{text}"
         if field.metadata.get("negatable"):
             assert f"--no-{flag[2:]}" in text, f"--no-{flag[2:]} is not in --help\n{text}"
+    epilog = " ".join(text.split())
+    assert "(or send SIGUSR1) to reload" in epilog, text
+    assert "closing the terminal (SIGHUP) stops it" in epilog, text
 
 
 # ------------------------------------------------------------------------ 3-5. stopping
@@ -546,19 +549,32 @@ async def test_sigkill_of_the_supervisor_takes_the_apps_own_children_down(tmp_pa
 # ------------------------------------------------------------------------ 6-7. reloading
 
 
-async def test_sighup_reloads(project: Path) -> None:
+async def test_sigusr1_reloads(project: Path) -> None:
     async with run_cli(project, "main:app", "--port", "0") as cli:
         port = await cli.started()
         async with client() as http:
             assert (await http.get(f"http://127.0.0.1:{port}/")).status_code == 200
-            cli.send(signal.SIGHUP)
+            cli.send(signal.SIGUSR1)
             match = await cli.wait_for_line(r"Reloaded in \d+ ms \(generation 2\): (.*)$")
-            assert match[1] == "SIGHUP", cli.transcript()
+            assert match[1] == "SIGUSR1", cli.transcript()
             response = await http.get(f"http://127.0.0.1:{port}/")  # on the kept-alive connection
             assert (response.status_code, response.text) == (200, "first"), cli.transcript()
         async with client() as http:
             response = await http.get(f"http://127.0.0.1:{port}/")  # on a new connection
             assert (response.status_code, response.text) == (200, "first"), cli.transcript()
+
+
+async def test_sighup_stops_and_says_which_signal_reloads(project: Path) -> None:
+    """SIGHUP means the terminal is gone; one sent by hand (no terminal here) stops too, and the
+    log says which signal reloads now."""
+    async with run_cli(project, "main:app", "--port", "0") as cli:
+        await cli.started()
+        await cli.collect_workers()
+        cli.send(signal.SIGHUP)
+        await cli.wait_for_line(r"Shutting down \(SIGHUP; to reload by signal, send SIGUSR1\)")
+        assert await cli.exited() == 0, cli.transcript()
+        cli.assert_nothing_left()
+        assert "Reloaded" not in cli.transcript()
 
 
 async def test_an_edit_reloads(project: Path) -> None:

@@ -298,8 +298,8 @@ async def test_a_superseded_generation_never_serves(tmp_path: Path) -> None:
         assert event.outcome == "ready"
         (tmp_path / "go").write_text("")  # the superseded import may finish now: it must not serve
         bodies: set[str] = set()
-        for _ in range(2000):
-            async with httpx.AsyncClient() as client:  # a fresh connection every time
+        async with httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            for _ in range(2000):  # a fresh connection every time: each one is a new accept
                 bodies.add((await client.get(server.url)).text)
         assert bodies == {"v3"}
 

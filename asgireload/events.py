@@ -22,25 +22,45 @@ class ReloadEvent:
 
 
 class EventStream:
-    """An async iterator of ReloadEvents; it receives every outcome from its creation on."""
+    """An async iterator of ReloadEvents; it receives every outcome from its creation on.
 
-    def __init__(self, subscribers: list[asyncio.Queue[ReloadEvent | None]]) -> None:
+    It ends (StopAsyncIteration) when the server stops, for every task iterating it: several
+    tasks may share one stream (each event goes to one of them) and all of them finish. A
+    stream created once the server has stopped (`ended=True`) is over from the start.
+
+    Cancelling a task waiting in `async for` (or `anext`) cancels only that wait: no event is
+    lost, the next iteration receives it, and the stream stays subscribed until it ends or
+    `aclose()` is called.
+    """
+
+    def __init__(self, subscribers: list[asyncio.Queue[ReloadEvent | None]], *, ended: bool = False) -> None:
         self._queue: asyncio.Queue[ReloadEvent | None] = asyncio.Queue()
         self._subscribers = subscribers
-        subscribers.append(self._queue)
+        self._ended = ended
+        if not ended:
+            subscribers.append(self._queue)
+
+    def __repr__(self) -> str:
+        return f"<EventStream {'ended' if self._ended else 'open'}, {self._queue.qsize()} waiting>"
 
     def __aiter__(self) -> EventStream:
         return self
 
     async def __anext__(self) -> ReloadEvent:
-        if self._queue not in self._subscribers:
+        if self._ended:
             raise StopAsyncIteration
         event = await self._queue.get()
-        if event is None:  # the server stopped
-            await self.aclose()
+        if event is None:  # the server stopped, or the stream was closed
+            self._end()
             raise StopAsyncIteration
         return event
 
     async def aclose(self) -> None:
+        """Unsubscribe; every task waiting on this stream ends its iteration."""
+        self._end()
+
+    def _end(self) -> None:
+        self._ended = True
         if self._queue in self._subscribers:
             self._subscribers.remove(self._queue)
+        self._queue.put_nowait(None)  # the end, again, for the next task waiting on this stream

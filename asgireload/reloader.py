@@ -9,7 +9,7 @@ from typing import Any
 from .config import Config
 from .errors import AsgireloadError
 from .events import EventStream, ReloadEvent, State
-from .serving import build_config
+from .serving import build_config, require_asyncio
 from .supervisor import Supervisor, stop_completely
 
 DEFAULT_TIMEOUT = 30.0  # seconds; every wait has one, so a broken reload fails a test instead of hanging it
@@ -21,8 +21,8 @@ class Reloader:
     On entry the socket is bound (port 0 picks a free one) and generation 1 is ready or has
     failed; a failed app does not raise, `state` says "failed". A mistake in the command (no
     such module, no such attribute, port in use) raises StartupError. On exit every worker is
-    drained and gone and every descriptor closed. If the task is cancelled during entry or
-    exit, the cleanup still runs to the end before CancelledError propagates.
+    drained and gone and every descriptor closed. It needs asyncio: under another event loop
+    (trio) entering raises AsgireloadError before anything is bound or started.
     """
 
     def __init__(self, app: Any, *, start_timeout: float = DEFAULT_TIMEOUT, **options: Any) -> None:
@@ -37,6 +37,12 @@ class Reloader:
         return f"<Reloader {self.config.app!r} {self.url or 'not started'} state={self.state}>"
 
     async def __aenter__(self) -> Reloader:
+        """Bind, start generation 1 and wait for its outcome (ReloadTimeout after start_timeout).
+
+        Cancelling it, or any error, stops what had started (workers killed and reaped, socket
+        closed) before CancelledError or the error propagates: nothing is left behind.
+        """
+        require_asyncio("a Reloader was entered")
         if self._entered:
             raise AsgireloadError("a Reloader can be entered only once; create a new one.")
         self._entered = True
@@ -47,6 +53,9 @@ class Reloader:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """Drain every worker (up to drain_timeout), reap every process, close every descriptor;
+        every events() stream ends. Cancelled meanwhile, it finishes all of that first, then
+        lets CancelledError propagate."""
         if self._supervisor is not None:
             await stop_completely(self._supervisor)
 
@@ -93,36 +102,101 @@ class Reloader:
         return self._running.pids
 
     def is_watching(self, path: str | os.PathLike[str]) -> bool:
-        """Whether a change to this file starts a new generation."""
-        return os.path.abspath(path) in self._running.watched
+        """Whether a change to this file starts a new generation (a watched file, or one that
+        --reload-include will pick up)."""
+        supervisor = self._running
+        absolute = os.path.abspath(path)
+        return (
+            absolute in supervisor.watched
+            or os.path.realpath(absolute) in supervisor.watched
+            or supervisor.project.is_included(absolute)
+        )
 
     async def reload(self, *, timeout: float = DEFAULT_TIMEOUT) -> ReloadEvent:
-        """Start a new generation now and wait for its outcome. Cancelling stops the wait only."""
+        """Start a new generation now and wait for its outcome (ReloadTimeout after `timeout` s).
+
+        Cancelling it cancels the wait only: the reload was requested and goes on.
+        """
         target = self._running.generation + 1
         self._running.request_reload("reload() called")
         return await self._running.wait_for_generation(target, timeout)
 
     async def wait_for_generation(self, generation: int, *, timeout: float = DEFAULT_TIMEOUT) -> ReloadEvent:
         """Wait until that generation (or a newer one) is ready or has failed; ReloadTimeout after
-        `timeout` seconds. Cancelling stops the wait only."""
+        `timeout` seconds, StartupError if the server stops first.
+
+        Cancelling it cancels the wait only; it changes nothing in the server.
+        """
         return await self._running.wait_for_generation(generation, timeout)
 
     async def next_generation(self, *, timeout: float = DEFAULT_TIMEOUT) -> ReloadEvent:
-        """Wait for the outcome of the generation after the newest one started so far."""
+        """Wait for the outcome of the generation after the newest one started so far.
+
+        Cancelling it cancels the wait only; it changes nothing in the server.
+        """
         return await self.wait_for_generation(self._running.generation + 1, timeout=timeout)
 
     async def edit(
-        self, path: str | os.PathLike[str], text: str, *, timeout: float = DEFAULT_TIMEOUT
+        self,
+        path: str | os.PathLike[str],
+        text: str,
+        *,
+        reload: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> ReloadEvent:
         """Save `text` to `path` the way an editor does (temp file, then rename over) and wait
-        for the generation that change starts."""
-        target = self._running.generation + 1
+        for the generation that change starts.
+
+        A file that no generation watches would start nothing, so it is refused at once, with
+        nothing written (AsgireloadError naming the option that would watch it). For a file the
+        app reads at start-up without importing it (a settings file), pass reload=True: the file
+        is saved, then a reload is started by hand.
+
+        Cancelling it cancels the wait only: once saved, the file stays saved and its reload
+        goes on.
+        """
+        supervisor = self._running
+        watched = self.is_watching(path)
+        if not watched and not reload:
+            raise AsgireloadError(unwatched_message(path, self.config))
+        target = supervisor.generation + 1
         write_like_an_editor(path, text)
-        return await self.wait_for_generation(target, timeout=timeout)
+        if not watched:
+            supervisor.request_reload(f"edit() of {os.path.basename(path)} with reload=True")
+        return await supervisor.wait_for_generation(target, timeout)
 
     def events(self) -> EventStream:
-        """Every generation's outcome from this call on, as it happens (`async for`)."""
-        return self._running.events()
+        """Every generation's outcome from this call on, as it happens (`async for`).
+
+        The stream ends when the server stops, for every task iterating it; one made after the
+        server stopped is empty. Cancelling a task waiting on it loses no event.
+        """
+        supervisor = self._running
+        return EventStream(supervisor._subscribers, ended=supervisor.state == "stopped")
+
+
+def unwatched_message(path: str | os.PathLike[str], config: Config) -> str:
+    """Why editing `path` would start no reload, and the option that would."""
+    path = os.path.abspath(path)
+    roots = config.watch_roots
+    under_a_root = any(os.path.join(path, "").startswith(os.path.join(os.path.abspath(r), "")) for r in roots)
+    if not path.endswith(".py"):
+        _, extension = os.path.splitext(path)
+        glob = f"*{extension}" if extension else os.path.basename(path)
+        advice = f"pass --reload-include '{glob}' (reload_includes=({glob!r},))"
+        if not under_a_root:
+            folder = os.path.dirname(path)
+            advice += f" and --reload-dir {folder} (reload_dirs=({folder!r},))"
+    elif under_a_root:
+        advice = "import it from the app (only imported modules are watched)"
+    else:
+        folder = os.path.dirname(path)
+        advice = f"pass --reload-dir {folder} (reload_dirs=({folder!r},)) and import it from the app"
+    return (
+        f"edit() of {path} would start no reload: no generation watches that file. To watch it, "
+        f"{advice}; or, for a file the app reads at start-up without importing it, call "
+        "edit(path, text, reload=True) to save it and reload by hand."
+    )
 
 
 def write_like_an_editor(path: str | os.PathLike[str], text: str) -> None:

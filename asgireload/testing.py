@@ -6,8 +6,10 @@
             assert event.outcome == "ready"
 
 The fixture is a plain (sync) factory, so it works the same under pytest-asyncio (strict or
-auto mode) and under anyio's plugin; the `async with` owns start-up and tear-down. Importing
-this module costs nothing more than pytest itself: asgireload loads when a test uses it.
+auto mode) and under anyio's plugin with the asyncio backend; the `async with` owns start-up
+and tear-down. Under anyio's trio backend it fails at once with one clear error: asgireload
+runs on asyncio. Importing this module costs nothing more than pytest itself: asgireload
+loads when a test uses it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ class ServerFactory:
         self.root = root
 
     def __call__(self, app: Any, *, files: dict[str, str] | None = None, **options: Any) -> Reloader:
+        """Write `files` into tmp_path and return a Reloader for `app`, to use in `async with`.
 
+        Under trio (anyio's trio backend) it raises AsgireloadError at once, writing nothing:
+        asgireload needs asyncio.
+        """
+        from .serving import require_asyncio, under_trio
+
+        if under_trio():  # a sync caller (a fixture) may enter it under asyncio later; trio never
+            require_asyncio("the asgireload_server fixture was called")
         for name, source in (files or {}).items():
             path = self.root / name
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -349,3 +352,143 @@ async def test_entering_has_a_deadline(tmp_path: Path) -> None:
         async with Reloader("main:app", app_dir=tmp_path, start_timeout=1.0):
             pass
     assert children() == before
+
+
+# ------------------------------------------------------------------------ edit() of unwatched files
+
+
+async def test_editing_a_file_nobody_watches_fails_at_once_and_writes_nothing(tmp_path: Path) -> None:
+    app_dir = tmp_path / "app"
+    write(app_dir / "main.py", PLAIN_APP)
+    page = write(app_dir / "templates" / "page.html", "<p>v1</p>")
+    unimported = write(app_dir / "unused.py", "X = 1\n")
+    outside = write(tmp_path / "shared" / "helpers.py", "X = 1\n")
+    cases = [
+        (page, r"--reload-include '\*\.html'"),
+        (unimported, r"import it from the app"),
+        (outside, rf"--reload-dir {outside.parent}"),
+    ]
+    async with Reloader("main:app", app_dir=app_dir) as server:
+        for path, advice in cases:
+            before = path.read_text()
+            with pytest.raises(AsgireloadError) as raised:
+                async with asyncio.timeout(1):
+                    await server.edit(path, "changed")
+            message = str(raised.value)
+            assert str(path) in message
+            assert re.search(advice, message), message
+            assert "reload=True" in message
+            assert path.read_text() == before
+        assert server.generation == 1
+
+
+async def test_edit_with_reload_true_reloads_a_file_read_at_start_up(tmp_path: Path) -> None:
+    write(tmp_path / "settings.txt", "from settings v1")
+    write(
+        tmp_path / "main.py",
+        PLAIN_APP.replace(
+            'BODY = "v1"',
+            'BODY = (__import__("pathlib").Path(__file__).parent / "settings.txt").read_text()',
+        ),
+    )
+    async with Reloader("main:app", app_dir=tmp_path) as server, httpx.AsyncClient() as client:
+        assert (await client.get(server.url)).text == "from settings v1"
+        assert not server.is_watching(tmp_path / "settings.txt")
+        event = await server.edit(tmp_path / "settings.txt", "from settings v2", reload=True)
+        assert (event.generation, event.outcome) == (2, "ready")
+        assert (await client.get(server.url)).text == "from settings v2"
+
+
+async def test_a_file_that_reload_include_will_pick_up_counts_as_watched(tmp_path: Path) -> None:
+    write(tmp_path / "main.py", PLAIN_APP)
+    async with Reloader("main:app", app_dir=tmp_path, reload_includes=("*.html",)) as server:
+        event = await server.edit(tmp_path / "new.html", "<p>new</p>")  # created: found by the scan
+        assert (event.generation, event.outcome, event.changed) == (2, "ready", (str(tmp_path / "new.html"),))
+
+
+# ------------------------------------------------------------------------ asyncio only
+
+NEEDS_ASYNCIO = "asgireload needs asyncio, but {what} under trio, where no asyncio event loop runs"
+
+
+def test_serve_under_trio_is_one_clear_error(plain_app: Path) -> None:
+    trio = pytest.importorskip("trio")
+    before_children, before_fds = children(), open_fds()
+    with pytest.raises(AsgireloadError, match=re.escape(NEEDS_ASYNCIO.format(what="serve() was awaited"))):
+        trio.run(functools.partial(serve, "main:app", reload=True, app_dir=plain_app, port=0))
+    assert (children(), open_fds()) == (before_children, before_fds)
+
+
+def test_a_reloader_under_trio_is_one_clear_error(plain_app: Path) -> None:
+    trio = pytest.importorskip("trio")
+    before_children, before_fds = children(), open_fds()
+
+    async def enter() -> None:
+        async with Reloader("main:app", app_dir=plain_app):
+            pass
+
+    with pytest.raises(AsgireloadError, match=re.escape(NEEDS_ASYNCIO.format(what="a Reloader was entered"))):
+        trio.run(enter)
+    assert (children(), open_fds()) == (before_children, before_fds)
+
+
+TRIO_TESTS = """
+import gc
+import socket
+
+import pytest
+
+from asgireload import Reloader, serve
+
+PORT = {port}
+APP = "async def app(scope, receive, send):\\n    pass\\n"
+
+
+@pytest.fixture
+def anyio_backend():
+    return "trio"
+
+
+@pytest.mark.anyio
+async def test_the_fixture(asgireload_server):
+    async with asgireload_server("main:app", files={{"main.py": APP}}, port=PORT):
+        pass
+
+
+@pytest.mark.anyio
+async def test_a_reloader(tmp_path):
+    (tmp_path / "main.py").write_text(APP)
+    async with Reloader("main:app", app_dir=tmp_path, port=PORT):
+        pass
+
+
+@pytest.mark.anyio
+async def test_serve(tmp_path):
+    (tmp_path / "main.py").write_text(APP)
+    await serve("main:app", reload=True, app_dir=tmp_path, port=PORT)
+
+
+def test_nothing_was_left_behind():
+    gc.collect()  # a coroutine never awaited would warn now (an error under -W error)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", PORT))  # fails if a socket was left listening on the port
+        sock.listen()
+"""
+
+
+def test_the_fixture_under_anyio_with_trio_is_one_clear_error(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("trio")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = _nested(pytester, TRIO_TESTS.format(port=port), "-p", "anyio", "-p", "no:asyncio")
+    result.assert_outcomes(failed=3, passed=1)
+    output = result.stdout.str()
+    for what in ("the asgireload_server fixture was called", "a Reloader was entered", "serve() was awaited"):
+        assert f"AsgireloadError: {NEEDS_ASYNCIO.format(what=what)}" in output, output
+    assert "anyio_backend = 'asyncio'" in output
+    assert "was never awaited" not in output
+    assert "RuntimeWarning" not in output
+    assert "no current event loop" not in output
+    assert not list(pytester.path.rglob("test_the_fixture0/main.py")), "the fixture wrote files first"

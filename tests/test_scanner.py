@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -124,3 +125,30 @@ def test_the_project_filter(tmp_path: Path) -> None:
     assert not project.is_project_file("/elsewhere/main.py")
     assert list(project.included_files()) == [str(tmp_path / "templates" / "index.html")]
     assert "migrations/*" in repr(project)
+
+
+class SlowRules(WatchFilter):
+    """A project filter that takes at least 2 ms per file name, so a walk has a known minimum cost."""
+
+    def is_included(self, path: str) -> bool:
+        time.sleep(0.002)
+        return super().is_included(path)
+
+
+async def test_the_include_walk_is_paid_for_in_the_scan_budget(tmp_path: Path) -> None:
+    for i in range(50):
+        make(tmp_path / f"page{i}.html", "")
+    scanner = Scanner(
+        lambda paths, since: None, interval=0.01, includes=SlowRules([str(tmp_path)], ["*.html"])
+    )
+    task = asyncio.create_task(scanner.run())
+    try:
+        async with asyncio.timeout(5):
+            while len(scanner) < 50:  # noqa: ASYNC110 - the first walk runs in a thread
+                await asyncio.sleep(0.01)
+        # 50 names at >= 2 ms: the walk costs >= 0.1 s, so it may run at most every 0.1 / share seconds,
+        # however short the interval.
+        assert scanner.next_full_scan >= 0.1 / scanner_module.SAFETY_SCAN_SHARE
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -122,16 +122,18 @@ def session_members(sid: int) -> set[ProcStat]:
     return {p for p in all_processes() if p.running and sid in (p.session, p.pgrp)}
 
 
-def workers_serving(folder: Path) -> set[ProcStat]:
-    """Running asgireload workers whose settings name `folder` (wherever they were reparented)."""
-    needle = os.path.realpath(folder).encode()
+def asgireload_processes_in(folder: Path) -> set[ProcStat]:
+    """Running asgireload processes (supervisors and workers) started in `folder`, wherever they
+    were reparented: their working folder is the test's (workers inherit the supervisor's)."""
+    wanted = os.path.realpath(folder)
     found = set()
     for process in all_processes():
         try:
             cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
+            cwd = os.readlink(f"/proc/{process.pid}/cwd")
         except OSError:
             continue
-        if process.running and b"asgireload.worker" in cmdline and needle in cmdline:
+        if process.running and b"asgireload" in cmdline and os.path.realpath(cwd) == wanted:
             found.add(process)
     return found
 
@@ -310,7 +312,7 @@ class Cli:
     def assert_nothing_left(self) -> None:
         assert not session_members(self.pid), self.transcript()
         assert not still_running(self.workers), self.transcript()
-        assert not workers_serving(self.folder), self.transcript()
+        assert not asgireload_processes_in(self.folder), self.transcript()
         if self.port is not None:
             assert port_is_free(self.port), f"port {self.port} is still bound\n{self.transcript()}"
 
@@ -318,7 +320,7 @@ class Cli:
         """Kill whatever is left (the supervisor's group and every worker of this folder)."""
         if self.process.returncode is None:
             kill_group(self.pid)
-        for worker in still_running(self.workers) | workers_serving(self.folder):
+        for worker in still_running(self.workers) | asgireload_processes_in(self.folder):
             kill_group(worker.pid)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(DEADLINE):
@@ -523,7 +525,7 @@ async def test_sigkill_of_the_supervisor_takes_the_workers_down(project: Path) -
                 pytest.fail(f"workers {left} outlived their supervisor by {HANGUP_DEADLINE} s")
         assert await cli.exited() == -signal.SIGKILL
         assert port_is_free(port), f"port {port} is still bound\n{cli.transcript()}"
-        assert not workers_serving(project), cli.transcript()
+        assert not asgireload_processes_in(project), cli.transcript()
 
 
 async def test_sigkill_of_the_supervisor_takes_the_apps_own_children_down(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from .test_cli import (
     ProcStat,
     all_readable,
     app_source,
+    asgireload_processes_in,
     children_of,
     client,
     free_port,
@@ -37,7 +38,6 @@ from .test_cli import (
     port_is_free,
     proc_stat,
     still_running,
-    workers_serving,
     write_atomically,
 )
 
@@ -143,7 +143,7 @@ async def terminal_session(folder: Path, *to_reap: set[ProcStat]) -> AsyncIterat
         yield terminal
     finally:
         terminal.close()
-        leftovers = set().union(*to_reap) | workers_serving(folder)
+        leftovers = set().union(*to_reap) | asgireload_processes_in(folder)
         for process in still_running(leftovers):
             kill_group(process.pid)
         if terminal.process is not None:
@@ -192,6 +192,8 @@ async def test_closing_the_terminal_stops_everything(project: Path) -> None:
         workers |= await wait_for_children(process.pid, 2)  # the serving worker and the standby
         async with client() as http:
             assert (await http.get(f"http://127.0.0.1:{port}/")).text == "first"
+        found = {p.pid for p in asgireload_processes_in(project)}
+        assert found >= {process.pid} | {w.pid for w in workers}  # so that "none left" below means it
         terminal.hang_up()
         try:
             async with asyncio.timeout(DEADLINE):
@@ -200,7 +202,7 @@ async def test_closing_the_terminal_stops_everything(project: Path) -> None:
             pytest.fail(f"asgireload outlived its terminal by {DEADLINE} s")
         assert code == 0
         await all_exit(workers, "after the hang-up")
-        assert not workers_serving(project)
+        assert not asgireload_processes_in(project)
         assert port_is_free(port), f"port {port} is still bound after the hang-up"
 
 
@@ -279,7 +281,7 @@ async def test_a_background_job_is_not_stopped_by_the_shell_reading_the_terminal
         terminal.type("kill %1\n")
         await all_exit({job}, "after kill %1")
         await all_exit(workers, "after kill %1")
-        assert not workers_serving(project)
+        assert not asgireload_processes_in(project)
         assert port_is_free(port), f"port {port} is still bound after kill %1"
 
 

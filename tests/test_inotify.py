@@ -9,6 +9,7 @@ rather than sleeping, so they are both fast and deterministic.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -120,6 +121,38 @@ async def test_unwatchable_paths_return_false(tmp_path: Path, events: DirectoryE
     assert not events.watch(str(tmp_path / "missing"))
     assert not events.watch(str(regular))
     assert not events.watch(str(tmp_path) + "\0/etc")
+
+
+async def test_try_watch_says_why_and_is_watching_follows_the_kernel(
+    tmp_path: Path, events: DirectoryEvents, queue: Reports
+) -> None:
+    regular = tmp_path / "file.txt"
+    write(regular, "")
+    assert events.try_watch(str(tmp_path / "missing")) == errno.ENOENT
+    assert events.try_watch(str(regular)) == errno.ENOTDIR
+    watched = tmp_path / "pkg"
+    watched.mkdir()
+    assert not events.is_watching(str(watched))
+    assert events.try_watch(str(watched)) == 0
+    assert events.is_watching(str(watched))
+
+    watched.rmdir()
+    await reported(queue, None)  # the kernel dropped the watch
+
+    assert not events.is_watching(str(watched))
+
+
+async def test_a_folder_watched_from_another_thread_reports(
+    tmp_path: Path, events: DirectoryEvents, queue: Reports
+) -> None:
+    # The scanner's include walk runs in a worker thread and watches each folder it enters.
+    folders = [tmp_path / f"d{i}" for i in range(20)]
+    for folder in folders:
+        folder.mkdir()
+    results = await asyncio.to_thread(lambda: [events.try_watch(str(f)) for f in folders])
+    assert results == [0] * 20
+    write(folders[-1] / "m.py", "")
+    await reported(queue, str(folders[-1] / "m.py"))
 
 
 async def test_watch_is_idempotent_and_reports_once(

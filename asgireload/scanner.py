@@ -228,6 +228,15 @@ class Scanner:
             self._polled_dirs.discard(folder)
             self._polled_files.difference_update(files)
 
+    def _forget_folders(self, gone: Iterable[str]) -> None:
+        """Stop covering folders the walk no longer finds, unless they hold watched files."""
+        for folder in gone:
+            del self._include_dirs[folder]
+            if not self._folder_files.get(folder):
+                self._folder_files.pop(folder, None)
+                self._unwatched.discard(folder)
+                self._polled_dirs.discard(folder)
+
     def _register(self, path: str) -> None:
         """Count a watched file in its folder, covering the folder the first time."""
         folder = os.path.dirname(path)
@@ -372,7 +381,7 @@ class Scanner:
         if full and self._rules is not None:
             self._walk_wanted = False
             walk = await self._walk(self._rules.roots, stat_files=False)
-            self._include_dirs = {}
+            self._forget_folders([f for f in self._include_dirs if f not in walk.folders])
             self._merge(walk, new=True)
             walked = set(walk.folders)
         check_all = full or self._check_all

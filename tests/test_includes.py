@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from asgireload import Reloader
+from asgireload import scanner as scanner_module
 from asgireload._includes import is_skipped_folder, walk_includes
 from asgireload._inotify import DirectoryEvents
 from asgireload.reloader import write_like_an_editor
@@ -193,3 +195,26 @@ async def test_templates_reload_on_edit_and_on_a_new_file_in_a_new_folder(tmp_pa
             (str(tmp_path / "templates" / "new" / "deeper" / "b.html"),),
         )
         assert (await client.get(server.url)).text == "<a2> <b>"
+
+
+async def test_without_events_or_polling_the_full_walk_finds_new_files(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scanner_module, "_directory_events", lambda callback: None)
+    rules = WatchFilter([str(tree)], includes=["*.html"])
+    reports: asyncio.Queue[list[str]] = asyncio.Queue()
+    scanner = Scanner(
+        lambda paths, since: reports.put_nowait(paths), interval=0.05, includes=rules, fast_poll=None
+    )
+    task = asyncio.create_task(scanner.run())
+    try:
+        async with asyncio.timeout(5):
+            while str(tree / "templates" / "index.html") not in scanner:  # noqa: ASYNC110 - the walk runs in a thread
+                await asyncio.sleep(0.01)
+        write(tree / "templates" / "new" / "x.html", "")
+        assert await next_report(reports) == [str(tree / "templates" / "new" / "x.html")]
+        shutil.rmtree(tree / "templates" / "parts")
+        assert await next_report(reports) == [str(tree / "templates" / "parts" / "nav.html")]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -1,82 +1,383 @@
-"""Passing idle keep-alive connections from an old generation to the new one.
+"""Passing keep-alive connections from an old generation to the new one, bytes and all.
 
-A draining worker must not keep answering on its keep-alive connections (the client would get
-the old code after the reload) and must not close them either (a client about to reuse one
-would get "server disconnected" instead of a response: closing an idle HTTP/1.1 connection
-always races the client). So it hands each idle connection's socket to the supervisor over a
-dedicated socketpair with SCM_RIGHTS, and the supervisor hands it to the generation that is
-serving now, which adopts it as if it had just accepted it. The client notices nothing.
+A draining worker must not answer a new request with the old code (the client would see the old
+code after the reload) and must not close a keep-alive connection either (a client about to reuse
+it would get "server disconnected": closing an idle HTTP/1.1 connection always races the client).
+So at each connection's next request boundary it hands the socket (SCM_RIGHTS) to the supervisor,
+which hands it to the generation serving now, which adopts it as if it had just accepted it.
+
+What travels is a record: the descriptor, and the bytes the old generation had read from the
+connection but not yet served (half a request, or requests pipelined behind the last one it
+answered). The new generation feeds them to its HTTP parser before anything else it reads.
+
+On the wire (a SOCK_STREAM socketpair) each record is one `sendmsg`: a 4-byte length, that many
+bytes, and exactly one descriptor in the ancillary data. Linux returns the descriptors of at most
+one `sendmsg` per `recvmsg`, together with its first byte, so descriptors pair with records in
+order; a descriptor the kernel could not install (MSG_CTRUNC) loses its record, not the channel.
+
+The supervisor holds records while no generation serves (sequential mode), but never so many
+that it could not open the pipes for the next worker: see `Held`.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
+import collections
 import contextlib
+import logging
 import os
+import resource
+import select
 import socket
+import struct
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-MAX_FDS = 64  # descriptors taken per read
+logger = logging.getLogger("asgireload")
+
+LENGTH = struct.Struct("!I")
+MAX_PENDING = 16 * 1024 * 1024  # bytes one record may carry; more means the channel is corrupt
+RECEIVE_SIZE = 256 * 1024
+FDS_PER_READ = 4  # a record carries one descriptor; room for more lets a broken peer be noticed
+SEND_TIMEOUT = 5.0  # seconds a worker waits for room to send one record before giving up on it
+RETRY_FIRST, RETRY_MAX = 0.005, 0.2  # seconds between tries to send to a worker that is not reading
+RESERVE_FDS = 64  # descriptors the supervisor keeps free for spawning the next worker
+LOST = -1  # the descriptor of a record whose descriptor the kernel could not deliver
 
 
-def send_fds(channel: socket.socket, fds: list[int]) -> bool:
-    """Send descriptors (one byte of payload carries them); False if the peer is gone."""
-    try:
-        socket.send_fds(channel, [b"c"], fds)
-    except (BlockingIOError, OSError):
-        return False
+@dataclass
+class Connection:
+    """A handed-over connection: its descriptor, and what was read from it but not yet served."""
+
+    fd: int
+    pending: bytes = b""
+
+
+def encode(pending: bytes) -> bytes:
+    return LENGTH.pack(len(pending)) + pending
+
+
+def _rights(fd: int) -> list[tuple[int, int, bytes]]:
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
+
+
+# ------------------------------------------------------------------ worker side: sending
+
+
+def send_connection(channel: socket.socket, fd: int, pending: bytes = b"") -> bool:
+    """Send one connection, waiting (up to SEND_TIMEOUT) for room; False if it could not go.
+
+    The caller still owns `fd` and closes its copy afterwards. Used by a worker, whose event loop
+    may block this briefly: a record is small, and the supervisor always reads.
+    """
+    data = encode(pending)
+    deadline = time.monotonic() + SEND_TIMEOUT
+    sent = 0
+    while sent < len(data):
+        try:
+            if sent == 0:
+                sent = channel.sendmsg([data], _rights(fd))
+            else:
+                sent += channel.send(data[sent:])
+        except (BlockingIOError, InterruptedError):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not _wait_writable(channel, remaining):
+                if sent:  # half a record on the wire: the channel is unusable from here on
+                    with contextlib.suppress(OSError):
+                        channel.shutdown(socket.SHUT_WR)
+                return False
+        except OSError:
+            return False
     return True
 
 
-def send_all(channel: socket.socket, fds: list[int]) -> list[int]:
-    """Send descriptors in messages of at most MAX_FDS, closing each sent one here.
-
-    Returns those that could not be sent (the peer is gone or not reading), still open.
-    """
-    for start in range(0, len(fds), MAX_FDS):
-        chunk = fds[start : start + MAX_FDS]
-        if not send_fds(channel, chunk):
-            return fds[start:]
-        close_all(chunk)
-    return []
+def pass_back(channel: socket.socket, connections: list[Connection]) -> None:
+    """Return connections to the supervisor (they reached a draining worker), closing ours."""
+    for connection in connections:
+        send_connection(channel, connection.fd, connection.pending)
+        _close(connection.fd)
 
 
-def receive_fds(channel: socket.socket) -> list[int] | None:
-    """The descriptors waiting on a non-blocking channel; None once the peer closed it."""
-    received: list[int] = []
-    while True:
-        try:
-            data, fds, _, _ = socket.recv_fds(channel, 1024, MAX_FDS)
-        except BlockingIOError:
-            return received
-        except OSError:
-            return received or None
-        received.extend(fds)
-        if not data:
-            return received or None
+def _wait_writable(channel: socket.socket, timeout: float) -> bool:
+    poller = select.poll()
+    poller.register(channel.fileno(), select.POLLOUT)
+    return bool(poller.poll(timeout * 1000))
 
 
-def listen(channel: socket.socket, on_fds: Callable[[list[int]], None]) -> Callable[[], None]:
-    """Call `on_fds` with descriptors as they arrive; returns a function that stops listening."""
+# ------------------------------------------------------------------ both sides: receiving
+
+
+class Receiver:
+    """Turns what arrives on a channel into `Connection` records."""
+
+    def __init__(self, channel: socket.socket) -> None:
+        self.channel = channel
+        self._buffer = bytearray()
+        self._fds: collections.deque[int] = collections.deque()  # one per record, in order
+        self.closed = False
+
+    def receive(self) -> list[Connection]:
+        """The records complete so far (reads until the channel would block or ends)."""
+        records: list[Connection] = []
+        while not self.closed:
+            try:
+                data, ancdata, flags, _ = self.channel.recvmsg(
+                    RECEIVE_SIZE, socket.CMSG_SPACE(FDS_PER_READ * 4)
+                )
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.close()
+                break
+            fds = _descriptors(ancdata)
+            if len(fds) > 1:  # not something our peer sends: the channel cannot be trusted
+                _close_all(fds)
+                self.close()
+                break
+            if fds:
+                self._fds.append(fds[0])
+            elif flags & socket.MSG_CTRUNC:
+                self._fds.append(LOST)  # e.g. this process is out of descriptors
+            if not data:
+                self.close()
+                break
+            self._buffer += data
+            self._parse(records)
+        return records
+
+    def _parse(self, records: list[Connection]) -> None:
+        while len(self._buffer) >= LENGTH.size:
+            (length,) = LENGTH.unpack_from(self._buffer)
+            if length > MAX_PENDING or not self._fds:
+                self.close()
+                return
+            end = LENGTH.size + length
+            if len(self._buffer) < end:
+                return
+            fd = self._fds.popleft()
+            pending = bytes(self._buffer[LENGTH.size : end])
+            del self._buffer[:end]
+            if fd != LOST:
+                records.append(Connection(fd, pending))
+
+    def close(self) -> None:
+        """Stop: descriptors of records not yet complete are closed (their connections are lost)."""
+        self.closed = True
+        _close_all(list(self._fds))
+        self._fds.clear()
+        self._buffer.clear()
+
+
+def _descriptors(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds.extend(array.array("i", data[:usable]))
+    return fds
+
+
+def listen(channel: socket.socket, on_connections: Callable[[list[Connection]], None]) -> Callable[[], None]:
+    """Call `on_connections` with records as they arrive; returns a function that stops listening."""
     loop = asyncio.get_running_loop()
     channel.setblocking(False)
+    receiver = Receiver(channel)
+    fileno = channel.fileno()
 
     def readable() -> None:
-        fds = receive_fds(channel)
-        if fds is None:
+        records = receiver.receive()
+        if records:
+            on_connections(records)
+        if receiver.closed:
             stop()
-        elif fds:
-            on_fds(fds)
 
     def stop() -> None:
         with contextlib.suppress(ValueError, OSError):
-            loop.remove_reader(channel.fileno())
+            loop.remove_reader(fileno)
+        receiver.close()
 
-    loop.add_reader(channel.fileno(), readable)
+    loop.add_reader(fileno, readable)
     return stop
 
 
-def close_all(fds: list[int]) -> None:
-    for fd in fds:
+# ------------------------------------------------------------------ supervisor side
+
+
+class Held:
+    """The supervisor's connections in transit: held while no generation serves, or on their way
+    to one that is not reading yet.
+
+    Holding is bounded by the descriptors this process can afford (RLIMIT_NOFILE less what is open
+    and a reserve for spawning), not by a count: beyond that the newest are closed, with a warning.
+    """
+
+    def __init__(self) -> None:
+        self._held: list[Connection] = []
+        self._outboxes: dict[socket.socket, _Outbox] = {}
+        self._warned = False
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, connections: list[Connection]) -> None:
+        excess = min(len(connections), descriptors_over_budget())
+        if excess:
+            kept = len(connections) - excess
+            _close_all([c.fd for c in connections[kept:]])
+            connections = connections[:kept]
+            if not self._warned:
+                self._warned = True
+                soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+                logger.warning(
+                    "Closed %d idle connection(s) handed over during the reload: the open-file limit "
+                    "(%d) leaves no room to hold them. Raise it (ulimit -n) to keep them all.",
+                    excess,
+                    soft,
+                )
+        self._held.extend(connections)
+
+    def take(self) -> list[Connection]:
+        held, self._held = self._held, []
+        self._warned = False
+        return held
+
+    def forward(self, channel: socket.socket, connections: list[Connection]) -> None:
+        """Send to a worker's channel, in order; what its end never reads is held again."""
+        for idle in [c for c, outbox in self._outboxes.items() if outbox.empty]:
+            del self._outboxes[idle]
+        outbox = self._outboxes.get(channel)
+        if outbox is None:
+            outbox = self._outboxes[channel] = _Outbox(channel, self._returned)
+        outbox.push(connections)
+
+    def _returned(self, outbox: _Outbox, connections: list[Connection]) -> None:
+        self._outboxes.pop(outbox.channel, None)
+        self.hold(connections)
+
+    def close(self) -> None:
+        """Close every connection still here (at stop)."""
+        for outbox in self._outboxes.values():
+            _close_all([c.fd for c in outbox.abandon()])
+        self._outboxes.clear()
+        _close_all([c.fd for c in self.take()])
+
+
+class _Outbox:
+    """Records for one worker's channel (non-blocking), retried on a timer while it has no room.
+
+    A record half on the wire is finished before the next one; the timer stops once the channel is
+    closed (the worker exited), and what was never sent goes back to `returned`.
+    """
+
+    def __init__(self, channel: socket.socket, returned: Callable[[_Outbox, list[Connection]], None]) -> None:
+        self.channel = channel
+        self._returned = returned
+        self._queue: collections.deque[Connection] = collections.deque()
+        self._rest = b""  # the unsent tail of a record whose descriptor went already
+        self._timer: asyncio.TimerHandle | None = None
+        self._delay = RETRY_FIRST
+
+    @property
+    def empty(self) -> bool:
+        return not self._queue and not self._rest
+
+    def push(self, connections: list[Connection]) -> None:
+        self._queue.extend(connections)
+        self._flush()
+
+    def _flush(self) -> None:
+        self._timer = None
+        while self._rest or self._queue:
+            if self.channel.fileno() < 0:
+                self._give_back()
+                return
+            try:
+                if self._rest:
+                    self._rest = self._rest[self.channel.send(self._rest) :]
+                    continue
+                record = self._queue[0]
+                data = encode(record.pending)
+                sent = self.channel.sendmsg([data], _rights(record.fd))
+            except (BlockingIOError, InterruptedError):
+                self._retry_later()
+                return
+            except OSError:
+                self._give_back()
+                return
+            self._queue.popleft()
+            _close(record.fd)
+            self._rest = data[sent:]
+            self._delay = RETRY_FIRST
+
+    def _retry_later(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._delay, self._flush)
+        self._delay = min(self._delay * 2, RETRY_MAX)
+
+    def _give_back(self) -> None:
+        self._rest = b""  # that record's descriptor reached the worker, which is gone with it
+        self._returned(self, self.abandon())
+
+    def abandon(self) -> list[Connection]:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        unsent = list(self._queue)
+        self._queue.clear()
+        return unsent
+
+
+# ------------------------------------------------------------------ descriptors
+
+
+def raise_fd_limit() -> None:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (workers inherit it).
+
+    Connections held across a reload and the clients of a busy development server can use more
+    than the usual soft limit of 1,024; the hard limit is what the system allows without privilege.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return
+    # "unlimited" may still refuse a value above the kernel's own cap (macOS): try smaller ones
+    targets = (hard,) if hard != resource.RLIM_INFINITY else (1 << 20, 65536, 10240)
+    for target in targets:
+        if soft >= target:
+            return
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            continue
+        return
+
+
+def descriptors_over_budget(reserve: int = RESERVE_FDS) -> int:
+    """How many descriptors this process should give up to keep `reserve` free under its limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 0
+    return over_budget(soft, open_descriptors(), reserve)
+
+
+def over_budget(limit: int, open_count: int, reserve: int) -> int:
+    return max(0, open_count + reserve - limit)
+
+
+def open_descriptors() -> int:
+    """The descriptors open in this process (/proc or /dev/fd; 0 where neither can be listed)."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
         with contextlib.suppress(OSError):
-            os.close(fd)
+            return len(os.listdir(folder)) - 1  # listing opens one itself
+    return 0
+
+
+def _close(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        _close(fd)

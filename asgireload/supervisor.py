@@ -39,7 +39,6 @@ logger = logging.getLogger("asgireload")
 
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
 DRAINING_DEADLINE = 1.0  # seconds an old generation has to stop answering before we announce anyway
-HELD_CONNECTIONS = 1024  # idle connections kept while no generation serves (sequential mode)
 PACKAGES_POLL = 30.0  # seconds between full scans of preloaded packages (file events are the hint)
 STANDBY_WAIT = 2.0  # seconds a reload waits for a warm worker still preloading, then starts a cold one
 SLOW_START_REPORT = 5.0  # seconds before a generation that has not said ready is reported
@@ -102,7 +101,7 @@ class Supervisor:
         self._subscribers: list[asyncio.Queue[ReloadEvent | None]] = []
         self._stopping = False
         self._failed: tuple[int, _Pending] | None = None  # a failure not yet reported as an outcome
-        self._held: list[int] = []  # handed-over connections waiting for a generation to serve them
+        self._held = _handoff.Held()  # handed-over connections waiting for a generation to serve them
 
     # ---------------------------------------------------------------- public surface
 
@@ -143,6 +142,7 @@ class Supervisor:
         Raises StartupError (with nothing left bound or running) for a mistake in the command:
         a folder or module that does not exist, a port in use, an attribute that is not an app.
         """
+        _handoff.raise_fd_limit()  # connections held across a reload must not starve the next spawn
         preflight(self.config)
         self._listener = _sockets.bind(self.config)
         self.url = _sockets.describe(self._listener, self.config)
@@ -214,8 +214,7 @@ class Supervisor:
             worker.close()
             await asyncio.gather(*worker.tasks, return_exceptions=True)
         self._workers.clear()
-        _handoff.close_all(self._held)
-        self._held = []
+        self._held.close()
         if self._listener is not None:
             self._listener.close()
             if self.config.uds is not None:
@@ -475,14 +474,13 @@ class Supervisor:
         worker.stop_relaying = _handoff.listen(worker.handoff, lambda fds: self._relay(worker, fds))
         return worker
 
-    def _relay(self, sender: WorkerProcess | None, fds: list[int]) -> None:
+    def _relay(self, sender: WorkerProcess | None, connections: list[_handoff.Connection]) -> None:
         """Pass connections a draining worker handed over to the serving one (or hold them)."""
         target = self._current
         if target is not None and target is not sender and target.alive:
-            fds = _handoff.send_all(target.handoff, fds)  # what could not be sent is held
-        room = HELD_CONNECTIONS - len(self._held)
-        self._held.extend(fds[:room])
-        _handoff.close_all(fds[room:])
+            self._held.forward(target.handoff, connections)
+        else:
+            self._held.hold(connections)
 
     def _capture(self, line: str) -> None:
         self.output.append(line)
@@ -645,8 +643,7 @@ class Supervisor:
                 worker.generation,
             )
         if self._held:
-            held, self._held = self._held, []
-            self._relay(None, held)
+            self._relay(None, self._held.take())
         if error_page:
             announce = self._settle_failure  # only now does the error page answer in place of the app
         else:

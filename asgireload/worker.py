@@ -183,19 +183,26 @@ class Worker:
         await channel.flush()
 
         handoff = socket.socket(fileno=self.settings["handoff_fd"])
-        stop_adopting = _handoff.listen(handoff, self.server.adopt)
+        server = self.server
+        draining = False
+
+        def arrived(connections: list[_handoff.Connection]) -> None:
+            if draining:  # too late to serve them here: back to the supervisor, for the new generation
+                _handoff.pass_back(handoff, connections)
+            else:
+                server.adopt(connections)
+
+        stop_listening = _handoff.listen(handoff, arrived)
         reporter = asyncio.create_task(self._report_lazy_imports())
         drain_timeout = await self._serve_until_drain()
         reporter.cancel()
-        stop_adopting()
-        returned = _handoff.receive_fds(handoff) or []  # handed to us too late to serve: pass on
-        handoff.setblocking(True)
-        _handoff.close_all(_handoff.send_all(handoff, returned))
-        await self.server.drain(
+        draining = True
+        await server.drain(
             drain_timeout,
-            hand_off=lambda fds: _handoff.send_fds(handoff, fds),
+            hand_off=lambda fd, pending: _handoff.send_connection(handoff, fd, pending),
             on_stopped=lambda: channel.send({"type": protocol.DRAINING}),
         )
+        stop_listening()
         await channel.flush()
 
     async def _receive(self) -> dict[str, Any]:

@@ -98,7 +98,8 @@ class Reloader:
 
     @property
     def pids(self) -> dict[str, int]:
-        """Process ids of the live workers by role ("serving", "loading", "standby"), for diagnostics."""
+        """Process ids of the workers by role, for diagnostics: "serving", "loading", "standby", and
+        "draining" for an older generation until its exit has been handled."""
         return self._running.pids
 
     def is_watching(self, path: str | os.PathLike[str]) -> bool:
@@ -171,8 +172,7 @@ class Reloader:
         The stream ends when the server stops, for every task iterating it; one made after the
         server stopped is empty. Cancelling a task waiting on it loses no event.
         """
-        supervisor = self._running
-        return EventStream(supervisor._subscribers, ended=supervisor.state == "stopped")
+        return self._running.events()
 
 
 def unwatched_message(path: str | os.PathLike[str], config: Config) -> str:

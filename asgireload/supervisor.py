@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from . import _handoff, _sockets, _workers, protocol
+from . import _editable, _handoff, _sockets, _workers, protocol
 from ._preflight import preflight
 from ._workers import SpawnError, WorkerProcess, describe_exit
 from .config import Config
@@ -71,7 +71,16 @@ class Supervisor:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.project = WatchFilter(config.watch_roots, config.reload_includes, config.reload_excludes)
+        editable = _editable.editable_roots(config.app_dir) if config.watch_editable else []
+        self.project = WatchFilter(
+            (*config.watch_roots, *editable), config.reload_includes, config.reload_excludes
+        )
+        if editable:
+            logger.info(
+                "Also watching packages installed in editable mode from this checkout: %s "
+                "(--no-watch-editable turns this off).",
+                ", ".join(relative(p) for p in editable),
+            )
         self._stopped = False
         self.generation = 0
         self.url = ""
@@ -123,9 +132,13 @@ class Supervisor:
 
     @property
     def pids(self) -> dict[str, int]:
-        """The live workers by role: serving, loading, standby."""
+        """The workers by role: serving, loading, standby, and draining (an older generation)."""
         roles = {"serving": self._current, "loading": self._loading, "standby": self._standby}
-        return {role: w.pid for role, w in roles.items() if w is not None and w.alive}
+        pids = {role: w.pid for role, w in roles.items() if w is not None and w.alive}
+        for worker in self._workers:  # until its exit is handled, and all it started has ended
+            if worker.state == "draining":
+                pids["draining"] = worker.pid
+        return pids
 
     @property
     def sockname(self) -> Any:
@@ -253,8 +266,8 @@ class Supervisor:
         return self._outcomes[min(g for g in self._outcomes if g >= generation)]
 
     def events(self) -> EventStream:
-        """Every outcome from now on (subscribed at this call, not at the first iteration)."""
-        return EventStream(self._subscribers)
+        """Every outcome from now on (subscribed at this call); a stream made after stop() is over."""
+        return EventStream(self._subscribers, ended=self._stopped)
 
     # ---------------------------------------------------------------- event loop
 
@@ -497,6 +510,8 @@ class Supervisor:
             "excludes": list(c.reload_excludes),
             "drain_timeout": c.drain_timeout,
             "show_errors": c.errors_visible,
+            # details only for loopback Host headers, unless --show-errors asked for them anyway
+            "only_loopback_hosts": c.is_loopback and c.show_errors is None,
             "env": env,
             "preload": self._preload if c.preload and preload else [],
             "uvicorn": c.uvicorn_options(),
@@ -621,7 +636,10 @@ class Supervisor:
         await self._on_ready(worker, error_page=True)
 
     def _apps_running_besides(self, worker: WorkerProcess) -> bool:
-        return any(w is not worker and w.alive and w.state in _WITH_APP for w in self._workers)
+        """Whether another generation's app (not an error page) still runs beside `worker`."""
+        return any(
+            w is not worker and w.alive and w.state in _WITH_APP and not w.error_page for w in self._workers
+        )
 
     async def _on_ready(self, worker: WorkerProcess, error_page: bool) -> None:
         if worker is not self._loading:

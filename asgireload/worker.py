@@ -104,8 +104,9 @@ def _uvicorn_imports(settings: dict[str, Any]) -> frozenset[str]:
     """What `uvicorn APP` has imported by the time it imports the app: uvicorn itself, and what
     its Config loads for these options (protocols, lifespan, loop)."""
     config = uvicorn.Config(_placeholder_app, **dict(settings["uvicorn"], loop="none"), log_config=None)
+    before = frozenset(sys.modules)
     config.load()
-    return _AT_START | _UVICORN | frozenset(sys.modules)
+    return _AT_START | _UVICORN | (frozenset(sys.modules) - before)
 
 
 async def _placeholder_app(scope: Any, receive: Any, send: Any) -> None:
@@ -242,7 +243,10 @@ class Worker:
         """Import the app and run its lifespan start-up (not accepting yet); on failure report it."""
         try:
             app = load_app(
-                self.settings["app"], factory=self.settings["factory"], app_dir=self.settings["app_dir"]
+                self.settings["app"],
+                factory=self.settings["factory"],
+                app_dir=self.settings["app_dir"],
+                project=self.project,
             )
         except AppLoadError as exc:
             self._report_files()
@@ -254,7 +258,7 @@ class Worker:
             ok = await self._start_server(app, lifespan_sink=sink)
         except Exception as exc:
             ok = False
-            sink.setdefault("failure", failure_from_exception(exc, "startup"))
+            sink.setdefault("failure", failure_from_exception(exc, "startup", project=self.project))
         if ok:
             return True
         self.server = None
@@ -275,7 +279,7 @@ class Worker:
         config = uvicorn.Config(app, **options, timeout_graceful_shutdown=self.settings["drain_timeout"])
         config.load()  # resolves the interface: from here on the app is ASGI 3, whatever it was
         if lifespan_sink is not None:
-            config.loaded_app = catch_lifespan_failure(config.loaded_app, lifespan_sink)
+            config.loaded_app = catch_lifespan_failure(config.loaded_app, lifespan_sink, project=self.project)
         self.server = Server(config)
         return await self.server.start_lifespan()
 
@@ -286,7 +290,11 @@ class Worker:
         self.channel.send({"type": protocol.FAILED, "generation": self.generation, "failure": failure})
 
     def _error_app(self) -> Any:
-        return error_app(self.failure, show_details=self.settings["show_errors"])
+        return error_app(
+            self.failure,
+            show_details=self.settings["show_errors"],
+            only_loopback_hosts=self.settings["only_loopback_hosts"],
+        )
 
     def _report_files(self) -> None:
         assert self.channel is not None

@@ -23,8 +23,7 @@ linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="re
 
 # A helper process that records its pid in a folder and then waits to be killed.
 CHILD = (
-    "import os, sys, time; open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close(); "
-    "time.sleep(600)"
+    "import os, sys, time; open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close(); time.sleep(600)"
 )
 
 STARTS_CHILDREN = (
@@ -313,4 +312,3 @@ async def test_a_crash_is_described_in_plain_words(plain_app: Path) -> None:
             page = (await client.get(server.url, headers={"accept": "text/plain"})).text
         assert "Worker exit" not in page
         assert "exited with code 3" in page
-

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import socket
 from typing import Any
@@ -40,6 +41,53 @@ SUPERVISOR_MESSAGES = frozenset({SETTINGS, LOAD, SERVE, FAILURE, DRAIN})
 
 class ProtocolError(Exception):
     """The peer sent something that is not a message of this protocol."""
+
+
+# A file as a worker saw it when it imported it: path, st_mtime_ns, st_size, st_ino (None: missing).
+FileEntry = tuple[str, int | None, int | None, int | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """Why a generation does not serve its app: what the log, the error page and `Reloader.failure` show.
+
+    `kind` says what failed, in one word: "usage" (a mistake in the command, such as an attribute
+    that does not exist), "import", "startup" (building the server), "lifespan" (the app's start-up),
+    "crash" (the worker died), "spawn" (no worker process could be started), "env" (the env file).
+    """
+
+    kind: str
+    summary: str  # one line: the exception's type and message, or what happened
+    traceback: str = ""  # the developer's frames only; "" when there is none
+    files: tuple[str, ...] = ()  # absolute paths worth fixing, the one to fix first last
+    missing: tuple[str, ...] = ()  # where a module that was not found would be created
+    exit_reason: str | None = None  # how the worker ended, for a crash
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "summary": self.summary,
+            "traceback": self.traceback,
+            "files": list(self.files),
+            "missing": list(self.missing),
+            "exit_reason": self.exit_reason,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> Failure:
+        """Read a failure off the wire; raises ProtocolError if a field has the wrong type."""
+        if not isinstance(data, dict):
+            raise ProtocolError("a failure that is not an object")
+        kind, summary, traceback = data.get("kind"), data.get("summary"), data.get("traceback", "")
+        files, missing, exit_reason = data.get("files", []), data.get("missing", []), data.get("exit_reason")
+        if not (isinstance(kind, str) and isinstance(summary, str) and isinstance(traceback, str)):
+            raise ProtocolError("a failure without a kind, a summary or a traceback as text")
+        for name, paths in (("files", files), ("missing", missing)):
+            if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)):
+                raise ProtocolError(f"a failure whose {name} is not a list of paths")
+        if exit_reason is not None and not isinstance(exit_reason, str):
+            raise ProtocolError("a failure whose exit_reason is not text")
+        return cls(kind, summary, traceback, tuple(files), tuple(missing), exit_reason)
 
 
 def encode(message: dict[str, Any], limit: int = MAX_LINE) -> bytes:

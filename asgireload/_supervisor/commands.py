@@ -1,0 +1,101 @@
+"""What the supervisor's core asks the shell to do: one frozen dataclass per kind of command.
+
+The shell carries them out in order. Those that start something report back as events: a
+`Spawn` as WorkerStarted or SpawnFailed (before any other event), an `ArmTimer` as its event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Literal
+
+from ..protocol import Failure, FileEntry
+from .events import TimerFired
+
+
+@dataclasses.dataclass(frozen=True)
+class Spawn:
+    """Start a worker process under this id; it preloads these installed modules before hello."""
+
+    worker: int
+    preload: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """Tell a greeted worker to load generation `generation` (or to show `failure` instead)."""
+
+    worker: int
+    generation: int
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    failure: Failure | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Serve:
+    """Tell a ready (or failed) worker to accept connections: it is the current generation."""
+
+    worker: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ShowFailure:
+    """Tell a worker serving the error page to show this failure from now on."""
+
+    worker: int
+    failure: Failure
+
+
+@dataclasses.dataclass(frozen=True)
+class Drain:
+    """Tell a worker to stop accepting, finish its requests (up to `timeout` s) and exit."""
+
+    worker: int
+    timeout: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Kill:
+    """SIGKILL a worker and everything it started."""
+
+    worker: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Watch:
+    """Watch files: `reported` from the stat a worker saw, `paths` from their stat on disk now
+    (paths already watched keep their baseline)."""
+
+    reported: tuple[FileEntry, ...] = ()
+    paths: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportOutcome:
+    """A generation is ready or has failed: tell whoever waits on it (ReloadEvent)."""
+
+    generation: int
+    outcome: Literal["ready", "failed"]
+    changed: tuple[str, ...]
+    duration: float  # seconds from the change (or the request) to the outcome
+    failure: Failure | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ArmTimer:
+    """Feed `event` back in `delay` seconds; arming the same event again replaces the earlier timer."""
+
+    delay: float
+    event: TimerFired
+
+
+@dataclasses.dataclass(frozen=True)
+class Log:
+    """One line for the `asgireload` logger, at a `logging` level."""
+
+    level: int
+    text: str
+
+
+Command = Spawn | Load | Serve | ShowFailure | Drain | Kill | Watch | ReportOutcome | ArmTimer | Log

@@ -1,0 +1,150 @@
+"""What the supervisor's core is told: one frozen dataclass per kind of event.
+
+The shell turns everything that happens (a file changed, a worker said something or exited, a
+timer fired, someone asked for a reload or a stop) into one of these and hands it to
+`Machine.handle`. Workers are named by the id the core gave them in `Spawn`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from ..protocol import Failure, FileEntry
+
+# ------------------------------------------------------------------ about the whole server
+
+
+@dataclasses.dataclass(frozen=True)
+class FileChanged:
+    """Watched files changed (one burst); `since` is the wall-clock time of the first change."""
+
+    paths: tuple[str, ...]
+    since: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ReloadRequested:
+    """A reload asked for by hand (`reload()`, SIGUSR1, `r` + Enter), or the first start ("start")."""
+
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PackagesChanged:
+    """Installed files the standby preloaded changed (a package was upgraded)."""
+
+    paths: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+    """Stop: drain what serves, kill the rest (everything at once with `force`). Nothing follows."""
+
+    force: bool = False
+
+
+# ------------------------------------------------------------------ about one worker
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerStarted:
+    """The process asked for by `Spawn` runs."""
+
+    worker: int
+    pid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SpawnFailed:
+    """The process asked for by `Spawn` could not be started (the OS refused)."""
+
+    worker: int
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerGreeted:
+    """It said hello: it is warm. `preload_failed` is (module, error) if a preload failed."""
+
+    worker: int
+    preload_failed: tuple[str, str] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FilesReported:
+    """It imported these files (with the stat it saw) and these installed modules."""
+
+    worker: int
+    files: tuple[FileEntry, ...] = ()
+    modules: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerReady:
+    """Its lifespan start-up is done (or its error page is up); it accepts once told to serve."""
+
+    worker: int
+    error_page: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerFailed:
+    """Its app could not start; it waits to be told to serve the error page, or to die."""
+
+    worker: int
+    failure: Failure
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerDraining:
+    """It no longer accepts nor answers new requests."""
+
+    worker: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerExited:
+    """Its process exited (after whatever it said was handled). `returncode` < 0: a signal."""
+
+    worker: int
+    returncode: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelBroken:
+    """It broke the protocol (garbage, a flood, an early end of its channel): it must go."""
+
+    worker: int
+    reason: str
+
+
+class TimerKind(enum.Enum):
+    RETRY = "the crash backoff ended"
+    SLOW_START = "its start-up is slow"
+    STANDBY_LATE = "the standby was not greeted in time"
+    DRAINING_DEADLINE = "its draining deadline passed"
+    DRAIN_DEADLINE = "its drain timeout passed"
+
+
+@dataclasses.dataclass(frozen=True)
+class TimerFired:
+    """A timer armed by `ArmTimer` went off; `worker` is None for RETRY."""
+
+    kind: TimerKind
+    worker: int | None = None
+
+
+WorkerEvent = (
+    WorkerStarted
+    | SpawnFailed
+    | WorkerGreeted
+    | FilesReported
+    | WorkerReady
+    | WorkerFailed
+    | WorkerDraining
+    | WorkerExited
+    | ChannelBroken
+    | TimerFired
+)
+Event = FileChanged | ReloadRequested | PackagesChanged | Stop | WorkerEvent

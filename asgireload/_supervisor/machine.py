@@ -1,0 +1,229 @@
+"""The supervisor's core: a state machine with no I/O and no asyncio.
+
+`Machine.handle(event)` takes one event (events.py) and returns the commands (commands.py) the
+shell must carry out, in order. The wall clock and the env file reach it only through the two
+callables it is given, so a test drives it with a fake clock and a fake env file: events in,
+commands out, no process. Workers are named by ids; the shell maps them to processes.
+
+The workers' roles and their legal moves are the table in table.py (with its diagram); the
+decisions that move them are in generations.py. In short: a change supersedes a loading
+generation and loads a new one, on the warm standby if there is one; the new one serves once it
+is ready, and only then is the old one told to drain; it is announced (ReportOutcome, the
+"Reloaded" line) once the old one said `draining`, or after DRAINING_DEADLINE. A failed load shows
+the error page (or, with --keep-last-good, leaves the old generation serving), except that one that
+failed beside an older generation is tried again, once, after every older generation has exited,
+and if that works every later reload is sequential. A crash is shown, and only a backoff timer
+(0.1 s, doubling up to 5 s) starts the app again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import commands as c
+from . import events as e
+from .generations import SLOW_START_REPORT, STANDBY_WAIT, Generations
+from .records import Cause, Worker, describe_exit
+from .table import IGNORED, IllegalTransition, Role, check, trigger_of
+
+
+class Machine(Generations):
+    """The reload logic of one server. Feed it events; carry out the commands it returns."""
+
+    # ---------------------------------------------------------------- the one way in
+
+    def handle(self, event: e.Event) -> list[c.Command]:
+        """Take one event; return the commands it calls for. Raises IllegalTransition."""
+        if self.stopped:
+            raise IllegalTransition(f"The server has stopped, so {event} cannot happen any more.")
+        self._out = []
+        if isinstance(event, e.TimerFired) and event.kind is e.TimerKind.RETRY:
+            self._retry_due()
+        elif isinstance(event, e.FileChanged):
+            self._file_changed(event)
+        elif isinstance(event, e.ReloadRequested):
+            self._begin(Cause((), self._clock(), event.reason))
+        elif isinstance(event, e.PackagesChanged):
+            names = ", ".join(self._relative(p) for p in event.paths[:3])
+            self._log(logging.INFO, f"Installed packages changed ({names}); replacing the warm worker.")
+            self._replace_standby()
+        elif isinstance(event, e.Stop):
+            self._stop(event.force)
+        else:
+            self._worker_event(event)
+        out, self._out = self._out, []
+        return out
+
+    def _worker_event(self, event: e.WorkerEvent) -> None:
+        worker = self.workers.get(event.worker) if event.worker is not None else None
+        role = worker.role if worker is not None else Role.GONE
+        trigger = trigger_of(event)
+        allowed = check(role, trigger, event.worker, event)
+        if allowed is IGNORED or worker is None:
+            return
+        match event:
+            case e.WorkerStarted():
+                self._on_started(worker, event)
+            case e.SpawnFailed():
+                self._on_spawn_failed(worker, event)
+            case e.WorkerGreeted():
+                self._on_hello(worker, event)
+            case e.FilesReported():
+                self._on_files(worker, event)
+            case e.WorkerReady():
+                worker.said_ready = True
+                self._serve(worker, event.error_page)
+            case e.WorkerFailed():
+                self._on_failed(worker, event)
+            case e.WorkerDraining() | e.TimerFired(kind=e.TimerKind.DRAINING_DEADLINE):
+                self._drained(worker)  # (the deadline: announce even if the old one is unresponsive)
+            case e.WorkerExited():
+                self._on_exited(worker, event)
+            case e.ChannelBroken():
+                self._log(
+                    logging.ERROR, f"Worker {worker.id} (pid {worker.pid}) sent {event.reason}; stopping it."
+                )
+                self._emit(c.Kill(worker.id))  # its role stays: its exit is what counts
+            case e.TimerFired(kind=e.TimerKind.SLOW_START):
+                self._on_slow_start(worker)
+            case e.TimerFired(kind=e.TimerKind.STANDBY_LATE):
+                self._on_standby_late(worker)
+            case e.TimerFired(kind=e.TimerKind.DRAIN_DEADLINE):
+                self._log(logging.WARNING, f"Worker {worker.id} did not finish draining in time; killing it.")
+                self._emit(c.Kill(worker.id))
+        if worker.role not in allowed:
+            raise IllegalTransition(
+                f"Worker {worker.id} went from {role.value} to {worker.role.value} when "
+                f"'{trigger.value}', which the table does not allow."
+            )
+
+    def _on_started(self, worker: Worker, event: e.WorkerStarted) -> None:
+        worker.pid = event.pid
+        if worker.load_at_start:
+            worker.load_at_start = False
+            self._prepare_load(worker, worker.failure_to_show)
+
+    def _on_spawn_failed(self, worker: Worker, event: e.SpawnFailed) -> None:
+        role = worker.role
+        self._gone(worker)
+        if role is Role.STANDBY:
+            self._log(
+                logging.WARNING, f"{event.reason}; the next reload starts one instead of a warm worker."
+            )
+        elif role is Role.LOADING:
+            assert self._cause is not None
+            if not worker.cold:
+                self._log(logging.ERROR, f"{event.reason}; trying again without preloading.")
+                self.generation -= 1
+                self._load(self._cause, worker.failure_to_show, cold=True)
+            else:
+                self._could_not_start(event.reason, self._cause)
+
+    def _on_hello(self, worker: Worker, event: e.WorkerGreeted) -> None:
+        worker.greeted = True
+        if event.preload_failed is not None and event.preload_failed[0] in self.preload:
+            module, error = event.preload_failed
+            self.preload.remove(module)
+            self._not_preloadable.add(module)
+            self._log(
+                logging.WARNING,
+                f"Preloading {module!r} failed ({error}); it is imported with the app instead.",
+            )
+        if worker.queued_load is not None and worker.role is Role.LOADING:
+            load, worker.queued_load = worker.queued_load, None
+            self._emit(load)
+
+    def _on_files(self, worker: Worker, event: e.FilesReported) -> None:
+        worker.reported_files = True
+        if event.files:
+            self._emit(c.Watch(reported=event.files))
+        known = set(self.preload) | self._not_preloadable
+        for name in event.modules:
+            if name not in known:
+                known.add(name)
+                self.preload.append(name)
+
+    def _on_failed(self, worker: Worker, event: e.WorkerFailed) -> None:
+        """The loading generation could not start its app: retry, keep the old one, or show why."""
+        failure = event.failure
+        worker.failed = True
+        cause = self._cause or Cause((), self._clock(), "start")
+        if failure.kind == "usage" and worker.generation == 1:
+            # A mistake in the command: start() turns it into one line and a failed exit.
+            self.failure = failure
+            self._kill(worker)
+            self._settle(1, "failed", cause, failure)
+            return
+        current = self.serving
+        keep = self.policy.keep_last_good and current is not None and not current.error_page
+        overlapping = self._apps_running_besides(worker)
+        if overlapping and not keep and not self._exclusive and not cause.retried:
+            # It may have failed only because the old generation holds a port, a lock or a file
+            # it needs: stop every older generation, and try once more alone.
+            self._log(
+                logging.DEBUG,
+                f"Generation {worker.generation} failed while an older generation was running; trying "
+                "once more after it has stopped.",
+            )
+            self._kill(worker)
+            cause.retried = True
+            self._load_when_alone(cause)
+            return
+        self._record_failure(worker, failure, old_running=keep and overlapping)
+        if keep:
+            assert current is not None
+            # --keep-last-good: the failed worker exits, the last good generation serves on.
+            self._kill(worker)
+            self._settle_failure()
+            self._log(
+                logging.WARNING, f"Keeping generation {current.generation} serving until the error is fixed."
+            )
+            return
+        self._serve(worker, error_page=True)
+
+    def _on_exited(self, worker: Worker, event: e.WorkerExited) -> None:
+        role = worker.role
+        self._gone(worker)
+        self._drained(worker)
+        how = describe_exit(event.returncode)
+        if role is Role.STANDBY:
+            if worker.greeted:
+                self._ensure_standby()
+            elif worker.preloaded:
+                self._log(
+                    logging.WARNING, "The warm worker died while preloading; the next one will not preload."
+                )
+                self._ensure_standby(preload=False)
+            # one that dies before its hello without preloading: the next load spawns one
+        elif role is Role.LOADING:
+            self._crashed(worker, f"The app's worker process {how} before it was ready")
+        elif role is Role.SERVING:
+            self._crashed(worker, f"The app's worker process {how} while serving")
+        if self._after_exit is not None and not self._apps_running():
+            cause, self._after_exit = self._after_exit, None
+            self._load(cause)
+
+    def _gone(self, worker: Worker) -> None:
+        worker.role = Role.GONE
+        del self.workers[worker.id]
+
+    def _on_slow_start(self, worker: Worker) -> None:
+        waited = self._clock() - worker.loaded_at
+        doing = "running lifespan start-up" if worker.reported_files else f"importing {self.policy.app}"
+        self._log(
+            logging.WARNING,
+            f"Generation {worker.generation} is still starting after {waited:.0f} s: {doing} "
+            f"(pid {worker.pid}).",
+        )
+        self._later(SLOW_START_REPORT, e.TimerKind.SLOW_START, worker)
+
+    def _on_standby_late(self, worker: Worker) -> None:
+        if worker.greeted:
+            return
+        self._log(
+            logging.WARNING,
+            f"The warm worker was not ready {STANDBY_WAIT:.0f} s after the reload began; starting a "
+            "fresh one.",
+        )
+        self._kill(worker)
+        self._load(self._cause or Cause((), self._clock(), "reload"), cold=True)

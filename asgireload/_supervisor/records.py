@@ -1,0 +1,96 @@
+"""What the supervisor's core remembers: its policy, each worker, and why a generation loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from collections.abc import Callable, Mapping
+
+from ..protocol import Failure
+from . import commands as c
+from .table import Role
+
+ReadEnv = Callable[[], tuple[Mapping[str, str], Failure | None]]  # the env file: values, or why not
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """What the machine needs of the Config (and of the running server, for its log lines)."""
+
+    app: str = "main:app"
+    url: str = "http://127.0.0.1:8000"
+    sequential: bool = False
+    keep_last_good: bool = False
+    standby: bool = True
+    preload: bool = True
+    drain_timeout: float = 10.0
+    env_file: str | None = None
+    cwd: str = "/"  # paths in log lines are shown relative to it
+
+
+@dataclasses.dataclass
+class Cause:
+    """Why a generation loads: the files that changed, or the reason it was asked for, and when."""
+
+    changed: tuple[str, ...]
+    since: float  # wall-clock time of the change (or the request)
+    reason: str  # "change", "start", "reload() called", "restart after a crash", ...
+    retried: bool = False  # it failed once beside an older generation, and is tried again alone
+    steps: dict[str, float] = dataclasses.field(default_factory=dict)  # for the debug log
+
+    def mark(self, step: str, now: float) -> None:
+        self.steps.setdefault(step, now)
+
+    def merged_with(self, later: Cause) -> Cause:
+        """One cause for a load that replaces (or absorbs) another."""
+        changed = tuple(sorted({*self.changed, *later.changed}))
+        return Cause(changed, min(self.since, later.since), later.reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class Announcement:
+    """What to report once the generation before it no longer answers new requests."""
+
+    ready: Worker | None  # this generation is ready; None: report the recorded failure
+    cause: Cause | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class Worker:
+    """What the machine knows of one worker process."""
+
+    id: int
+    role: Role
+    preloaded: bool = False  # it was asked to preload installed modules
+    cold: bool = False  # spawned for a load without preloading: a spawn failure is final
+    pid: int | None = None
+    greeted: bool = False
+    generation: int | None = None  # set once it is told to load
+    load_at_start: bool = False  # spawned for a load: the load is prepared once it runs
+    failure_to_show: Failure | None = None  # what that load shows instead of the app
+    queued_load: c.Load | None = None  # a load waiting for its hello
+    loaded_at: float = 0.0
+    error_page: bool = False
+    failed: bool = False  # it reported a failure (so its crash is not a second one)
+    said_ready: bool = False
+    reported_files: bool = False  # it finished importing the app (or failed to)
+    after_drain: Announcement | None = None
+
+    @property
+    def holds_app(self) -> bool:
+        """Whether its process may hold the app (and so its ports, locks and files) until it exits."""
+        return self.role in (Role.LOADING, Role.SERVING, Role.DRAINING) or (
+            self.role is Role.KILLED and self.generation is not None
+        )
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "is still running"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with code {returncode}"

@@ -1,0 +1,520 @@
+"""The supervisor's decisions, without a process: events in, commands out, on a fake clock.
+
+Each scenario is a list of steps: an event fed to the machine (or `Advance(seconds)` on the
+clock) and the commands it must answer with, written short (see `render`). Log lines and
+watched files are left out of the comparison; the tests that care look at them separately.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+
+import pytest
+
+from asgireload._supervisor import commands as c
+from asgireload._supervisor import events as e
+from asgireload._supervisor.machine import Machine
+from asgireload._supervisor.records import Policy, Worker
+from asgireload._supervisor.table import IGNORED, TRANSITIONS, IllegalTransition, Role, Trigger
+from asgireload.protocol import Failure
+
+T = e.TimerKind
+ENV_FILE = "/project/.env"
+
+
+@dataclasses.dataclass(frozen=True)
+class Advance:
+    """Move the fake clock forward."""
+
+    seconds: float
+
+
+Step = tuple[e.Event | Advance, list[str]]
+
+
+def render(command: c.Command) -> str | None:
+    """A command, short; None for those the scenarios leave out (Log, Watch)."""
+    match command:
+        case c.Spawn(worker, preload):
+            return f"spawn {worker}" + (" preloading" if preload else "")
+        case c.Load(worker, generation, _, failure):
+            return f"load {worker} gen {generation}" + (f" showing {failure.kind}" if failure else "")
+        case c.Serve(worker):
+            return f"serve {worker}"
+        case c.ShowFailure(worker, failure):
+            return f"show {worker} {failure.kind}"
+        case c.Drain(worker):
+            return f"drain {worker}"
+        case c.Kill(worker):
+            return f"kill {worker}"
+        case c.ReportOutcome(generation, outcome):
+            return f"gen {generation} {outcome}"
+        case c.ArmTimer(delay, e.TimerFired(kind, worker)):
+            return f"timer {kind.name.lower()}{'' if worker is None else f'({worker})'} {delay:g}"
+    return None
+
+
+class Harness:
+    def __init__(self, **policy: object) -> None:
+        self.now = 1000.0
+        self.env: tuple[Mapping[str, str], Failure | None] = ({}, None)
+        policy.setdefault("cwd", "/project")
+        self.machine = Machine(Policy(**policy), clock=lambda: self.now, read_env=lambda: self.env)  # type: ignore[arg-type]
+        self.commands: list[c.Command] = []  # everything so far, logs included
+
+    def feed(self, event: e.Event | Advance) -> list[str]:
+        if isinstance(event, Advance):
+            self.now += event.seconds
+            return []
+        commands = self.machine.handle(event)
+        self.commands += commands
+        return [text for text in map(render, commands) if text is not None]
+
+    def run(self, steps: list[Step]) -> None:
+        for number, (event, expected) in enumerate(steps):
+            assert self.feed(event) == expected, f"step {number}: {event}"
+
+    def logs(self, level: int = logging.DEBUG) -> list[str]:
+        return [x.text for x in self.commands if isinstance(x, c.Log) and x.level >= level]
+
+    def outcomes(self) -> list[c.ReportOutcome]:
+        return [x for x in self.commands if isinstance(x, c.ReportOutcome)]
+
+
+# ---------------------------------------------------------------- shorthand for events
+
+
+def started(worker: int) -> e.WorkerStarted:
+    return e.WorkerStarted(worker, pid=100 + worker)
+
+
+def hello(worker: int) -> e.WorkerGreeted:
+    return e.WorkerGreeted(worker)
+
+
+def ready(worker: int, error_page: bool = False) -> e.WorkerReady:
+    return e.WorkerReady(worker, error_page)
+
+
+def failed(worker: int, kind: str = "import", summary: str = "RuntimeError: boom") -> e.WorkerFailed:
+    return e.WorkerFailed(worker, Failure(kind, summary, files=("/project/main.py",)))
+
+
+def exited(worker: int, returncode: int = 0) -> e.WorkerExited:
+    return e.WorkerExited(worker, returncode)
+
+
+def changed(*names: str) -> e.FileChanged:
+    return e.FileChanged(tuple(f"/project/{n}" for n in names), since=1000.0)
+
+
+def timer(kind: e.TimerKind, worker: int | None = None) -> e.TimerFired:
+    return e.TimerFired(kind, worker)
+
+
+def drains(old: int) -> list[str]:
+    """Telling worker `old` to drain: the message, then its two deadlines."""
+    return [f"drain {old}", f"timer draining_deadline({old}) 1", f"timer drain_deadline({old}) 11"]
+
+
+def replaces(old: int, by: int, then: str) -> list[str]:
+    """Worker `by` is ready: it serves, `old` drains, and `then` (a new standby) is spawned."""
+    return [f"serve {by}", *drains(old), then]
+
+
+# generation 1 serves (worker 1), worker 2 is a warm standby
+STARTED: list[Step] = [
+    (e.ReloadRequested("start"), ["spawn 1"]),
+    (started(1), ["timer slow_start(1) 5"]),  # the load waits for its hello
+    (hello(1), ["load 1 gen 1"]),
+    (e.FilesReported(1, (("/project/main.py", 1, 2, 3),), ("fastapi",)), []),
+    (ready(1), ["serve 1", "gen 1 ready", "spawn 2 preloading"]),
+    (started(2), []),
+    (hello(2), []),
+]
+
+# generation 2 loads on the standby
+RELOADING: list[Step] = [
+    *STARTED,
+    (changed("main.py"), ["load 2 gen 2", "timer slow_start(2) 5"]),
+]
+
+SCENARIOS: dict[str, list[Step]] = {
+    "start": STARTED,
+    "a reload: the new generation serves, then the old one drains, then it is announced": [
+        *RELOADING,
+        (Advance(0.02), []),
+        (ready(2), replaces(1, by=2, then="spawn 3 preloading")),
+        (e.WorkerDraining(1), ["gen 2 ready"]),
+        (exited(1), []),
+        (timer(T.DRAINING_DEADLINE, 1), []),  # stale timers of a worker that is gone
+        (timer(T.DRAIN_DEADLINE, 1), []),
+    ],
+    "an old generation that never says draining is announced at the deadline, killed at the timeout": [
+        *RELOADING,
+        (ready(2), replaces(1, by=2, then="spawn 3 preloading")),
+        (timer(T.DRAINING_DEADLINE, 1), ["gen 2 ready"]),
+        (e.WorkerDraining(1), []),  # said too late: announced once only
+        (timer(T.DRAIN_DEADLINE, 1), ["kill 1"]),
+        (exited(1, -9), []),
+    ],
+    "a reload superseded by a newer change: the loading one is killed and never serves": [
+        *RELOADING,
+        (changed("other.py"), ["kill 2", "spawn 3 preloading"]),
+        (started(3), ["timer slow_start(3) 5"]),
+        (hello(3), ["load 3 gen 3"]),
+        (ready(2), []),  # the superseded one finished loading: ignored
+        (ready(3), replaces(1, by=3, then="spawn 4 preloading")),
+        (exited(2, -9), []),  # its exit is no crash
+        (e.WorkerDraining(1), ["gen 3 ready"]),
+    ],
+    "a late standby is replaced by a cold spawn": [
+        *STARTED[:5],
+        (started(2), []),  # still preloading: no hello
+        (changed("main.py"), ["timer standby_late(2) 2", "timer slow_start(2) 5"]),
+        (timer(T.STANDBY_LATE, 2), ["kill 2", "spawn 3"]),  # no preloading: that is what hung
+        (started(3), ["timer slow_start(3) 5"]),
+        (hello(3), ["load 3 gen 3"]),
+        (hello(2), []),  # too late
+        (ready(3), replaces(1, by=3, then="spawn 4 preloading")),
+        (timer(T.SLOW_START, 2), []),
+    ],
+    "a standby greeted before the late timer loads as usual": [
+        *STARTED[:5],
+        (started(2), []),
+        (changed("main.py"), ["timer standby_late(2) 2", "timer slow_start(2) 5"]),
+        (hello(2), ["load 2 gen 2"]),
+        (timer(T.STANDBY_LATE, 2), []),
+    ],
+    "a crash loop backs off, doubling up to 5 s, only the timer restarting": [
+        (e.ReloadRequested("start"), ["spawn 1"]),
+        (started(1), ["timer slow_start(1) 5"]),
+        (hello(1), ["load 1 gen 1"]),
+        (exited(1, 1), ["timer retry 0.1", "spawn 2"]),  # the error page loads on a fresh worker
+        (started(2), ["timer slow_start(2) 5"]),
+        (hello(2), ["load 2 gen 2 showing crash"]),
+        (ready(2, error_page=True), ["serve 2", "gen 1 failed", "spawn 3"]),  # nothing to preload yet
+        (started(3), []),
+        (hello(3), []),
+        (timer(T.RETRY), ["load 3 gen 3", "timer slow_start(3) 5"]),
+        (exited(3, 1), ["timer retry 0.2", "show 2 crash", "gen 3 failed"]),
+        (timer(T.RETRY), ["spawn 4"]),
+        (started(4), ["timer slow_start(4) 5"]),
+        (hello(4), ["load 4 gen 4"]),
+        (exited(4, 1), ["timer retry 0.4", "show 2 crash", "gen 4 failed"]),
+    ],
+    "--keep-last-good: a failed reload leaves the last good generation serving": [
+        *RELOADING,
+        (failed(2), ["kill 2", "gen 2 failed"]),
+        (exited(2, -9), []),
+        (changed("main.py"), ["spawn 3 preloading"]),
+        (started(3), ["timer slow_start(3) 5"]),
+        (hello(3), ["load 3 gen 3"]),
+        (ready(3), replaces(1, by=3, then="spawn 4 preloading")),
+    ],
+    "without --keep-last-good a failure replaces a healthy generation (after one retry alone)": [
+        *RELOADING,
+        (failed(2), ["kill 2", *drains(1)]),
+        (exited(2, -9), []),
+        (e.WorkerDraining(1), []),
+        (exited(1), ["spawn 3 preloading"]),  # alone now: tried once more
+        (started(3), ["timer slow_start(3) 5"]),
+        (hello(3), ["load 3 gen 3"]),
+        (failed(3), ["serve 3", "gen 3 failed", "spawn 4 preloading"]),  # failed alone too: the error page
+    ],
+    "a load that works alone after failing beside the old generation makes reloads sequential": [
+        *RELOADING,
+        (failed(2), ["kill 2", *drains(1)]),
+        (exited(1), []),  # worker 2 still holds what the app holds
+        (exited(2, -9), ["spawn 3 preloading"]),
+        (started(3), ["timer slow_start(3) 5"]),
+        (hello(3), ["load 3 gen 3"]),
+        (ready(3), ["serve 3", "gen 3 ready", "spawn 4 preloading"]),
+        (started(4), []),
+        (hello(4), []),
+        (changed("main.py"), drains(3)),
+        (exited(3), ["load 4 gen 4", "timer slow_start(4) 5"]),
+    ],
+    "--sequential: every app-holding worker exits before the next load": [
+        *RELOADING[:-1],
+        (changed("main.py"), drains(1)),
+        (e.WorkerDraining(1), []),
+        (changed("other.py"), []),  # folded into the load that waits
+        (exited(1), ["load 2 gen 2", "timer slow_start(2) 5"]),
+        (ready(2), ["serve 2", "gen 2 ready", "spawn 3 preloading"]),
+    ],
+    "a usage failure in generation 1 is reported at once, with no error page": [
+        (e.ReloadRequested("start"), ["spawn 1"]),
+        (started(1), ["timer slow_start(1) 5"]),
+        (hello(1), ["load 1 gen 1"]),
+        (failed(1, "usage", "cannot import 'main:app'"), ["kill 1", "gen 1 failed"]),
+        (exited(1, -9), []),
+    ],
+    "stop during a load: the serving one drains, the rest is killed": [
+        *RELOADING,
+        (e.Stop(), ["drain 1", "kill 2"]),
+    ],
+    "a forced stop kills everything": [
+        *RELOADING,
+        (ready(2), replaces(1, by=2, then="spawn 3 preloading")),
+        (e.Stop(force=True), ["kill 1", "kill 2", "kill 3"]),
+    ],
+    "a spawn that fails is tried again without preloading, then reported and retried later": [
+        (e.ReloadRequested("start"), ["spawn 1"]),
+        (e.SpawnFailed(1, "could not start a worker process: Too many open files"), ["spawn 2"]),
+        (
+            e.SpawnFailed(2, "could not start a worker process: Too many open files"),
+            ["gen 1 failed", "timer retry 0.1"],
+        ),
+        (timer(T.RETRY), ["spawn 3"]),
+        (started(3), ["timer slow_start(3) 5"]),
+        (hello(3), ["load 3 gen 2"]),
+    ],
+    "a standby that cannot be spawned is not retried until the next reload": [
+        *STARTED[:4],
+        (ready(1), ["serve 1", "gen 1 ready", "spawn 2 preloading"]),
+        (e.SpawnFailed(2, "could not start a worker process: out of memory"), []),
+        (changed("main.py"), ["spawn 3 preloading"]),
+    ],
+    "a changed env file replaces the standby before the reload": [
+        *STARTED,
+        (
+            e.FileChanged((ENV_FILE,), 1000.0),
+            ["kill 2", "spawn 3 preloading", "timer standby_late(3) 2", "timer slow_start(3) 5"],
+        ),
+        (exited(2, -9), []),
+    ],
+    "changed packages replace the standby without a reload": [
+        *STARTED,
+        (e.PackagesChanged(("/venv/site-packages/fastapi/__init__.py",)), ["kill 2", "spawn 3 preloading"]),
+        (exited(2, -9), []),
+    ],
+    "a standby that dies is replaced; one that dies preloading, without preloading": [
+        *STARTED,
+        (exited(2, -9), ["spawn 3 preloading"]),
+        (exited(3, -9), ["spawn 4"]),
+    ],
+    "a worker that breaks the protocol is killed, and its exit counts as a crash": [
+        *STARTED[:3],
+        (e.ChannelBroken(1, "a line that is not JSON"), ["kill 1"]),
+        (exited(1, -9), ["timer retry 0.1", "spawn 2"]),
+    ],
+    "a crash while serving shows the error page, then the timer restarts the app": [
+        *STARTED,
+        (exited(1, -11), ["timer retry 0.1", "load 2 gen 2 showing crash", "timer slow_start(2) 5"]),
+        (ready(2, error_page=True), ["serve 2", "gen 1 failed", "spawn 3 preloading"]),
+    ],
+}
+
+
+# the options a scenario runs with (the others run with the defaults)
+OPTIONS: dict[str, dict[str, object]] = {
+    "--keep-last-good: a failed reload leaves the last good generation serving": {"keep_last_good": True},
+    "--sequential: every app-holding worker exits before the next load": {"sequential": True},
+    "a changed env file replaces the standby before the reload": {"env_file": ENV_FILE},
+}
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_scenario(name: str) -> None:
+    Harness(**OPTIONS.get(name, {})).run(SCENARIOS[name])
+
+
+def test_the_states_a_user_sees() -> None:
+    run = Harness()
+    states = [run.machine.state]
+    run.run(STARTED)
+    states.append(run.machine.state)
+    run.feed(changed("main.py"))
+    states.append(run.machine.state)
+    run.feed(failed(2))
+    states.append(run.machine.state)  # tried once more, alone
+    run.feed(exited(2, -9))
+    run.feed(exited(1))
+    run.run([(started(3), ["timer slow_start(3) 5"]), (hello(3), ["load 3 gen 3"])])
+    run.feed(failed(3))
+    states.append(run.machine.state)
+    assert states == ["starting", "ready", "reloading", "reloading", "failed"]
+    assert run.machine.failure is not None
+    assert run.machine.failure.summary == "RuntimeError: boom"
+
+
+def test_a_reload_is_timed_and_logged_from_the_change() -> None:
+    run = Harness(app="main:app")
+    run.run(RELOADING)
+    run.feed(Advance(0.03))
+    run.feed(ready(2))
+    run.feed(Advance(0.01))
+    run.feed(e.WorkerDraining(1))
+    outcome = run.outcomes()[-1]
+    assert (outcome.generation, outcome.outcome, outcome.changed) == (2, "ready", ("/project/main.py",))
+    assert outcome.duration == pytest.approx(0.04)
+    assert "Reloaded in 40 ms (generation 2): main.py changed" in run.logs(logging.INFO)
+
+
+def test_changes_that_supersede_a_load_are_reported_together() -> None:
+    run = Harness()
+    run.run(SCENARIOS["a reload superseded by a newer change: the loading one is killed and never serves"])
+    assert run.outcomes()[-1].changed == ("/project/main.py", "/project/other.py")
+    assert "Generation 2 is superseded by a newer change." in run.logs()
+
+
+def test_the_backoff_is_capped_and_a_change_resets_it() -> None:
+    run = Harness()
+    run.run(SCENARIOS["a crash loop backs off, doubling up to 5 s, only the timer restarting"])
+    worker = 4
+    for expected in (0.8, 1.6, 3.2, 5.0, 5.0):
+        run.feed(timer(T.RETRY))
+        worker = max(run.machine.workers)
+        run.feed(started(worker))
+        run.feed(hello(worker))
+        assert f"timer retry {expected:g}" in run.feed(exited(worker, 1))
+    run.feed(changed("main.py"))
+    worker = max(run.machine.workers)
+    run.feed(started(worker))
+    run.feed(hello(worker))
+    assert "timer retry 0.1" in run.feed(exited(worker, 1))
+
+
+def test_a_failed_load_beside_an_older_generation_says_so_then_goes_sequential() -> None:
+    run = Harness()
+    run.run(
+        SCENARIOS["a load that works alone after failing beside the old generation makes reloads sequential"]
+    )
+    said = run.logs()
+    assert any("trying once more after it has stopped" in line for line in said)
+    assert sum("Reloading sequentially from now on" in line for line in said) == 1
+
+
+def test_keep_last_good_names_sequential_when_the_old_generation_was_running() -> None:
+    run = Harness(keep_last_good=True)
+    run.run(RELOADING)
+    run.feed(failed(2, summary="OSError: [Errno 98] Address already in use"))
+    errors = run.logs(logging.ERROR)
+    assert len(errors) == 1
+    assert errors[0].startswith(
+        "Generation 2 failed: OSError: [Errno 98] Address already in use (fix main.py;"
+    )
+    assert errors[0].endswith("if the app holds a port or a lock at import, pass --sequential.")
+    assert "Keeping generation 1 serving until the error is fixed." in run.logs(logging.WARNING)
+
+
+def test_a_broken_env_file_loads_the_error_page_and_reports_the_failure_once_it_serves() -> None:
+    run = Harness(env_file=ENV_FILE)
+    run.run(STARTED)
+    run.env = ({}, Failure("env", f"{ENV_FILE}, line 3: no '=' (expected KEY=VALUE)", files=(ENV_FILE,)))
+    assert run.feed(changed("main.py")) == ["load 2 gen 2 showing env", "timer slow_start(2) 5"]
+    watched = [x for x in run.commands if isinstance(x, c.Watch) and ENV_FILE in x.paths]
+    assert watched  # fixing the env file reloads
+    assert run.feed(ready(2, error_page=True))[:2] == ["serve 2", "drain 1"]
+    assert run.feed(e.WorkerDraining(1)) == ["gen 2 failed"]
+
+
+def test_a_slow_start_is_reported_every_five_seconds() -> None:
+    run = Harness(app="main:app")
+    run.run(RELOADING)
+    run.feed(Advance(5))
+    assert run.feed(timer(T.SLOW_START, 2)) == ["timer slow_start(2) 5"]
+    assert (
+        run.logs(logging.WARNING)[-1]
+        == "Generation 2 is still starting after 5 s: importing main:app (pid 102)."
+    )
+
+
+def test_files_reported_are_watched_and_their_modules_preloaded_next_time() -> None:
+    run = Harness()
+    run.run(STARTED)
+    assert c.Spawn(2, ("fastapi",)) in run.commands
+    assert c.Watch(reported=(("/project/main.py", 1, 2, 3),)) in run.commands
+
+
+def test_a_preload_that_fails_is_dropped_and_said_once() -> None:
+    run = Harness()
+    run.run(STARTED[:5])
+    run.feed(started(2))
+    run.feed(e.WorkerGreeted(2, ("fastapi", "RuntimeError: unset")))
+    assert run.machine.preload == []
+    run.feed(e.FilesReported(1, (), ("fastapi",)))  # learnt again: still not preloaded
+    assert run.machine.preload == []
+    assert [line for line in run.logs() if "Preloading 'fastapi' failed" in line] == [
+        "Preloading 'fastapi' failed (RuntimeError: unset); it is imported with the app instead."
+    ]
+
+
+# ---------------------------------------------------------------- illegal events
+
+
+def event_for(trigger: Trigger, worker: int) -> e.WorkerEvent | None:
+    """An event that is `trigger` for `worker` (None for the machine's own decisions)."""
+    events: dict[Trigger, e.WorkerEvent] = {
+        Trigger.STARTED: started(worker),
+        Trigger.SPAWN_FAILED: e.SpawnFailed(worker, "no"),
+        Trigger.HELLO: hello(worker),
+        Trigger.FILES: e.FilesReported(worker),
+        Trigger.READY: ready(worker),
+        Trigger.FAILED: failed(worker),
+        Trigger.DRAINING: e.WorkerDraining(worker),
+        Trigger.EXITED: exited(worker),
+        Trigger.BROKE: e.ChannelBroken(worker, "garbage"),
+        Trigger.SLOW_START: timer(T.SLOW_START, worker),
+        Trigger.STANDBY_LATE: timer(T.STANDBY_LATE, worker),
+        Trigger.DRAINING_DEADLINE: timer(T.DRAINING_DEADLINE, worker),
+        Trigger.DRAIN_DEADLINE: timer(T.DRAIN_DEADLINE, worker),
+    }
+    return events.get(trigger)
+
+
+ILLEGAL = [
+    (role, trigger)
+    for role in Role
+    for trigger in Trigger
+    if (role, trigger) not in TRANSITIONS and event_for(trigger, 7) is not None
+]
+
+
+@pytest.mark.parametrize(
+    ("role", "trigger"), ILLEGAL, ids=[f"{r.value}-{t.name.lower()}" for r, t in ILLEGAL]
+)
+def test_an_illegal_event_names_the_state_and_the_event(role: Role, trigger: Trigger) -> None:
+    run = Harness()
+    if role is not Role.GONE:
+        run.machine.workers[7] = Worker(7, role, greeted=True, generation=1)
+    event = event_for(trigger, 7)
+    assert event is not None
+    with pytest.raises(IllegalTransition) as raised:
+        run.machine.handle(event)
+    assert f"is {role.value}, and '{trigger.value}' cannot happen to a {role.value} worker" in str(
+        raised.value
+    )
+
+
+def test_the_illegal_list_is_not_empty_and_ignored_events_change_nothing() -> None:
+    assert len(ILLEGAL) > 20
+    for (role, trigger), allowed in TRANSITIONS.items():
+        event = event_for(trigger, 7)
+        if allowed is not IGNORED or event is None:
+            continue
+        run = Harness()
+        if role is not Role.GONE:
+            run.machine.workers[7] = Worker(7, role, greeted=True, generation=1)
+        assert run.machine.handle(event) == [], (role, trigger)
+        assert run.machine.workers.get(7, Worker(7, Role.GONE)).role is role
+
+
+def test_nothing_happens_after_stop() -> None:
+    run = Harness()
+    run.run(STARTED)
+    run.feed(e.Stop())
+    with pytest.raises(IllegalTransition, match=r"The server has stopped, so .*FileChanged.* cannot happen"):
+        run.feed(changed("main.py"))
+
+
+def test_a_decision_the_table_does_not_allow_is_an_error_too() -> None:
+    run = Harness()
+    run.machine.workers[7] = Worker(7, Role.DRAINING, greeted=True, generation=1)
+    with pytest.raises(
+        IllegalTransition, match="Worker 7 is draining: a draining worker cannot be moved because"
+    ):
+        run.machine._move(run.machine.workers[7], Trigger.LOAD)

@@ -1,15 +1,20 @@
 """Supervisor side of one worker: spawn it, read its channel, stop it.
 
-The state machine in `supervisor.py` decides what a worker is for; this module only knows how
-to start a process with the listening socket and a control socketpair, turn what it says
-into events, and make sure it is gone.
+The state machine (`_supervisor/machine.py`) decides what a worker is for; this module only
+knows how to start a process with the listening socket and a control socketpair, check what it
+says and turn it into the machine's events, and make sure it is gone.
+
+What a worker says is checked here, where it is read, against what this side told it: `hello`
+first and once, `ready` or `failed` once and only for the generation it was told to load,
+`draining` only after `drain`. Anything else ends the worker (ChannelBroken), never the
+supervisor: the machine may rely on every event it gets being possible.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import signal
 import socket
 import sys
 import time
@@ -17,25 +22,15 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _reaper, protocol
+from ._supervisor import events
 
 EXIT_AFTER_EOF = 1.0  # seconds a worker may live on after closing its channel
 FLOOD_LIMIT = 2000  # messages a second a worker may send before it is taken for broken
 OUTPUT_CHUNK = 65536  # bytes read from a worker's output at a time: no line length can stall it
 AFTER_EXIT = 2.0  # seconds the channel and output may take to end once the worker's tree is gone
+KILL_WAIT = 2.0  # seconds to wait for a killed worker to be reaped
 
-Event = tuple[Any, ...]
-
-
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "is still running"
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"was killed by {name}"
-    return f"exited with code {returncode}"
+Emit = Callable[[events.Event], None]
 
 
 class SpawnError(Exception):
@@ -60,18 +55,18 @@ class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
 
 
 class WorkerProcess:
-    """A spawned worker and what the supervisor knows of it."""
+    """A spawned worker process, and what this side told it (to check what it says back)."""
 
     def __init__(
         self,
-        seq: int,
+        worker_id: int,
         process: asyncio.subprocess.Process,
         channel: protocol.Channel,
         handoff: socket.socket,
         tag: str | None = None,
         exited: asyncio.Future[None] | None = None,
     ) -> None:
-        self.seq = seq
+        self.id = worker_id  # the machine's name for it
         self.process = process
         self._exited = exited
         self.tag = tag  # in the environment of everything this worker starts: see _reaper.py
@@ -79,25 +74,19 @@ class WorkerProcess:
         self.handoff = handoff  # idle keep-alive connections travel over this, see _handoff.py
         self.stop_relaying: Callable[[], None] | None = None
         self.pid = process.pid
-        self.state = "starting"  # starting, standby, loading, serving, draining, gone
-        self.generation: int | None = None
-        self.greeted = False
-        self.error_page = False
-        self.failed = False
-        self.preloaded = False  # it was asked to preload third-party modules
-        self.was_ready = False  # it said ready: it accepts (or accepted) connections
-        self.reported_files = False  # it finished importing the app (or failed to)
-        self.when_drained: Callable[[], None] | None = None  # once it no longer answers new requests
-        self.pending_load: dict[str, Any] | None = None
-        self.spawned_at = self.loaded_at = time.monotonic()
         self.tasks: list[asyncio.Task[None]] = []
+        # the protocol so far, as this side saw it
+        self.greeted = False
+        self.generation: int | None = None  # the generation it was told to load
+        self.answered = False  # it said ready or failed for that load
+        self.told_to_drain = False
 
     def __repr__(self) -> str:
-        return f"<worker {self.seq} pid={self.pid} {self.state} generation={self.generation}>"
+        return f"<worker {self.id} pid={self.pid} generation={self.generation}>"
 
     @property
     def alive(self) -> bool:
-        return self.process.returncode is None and self.state != "gone"
+        return self.process.returncode is None
 
     async def wait_exit(self) -> int | None:
         """Wait until the process has exited (not for its output pipe to close); its return code."""
@@ -107,28 +96,26 @@ class WorkerProcess:
         return await self.process.wait()
 
     def send(self, message: dict[str, Any]) -> None:
-        if not self.greeted:
-            if message["type"] == protocol.LOAD:
-                self.pending_load = message
-            return
+        if message["type"] == protocol.LOAD:
+            self.generation = message["generation"]
+        elif message["type"] == protocol.DRAIN:
+            self.told_to_drain = True
         self.channel.send(message)
-
-    def load(self, message: dict[str, Any]) -> None:
-        self.loaded_at = time.monotonic()
-        self.state = "loading"
-        self.generation = message["generation"]
-        self.send(message)
-
-    def drained(self) -> None:
-        """It stopped answering new requests (it said so, exited, or took too long to say)."""
-        callback, self.when_drained = self.when_drained, None
-        if callback is not None:
-            callback()
 
     def kill(self) -> None:
         """SIGKILL the worker, its process group (it leads its own session) and its tagged descendants."""
-        self.state = "gone" if self.process.returncode is not None else self.state
         _reaper.kill_generation(self.pid, self.tag)
+
+    async def aclose(self, wait: float) -> bool:
+        """Give it `wait` seconds to exit, then kill it and all it started, and close its channels.
+        Returns whether it was still running when killed.
+
+        Cancelling it does not stop it half-way: the kill is sent and the channels are closed
+        before CancelledError propagates."""
+        try:
+            return await end_process(self.process, self.tag, wait, self._exited)
+        finally:
+            self.close()
 
     def close(self) -> None:
         self.channel.close()
@@ -138,12 +125,59 @@ class WorkerProcess:
         for task in self.tasks:
             task.cancel()
 
+    def decode(self, message: dict[str, Any]) -> events.WorkerEvent:
+        """What it said, as the machine's event; ProtocolError if it could not have said that."""
+        kind = message["type"]
+        if not self.greeted:
+            if kind != protocol.HELLO:
+                raise protocol.ProtocolError(f"a {kind!r} message before 'hello'")
+            if message.get("protocol") != protocol.PROTOCOL_VERSION:
+                raise protocol.ProtocolError(
+                    f"protocol version {message.get('protocol')!r}, expected {protocol.PROTOCOL_VERSION}"
+                )
+            self.greeted = True
+            failed = message.get("preload_failed")
+            preload_failed = None
+            if isinstance(failed, dict) and isinstance(failed.get("module"), str):
+                preload_failed = (failed["module"], str(failed.get("error")))
+            return events.WorkerGreeted(self.id, preload_failed)
+        if kind == protocol.HELLO:
+            raise protocol.ProtocolError("a second 'hello'")
+        if kind == protocol.FILES:
+            files, modules = message.get("files"), message.get("modules", [])
+            if not isinstance(files, list) or not isinstance(modules, list):
+                raise protocol.ProtocolError("a 'files' message without a list of files")
+            for entry in files:
+                if not (
+                    isinstance(entry, list)
+                    and len(entry) == 4
+                    and isinstance(entry[0], str)
+                    and all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in entry[1:])
+                ):
+                    raise protocol.ProtocolError(f"a malformed file entry {str(entry)[:80]}")
+            return events.FilesReported(
+                self.id,
+                tuple((path, mtime, size, ino) for path, mtime, size, ino in files),
+                tuple(name for name in modules if isinstance(name, str)),
+            )
+        if kind == protocol.DRAINING:
+            if not self.told_to_drain:
+                raise protocol.ProtocolError("a 'draining' message from a worker that was not told to drain")
+            return events.WorkerDraining(self.id)
+        # ready or failed
+        if message.get("generation") != self.generation or self.generation is None or self.answered:
+            raise protocol.ProtocolError(f"a {kind!r} message for generation {message.get('generation')!r}")
+        self.answered = True
+        if kind == protocol.READY:
+            return events.WorkerReady(self.id, bool(message.get("error_page")))
+        return events.WorkerFailed(self.id, protocol.Failure.from_json(message.get("failure")))
+
 
 async def spawn(
-    seq: int,
+    worker_id: int,
     settings: dict[str, Any],
     listener: socket.socket,
-    emit: Callable[[Event], None],
+    emit: Emit,
     output: Callable[[str], None] | None,
 ) -> WorkerProcess:
     """Start a worker process; its messages, garbage and exit arrive through `emit`.
@@ -153,7 +187,7 @@ async def spawn(
     """
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     handoff, handoff_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    tag = _reaper.new_tag(seq)
+    tag = _reaper.new_tag(worker_id)
     environment = dict(os.environ)
     environment[_reaper.TAG_VARIABLE] = tag
     settings = {
@@ -198,10 +232,9 @@ async def spawn(
     except BaseException:
         parent.close()
         handoff.close()
-        _reaper.kill_generation(process.pid, tag)
-        await process.wait()
+        await end_process(process, tag, 0, protocol_.exited)
         raise
-    worker = WorkerProcess(seq, process, channel, handoff, tag, protocol_.exited)
+    worker = WorkerProcess(worker_id, process, channel, handoff, tag, protocol_.exited)
     reading = asyncio.create_task(_read_channel(worker, emit))
     worker.tasks.append(reading)
     if output is not None and process.stdout is not None:
@@ -210,7 +243,35 @@ async def spawn(
     return worker
 
 
-async def _read_channel(worker: WorkerProcess, emit: Callable[[Event], None]) -> None:
+async def end_process(
+    process: asyncio.subprocess.Process, tag: str | None, wait: float, exited: asyncio.Future[None] | None
+) -> bool:
+    """The one way a worker process ends: `wait` seconds to exit by itself, then SIGKILL for it,
+    its process group and its tagged descendants (even if it exited: what the app started goes
+    too), and a bounded wait to reap it. Returns whether it was still running at the deadline.
+
+    Cancelled, it still sends the kill before CancelledError propagates (the event loop reaps)."""
+
+    async def exit_of_process() -> None:
+        if exited is not None:
+            await asyncio.shield(exited)
+        else:
+            await process.wait()
+
+    try:
+        if process.returncode is None and wait > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await exit_of_process()
+        return process.returncode is None
+    finally:
+        _reaper.kill_generation(process.pid, tag)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(KILL_WAIT):
+                await exit_of_process()
+
+
+async def _read_channel(worker: WorkerProcess, emit: Emit) -> None:
     window_start, count = time.monotonic(), 0
     try:
         while True:
@@ -223,10 +284,9 @@ async def _read_channel(worker: WorkerProcess, emit: Callable[[Event], None]) ->
                 if now - window_start < 1.0:
                     raise protocol.ProtocolError(f"more than {FLOOD_LIMIT} messages in a second")
                 window_start, count = now, 0
-            _check(worker, message)
-            emit(("message", worker, message))
+            emit(worker.decode(message))
     except protocol.ProtocolError as exc:
-        emit(("garbage", worker, str(exc)))
+        emit(events.ChannelBroken(worker.id, str(exc)))
     finally:
         worker.channel.close()
     if worker.process.returncode is None:
@@ -234,12 +294,14 @@ async def _read_channel(worker: WorkerProcess, emit: Callable[[Event], None]) ->
             async with asyncio.timeout(EXIT_AFTER_EOF):
                 await worker.wait_exit()
         except TimeoutError:
-            emit(("garbage", worker, "nothing more: it closed its control channel but kept running"))
+            emit(
+                events.ChannelBroken(
+                    worker.id, "nothing more: it closed its control channel but kept running"
+                )
+            )
 
 
-async def _watch_exit(
-    worker: WorkerProcess, emit: Callable[[Event], None], readers: list[asyncio.Task[None]]
-) -> None:
+async def _watch_exit(worker: WorkerProcess, emit: Emit, readers: list[asyncio.Task[None]]) -> None:
     """When the worker exits, end what it started, then report the exit.
 
     The exit is known from the process, not from the channel's end of file: a child of the app
@@ -251,43 +313,7 @@ async def _watch_exit(
     _done, pending = await asyncio.wait(readers, timeout=AFTER_EXIT)
     for task in pending:
         task.cancel()
-    emit(("exited", worker, returncode))
-
-
-def _check(worker: WorkerProcess, message: dict[str, Any]) -> None:
-    """The fields the supervisor relies on, with the types it relies on."""
-    kind = message["type"]
-    if not worker.greeted:
-        if kind != protocol.HELLO:
-            raise protocol.ProtocolError(f"a {kind!r} message before 'hello'")
-        if message.get("protocol") != protocol.PROTOCOL_VERSION:
-            raise protocol.ProtocolError(
-                f"protocol version {message.get('protocol')!r}, expected {protocol.PROTOCOL_VERSION}"
-            )
-        worker.greeted = True
-        return
-    if kind == protocol.HELLO:
-        raise protocol.ProtocolError("a second 'hello'")
-    if kind == protocol.FILES:
-        files, modules = message.get("files"), message.get("modules", [])
-        if not isinstance(files, list) or not isinstance(modules, list):
-            raise protocol.ProtocolError("a 'files' message without a list of files")
-        for entry in files:
-            if not (
-                isinstance(entry, list)
-                and len(entry) == 4
-                and isinstance(entry[0], str)
-                and all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in entry[1:])
-            ):
-                raise protocol.ProtocolError(f"a malformed file entry {str(entry)[:80]}")
-    elif kind == protocol.DRAINING:
-        if worker.state != "draining":
-            raise protocol.ProtocolError("a 'draining' message from a worker that was not told to drain")
-    elif kind in (protocol.READY, protocol.FAILED):
-        if message.get("generation") != worker.generation or worker.state not in ("loading", "draining"):
-            raise protocol.ProtocolError(f"a {kind!r} message for generation {message.get('generation')!r}")
-        if kind == protocol.FAILED and not isinstance(message.get("failure"), dict):
-            raise protocol.ProtocolError("a 'failed' message without a failure")
+    emit(events.WorkerExited(worker.id, returncode))
 
 
 async def _read_output(stream: asyncio.StreamReader, output: Callable[[str], None]) -> None:

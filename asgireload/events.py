@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 from typing import Literal
 
+from .protocol import Failure as Failure
+
 State = Literal["starting", "ready", "failed", "reloading", "stopped"]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from .config import Config
 from .errors import AsgireloadError
-from .events import EventStream, ReloadEvent, State
+from .events import EventStream, Failure, ReloadEvent, State
 from .serving import build_config, require_asyncio
 from .supervisor import Supervisor, stop_completely
 
@@ -55,9 +55,12 @@ class Reloader:
     ) -> None:
         """Drain every worker (up to drain_timeout), reap every process, close every descriptor;
         every events() stream ends. Cancelled meanwhile, it finishes all of that first, then
-        lets CancelledError propagate."""
+        lets CancelledError propagate. If the supervisor stopped on an internal error and the
+        body raised nothing, that error is raised here (AsgireloadError)."""
         if self._supervisor is not None:
             await stop_completely(self._supervisor)
+            if exc_type is None:
+                self._supervisor.raise_error()  # an internal error nobody has seen yet
 
     @property
     def _running(self) -> Supervisor:
@@ -87,8 +90,8 @@ class Reloader:
         return self._running.generation
 
     @property
-    def failure(self) -> dict[str, Any] | None:
-        """While the app is broken: its summary, traceback and the files to fix."""
+    def failure(self) -> Failure | None:
+        """While the app is broken: what failed (its kind, summary, traceback, the files to fix)."""
         return self._running.failure
 
     @property

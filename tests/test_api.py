@@ -216,7 +216,7 @@ async def test_forced_reload_and_events(plain_app: Path) -> None:
         assert "KeyError: 'missing setting'" in failed.traceback
         assert server.state == "failed"
         assert server.failure is not None
-        assert "missing setting" in server.failure["summary"]
+        assert "missing setting" in server.failure.summary
         await events.aclose()
 
 

@@ -206,7 +206,8 @@ async def test_a_module_created_after_it_was_not_found(tmp_path: Path, as_packag
     write(tmp_path / "main.py", app_serving("helpers.VALUE", "import helpers"))
     async with Reloader("main:app", app_dir=tmp_path) as server:
         assert server.state == "failed"
-        assert "No module named 'helpers'" in (server.failure or {}).get("summary", "")
+        assert server.failure is not None
+        assert "No module named 'helpers'" in server.failure.summary
         target = server.generation + 1
         if as_package:
             write(tmp_path / "helpers" / "__init__.py", 'VALUE = "created"\n')

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from asgireload import ConfigError, Reloader, ReloadTimeout, serve
+from asgireload._supervisor.events import ReloadRequested
 from asgireload.errors import AsgireloadError
 from asgireload.serving import resolve_import_string
 
@@ -246,6 +247,34 @@ async def test_a_wait_always_has_a_deadline(plain_app: Path) -> None:
     async with Reloader("main:app", app_dir=plain_app) as server:
         with pytest.raises(ReloadTimeout, match="generation 9 did not become ready"):
             await server.wait_for_generation(9, timeout=0.2)
+
+
+async def test_an_internal_error_stops_the_server_and_fails_the_wait(
+    plain_app: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before_children, before_fds = children(), open_fds()
+    server = await Reloader("main:app", app_dir=plain_app).__aenter__()
+    try:
+        machine = server._running._machine
+        assert machine is not None
+        handle = machine.handle
+
+        def broken(event: object) -> object:
+            if isinstance(event, ReloadRequested):
+                raise RuntimeError("a bug")
+            return handle(event)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(machine, "handle", broken)
+        with pytest.raises(AsgireloadError, match=r"internal error .*RuntimeError\('a bug'\)"):
+            await server.reload(timeout=10)  # fails at once, not at its deadline
+        await until(lambda: server.state == "stopped", what="the supervisor to stop itself")
+    except BaseException:
+        await server.__aexit__(None, None, None)
+        raise
+    with pytest.raises(AsgireloadError, match="the supervisor stopped on an internal error"):
+        await server.__aexit__(None, None, None)  # raised again on the way out: nobody may miss it
+    assert children() == before_children
+    assert open_fds() == before_fds
 
 
 async def test_cancelling_during_start_up_leaves_nothing(tmp_path: Path) -> None:

@@ -29,9 +29,9 @@ from types import ModuleType
 from typing import Any
 
 from .errorpage import displayable
+from .protocol import Failure
+from .protocol import FileEntry as FileStat
 from .watchfilter import WatchFilter
-
-FileStat = tuple[str, int | None, int | None, int | None]  # path, mtime_ns, size, inode
 
 MAX_TRACEBACK_BYTES = 256 * 1024
 MAX_SUMMARY_BYTES = 4 * 1024
@@ -46,8 +46,8 @@ _CANNOT_IMPORT_NAME = re.compile(r"cannot import name '([^']+)' from '([^']+)'")
 class AppLoadError(Exception):
     """The app could not be loaded; `failure` is what the supervisor and error page show."""
 
-    def __init__(self, failure: dict[str, Any]) -> None:
-        super().__init__(failure["summary"])
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.summary)
         self.failure = failure
 
 
@@ -225,19 +225,12 @@ def _a(noun: str) -> str:
 
 def usage_failure(
     summary: str, files: list[str] | None = None, *, missing: list[str] | None = None
-) -> dict[str, Any]:
-    return {
-        "kind": "usage",
-        "summary": cap_text(_clean(summary), MAX_SUMMARY_BYTES),
-        "traceback": "",
-        "files": files or [],
-        "missing": missing or [],
-    }
+) -> Failure:
+    summary = cap_text(_clean(summary), MAX_SUMMARY_BYTES)
+    return Failure("usage", summary, files=tuple(files or ()), missing=tuple(missing or ()))
 
 
-def failure_from_exception(
-    exc: BaseException, kind: str, *, project: WatchFilter | None = None
-) -> dict[str, Any]:
+def failure_from_exception(exc: BaseException, kind: str, *, project: WatchFilter | None = None) -> Failure:
     """Summary, a traceback of the developer's frames only, and the files worth fixing.
 
     `files` and `missing` keep the exact paths (they are watched); the summary and traceback are
@@ -259,13 +252,13 @@ def failure_from_exception(
     missing: list[str] = []
     if project is not None and isinstance(exc, ImportError):
         missing = missing_module_paths(exc, project.roots)
-    return {
-        "kind": kind,
-        "summary": cap_text(_clean(summary_of(exc)), MAX_SUMMARY_BYTES),
-        "traceback": cap_text(_clean(text), MAX_TRACEBACK_BYTES, keep_end=True),
-        "files": files,
-        "missing": missing,
-    }
+    return Failure(
+        kind,
+        cap_text(_clean(summary_of(exc)), MAX_SUMMARY_BYTES),
+        cap_text(_clean(text), MAX_TRACEBACK_BYTES, keep_end=True),
+        files=tuple(files),
+        missing=tuple(missing),
+    )
 
 
 def summary_of(exc: BaseException) -> str:
@@ -371,7 +364,7 @@ def _message_summary(text: str) -> str:
 
 
 def catch_lifespan_failure(
-    app: Callable[..., Any], sink: dict[str, Any], *, project: WatchFilter | None = None
+    app: Callable[..., Any], sink: dict[str, Failure], *, project: WatchFilter | None = None
 ) -> Callable[..., Any]:
     """Wrap the app so a lifespan start-up failure's traceback reaches the supervisor.
 
@@ -388,13 +381,11 @@ def catch_lifespan_failure(
         async def watching_send(message: Any) -> None:
             if message.get("type") == "lifespan.startup.failed" and "failure" not in sink:
                 text = _clean(str(message.get("message") or "lifespan start-up failed"))
-                sink["failure"] = {
-                    "kind": "lifespan",
-                    "summary": cap_text(_message_summary(text), MAX_SUMMARY_BYTES),
-                    "traceback": cap_text(text, MAX_TRACEBACK_BYTES, keep_end=True),
-                    "files": [],
-                    "missing": [],
-                }
+                sink["failure"] = Failure(
+                    "lifespan",
+                    cap_text(_message_summary(text), MAX_SUMMARY_BYTES),
+                    cap_text(text, MAX_TRACEBACK_BYTES, keep_end=True),
+                )
                 reported.append(True)
             await send(message)
 

@@ -19,7 +19,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 from . import _reaper, protocol
 from ._supervisor import events
@@ -95,10 +94,10 @@ class WorkerProcess:
             return self.process.returncode
         return await self.process.wait()
 
-    def send(self, message: dict[str, Any]) -> None:
-        if message["type"] == protocol.LOAD:
-            self.generation = message["generation"]
-        elif message["type"] == protocol.DRAIN:
+    def send(self, message: protocol.SupervisorMessage) -> None:
+        if isinstance(message, protocol.Load):
+            self.generation = message.generation
+        elif isinstance(message, protocol.Drain):
             self.told_to_drain = True
         self.channel.send(message)
 
@@ -125,76 +124,56 @@ class WorkerProcess:
         for task in self.tasks:
             task.cancel()
 
-    def decode(self, message: dict[str, Any]) -> events.WorkerEvent:
-        """What it said, as the machine's event; ProtocolError if it could not have said that."""
-        kind = message["type"]
+    def event_of(self, message: protocol.Message) -> events.WorkerEvent:
+        """What it said, as the machine's event; ProtocolError if it could not have said that now."""
         if not self.greeted:
-            if kind != protocol.HELLO:
-                raise protocol.ProtocolError(f"a {kind!r} message before 'hello'")
-            if message.get("protocol") != protocol.PROTOCOL_VERSION:
-                raise protocol.ProtocolError(
-                    f"protocol version {message.get('protocol')!r}, expected {protocol.PROTOCOL_VERSION}"
-                )
+            if not isinstance(message, protocol.Hello):
+                raise protocol.ProtocolError(f"a {message.TYPE!r} message before 'hello'")
             self.greeted = True
-            failed = message.get("preload_failed")
-            preload_failed = None
-            if isinstance(failed, dict) and isinstance(failed.get("module"), str):
-                preload_failed = (failed["module"], str(failed.get("error")))
-            return events.WorkerGreeted(self.id, preload_failed)
-        if kind == protocol.HELLO:
-            raise protocol.ProtocolError("a second 'hello'")
-        if kind == protocol.FILES:
-            files, modules = message.get("files"), message.get("modules", [])
-            if not isinstance(files, list) or not isinstance(modules, list):
-                raise protocol.ProtocolError("a 'files' message without a list of files")
-            for entry in files:
-                if not (
-                    isinstance(entry, list)
-                    and len(entry) == 4
-                    and isinstance(entry[0], str)
-                    and all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in entry[1:])
-                ):
-                    raise protocol.ProtocolError(f"a malformed file entry {str(entry)[:80]}")
-            return events.FilesReported(
-                self.id,
-                tuple((path, mtime, size, ino) for path, mtime, size, ino in files),
-                tuple(name for name in modules if isinstance(name, str)),
-            )
-        if kind == protocol.DRAINING:
-            if not self.told_to_drain:
+            return events.WorkerGreeted(self.id, message.preload_failed)
+        match message:
+            case protocol.Hello():
+                raise protocol.ProtocolError("a second 'hello'")
+            case protocol.Files(files, modules):
+                return events.FilesReported(self.id, files, modules)
+            case protocol.Draining() if self.told_to_drain:
+                return events.WorkerDraining(self.id)
+            case protocol.Draining():
                 raise protocol.ProtocolError("a 'draining' message from a worker that was not told to drain")
-            return events.WorkerDraining(self.id)
-        # ready or failed
-        if message.get("generation") != self.generation or self.generation is None or self.answered:
-            raise protocol.ProtocolError(f"a {kind!r} message for generation {message.get('generation')!r}")
-        self.answered = True
-        if kind == protocol.READY:
-            return events.WorkerReady(self.id, bool(message.get("error_page")))
-        return events.WorkerFailed(self.id, protocol.Failure.from_json(message.get("failure")))
+            case protocol.Ready() | protocol.Failed() if (
+                message.generation == self.generation and not self.answered
+            ):
+                self.answered = True
+                if isinstance(message, protocol.Ready):
+                    return events.WorkerReady(self.id, message.error_page)
+                return events.WorkerFailed(self.id, message.failure)
+            case protocol.Ready() | protocol.Failed():
+                raise protocol.ProtocolError(
+                    f"a {message.TYPE!r} message for generation {message.generation}"
+                )
+        raise protocol.ProtocolError(f"a {message.TYPE!r} message, which only the supervisor sends")
 
 
 async def spawn(
     worker_id: int,
-    settings: dict[str, Any],
+    settings: Callable[[int, int], protocol.Settings],
     listener: socket.socket,
     emit: Emit,
     output: Callable[[str], None] | None,
 ) -> WorkerProcess:
-    """Start a worker process; its messages, garbage and exit arrive through `emit`.
+    """Start a worker process; its messages, garbage and exit arrive through `emit` as events.
+
+    `settings(handoff_fd, listen_fd)` makes its settings, given the descriptors it will find.
 
     The settings travel over the control channel, not argv: they grow with the app (the preload
     list) and argv has a per-string limit. Raises SpawnError if the OS will not start it.
     """
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     handoff, handoff_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    handoff_child_fd = handoff_child.fileno()
     tag = _reaper.new_tag(worker_id)
     environment = dict(os.environ)
     environment[_reaper.TAG_VARIABLE] = tag
-    settings = {
-        **settings,
-        "handoff_fd": handoff_child.fileno(),
-        "listen_fd": listener.fileno(),
-    }
     try:
         pipe = asyncio.subprocess.PIPE if output is not None else None
         loop = asyncio.get_running_loop()
@@ -228,7 +207,7 @@ async def spawn(
         channel = await protocol.Channel.open(
             parent, protocol.WORKER_MESSAGES, send_limit=protocol.TRUSTED_MAX_LINE
         )
-        channel.send({"type": protocol.SETTINGS, **settings})
+        channel.send(settings(handoff_child_fd, listener.fileno()))
     except BaseException:
         parent.close()
         handoff.close()
@@ -284,7 +263,7 @@ async def _read_channel(worker: WorkerProcess, emit: Emit) -> None:
                 if now - window_start < 1.0:
                     raise protocol.ProtocolError(f"more than {FLOOD_LIMIT} messages in a second")
                 window_start, count = now, 0
-            emit(worker.decode(message))
+            emit(worker.event_of(message))
     except protocol.ProtocolError as exc:
         emit(events.ChannelBroken(worker.id, str(exc)))
     finally:

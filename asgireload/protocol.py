@@ -1,10 +1,16 @@
-"""The control channel between the supervisor and a worker.
+"""The control channel between the supervisor and a worker: one dataclass per message.
 
 One JSON object per line, each with a "type". The channel is a `socketpair()` inherited by
 the worker alone, so nothing else on the machine can speak it; still, a worker runs the
 user's code, so the supervisor treats what it reads as untrusted: an unknown type, a line that
-is not a JSON object, or a line over `MAX_LINE` bytes ends the channel with a `ProtocolError`.
+is not a JSON object, a field of the wrong type, or a line over `MAX_LINE` bytes ends the
+channel with a `ProtocolError`. Every message is checked where it is decoded (`decode`), so the
+code that receives one can trust its fields; what a message may follow (`hello` first, `ready`
+for the generation that was loaded) is checked by the reader that knows the conversation.
 Both sides import this module, and it imports nothing of asgireload's.
+
+    worker -> supervisor: Hello, Files, Ready, Failed, Draining
+    supervisor -> worker: Settings (first, read before Hello), Load, Serve, ShowFailure, Drain
 """
 
 from __future__ import annotations
@@ -14,29 +20,13 @@ import contextlib
 import dataclasses
 import json
 import socket
-from typing import Any
+from typing import Any, ClassVar
 
 PROTOCOL_VERSION = 2
 MAX_LINE = 1 << 20  # 1 MiB: what the supervisor reads from a worker (a `files` report is chunked)
 # What a worker reads from the supervisor, which it trusts: no limit that grows with the app (the
 # settings carry the preload list, one name per module the app imported).
 TRUSTED_MAX_LINE = 1 << 30
-
-# worker -> supervisor
-HELLO = "hello"  # {pid, protocol}: first message, the worker is warm and waits for `load`
-FILES = "files"  # {files: [[path, mtime_ns, size, ino] | [path, null, null, null]], modules: [names]}
-READY = "ready"  # {generation, error_page: bool}: lifespan start-up done; accepts once told `serve`
-FAILED = "failed"  # {generation, failure: {summary, traceback, files, missing, kind}}; waits for orders
-DRAINING = "draining"  # {}: it no longer accepts nor answers new requests on its connections
-WORKER_MESSAGES = frozenset({HELLO, FILES, READY, FAILED, DRAINING})
-
-# supervisor -> worker
-SETTINGS = "settings"  # {app, roots, env, preload, uvicorn, ...}: the first message, read before `hello`
-LOAD = "load"  # {generation, env, failure: {...} | null}: import the app (or show that failure)
-SERVE = "serve"  # {}: start accepting (the app after `ready`, the error page after `failed`)
-FAILURE = "failure"  # {failure}: update what an error-page worker shows
-DRAIN = "drain"  # {timeout}: stop accepting (or never start), finish requests, shut down, exit
-SUPERVISOR_MESSAGES = frozenset({SETTINGS, LOAD, SERVE, FAILURE, DRAIN})
 
 
 class ProtocolError(Exception):
@@ -90,25 +80,251 @@ class Failure:
         return cls(kind, summary, traceback, tuple(files), tuple(missing), exit_reason)
 
 
-def encode(message: dict[str, Any], limit: int = MAX_LINE) -> bytes:
+_REQUIRED: Any = object()
+
+
+def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = _REQUIRED) -> Any:
+    """data[name], checked to be a `kind` (a bool is not an int); ProtocolError otherwise."""
+    value = data.get(name, default)
+    if value is _REQUIRED:
+        raise ProtocolError(f"a {data.get('type')!r} message without {name!r}")
+    if value is default and default is not _REQUIRED:
+        return value
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise ProtocolError(f"a {data.get('type')!r} message whose {name!r} is {str(value)[:80]!r}")
+    return value
+
+
+def _texts(data: dict[str, Any], name: str) -> tuple[str, ...]:
+    values = _field(data, name, list, [])
+    if not all(isinstance(v, str) for v in values):
+        raise ProtocolError(f"a {data.get('type')!r} message whose {name!r} is not a list of text")
+    return tuple(values)
+
+
+def _environment(data: dict[str, Any]) -> dict[str, str]:
+    env = _field(data, "env", dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ProtocolError(f"a {data.get('type')!r} message whose 'env' is not text to text")
+    return dict(env)
+
+
+# ------------------------------------------------------------------ worker -> supervisor
+
+
+@dataclasses.dataclass(frozen=True)
+class Hello:
+    """The first message: the worker is warm (preloaded) and waits for `Load`."""
+
+    TYPE: ClassVar[str] = "hello"
+    pid: int
+    protocol: int = PROTOCOL_VERSION
+    preload_failed: tuple[str, str] | None = None  # (module, error) of the preload that failed
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Hello:
+        version = data.get("protocol")
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
+        failed = _field(data, "preload_failed", (list, type(None)), None)
+        if failed is not None and not (len(failed) == 2 and all(isinstance(v, str) for v in failed)):
+            raise ProtocolError(f"a 'hello' message whose 'preload_failed' is {str(failed)[:80]!r}")
+        return cls(_field(data, "pid", int), version, None if failed is None else (failed[0], failed[1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Files:
+    """Files the worker imported, each with the stat it saw; installed modules it imported."""
+
+    TYPE: ClassVar[str] = "files"
+    files: tuple[FileEntry, ...] = ()
+    modules: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Files:
+        files = data.get("files")
+        if not isinstance(files, list) or not isinstance(data.get("modules", []), list):
+            raise ProtocolError("a 'files' message without a list of files")
+        for entry in files:
+            if not (
+                isinstance(entry, list)
+                and len(entry) == 4
+                and isinstance(entry[0], str)
+                and all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in entry[1:])
+            ):
+                raise ProtocolError(f"a malformed file entry {str(entry)[:80]}")
+        return cls(tuple((p, m, s, i) for p, m, s, i in files), _texts(data, "modules"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Ready:
+    """Lifespan start-up is done (or the error page is up); it accepts once told `Serve`."""
+
+    TYPE: ClassVar[str] = "ready"
+    generation: int
+    error_page: bool = False
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Ready:
+        return cls(_field(data, "generation", int), _field(data, "error_page", bool, False))
+
+
+@dataclasses.dataclass(frozen=True)
+class Failed:
+    """The app could not start; the worker waits to be told `Serve` (the error page) or to end."""
+
+    TYPE: ClassVar[str] = "failed"
+    generation: int
+    failure: Failure
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Failed:
+        return cls(_field(data, "generation", int), Failure.from_json(data.get("failure")))
+
+
+@dataclasses.dataclass(frozen=True)
+class Draining:
+    """It no longer accepts nor answers new requests on its connections."""
+
+    TYPE: ClassVar[str] = "draining"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Draining:
+        return cls()
+
+
+# ------------------------------------------------------------------ supervisor -> worker
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The first message, read before the event loop exists: everything a worker is."""
+
+    TYPE: ClassVar[str] = "settings"
+    app: str
+    factory: bool
+    app_dir: str
+    roots: tuple[str, ...]
+    includes: tuple[str, ...]
+    excludes: tuple[str, ...]
+    drain_timeout: float
+    show_errors: bool
+    only_loopback_hosts: bool  # details only for loopback Host headers
+    env: dict[str, str]  # the env file, applied before anything is preloaded
+    preload: tuple[str, ...]  # installed modules to import before saying hello
+    uvicorn: dict[str, Any]  # uvicorn.Config's options
+    handoff_fd: int
+    listen_fd: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Settings:
+        return cls(
+            app=_field(data, "app", str),
+            factory=_field(data, "factory", bool),
+            app_dir=_field(data, "app_dir", str),
+            roots=_texts(data, "roots"),
+            includes=_texts(data, "includes"),
+            excludes=_texts(data, "excludes"),
+            drain_timeout=float(_field(data, "drain_timeout", (int, float))),
+            show_errors=_field(data, "show_errors", bool),
+            only_loopback_hosts=_field(data, "only_loopback_hosts", bool),
+            env=_environment(data),
+            preload=_texts(data, "preload"),
+            uvicorn=_field(data, "uvicorn", dict),
+            handoff_fd=_field(data, "handoff_fd", int),
+            listen_fd=_field(data, "listen_fd", int),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """Import the app as generation `generation` (or show `failure` instead), with this env."""
+
+    TYPE: ClassVar[str] = "load"
+    generation: int
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    failure: Failure | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Load:
+        failure = data.get("failure")
+        return cls(
+            _field(data, "generation", int),
+            _environment(data),
+            None if failure is None else Failure.from_json(failure),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Serve:
+    """Start accepting: the app after `Ready`, the error page after `Failed`."""
+
+    TYPE: ClassVar[str] = "serve"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Serve:
+        return cls()
+
+
+@dataclasses.dataclass(frozen=True)
+class ShowFailure:
+    """Show this failure on the error page from now on."""
+
+    TYPE: ClassVar[str] = "failure"
+    failure: Failure
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ShowFailure:
+        return cls(Failure.from_json(data.get("failure")))
+
+
+@dataclasses.dataclass(frozen=True)
+class Drain:
+    """Stop accepting (or never start), finish requests within `timeout` s, shut down, exit."""
+
+    TYPE: ClassVar[str] = "drain"
+    timeout: float
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Drain:
+        return cls(float(_field(data, "timeout", (int, float))))
+
+
+WorkerMessage = Hello | Files | Ready | Failed | Draining
+SupervisorMessage = Settings | Load | Serve | ShowFailure | Drain
+Message = WorkerMessage | SupervisorMessage
+Kinds = dict[str, type[Message]]
+WORKER_MESSAGES: Kinds = {m.TYPE: m for m in (Hello, Files, Ready, Failed, Draining)}
+SUPERVISOR_MESSAGES: Kinds = {m.TYPE: m for m in (Settings, Load, Serve, ShowFailure, Drain)}
+
+
+def encode(message: Message, limit: int = MAX_LINE) -> bytes:
     """One line of JSON. ASCII escapes keep paths that are not UTF-8 (surrogate escapes) lossless."""
-    line = json.dumps(message, separators=(",", ":")).encode("ascii") + b"\n"
+    fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
+    data = {
+        "type": message.TYPE,
+        **{k: v.to_json() if isinstance(v, Failure) else v for k, v in fields.items()},
+    }
+    line = json.dumps(data, separators=(",", ":")).encode("ascii") + b"\n"
     if len(line) > limit:
-        raise ProtocolError(f"a {message.get('type')!r} message of {len(line)} bytes is over the limit.")
+        raise ProtocolError(f"a {message.TYPE!r} message of {len(line)} bytes is over the limit.")
     return line
 
 
-def decode(line: bytes, allowed: frozenset[str]) -> dict[str, Any]:
+def decode(line: bytes, allowed: Kinds) -> Message:
+    """The message on one line, its fields checked; ProtocolError for anything else."""
     try:
-        message = json.loads(line)
+        data = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"a line that is not JSON: {line[:80]!r}") from exc
-    if not isinstance(message, dict):
+    if not isinstance(data, dict):
         raise ProtocolError(f"a JSON value that is not an object: {line[:80]!r}")
-    kind = message.get("type")
-    if kind not in allowed:
+    kind = data.get("type")
+    message_class = allowed.get(kind) if isinstance(kind, str) else None
+    if message_class is None:
         raise ProtocolError(f"an unknown message type {kind!r}")
-    return message
+    return message_class.from_json(data)
 
 
 class Channel:
@@ -118,7 +334,7 @@ class Channel:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        allowed: frozenset[str],
+        allowed: Kinds,
         max_line: int = MAX_LINE,
         send_limit: int = MAX_LINE,
     ):
@@ -132,7 +348,7 @@ class Channel:
     async def open(
         cls,
         sock: socket.socket,
-        allowed: frozenset[str],
+        allowed: Kinds,
         *,
         max_line: int = MAX_LINE,
         send_limit: int = MAX_LINE,
@@ -146,7 +362,7 @@ class Channel:
         if data:
             self._reader.feed_data(data)
 
-    async def receive(self) -> dict[str, Any] | None:
+    async def receive(self) -> Message | None:
         """The next message, or None at end of file. Raises ProtocolError on garbage."""
         try:
             line = await self._reader.readuntil(b"\n")
@@ -160,7 +376,7 @@ class Channel:
             return None
         return decode(line, self._allowed)
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: Message) -> None:
         """Queue a message; a closed channel drops it (the reader sees EOF and acts on that)."""
         if self._writer.is_closing():
             return

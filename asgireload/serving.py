@@ -259,4 +259,4 @@ def import_app(config: Config) -> Any:
     try:
         return load_app(config.app, factory=config.factory, app_dir=config.app_dir)
     except AppLoadError as exc:
-        raise AsgireloadError(exc.failure["summary"]) from None
+        raise AsgireloadError(exc.failure.summary) from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -294,20 +295,18 @@ class Supervisor:
                 return await self._spawn(command)
             case c.Load():
                 if process is not None:
-                    failure = command.failure.to_json() if command.failure is not None else None
-                    load = {"generation": command.generation, "env": dict(command.env), "failure": failure}
-                    process.send({"type": protocol.LOAD, **load})
+                    process.send(protocol.Load(command.generation, dict(command.env), command.failure))
             case c.Serve():
                 if process is not None:
-                    process.send({"type": protocol.SERVE})
+                    process.send(protocol.Serve())
                 if self._held:
                     self._relay(None, self._held.take())
             case c.ShowFailure():
                 if process is not None:
-                    process.send({"type": protocol.FAILURE, "failure": command.failure.to_json()})
+                    process.send(protocol.ShowFailure(command.failure))
             case c.Drain():
                 if process is not None:
-                    process.send({"type": protocol.DRAIN, "timeout": command.timeout})
+                    process.send(protocol.Drain(command.timeout))
             case c.Kill():
                 if process is not None:
                     process.kill()
@@ -333,7 +332,7 @@ class Supervisor:
         spawning = asyncio.ensure_future(
             _workers.spawn(
                 command.worker,
-                self._worker_settings(command.preload),
+                functools.partial(self._worker_settings, command.preload),
                 self._listener,
                 self._queue.put_nowait,
                 self._capture if self.config.capture_output else None,
@@ -409,26 +408,30 @@ class Supervisor:
         except EnvFileError as exc:
             return {}, protocol.Failure(kind="env", summary=str(exc), files=(self.config.env_file,))
 
-    def _worker_settings(self, preload: tuple[str, ...]) -> dict[str, Any]:
+    def _worker_settings(
+        self, preload: tuple[str, ...], handoff_fd: int, listen_fd: int
+    ) -> protocol.Settings:
         c = self.config
         env, env_failure = self._read_env()  # a broken env file is reported by the load that reads it
         if env_failure is not None:
             logger.error("%s", env_failure.summary)
-        return {
-            "app": c.import_string,
-            "factory": c.factory,
-            "app_dir": c.app_dir,
-            "roots": list(self.project.roots),
-            "includes": list(c.reload_includes),
-            "excludes": list(c.reload_excludes),
-            "drain_timeout": c.drain_timeout,
-            "show_errors": c.errors_visible,
+        return protocol.Settings(
+            app=c.import_string,
+            factory=c.factory,
+            app_dir=c.app_dir,
+            roots=tuple(self.project.roots),
+            includes=tuple(c.reload_includes),
+            excludes=tuple(c.reload_excludes),
+            drain_timeout=c.drain_timeout,
+            show_errors=c.errors_visible,
             # details only for loopback Host headers, unless --show-errors asked for them anyway
-            "only_loopback_hosts": c.is_loopback and c.show_errors is None,
-            "env": dict(env),
-            "preload": list(preload),
-            "uvicorn": c.uvicorn_options(),
-        }
+            only_loopback_hosts=c.is_loopback and c.show_errors is None,
+            env=dict(env),
+            preload=preload,
+            uvicorn=c.uvicorn_options(),
+            handoff_fd=handoff_fd,
+            listen_fd=listen_fd,
+        )
 
     # ---------------------------------------------------------------- stopping
 
@@ -470,7 +473,7 @@ class Supervisor:
             for command in machine.handle(e.Stop(force)):
                 process = self._processes.get(getattr(command, "worker", -1))
                 if isinstance(command, c.Drain) and process is not None:
-                    process.send({"type": protocol.DRAIN, "timeout": command.timeout})
+                    process.send(protocol.Drain(command.timeout))
                 elif isinstance(command, c.Kill) and process is not None:
                     process.kill()
             draining = {w.id for w in machine.workers.values() if w.role is Role.DRAINING}

@@ -55,8 +55,10 @@ from ._loader import (  # noqa: E402
     failure_from_exception,
     load_app,
 )
+from ._paths import relative  # noqa: E402
 from ._server import Server  # noqa: E402
 from .errorpage import error_app  # noqa: E402
+from .protocol import Failure  # noqa: E402
 from .watchfilter import WatchFilter  # noqa: E402
 
 LAZY_IMPORT_CHECK = 0.5  # seconds between looks for modules imported after start-up
@@ -87,7 +89,7 @@ def _watch_for_hangup(fd: int) -> None:
     threading.Thread(target=wait, name="asgireload-hangup", daemon=True).start()
 
 
-def _read_settings(control: socket.socket) -> tuple[dict[str, Any], bytes]:
+def _read_settings(control: socket.socket) -> tuple[protocol.Settings, bytes]:
     """The first message, read before any event loop exists (it chooses the loop)."""
     buffer = b""
     while b"\n" not in buffer:
@@ -96,14 +98,15 @@ def _read_settings(control: socket.socket) -> tuple[dict[str, Any], bytes]:
             _exit_with_children()
         buffer += chunk
     line, _, rest = buffer.partition(b"\n")
-    settings = protocol.decode(line, frozenset({protocol.SETTINGS}))
+    settings = protocol.decode(line, {protocol.Settings.TYPE: protocol.Settings})
+    assert isinstance(settings, protocol.Settings)
     return settings, rest
 
 
-def _uvicorn_imports(settings: dict[str, Any]) -> frozenset[str]:
+def _uvicorn_imports(settings: protocol.Settings) -> frozenset[str]:
     """What `uvicorn APP` has imported by the time it imports the app: uvicorn itself, and what
     its Config loads for these options (protocols, lifespan, loop)."""
-    config = uvicorn.Config(_placeholder_app, **dict(settings["uvicorn"], loop="none"), log_config=None)
+    config = uvicorn.Config(_placeholder_app, **dict(settings.uvicorn, loop="none"), log_config=None)
     before = frozenset(sys.modules)
     config.load()
     return _AT_START | _UVICORN | (frozenset(sys.modules) - before)
@@ -127,53 +130,47 @@ def _shadowed_modules(project_paths: list[str], imported_by_uvicorn: frozenset[s
 
 
 class Worker:
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: protocol.Settings, control_fd: int) -> None:
         self.settings = settings
-        self.project = WatchFilter(settings["roots"], settings["includes"], settings["excludes"])
+        self.control_fd = control_fd
+        self.project = WatchFilter(settings.roots, settings.includes, settings.excludes)
         self.recorder = ImportRecorder(self.project)
         self.generation = 0
-        self.failure: dict[str, Any] = {}
+        self.shown: dict[str, Any] = {}  # the failure the error page shows (it follows updates)
         self.server: Server | None = None
         self.channel: protocol.Channel | None = None
         self.imported_by_uvicorn: frozenset[str] = frozenset()
 
     async def run(self, received: bytes = b"") -> None:
-        control = socket.socket(fileno=self.settings["control_fd"])
+        control = socket.socket(fileno=self.control_fd)
         self.channel = channel = await protocol.Channel.open(
             control, protocol.SUPERVISOR_MESSAGES, max_line=protocol.TRUSTED_MAX_LINE
         )
         channel.feed(received)
         preload_failed = self._preload()
-        channel.send(
-            {
-                "type": protocol.HELLO,
-                "pid": os.getpid(),
-                "protocol": protocol.PROTOCOL_VERSION,
-                "preload_failed": preload_failed,
-            }
-        )
+        channel.send(protocol.Hello(os.getpid(), protocol.PROTOCOL_VERSION, preload_failed))
         message = await self._receive()
-        if message["type"] != protocol.LOAD:
+        if not isinstance(message, protocol.Load):
             return
-        self.generation = message["generation"]
+        self.generation = message.generation
         self._prepare_imports()
-        os.environ.update(message.get("env") or {})
+        os.environ.update(message.env)
 
-        if message.get("failure"):
-            self.failure.update(message["failure"])
+        if message.failure is not None:
+            self._show(message.failure)
             started = False
-            channel.send({"type": protocol.READY, "generation": self.generation, "error_page": True})
+            channel.send(protocol.Ready(self.generation, error_page=True))
         else:
             started = await self._start_app()
             if started:
-                channel.send({"type": protocol.READY, "generation": self.generation, "error_page": False})
+                channel.send(protocol.Ready(self.generation, error_page=False))
         # Accept nothing until the supervisor says this generation is the one it wants serving.
         message = await self._receive()
-        if message["type"] != protocol.SERVE:
+        if not isinstance(message, protocol.Serve):
             if self.server is not None and started:
                 await self.server.lifespan.shutdown()
             return
-        listener = socket.socket(fileno=self.settings["listen_fd"])
+        listener = socket.socket(fileno=self.settings.listen_fd)
         if started:
             assert self.server is not None
             await self.server.start_accepting([listener])
@@ -183,7 +180,7 @@ class Worker:
             await self.server.start_accepting([listener])
         await channel.flush()
 
-        handoff = socket.socket(fileno=self.settings["handoff_fd"])
+        handoff = socket.socket(fileno=self.settings.handoff_fd)
         server = self.server
         draining = False
 
@@ -201,12 +198,12 @@ class Worker:
         await server.drain(
             drain_timeout,
             hand_off=lambda fd, pending: _handoff.send_connection(handoff, fd, pending),
-            on_stopped=lambda: channel.send({"type": protocol.DRAINING}),
+            on_stopped=lambda: channel.send(protocol.Draining()),
         )
         stop_listening()
         await channel.flush()
 
-    async def _receive(self) -> dict[str, Any]:
+    async def _receive(self) -> protocol.Message:
         assert self.channel is not None
         try:
             message = await self.channel.receive()
@@ -219,33 +216,33 @@ class Worker:
 
     def _prepare_imports(self) -> None:
         """Put the project where `uvicorn APP` has it: first on sys.path, PYTHONPATH after it."""
-        project_paths = [self.settings["app_dir"], *_PYTHONPATH]
+        project_paths = [self.settings.app_dir, *_PYTHONPATH]
         for name in _shadowed_modules(project_paths, self.imported_by_uvicorn):
             del sys.modules[name]
         sys.path[0:0] = project_paths
         importlib.invalidate_caches()
 
-    def _preload(self) -> dict[str, str] | None:
+    def _preload(self) -> tuple[str, str] | None:
         """Import the third-party modules the last generation used, so a reload need not.
 
         Stops at the first that fails (the supervisor drops it from the list and says so once).
         """
-        for name in self.settings.get("preload") or ():
+        for name in self.settings.preload:
             try:
                 importlib.import_module(name)
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
-                return {"module": name, "error": f"{type(exc).__name__}: {exc}"}
+                return (name, f"{type(exc).__name__}: {exc}")
         return None
 
     async def _start_app(self) -> bool:
         """Import the app and run its lifespan start-up (not accepting yet); on failure report it."""
         try:
             app = load_app(
-                self.settings["app"],
-                factory=self.settings["factory"],
-                app_dir=self.settings["app_dir"],
+                self.settings.app,
+                factory=self.settings.factory,
+                app_dir=self.settings.app_dir,
                 project=self.project,
             )
         except AppLoadError as exc:
@@ -253,7 +250,7 @@ class Worker:
             self._fail(exc.failure)
             return False
         self._report_files()
-        sink: dict[str, Any] = {}
+        sink: dict[str, Failure] = {}
         try:
             ok = await self._start_server(app, lifespan_sink=sink)
         except Exception as exc:
@@ -263,50 +260,48 @@ class Worker:
             return True
         self.server = None
         self._report_files()
-        self._fail(
-            sink.get("failure")
-            or {"kind": "lifespan", "summary": "lifespan start-up failed", "traceback": "", "files": []}
-        )
+        self._fail(sink.get("failure") or Failure("lifespan", "lifespan start-up failed"))
         return False
 
     async def _start_server(
-        self, app: Any, interface: str | None = None, lifespan_sink: dict[str, Any] | None = None
+        self, app: Any, interface: str | None = None, lifespan_sink: dict[str, Failure] | None = None
     ) -> bool:
         """A uvicorn server for `app`, through its lifespan start-up; False if that failed."""
-        options = dict(self.settings["uvicorn"], loop="none")  # the loop runs already
+        options = dict(self.settings.uvicorn, loop="none")  # the loop runs already
         if interface is not None:
             options["interface"] = interface
-        config = uvicorn.Config(app, **options, timeout_graceful_shutdown=self.settings["drain_timeout"])
+        # uvicorn types it as int, and uses it as a number of seconds: a fraction is kept
+        drain = self.settings.drain_timeout
+        config = uvicorn.Config(app, **options, timeout_graceful_shutdown=drain)  # type: ignore[arg-type]
         config.load()  # resolves the interface: from here on the app is ASGI 3, whatever it was
         if lifespan_sink is not None:
             config.loaded_app = catch_lifespan_failure(config.loaded_app, lifespan_sink, project=self.project)
         self.server = Server(config)
         return await self.server.start_lifespan()
 
-    def _fail(self, failure: dict[str, Any]) -> None:
-        self.failure.clear()
-        self.failure.update(failure, files=[_relative(p) for p in failure.get("files", [])])
+    def _fail(self, failure: Failure) -> None:
+        self._show(failure)
         assert self.channel is not None
-        self.channel.send({"type": protocol.FAILED, "generation": self.generation, "failure": failure})
+        self.channel.send(protocol.Failed(self.generation, failure))
+
+    def _show(self, failure: Failure) -> None:
+        """What the error page shows from now on (the files relative to the current folder)."""
+        self.shown.clear()
+        self.shown.update(failure.to_json(), files=[relative(p) for p in failure.files])
 
     def _error_app(self) -> Any:
         return error_app(
-            self.failure,
-            show_details=self.settings["show_errors"],
-            only_loopback_hosts=self.settings["only_loopback_hosts"],
+            self.shown,
+            show_details=self.settings.show_errors,
+            only_loopback_hosts=self.settings.only_loopback_hosts,
         )
 
     def _report_files(self) -> None:
         assert self.channel is not None
         files, modules = self.recorder.new_modules()
         for start in range(0, max(len(files), len(modules), 1), REPORT_CHUNK):
-            self.channel.send(
-                {
-                    "type": protocol.FILES,
-                    "files": files[start : start + REPORT_CHUNK],
-                    "modules": modules[start : start + REPORT_CHUNK],
-                }
-            )
+            chunk = slice(start, start + REPORT_CHUNK)
+            self.channel.send(protocol.Files(tuple(files[chunk]), tuple(modules[chunk])))
 
     async def _report_lazy_imports(self) -> None:
         """Modules imported inside request handlers are watched too, within a second."""
@@ -323,36 +318,29 @@ class Worker:
         try:
             while True:
                 message = await self._receive()
-                if message["type"] == protocol.DRAIN:
-                    return float(message.get("timeout", self.settings["drain_timeout"]))
-                if message["type"] == protocol.FAILURE:
-                    self.failure.clear()
-                    self.failure.update(message["failure"])
+                if isinstance(message, protocol.Drain):
+                    return message.timeout
+                if isinstance(message, protocol.ShowFailure):
+                    self._show(message.failure)
         finally:
             self.server.request_stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await serving
 
 
-def _relative(path: str) -> str:
-    rel = os.path.relpath(path)
-    return path if rel.startswith("..") else rel
-
-
 def main() -> None:
     control_fd = int(sys.argv[1])
     _watch_for_hangup(control_fd)
     settings, received = _read_settings(socket.socket(fileno=os.dup(control_fd)))
-    settings["control_fd"] = control_fd
-    for fd in (control_fd, settings["handoff_fd"], settings["listen_fd"]):
+    for fd in (control_fd, settings.handoff_fd, settings.listen_fd):
         os.set_inheritable(fd, False)  # the app's children must not hold the port or our channels
-    os.environ.update(settings.get("env") or {})  # the env file, before anything is preloaded
+    os.environ.update(settings.env)  # the env file, before anything is preloaded
     os.environ["ASGIRELOAD_WORKER"] = "1"  # serve() refuses to start a server from inside a worker
-    _logging.configure(settings["uvicorn"]["log_level"])
-    worker = Worker(settings)
+    _logging.configure(settings.uvicorn["log_level"])
+    worker = Worker(settings, control_fd)
     worker.imported_by_uvicorn = _uvicorn_imports(settings)
     worker.recorder.install()
-    loop_factory = uvicorn.Config(app="unused:app", loop=settings["uvicorn"]["loop"]).get_loop_factory()
+    loop_factory = uvicorn.Config(app="unused:app", loop=settings.uvicorn["loop"]).get_loop_factory()
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(worker.run(received))
     with contextlib.suppress(Exception):

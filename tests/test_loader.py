@@ -30,6 +30,7 @@ from asgireload._loader import (
     missing_module_paths,
     summary_of,
 )
+from asgireload.protocol import Failure
 from asgireload.watchfilter import InstallLocations, WatchFilter
 
 from .conftest import write
@@ -209,17 +210,17 @@ def test_the_failure_lists_where_the_module_would_be_created(layout: tuple[Path,
     with pytest.raises(AppLoadError) as excinfo:
         load_app("h1_main:app", factory=False, app_dir=str(app), project=project)
     failure = excinfo.value.failure
-    assert failure["summary"] == "ModuleNotFoundError: No module named 'h1_helpers'"
-    assert failure["missing"] == [str(app / "h1_helpers.py"), str(app / "h1_helpers")]
-    assert failure["files"] == [str(app / "h1_main.py")]
+    assert failure.summary == "ModuleNotFoundError: No module named 'h1_helpers'"
+    assert failure.missing == (str(app / "h1_helpers.py"), str(app / "h1_helpers"))
+    assert failure.files == (str(app / "h1_main.py"),)
 
     with pytest.raises(AppLoadError) as excinfo:
         load_app("h1_renamed:app", factory=False, app_dir=str(app), project=project)
-    assert excinfo.value.failure["kind"] == "usage"
-    assert excinfo.value.failure["missing"] == [str(app / "h1_renamed.py"), str(app / "h1_renamed")]
+    assert excinfo.value.failure.kind == "usage"
+    assert excinfo.value.failure.missing == (str(app / "h1_renamed.py"), str(app / "h1_renamed"))
 
     exc = import_error("h1_other_missing")
-    assert failure_from_exception(exc, "import")["missing"] == []  # no project, no roots
+    assert failure_from_exception(exc, "import").missing == ()  # no project, no roots
 
 
 # ---------------------------------------------------------------- summaries and sizes
@@ -254,7 +255,7 @@ class Unprintable(Exception):
 )
 def test_summary_is_the_type_and_the_first_line(exc: BaseException, summary: str) -> None:
     assert summary_of(exc) == summary
-    assert failure_from_exception(raised(exc), "import")["summary"] == summary
+    assert failure_from_exception(raised(exc), "import").summary == summary
 
 
 def test_a_syntax_error_keeps_its_usual_line(tmp_path: Path) -> None:
@@ -264,9 +265,9 @@ def test_a_syntax_error_keeps_its_usual_line(tmp_path: Path) -> None:
 
     failure = failure_from_exception(excinfo.value, "import")
 
-    assert failure["summary"] == "SyntaxError: invalid syntax (main.py, line 3)"
-    assert failure["files"][-1] == path  # the file to fix comes last
-    assert "def broken(:" in failure["traceback"]
+    assert failure.summary == "SyntaxError: invalid syntax (main.py, line 3)"
+    assert failure.files[-1] == path  # the file to fix comes last
+    assert "def broken(:" in failure.traceback
 
 
 CUT = re.compile(r"\u2026 \[([\d,]+) characters cut\]")
@@ -278,15 +279,15 @@ def test_a_huge_failure_is_cut_and_still_fits_in_a_message(char: str) -> None:
 
     failure = failure_from_exception(exc, "import")
 
-    assert len(failure["traceback"].encode()) <= MAX_TRACEBACK_BYTES
-    assert len(failure["summary"].encode()) <= MAX_SUMMARY_BYTES
-    assert failure["summary"].startswith("ValueError: start ")
-    assert CUT.search(failure["summary"])
-    assert failure["traceback"].startswith("Traceback (most recent call last):")
-    assert failure["traceback"].rstrip().endswith(" the end")  # the end of the message is kept
-    assert CUT.search(failure["traceback"])
-    assert "\ufffd" not in failure["traceback"]  # no character was split
-    line = protocol.encode({"type": protocol.FAILED, "generation": 1, "failure": failure})
+    assert len(failure.traceback.encode()) <= MAX_TRACEBACK_BYTES
+    assert len(failure.summary.encode()) <= MAX_SUMMARY_BYTES
+    assert failure.summary.startswith("ValueError: start ")
+    assert CUT.search(failure.summary)
+    assert failure.traceback.startswith("Traceback (most recent call last):")
+    assert failure.traceback.rstrip().endswith(" the end")  # the end of the message is kept
+    assert CUT.search(failure.traceback)
+    assert "\ufffd" not in failure.traceback  # no character was split
+    line = protocol.encode(protocol.Failed(1, failure))
     assert len(line) <= protocol.MAX_LINE
 
 
@@ -315,7 +316,7 @@ def test_the_cut_is_announced_with_thousands_separators() -> None:
 # ---------------------------------------------------------------- lifespan failures
 
 
-async def run_lifespan(app: Any, sink: dict[str, Any], *, project: WatchFilter | None = None) -> None:
+async def run_lifespan(app: Any, sink: dict[str, Failure], *, project: WatchFilter | None = None) -> None:
     async def receive() -> dict[str, Any]:
         return {"type": "lifespan.startup"}
 
@@ -340,12 +341,12 @@ async def test_a_lifespan_failure_message_summary(message: str, summary: str) ->
         await receive()
         await send({"type": "lifespan.startup.failed", "message": message})
 
-    sink: dict[str, Any] = {}
+    sink: dict[str, Failure] = {}
     await run_lifespan(app, sink)
 
-    assert sink["failure"]["kind"] == "lifespan"
-    assert sink["failure"]["summary"] == summary
-    assert set(sink["failure"]) == {"kind", "summary", "traceback", "files", "missing"}
+    assert sink["failure"].kind == "lifespan"
+    assert sink["failure"].summary == summary
+    assert (sink["failure"].files, sink["failure"].missing) == ((), ())
 
 
 async def test_a_lifespan_exception_after_its_message_wins() -> None:
@@ -361,11 +362,11 @@ async def test_a_lifespan_exception_after_its_message_wins() -> None:
             await send({"type": "lifespan.startup.failed", "message": traceback.format_exc()})
             raise
 
-    sink: dict[str, Any] = {}
+    sink: dict[str, Failure] = {}
     await run_lifespan(app, sink)
 
-    assert sink["failure"]["summary"] == "ConnectionError: cache unreachable"
-    assert __file__ in sink["failure"]["files"]
+    assert sink["failure"].summary == "ConnectionError: cache unreachable"
+    assert __file__ in sink["failure"].files
 
 
 async def test_a_huge_lifespan_message_is_cut() -> None:
@@ -373,11 +374,11 @@ async def test_a_huge_lifespan_message_is_cut() -> None:
         await receive()
         await send({"type": "lifespan.startup.failed", "message": "bad " + "x" * 1_000_000})
 
-    sink: dict[str, Any] = {}
+    sink: dict[str, Failure] = {}
     await run_lifespan(app, sink)
 
-    assert len(sink["failure"]["summary"].encode()) <= MAX_SUMMARY_BYTES
-    assert len(sink["failure"]["traceback"].encode()) <= MAX_TRACEBACK_BYTES
+    assert len(sink["failure"].summary.encode()) <= MAX_SUMMARY_BYTES
+    assert len(sink["failure"].traceback.encode()) <= MAX_TRACEBACK_BYTES
 
 
 # ---------------------------------------------------------------- paths that are not UTF-8
@@ -400,9 +401,11 @@ def test_a_failure_in_a_folder_whose_name_is_not_utf8(
     exc = import_error("h1_latin")
     failure = failure_from_exception(exc, "import", project=WatchFilter([folder]))
 
-    assert failure["files"][-1] == module  # the exact path, to watch
-    assert os.path.join(folder, "h1_latin_missing.py") in failure["missing"]
-    assert "caf\\xe9" in failure["traceback"]  # shown as text
-    json.dumps(failure)
-    line = protocol.encode({"type": protocol.FAILED, "generation": 1, "failure": failure})
-    assert protocol.decode(line, protocol.WORKER_MESSAGES)["failure"]["files"][-1] == module
+    assert failure.files[-1] == module  # the exact path, to watch
+    assert os.path.join(folder, "h1_latin_missing.py") in failure.missing
+    assert "caf\\xe9" in failure.traceback  # shown as text
+    json.dumps(failure.to_json())
+    line = protocol.encode(protocol.Failed(1, failure))
+    decoded = protocol.decode(line, protocol.WORKER_MESSAGES)
+    assert isinstance(decoded, protocol.Failed)
+    assert decoded.failure.files[-1] == module

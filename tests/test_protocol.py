@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import re
 import socket
 
 import pytest
@@ -12,10 +14,60 @@ from asgireload import protocol
 
 
 def test_a_message_round_trips() -> None:
-    message = {"type": "files", "files": [["/a/b.py", 1, 2, 3]], "modules": ["ünïcode"]}
+    message = protocol.Files((("/a/b.py", 1, 2, 3), ("/a/gone.py", None, None, None)), ("ünïcode",))
     line = protocol.encode(message)
     assert line.endswith(b"\n")
     assert protocol.decode(line, protocol.WORKER_MESSAGES) == message
+
+
+FAILURE = protocol.Failure("import", "RuntimeError: boom", "Traceback ...", ("/a/main.py",), ("/a/x.py",))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        protocol.Hello(pid=12, preload_failed=("fastapi", "ImportError: no")),
+        protocol.Ready(3, error_page=True),
+        protocol.Failed(3, FAILURE),
+        protocol.Draining(),
+        protocol.Load(4, {"KEY": "value"}, FAILURE),
+        protocol.Load(4),
+        protocol.Serve(),
+        protocol.ShowFailure(dataclasses.replace(FAILURE, kind="crash", exit_reason="killed by SIGKILL")),
+        protocol.Drain(2.5),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_every_message_round_trips(message: protocol.Message) -> None:
+    allowed = {**protocol.WORKER_MESSAGES, **protocol.SUPERVISOR_MESSAGES}
+    assert protocol.decode(protocol.encode(message), allowed) == message
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (b'{"type": "hello", "pid": 1, "protocol": 1}', "protocol version 1, expected 2"),
+        (b'{"type": "hello", "protocol": 2}', "a 'hello' message without 'pid'"),
+        (b'{"type": "hello", "pid": true, "protocol": 2}', "whose 'pid' is 'True'"),
+        (b'{"type": "files", "files": [["a", "b", 3, 4]]}', "a malformed file entry"),
+        (b'{"type": "files", "files": [], "modules": [1]}', "'modules' is not a list of text"),
+        (b'{"type": "ready", "generation": "1"}', "whose 'generation' is '1'"),
+        (b'{"type": "failed", "generation": 1}', "a failure that is not an object"),
+        (b'{"type": "failed", "generation": 1, "failure": {"kind": "x", "summary": 3}}', "without a kind"),
+        (
+            b'{"type": "failed", "generation": 1, "failure": {"kind": "x", "summary": "s", "files": [1]}}',
+            "files",
+        ),
+    ],
+)
+def test_a_message_with_a_wrong_field_is_a_protocol_error(line: bytes, problem: str) -> None:
+    with pytest.raises(protocol.ProtocolError, match=re.escape(problem)):
+        protocol.decode(line, protocol.WORKER_MESSAGES)
+
+
+def test_a_worker_cannot_send_what_only_the_supervisor_sends() -> None:
+    with pytest.raises(protocol.ProtocolError, match="unknown message type 'serve'"):
+        protocol.decode(protocol.encode(protocol.Serve()), protocol.WORKER_MESSAGES)
 
 
 @pytest.mark.parametrize(
@@ -35,16 +87,16 @@ def test_garbage_is_a_protocol_error(line: bytes, problem: str) -> None:
 
 def test_a_message_over_the_limit_is_refused_when_sent() -> None:
     with pytest.raises(protocol.ProtocolError, match="over the limit"):
-        protocol.encode({"type": "files", "files": ["x" * protocol.MAX_LINE]})
+        protocol.encode(protocol.Files(modules=("x" * protocol.MAX_LINE,)))
 
 
 async def test_the_channel_reads_messages_then_end_of_file() -> None:
     ours, theirs = socket.socketpair()
     channel = await protocol.Channel.open(ours, protocol.WORKER_MESSAGES)
     try:
-        theirs.sendall(protocol.encode({"type": "hello", "pid": 1, "protocol": 1}))
+        theirs.sendall(protocol.encode(protocol.Hello(pid=1)))
         theirs.close()
-        assert await channel.receive() == {"type": "hello", "pid": 1, "protocol": 1}
+        assert await channel.receive() == protocol.Hello(pid=1)
         assert await channel.receive() is None
     finally:
         channel.close()

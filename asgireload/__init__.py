@@ -1,7 +1,13 @@
 """asgireload: an asyncio-native auto-reloader for ASGI apps.
 
+The public modules are config, errors, events, reloader, serving, cli and testing. Private
+packages hold the rest by role: `_supervisor` (the state machine and its shell, the scanner,
+sockets) and `_worker` (what runs in a worker process); the modules both sides share sit at the
+top: `_protocol` (the control messages and Failure), `_handoff`, `_reaper`, `_watchfilter`,
+`_paths`, `_logging`.
+
 The public names are imported lazily, so a worker process (which imports
-`asgireload.worker`) never pays for, or depends on, the supervisor's modules.
+`asgireload._worker`) never pays for, or depends on, the supervisor's modules.
 """
 
 from __future__ import annotations

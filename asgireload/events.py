@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 from typing import Literal
 
-from .protocol import Failure as Failure
+from ._protocol import Failure as Failure
 
 State = Literal["starting", "ready", "failed", "reloading", "stopped"]
 

@@ -6,11 +6,11 @@ import os
 from types import TracebackType
 from typing import Any
 
+from ._supervisor.shell import Supervisor, stop_completely
 from .config import Config
 from .errors import AsgireloadError
 from .events import EventStream, Failure, ReloadEvent, State
 from .serving import build_config, require_asyncio
-from .supervisor import Supervisor, stop_completely
 
 DEFAULT_TIMEOUT = 30.0  # seconds; every wait has one, so a broken reload fails a test instead of hanging it
 

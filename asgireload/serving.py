@@ -10,7 +10,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import _logging, _terminal
+from . import _logging
+from ._supervisor import terminal
 from .config import Config
 from .errors import AsgireloadError, ConfigError
 
@@ -92,7 +93,7 @@ async def serve(app: Any, *, reload: bool = False, **options: Any) -> None:
     require_asyncio("serve() was awaited")
     config = build_config(app, reload, options)
     if config.reload:
-        from .supervisor import Supervisor, run_until_cancelled
+        from ._supervisor.shell import Supervisor, run_until_cancelled
 
         await run_until_cancelled(Supervisor(config))
     else:
@@ -136,18 +137,18 @@ async def _serve_in_process(config: Config) -> None:
     """reload=False: uvicorn in this event loop, no subprocess."""
     import uvicorn
 
-    from . import _sockets
-    from ._server import Server
+    from ._supervisor import sockets
+    from ._worker.server import Server
 
     app = import_app(config)
-    sock = _sockets.bind(config)
+    sock = sockets.bind(config)
     try:
         options = dict(config.uvicorn_options(), loop="none")  # this event loop serves it
         uv = uvicorn.Config(app, **options, log_config=None)
         server = Server(uv)
         if not await server.start([sock]):
             raise AsgireloadError(f"the app {config.app!r} failed its lifespan start-up (see the log).")
-        logger.info("Serving on %s (no reload)", _sockets.describe(sock, config))
+        logger.info("Serving on %s (no reload)", sockets.describe(sock, config))
         try:
             await server.serve_until_stopped()
         finally:
@@ -173,9 +174,9 @@ def run(app: Any, *, reload: bool = True, **options: Any) -> None:
 def check_standard_streams() -> list[str]:
     """For the entry points that own the terminal: fix closed streams, exit 1 on a broken one."""
     try:
-        return _terminal.ensure_standard_streams()
-    except _terminal.BrokenStream as exc:
-        _terminal.report_broken_stream(exc)
+        return terminal.ensure_standard_streams()
+    except terminal.BrokenStream as exc:
+        terminal.report_broken_stream(exc)
         raise SystemExit(1) from None
 
 
@@ -195,7 +196,7 @@ async def run_with_signals(config: Config) -> int:
     SIGHUP stops, as it stops any program whose terminal is closed; a SIGHUP that was ignored
     when asgireload started (`nohup asgireload ...`) stays ignored.
     """
-    from .supervisor import Supervisor, run_until_cancelled
+    from ._supervisor.shell import Supervisor, run_until_cancelled
 
     supervisor = Supervisor(config)
     main = asyncio.create_task(run_until_cancelled(supervisor))
@@ -213,7 +214,7 @@ async def run_with_signals(config: Config) -> int:
             supervisor.kill_all()
 
     def hang_up() -> None:
-        if _terminal.terminal_hung_up():
+        if terminal.terminal_hung_up():
             reason = "the terminal hung up"
         else:
             reason = "SIGHUP; to reload by signal, send SIGUSR1"
@@ -230,9 +231,9 @@ async def run_with_signals(config: Config) -> int:
     for signum, handler in handlers.items():
         loop.add_signal_handler(signum, handler)
     from_keys = "reload requested from the terminal"
-    keys = _terminal.TerminalKeys(loop, lambda: supervisor.request_reload(from_keys))
+    keys = terminal.TerminalKeys(loop, lambda: supervisor.request_reload(from_keys))
     try:
-        with _terminal.job_control_ignored():
+        with terminal.job_control_ignored():
             keys.start()
             await main
     except asyncio.CancelledError:
@@ -250,7 +251,7 @@ async def run_with_signals(config: Config) -> int:
 
 def import_app(config: Config) -> Any:
     """Import the app for reload=False, with the same friendly errors as a worker."""
-    from ._loader import AppLoadError, load_app
+    from ._worker.loader import AppLoadError, load_app
 
     if not isinstance(config.app, str):
         return config.app

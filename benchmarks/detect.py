@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from asgireload import scanner as scanner_module
-from asgireload.scanner import Scanner, stat_key
+from asgireload._supervisor import scanner as scanner_module
+from asgireload._supervisor.scanner import Scanner, stat_key
 
 
 async def measure(folder: Path, files: list[Path], saves: int, polling: bool) -> list[float]:

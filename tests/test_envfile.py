@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from asgireload.envfile import EnvFileError, read_env_file
+from asgireload._supervisor.envfile import EnvFileError, read_env_file
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from asgireload.errorpage import ASGIApp, displayable, error_app, is_loopback_host
+from asgireload._worker.errorpage import ASGIApp, displayable, error_app, is_loopback_host
 
 XSS = "<script>alert(1)</script>"
 XSS_ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"

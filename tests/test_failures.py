@@ -282,7 +282,7 @@ import os, sys, time, json
 
 def _hostile():
     if sys.argv[:1] != ["-m"] or not sys.argv[-1].isdigit():
-        return  # not a worker (python -P -m asgireload.worker CONTROL_FD)
+        return  # not a worker (python -P -m asgireload._worker CONTROL_FD)
     try:
         os.close(os.open({marker!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:

@@ -23,9 +23,10 @@ import uvicorn
 from uvicorn.config import HTTP_PROTOCOLS
 from uvicorn.importer import import_from_string
 
-from asgireload import Reloader, _handoff, _protocols
-from asgireload._protocols import FramingError, RequestFraming
-from asgireload._server import Server
+from asgireload import Reloader, _handoff
+from asgireload._worker import protocols as _protocols
+from asgireload._worker.protocols import FramingError, RequestFraming
+from asgireload._worker.server import Server
 
 from .conftest import until, write
 

@@ -16,12 +16,12 @@ import httpx
 import pytest
 
 from asgireload import Reloader
-from asgireload import scanner as scanner_module
-from asgireload._includes import is_skipped_folder, walk_includes
-from asgireload._inotify import DirectoryEvents
+from asgireload._supervisor import scanner as scanner_module
+from asgireload._supervisor.includes import is_skipped_folder, walk_includes
+from asgireload._supervisor.inotify import DirectoryEvents
+from asgireload._supervisor.scanner import Scanner
+from asgireload._watchfilter import WatchFilter
 from asgireload.reloader import write_like_an_editor
-from asgireload.scanner import Scanner
-from asgireload.watchfilter import WatchFilter
 
 from .conftest import PLAIN_APP, write
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from asgireload._inotify import DirectoryEvents
+from asgireload._supervisor.inotify import DirectoryEvents
 
 pytestmark = pytest.mark.skipif(not DirectoryEvents.available(), reason="inotify is not available")
 

@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from asgireload import protocol
-from asgireload._loader import (
+from asgireload import _protocol as protocol
+from asgireload._protocol import Failure
+from asgireload._watchfilter import InstallLocations, WatchFilter
+from asgireload._worker.loader import (
     MAX_SUMMARY_BYTES,
     MAX_TRACEBACK_BYTES,
     AppLoadError,
@@ -30,8 +32,6 @@ from asgireload._loader import (
     missing_module_paths,
     summary_of,
 )
-from asgireload.protocol import Failure
-from asgireload.watchfilter import InstallLocations, WatchFilter
 
 from .conftest import write
 from .test_watchfilter import fake_interpreter
@@ -119,8 +119,8 @@ def test_new_modules_names_only_installed_modules(tmp_path: Path, monkeypatch: p
 
 STALE_CHECK = """
 import importlib, sys
-from asgireload._loader import ImportRecorder
-from asgireload.watchfilter import WatchFilter
+from asgireload._worker.loader import ImportRecorder
+from asgireload._watchfilter import WatchFilter
 sys.path.insert(0, sys.argv[1])
 if sys.argv[3] == "recorder":
     ImportRecorder(WatchFilter([sys.argv[2]])).install()

@@ -13,12 +13,12 @@ from collections.abc import Mapping
 
 import pytest
 
+from asgireload._protocol import Failure
 from asgireload._supervisor import commands as c
 from asgireload._supervisor import events as e
 from asgireload._supervisor.machine import Machine
 from asgireload._supervisor.records import Policy, Worker
 from asgireload._supervisor.table import IGNORED, TRANSITIONS, IllegalTransition, Role, Trigger
-from asgireload.protocol import Failure
 
 T = e.TimerKind
 ENV_FILE = "/project/.env"

@@ -19,9 +19,19 @@ from typing import Any
 import httpx
 import pytest
 
-from asgireload import Reloader, _inotify, _mounts
-from asgireload._mounts import Mount, MountTable, mount_of, no_events_reason, parse_mountinfo, parse_mounts
-from asgireload.scanner import Scanner, forced_polling_reason, stat_key
+from asgireload import Reloader
+from asgireload._supervisor import inotify as _inotify
+from asgireload._supervisor import mounts as _mounts
+from asgireload._supervisor.mounts import (
+    Mount,
+    MountTable,
+    forced_polling_reason,
+    mount_of,
+    no_events_reason,
+    parse_mountinfo,
+    parse_mounts,
+)
+from asgireload._supervisor.scanner import Scanner, stat_key
 
 from .conftest import PLAIN_APP, write
 

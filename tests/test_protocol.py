@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from asgireload import protocol
+from asgireload import _protocol as protocol
 
 
 def test_a_message_round_trips() -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from asgireload import scanner as scanner_module
-from asgireload.scanner import Scanner, stat_key
-from asgireload.watchfilter import WatchFilter
+from asgireload._supervisor import scanner as scanner_module
+from asgireload._supervisor.scanner import Scanner, stat_key
+from asgireload._watchfilter import WatchFilter
 
 
 class Watching:

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 import asgireload
-from asgireload._editable import checkout_of, editable_roots, editable_sources
-from asgireload.watchfilter import InstallLocations, WatchFilter
+from asgireload._supervisor.editable import checkout_of, editable_roots, editable_sources
+from asgireload._watchfilter import InstallLocations, WatchFilter
 
 from .conftest import write
 

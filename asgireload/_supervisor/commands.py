@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Literal
 
-from ..protocol import Failure, FileEntry
+from .._protocol import Failure, FileEntry
 from .events import TimerFired
 
 

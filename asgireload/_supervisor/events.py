@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from ..protocol import Failure, FileEntry
+from .._protocol import Failure, FileEntry
 
 # ------------------------------------------------------------------ about the whole server
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from .._paths import relative
-from ..protocol import Failure
+from .._protocol import Failure
 from . import commands as c
 from . import events as e
 from .records import Announcement, Cause, Policy, ReadEnv, Worker

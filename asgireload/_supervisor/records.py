@@ -6,7 +6,7 @@ import dataclasses
 import signal
 from collections.abc import Callable, Mapping
 
-from ..protocol import Failure
+from .._protocol import Failure
 from . import commands as c
 from .table import Role
 

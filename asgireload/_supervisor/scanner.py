@@ -30,12 +30,12 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
 
-from ._includes import IncludeRules, Walk, is_skipped_folder, walk_includes
-from ._includes import Stat as Stat
-from ._includes import stat_key as stat_key
-from ._mounts import Mount, MountTable
+from .includes import IncludeRules, Walk, is_skipped_folder, walk_includes
+from .includes import Stat as Stat
+from .includes import stat_key as stat_key
+from .inotify import directory_events as _directory_events  # (tests replace it)
+from .mounts import Mount, MountTable, forced_polling_reason, mount_polling_message, watch_limit_message
 
 ChangeHandler = Callable[[list[str], float], None]
 
@@ -55,23 +55,12 @@ POLL_SHARE = 0.1
 # After events were lost (queue overflow), the --reload-include walk runs again soon, but
 # walks back to back may take at most this share of a core.
 RECOVERY_SHARE = 0.1
-FORCE_POLLING_VARIABLE = "ASGIRELOAD_FORCE_POLLING"
 _IGNORED_LIMIT = 10_000  # remembered names that match no --reload-include glob
 _MISSING = (errno.ENOENT, errno.ENOTDIR)
 
 
 def _stat_many(paths: list[str]) -> list[Stat]:
     return [stat_key(p) for p in paths]
-
-
-def forced_polling_reason(force_polling: bool) -> str | None:
-    """Why file events are off: the option, the environment variable, or neither (None)."""
-    if force_polling:
-        return "--force-polling is set"
-    value = os.environ.get(FORCE_POLLING_VARIABLE, "")
-    if value.strip().lower() in ("1", "true", "yes"):
-        return f"{FORCE_POLLING_VARIABLE}={value} is set"
-    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,32 +247,12 @@ class Scanner:
     def _announce_mount(self, folder: str, mount: Mount, reason: str) -> None:
         if mount.point not in self._announced:
             self._announced.add(mount.point)
-            logger.info(
-                "Polling the watched files in %s every %g s: it is on a %s mount (%s), %s.",
-                folder,
-                self._fast_poll,
-                mount.fstype,
-                mount.point,
-                reason,
-            )
+            logger.info("%s", mount_polling_message(folder, self._fast_poll, mount, reason))
 
     def _announce_watch_limit(self) -> None:
-        if "limit" in self._announced:
-            return
-        self._announced.add("limit")
-        try:
-            with open("/proc/sys/fs/inotify/max_user_watches") as file:
-                limit = file.read().strip()
-        except OSError:
-            limit = "unknown"
-        then = f"polled every {self._fast_poll:g} s" if self._fast_poll else "only checked by full scans"
-        logger.warning(
-            "The inotify watch limit is reached (fs.inotify.max_user_watches = %s): folders left "
-            "without a watch are %s. Raise it to get file events everywhere, e.g. "
-            "`sudo sysctl fs.inotify.max_user_watches=524288`.",
-            limit,
-            then,
-        )
+        if "limit" not in self._announced:
+            self._announced.add("limit")
+            logger.warning("%s", watch_limit_message(self._fast_poll))
 
     # ------------------------------------------------------------ --reload-include files
 
@@ -435,23 +404,3 @@ def _changed_at(changes: dict[str, Stat], detected: float) -> float:
     mtimes = [s[0] / 1e9 for s in changes.values() if s is not None]
     earliest = min(mtimes, default=detected)
     return earliest if detected - 5.0 <= earliest <= detected else detected
-
-
-def _directory_events(callback: Callable[[str | None], None]) -> _DirectoryEventsLike | None:
-    try:
-        from ._inotify import DirectoryEvents
-    except ImportError:
-        return None
-    if not DirectoryEvents.available():
-        return None
-    try:
-        return DirectoryEvents(callback)
-    except OSError as exc:
-        logger.debug("File events unavailable (%s); polling only.", exc)
-        return None
-
-
-class _DirectoryEventsLike(Protocol):
-    def try_watch(self, directory: str) -> int: ...
-    def is_watching(self, directory: str) -> bool: ...
-    def close(self) -> None: ...

@@ -11,9 +11,9 @@ import importlib.machinery
 import os
 import sys
 
-from .config import Config
+from ..config import Config
+from ..errors import ConfigError, StartupError
 from .envfile import EnvFileError, read_env_file
-from .errors import ConfigError, StartupError
 
 
 def preflight(config: Config) -> None:

@@ -1,4 +1,4 @@
-"""A worker: `python -P -m asgireload.worker CONTROL_FD`, spawned by the supervisor.
+"""A worker: `python -P -m asgireload._worker CONTROL_FD`, spawned by the supervisor.
 
 Life of a worker: read its settings from the control channel, start warm (uvicorn imported,
 optionally third-party modules preloaded, never the project's), say `hello`, wait for `load`;
@@ -47,19 +47,20 @@ import socket  # noqa: E402
 import threading  # noqa: E402
 from typing import Any, NoReturn  # noqa: E402
 
-from . import _handoff, _logging, _reaper, protocol  # noqa: E402
-from ._loader import (  # noqa: E402
+from .. import _handoff, _logging, _reaper  # noqa: E402
+from .. import _protocol as protocol  # noqa: E402
+from .._paths import relative  # noqa: E402
+from .._protocol import Failure  # noqa: E402
+from .._watchfilter import WatchFilter  # noqa: E402
+from .errorpage import error_app  # noqa: E402
+from .loader import (  # noqa: E402
     AppLoadError,
     ImportRecorder,
     catch_lifespan_failure,
     failure_from_exception,
     load_app,
 )
-from ._paths import relative  # noqa: E402
-from ._server import Server  # noqa: E402
-from .errorpage import error_app  # noqa: E402
-from .protocol import Failure  # noqa: E402
-from .watchfilter import WatchFilter  # noqa: E402
+from .server import Server  # noqa: E402
 
 LAZY_IMPORT_CHECK = 0.5  # seconds between looks for modules imported after start-up
 REPORT_CHUNK = 2000  # files per `files` message
@@ -346,7 +347,3 @@ def main() -> None:
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
-
-
-if __name__ == "__main__":
-    main()

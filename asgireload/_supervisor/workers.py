@@ -20,8 +20,9 @@ import sys
 import time
 from collections.abc import Callable
 
-from . import _reaper, protocol
-from ._supervisor import events
+from .. import _protocol as protocol
+from .. import _reaper
+from . import events
 
 EXIT_AFTER_EOF = 1.0  # seconds a worker may live on after closing its channel
 FLOOD_LIMIT = 2000  # messages a second a worker may send before it is taken for broken
@@ -182,7 +183,7 @@ async def spawn(
             sys.executable,
             "-P",  # the worker's own imports never see the current folder (nor the project)
             "-m",
-            "asgireload.worker",
+            "asgireload._worker",
             str(child.fileno()),
             pass_fds=(child.fileno(), handoff_child.fileno(), listener.fileno()),
             start_new_session=True,

@@ -7,8 +7,8 @@ import os
 import socket
 import stat
 
-from .config import Config
-from .errors import StartupError
+from ..config import Config
+from ..errors import StartupError
 
 BACKLOG = 2048
 

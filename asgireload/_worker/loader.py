@@ -28,15 +28,15 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from .errorpage import displayable
-from .protocol import Failure
-from .protocol import FileEntry as FileStat
-from .watchfilter import WatchFilter
+from .._protocol import Failure
+from .._protocol import FileEntry as FileStat
+from .._watchfilter import WatchFilter
+from .errorreport import displayable
 
 MAX_TRACEBACK_BYTES = 256 * 1024
 MAX_SUMMARY_BYTES = 4 * 1024
 
-_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
+_OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # asgireload/
 _NOT_PRELOADED = frozenset({"__main__", "__mp_main__", "asgireload"})
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f]")
 _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x09), *range(0x0B, 0x20))}

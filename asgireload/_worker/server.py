@@ -9,7 +9,7 @@ Four differences from `uvicorn.Server.serve()`:
   never answers a new request with the old code. uvicorn closes idle connections at once on
   shutdown, which races a client sending its next request (it gets "server disconnected").
   Here each connection, at its next request boundary, is handed to the new generation with the
-  bytes it read but did not serve (see _protocols.py and _handoff.py).
+  bytes it read but did not serve (see protocols.py and _handoff.py).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Any
 
 import uvicorn
 
-from . import _protocols
-from ._handoff import Connection
-from ._protocols import HandOff
+from .._handoff import Connection
+from . import protocols
+from .protocols import HandOff
 
 logger = logging.getLogger("asgireload")
 
@@ -38,7 +38,7 @@ class Server(uvicorn.Server):
         super().__init__(config)
         self._stop_requested = asyncio.Event()
         self._adopting: set[asyncio.Task[Any]] = set()
-        self._draining = _protocols.Draining()
+        self._draining = protocols.Draining()
         self.servers: list[asyncio.Server] = []  # none until start_accepting()
 
     async def start(self, sockets: list[socket.socket]) -> bool:
@@ -75,7 +75,7 @@ class Server(uvicorn.Server):
             "app_state": self.lifespan.state,
             "_loop": asyncio.get_running_loop(),
         }
-        reloadable = _protocols.reloadable(config.http_protocol_class)
+        reloadable = protocols.reloadable(config.http_protocol_class)
         if reloadable is None:  # not one of uvicorn's HTTP protocols: closed at its boundary instead
             return config.http_protocol_class(**options)
         return reloadable(**options, draining=self._draining, pending=pending)
@@ -135,7 +135,7 @@ class Server(uvicorn.Server):
         told: set[Any] = set()  # websockets (and any other protocol) already told to close
         while True:
             for connection in list(self.server_state.connections):
-                if _protocols.drain(connection, hand_off):
+                if protocols.drain(connection, hand_off):
                     continue
                 if connection not in told:
                     told.add(connection)

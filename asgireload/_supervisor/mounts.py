@@ -19,7 +19,20 @@ import re
 import threading
 from collections.abc import Iterable, Sequence
 
-__all__ = ["Mount", "MountTable", "mount_of", "no_events_reason", "parse_mountinfo", "parse_mounts"]
+__all__ = [
+    "FORCE_POLLING_VARIABLE",
+    "Mount",
+    "MountTable",
+    "forced_polling_reason",
+    "mount_of",
+    "mount_polling_message",
+    "no_events_reason",
+    "parse_mountinfo",
+    "parse_mounts",
+    "watch_limit_message",
+]
+
+FORCE_POLLING_VARIABLE = "ASGIRELOAD_FORCE_POLLING"
 
 _NETWORK = "a network file system: edits made on another machine send no file events here"
 _SHARED = "a folder shared into this VM or container: edits made on the host send no file events here"
@@ -147,3 +160,38 @@ class MountTable:
         answer = None if mount is None or reason is None else (mount, reason)
         self._answers[folder] = answer
         return answer
+
+
+# ------------------------------------------------------------------ why a folder is polled
+
+
+def forced_polling_reason(force_polling: bool) -> str | None:
+    """Why file events are off: the option, the environment variable, or neither (None)."""
+    if force_polling:
+        return "--force-polling is set"
+    value = os.environ.get(FORCE_POLLING_VARIABLE, "")
+    if value.strip().lower() in ("1", "true", "yes"):
+        return f"{FORCE_POLLING_VARIABLE}={value} is set"
+    return None
+
+
+def mount_polling_message(folder: str, interval: float | None, mount: Mount, reason: str) -> str:
+    return (
+        f"Polling the watched files in {folder} every {interval:g} s: it is on a {mount.fstype} mount "
+        f"({mount.point}), {reason}."
+    )
+
+
+def watch_limit_message(interval: float | None) -> str:
+    """The inotify watch limit is reached: what that means here, and how to raise it."""
+    try:
+        with open("/proc/sys/fs/inotify/max_user_watches") as file:
+            limit = file.read().strip()
+    except OSError:
+        limit = "unknown"
+    then = f"polled every {interval:g} s" if interval else "only checked by full scans"
+    return (
+        f"The inotify watch limit is reached (fs.inotify.max_user_watches = {limit}): folders left "
+        f"without a watch are {then}. Raise it to get file events everywhere, e.g. "
+        "`sudo sysctl fs.inotify.max_user_watches=524288`."
+    )

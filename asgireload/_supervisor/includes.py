@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from .watchfilter import SKIPPED_DIRS
+from .._watchfilter import SKIPPED_DIRS
 
 Stat = tuple[int, int, int] | None
 

@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import errno
 import functools
+import logging
 import os
 import struct
 import sys
@@ -25,7 +26,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 __all__ = ["DirectoryEvents"]
 
@@ -336,3 +337,21 @@ class DirectoryEvents:
                 # path that names something else (or nothing); drop it and let a rescan re-watch.
                 self._forget(wd, remove=True)
                 reports[None] = None
+
+
+class DirectoryEventsLike(Protocol):
+    def try_watch(self, directory: str) -> int: ...
+    def is_watching(self, directory: str) -> bool: ...
+    def close(self) -> None: ...
+
+
+def directory_events(callback: Callable[[str | None], None]) -> DirectoryEventsLike | None:
+    """File events for folders, calling `callback` with a changed path (None: events were lost);
+    None where inotify cannot be used (then the scanner polls)."""
+    if not DirectoryEvents.available():
+        return None
+    try:
+        return DirectoryEvents(callback)
+    except OSError as exc:
+        logging.getLogger("asgireload").debug("File events unavailable (%s); polling only.", exc)
+        return None

@@ -1,0 +1,64 @@
+"""What the Config means for each part: the machine's Policy, a worker's Settings, the env file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+from .._protocol import Failure, Settings
+from ..config import Config
+from .envfile import EnvFileError, read_env_file
+from .records import Policy
+
+logger = logging.getLogger("asgireload")
+
+
+def policy_for(config: Config, url: str) -> Policy:
+    return Policy(
+        app=str(config.app),
+        url=url,
+        sequential=config.sequential,
+        keep_last_good=config.keep_last_good,
+        standby=config.standby,
+        preload=config.preload,
+        drain_timeout=config.drain_timeout,
+        env_file=config.env_file,
+        cwd=os.getcwd(),
+    )
+
+
+def read_env(config: Config) -> tuple[Mapping[str, str], Failure | None]:
+    """The env file's variables, or why it cannot be read (a failure to show, and to watch)."""
+    if config.env_file is None:
+        return {}, None
+    try:
+        return read_env_file(config.env_file), None
+    except EnvFileError as exc:
+        return {}, Failure(kind="env", summary=str(exc), files=(config.env_file,))
+
+
+def worker_settings(
+    config: Config, roots: tuple[str, ...], preload: tuple[str, ...], handoff_fd: int, listen_fd: int
+) -> Settings:
+    """Everything a new worker is: the app, what to watch, what to preload, its descriptors."""
+    env, env_failure = read_env(config)  # a broken env file is reported by the load that reads it
+    if env_failure is not None:
+        logger.error("%s", env_failure.summary)
+    return Settings(
+        app=config.import_string,
+        factory=config.factory,
+        app_dir=config.app_dir,
+        roots=roots,
+        includes=tuple(config.reload_includes),
+        excludes=tuple(config.reload_excludes),
+        drain_timeout=config.drain_timeout,
+        show_errors=config.errors_visible,
+        # details only for loopback Host headers, unless --show-errors asked for them anyway
+        only_loopback_hosts=config.is_loopback and config.show_errors is None,
+        env=dict(env),
+        preload=preload,
+        uvicorn=config.uvicorn_options(),
+        handoff_fd=handoff_fd,
+        listen_fd=listen_fd,
+    )

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .errors import ConfigError as ConfigError
     from .errors import ReloadTimeout as ReloadTimeout
     from .errors import StartupError as StartupError
+    from .events import Failure as Failure
     from .events import ReloadEvent as ReloadEvent
     from .reloader import Reloader as Reloader
     from .serving import run as run
@@ -38,12 +39,14 @@ _EXPORTS = {
     "run": "serving",
     "serve": "serving",
     "ReloadEvent": "events",
+    "Failure": "events",
 }
 
 __all__ = [
     "AsgireloadError",
     "Config",
     "ConfigError",
+    "Failure",
     "ReloadEvent",
     "ReloadTimeout",
     "Reloader",

@@ -1,4 +1,5 @@
-"""What a reloading server tells the code that runs it: its state and each generation's outcome."""
+"""What a reloading server tells the code that runs it: its state, each generation's outcome, and
+why the app is broken (`Failure`, defined with the control messages that carry it)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ class EventStream:
         return self
 
     async def __anext__(self) -> ReloadEvent:
+        """The next outcome; StopAsyncIteration once the server stopped or the stream was closed.
+        Cancelling it cancels this wait only: the event it would have returned stays queued."""
         if self._ended:
             raise StopAsyncIteration
         event = await self._queue.get()
@@ -58,7 +61,8 @@ class EventStream:
         return event
 
     async def aclose(self) -> None:
-        """Unsubscribe; every task waiting on this stream ends its iteration."""
+        """Unsubscribe; every task waiting on this stream ends its iteration. It does not wait
+        for anything, so cancelling it changes nothing."""
         self._end()
 
     def _end(self) -> None:

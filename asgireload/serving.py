@@ -88,7 +88,8 @@ async def serve(app: Any, *, reload: bool = False, **options: Any) -> None:
     CancelledError propagate: nothing is left running or bound. Cancelled again while draining,
     it still finishes the clean-up first. No signal handler is installed: the caller's program
     owns its signals (use run() in a script). It needs asyncio: under another event loop (trio)
-    it raises AsgireloadError before anything starts.
+    it raises AsgireloadError before anything starts. Should the supervisor stop on an internal
+    error (a bug in asgireload), it stops everything the same way and raises AsgireloadError.
     """
     require_asyncio("serve() was awaited")
     config = build_config(app, reload, options)
@@ -194,7 +195,9 @@ async def run_with_signals(config: Config) -> int:
     reloads. Returns the exit code.
 
     SIGHUP stops, as it stops any program whose terminal is closed; a SIGHUP that was ignored
-    when asgireload started (`nohup asgireload ...`) stays ignored.
+    when asgireload started (`nohup asgireload ...`) stays ignored. Cancelled (other than by its
+    own signals), it stops everything as serve() does, removes its signal handlers and lets
+    CancelledError propagate.
     """
     from ._supervisor.shell import Supervisor, run_until_cancelled
 

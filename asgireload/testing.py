@@ -64,6 +64,8 @@ def _make_rooted_class() -> type[Reloader]:
             self.root = root
 
         async def edit(self, path: str | os.PathLike[str], text: str, **kwargs: Any) -> Any:
+            """Reloader.edit with `path` relative to tmp_path and `text` dedented. Cancelling it
+            cancels the wait only: the file stays saved and its reload goes on."""
             return await super().edit(_rooted(self.root, path), textwrap.dedent(text).lstrip(), **kwargs)
 
         def is_watching(self, path: str | os.PathLike[str]) -> bool:

@@ -188,7 +188,7 @@ class Supervisor:
         """
         if self._stop_task is None:
             self._stop_task = asyncio.ensure_future(self._stop(force))
-        await self._stop_task
+        await asyncio.shield(self._stop_task)
 
     def kill_all(self) -> None:
         """Kill every worker now (a second Ctrl-C); stop() then finishes at once."""
@@ -372,7 +372,10 @@ class Supervisor:
 
 
 async def run_until_cancelled(supervisor: Supervisor) -> None:
-    """Start, serve until cancelled (or an internal error), then stop: the body of serve(reload=True)."""
+    """Start, serve until cancelled (or an internal error), then stop: the body of serve(reload=True).
+
+    Cancelled at any point, it stops everything (see stop_completely) before CancelledError
+    propagates; after an internal error it stops everything, then raises AsgireloadError."""
     try:
         await supervisor.start()
         await supervisor.wait_until_broken()
@@ -381,7 +384,8 @@ async def run_until_cancelled(supervisor: Supervisor) -> None:
 
 
 async def stop_completely(supervisor: Supervisor, *, force: bool = False) -> None:
-    """Stop, and finish stopping even if cancelled again meanwhile (then re-raise that)."""
+    """Stop, and finish stopping even if cancelled meanwhile (then re-raise CancelledError):
+    afterwards no worker runs, no descriptor is open and the socket is closed."""
     stopping = asyncio.ensure_future(supervisor.stop(force=force))
     cancelled = False
     while not stopping.done():

@@ -334,14 +334,13 @@ class Supervisor:
     # ---------------------------------------------------------------- stopping
 
     async def _stop(self, force: bool) -> None:
+        """The one stop (its own task, see stop()): no more events, then every worker ends."""
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        current = asyncio.current_task()
         for task in self._tasks:
-            if task is not current:
-                task.cancel()
-        await asyncio.gather(*(t for t in self._tasks if t is not current), return_exceptions=True)
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         deadline = FORCED_STOP_WAIT if force else self.config.drain_timeout + 1.0
         if self._processes is not None:
             await self._processes.close_all(self._tell_workers_to_stop(force), deadline)

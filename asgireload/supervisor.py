@@ -40,6 +40,7 @@ logger = logging.getLogger("asgireload")
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0
 DRAINING_DEADLINE = 1.0  # seconds an old generation has to stop answering before we announce anyway
 PACKAGES_POLL = 30.0  # seconds between full scans of preloaded packages (file events are the hint)
+STANDBY_DEATHS = 3  # warm workers dying in a row before we stop replacing them (no hot loop)
 STANDBY_WAIT = 2.0  # seconds a reload waits for a warm worker still preloading, then starts a cold one
 SLOW_START_REPORT = 5.0  # seconds before a generation that has not said ready is reported
 _WITH_APP = ("loading", "serving", "draining")  # worker states in which it holds the app (or its page)
@@ -102,10 +103,13 @@ class Supervisor:
         self._retry_pending: _Pending | None = None  # a reload to try again when the timer fires
         self._spawned = 0
         self._crashes = 0
+        self._standby_deaths = 0  # warm workers that died after saying hello, in a row
         self._retry: asyncio.TimerHandle | None = None
         self._preload: list[str] = []  # third-party modules the standby imports ahead of time
         self._not_preloadable: set[str] = set()
         self._settled = asyncio.Condition()
+        self._notifying: set[asyncio.Task[None]] = set()
+        self._fd_limit: int | None = None
         self._outcomes: dict[int, ReloadEvent] = {}
         self._subscribers: list[asyncio.Queue[ReloadEvent | None]] = []
         self._stopping = False
@@ -155,7 +159,8 @@ class Supervisor:
         Raises StartupError (with nothing left bound or running) for a mistake in the command:
         a folder or module that does not exist, a port in use, an attribute that is not an app.
         """
-        _handoff.raise_fd_limit()  # connections held across a reload must not starve the next spawn
+        # connections held across a reload must not starve the next spawn; the app gets the old limit
+        self._fd_limit = _handoff.raise_fd_limit()
         preflight(self.config)
         self._listener = _sockets.bind(self.config)
         self.url = _sockets.describe(self._listener, self.config)
@@ -228,6 +233,7 @@ class Supervisor:
             await asyncio.gather(*worker.tasks, return_exceptions=True)
         self._workers.clear()
         self._held.close()
+        _handoff.restore_fd_limit(self._fd_limit)
         if self._listener is not None:
             self._listener.close()
             if self.config.uds is not None:
@@ -425,6 +431,7 @@ class Supervisor:
                 "type": protocol.LOAD,
                 "generation": self.generation,
                 "env": env,
+                "fd_limit": self._fd_limit,  # the soft limit the app would have had (we raised ours)
                 "failure": failure or env_failure,
             }
         )
@@ -442,6 +449,7 @@ class Supervisor:
         current = self._current
         if current is not None and current.alive and current.error_page:
             current.send({"type": protocol.FAILURE, "failure": failure})
+        self._pending = None
         self._settle(self.generation, "failed", pending, failure)
         self._schedule_retry(pending)
 
@@ -604,20 +612,22 @@ class Supervisor:
         if failure.get("kind") == "usage" and worker.generation == 1:
             # A mistake in the command: start() turns it into one line and a failed exit.
             self.failure = dict(failure)
-            self._loading = None
+            self._loading = self._pending = None
             worker.kill()
             self._settle(1, "failed", pending, self.failure)
             return
         current = self._current
         keep = self.config.keep_last_good and current is not None and current.alive and not current.error_page
         overlapping = self._apps_running_besides(worker)
-        if overlapping and not keep and not self._exclusive and not pending.retried:
+        retry = not keep and not self._exclusive and not pending.retried and _might_be_a_conflict(failure)
+        if overlapping and retry:
             # It may have failed only because the old generation holds a port, a lock or a file
             # it needs: stop every older generation, and try once more alone.
-            logger.debug(
-                "Generation %s failed while an older generation was running; trying once more after "
-                "it has stopped.",
+            logger.info(
+                "Generation %s failed while an older generation was running (%s); stopping that one "
+                "and trying once more.",
                 worker.generation,
+                failure.get("summary", "unknown error"),
             )
             self._loading = None
             worker.kill()
@@ -628,7 +638,7 @@ class Supervisor:
         if keep:
             assert current is not None
             # --keep-last-good: the failed worker exits, the last good generation serves on.
-            self._loading = None
+            self._loading = self._pending = None
             worker.kill()
             self._settle_failure()
             logger.warning("Keeping generation %s serving until the error is fixed.", current.generation)
@@ -652,6 +662,9 @@ class Supervisor:
         pending = self._pending or _Pending((), time.time(), "start")
         pending.mark("ready")
         self._pending = None
+        if not error_page:
+            self._crashes = 0  # a healthy generation: the next crash starts the backoff afresh
+            self._standby_deaths = 0
         if pending.retried and not error_page and not self._exclusive:
             self._exclusive = True
             logger.warning(
@@ -754,7 +767,9 @@ class Supervisor:
         self._outcomes[generation] = event
         for queue in self._subscribers:
             queue.put_nowait(event)
-        asyncio.get_running_loop().create_task(self._notify())
+        task = asyncio.get_running_loop().create_task(self._notify())
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
 
     async def _notify(self) -> None:
         async with self._settled:
@@ -769,12 +784,7 @@ class Supervisor:
             return
         if worker is self._standby:
             self._standby = None
-            if worker.greeted:
-                await self._ensure_standby()
-            elif worker.preloaded:
-                logger.warning("The warm worker died while preloading; the next one will not preload.")
-                await self._ensure_standby(preload=False)
-            # a standby that dies before saying hello without preloading: the next load spawns one
+            await self._standby_died(worker)
         elif worker is self._loading:
             self._loading = None
             reason = f"The app's worker process {describe_exit(returncode)} before it was ready"
@@ -785,6 +795,23 @@ class Supervisor:
         if self._after_exit is not None and not self._apps_running():
             pending, self._after_exit = self._after_exit, None
             await self._load(pending)
+
+    async def _standby_died(self, worker: WorkerProcess) -> None:
+        """Replace a warm worker that died, but never in a loop: after STANDBY_DEATHS in a row,
+        keep none until a generation next starts well."""
+        self._standby_deaths += 1
+        if self._standby_deaths >= STANDBY_DEATHS:
+            if self._standby_deaths == STANDBY_DEATHS:
+                logger.warning(
+                    "The warm worker died %d times in a row; keeping none until the app next starts "
+                    "well (if preloading something kills it, try --no-preload).",
+                    STANDBY_DEATHS,
+                )
+            return
+        preload = worker.greeted and self._standby_deaths < 2
+        if not worker.greeted and worker.preloaded:
+            logger.warning("The warm worker died while preloading; the next one will not preload.")
+        await self._ensure_standby(preload=preload)
 
     async def _crashed(self, worker: WorkerProcess, reason: str) -> None:
         """A worker died unexpectedly: show why, and try again with a growing delay.
@@ -814,7 +841,36 @@ class Supervisor:
 
 def _merge(earlier: _Pending, later: _Pending) -> _Pending:
     changed = tuple(sorted({*earlier.changed, *later.changed}))
-    return _Pending(changed, min(earlier.since, later.since), later.reason)
+    retried = earlier.retried or later.retried
+    merged = _Pending(changed, min(earlier.since, later.since), later.reason, retried)
+    merged.steps = {**later.steps, **earlier.steps}
+    return merged
+
+
+# Exceptions (the type named at the start of a failure's summary) that a resource held by an
+# older generation can cause: a port, a lock, a file. Code errors (SyntaxError, NameError, a
+# module not found) never are, so they are shown at once rather than retried.
+_CONFLICTS = frozenset(
+    {
+        "OSError",
+        "PermissionError",
+        "BlockingIOError",
+        "FileExistsError",
+        "TimeoutError",
+        "ConnectionError",
+        "OperationalError",  # sqlite3 (and DB-API drivers): "database is locked"
+    }
+)
+
+
+def _might_be_a_conflict(failure: dict[str, Any]) -> bool:
+    """Whether a failure could come from something the older generation still holds."""
+    if failure.get("kind") in ("lifespan", "startup"):
+        return True  # start-up code takes locks and ports; its failures are worth one retry
+    summary = str(failure.get("summary", ""))
+    name = summary.partition(":")[0].rpartition(".")[2].strip()
+    text = summary.lower()
+    return name in _CONFLICTS or "lock" in text or "in use" in text
 
 
 async def run_until_cancelled(supervisor: Supervisor) -> None:

@@ -332,25 +332,36 @@ class _Outbox:
 # ------------------------------------------------------------------ descriptors
 
 
-def raise_fd_limit() -> None:
-    """Raise this process's soft RLIMIT_NOFILE to its hard limit (workers inherit it).
+def raise_fd_limit() -> int | None:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; the soft limit it had before.
 
     Connections held across a reload and the clients of a busy development server can use more
     than the usual soft limit of 1,024; the hard limit is what the system allows without privilege.
+    The caller restores the old limit when it stops, and workers set it back for the app.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
-        return
+        return None
+    original = soft
     # "unlimited" may still refuse a value above the kernel's own cap (macOS): try smaller ones
     targets = (hard,) if hard != resource.RLIM_INFINITY else (1 << 20, 65536, 10240)
     for target in targets:
         if soft >= target:
-            return
+            return original
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError):
             continue
+        return original
+    return original
+
+
+def restore_fd_limit(soft: int | None) -> None:
+    """Set the soft RLIMIT_NOFILE back to `soft` (from raise_fd_limit), keeping the hard limit."""
+    if soft is None:
         return
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
 
 def descriptors_over_budget(reserve: int = RESERVE_FDS) -> int:

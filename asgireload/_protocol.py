@@ -216,6 +216,7 @@ class Settings:
     uvicorn: dict[str, Any]  # uvicorn.Config's options
     handoff_fd: int
     listen_fd: int
+    fd_limit: int | None = None  # the soft RLIMIT_NOFILE the app would have had (we raised ours)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Settings:
@@ -234,6 +235,7 @@ class Settings:
             uvicorn=_field(data, "uvicorn", dict),
             handoff_fd=_field(data, "handoff_fd", int),
             listen_fd=_field(data, "listen_fd", int),
+            fd_limit=_field(data, "fd_limit", int, None),
         )
 
 

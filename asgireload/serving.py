@@ -17,6 +17,7 @@ from .errors import AsgireloadError, ConfigError
 
 logger = logging.getLogger("asgireload")
 
+REPEAT_GRACE = 1.0  # seconds in which a repeated SIGTERM is the same request to stop, not a second
 IN_WORKER = "ASGIRELOAD_WORKER"  # set in every worker's environment
 
 
@@ -205,14 +206,18 @@ async def run_with_signals(config: Config) -> int:
     main = asyncio.create_task(run_until_cancelled(supervisor))
     loop = asyncio.get_running_loop()
     stopping = False
+    first_signal = 0.0
 
     def stop(reason: str, then: str = "; press CTRL+C again to stop at once") -> None:
-        nonlocal stopping
+        nonlocal stopping, first_signal
         if not stopping:
             stopping = True
+            first_signal = loop.time()
             logger.info("Shutting down (%s)%s.", reason, then)
             main.cancel()
-        else:
+        elif reason == "CTRL+C" or loop.time() - first_signal > REPEAT_GRACE:
+            # `timeout` and process managers send SIGTERM to a process and then to its group at
+            # once: only a signal that comes later (or a second CTRL+C) means "stop at once"
             logger.warning("Stopping at once.")
             supervisor.kill_all()
 

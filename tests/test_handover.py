@@ -206,7 +206,10 @@ async def test_a_request_cut_at_the_drain_deadline_is_one_warning(tmp_path: Path
 
 
 def _alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:  # gone (possibly between two looks)
+        return False
 
 
 CLIENTS = 1500
@@ -313,6 +316,11 @@ def test_framing_waits_for_the_end_of_a_head() -> None:
         b"POST / HTTP/1.1\r\nContent-Length: ten\r\n\r\n",
         b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"GET /" + b"a" * 70_000,
+        b"POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello: https:// to an http port
+        b"GET / HTTP/1.1\nHost: t\n",  # bare newlines: the parser decides, at once
+        b"GET / HTTP/1.1\r\nHost: t\x00\r\n",
+        b"A" * 40,
     ],
 )
 def test_framing_gives_up_on_what_is_not_http(stream: bytes) -> None:
@@ -416,3 +424,27 @@ async def test_a_connection_adopted_while_draining_moves_on_unserved(http: str) 
         _handoff._close_all([fd for fd, _ in handed])
         client.close()
         accepted.close()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64, b"GET / HTTP/1.1\nHost: x\n\n"],
+    ids=["tls-hello", "bare-newlines"],
+)
+@both_http
+async def test_bytes_that_never_end_a_head_are_answered_at_once(
+    tmp_path: Path, http: str, request_bytes: bytes
+) -> None:
+    write(tmp_path / "main.py", APP)
+    async with Reloader("main:app", app_dir=tmp_path, http=http) as server:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        try:
+            writer.write(request_bytes)
+            await writer.drain()
+            async with asyncio.timeout(5):  # uvicorn answers at once; waiting for more bytes would hang
+                answer = await reader.read(1024)
+            assert answer.startswith(b"HTTP/1.1 ") or answer == b"", answer[:80]
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()

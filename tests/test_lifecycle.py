@@ -312,3 +312,71 @@ async def test_a_crash_is_described_in_plain_words(plain_app: Path) -> None:
             page = (await client.get(server.url, headers={"accept": "text/plain"})).text
         assert "Worker exit" not in page
         assert "exited with code 3" in page
+
+
+STREAMING = (
+    PLAIN_APP.replace(
+        '    if scope["type"] != "http":\n        return\n',
+        '    if scope["type"] != "http":\n        return\n'
+        '    if scope["path"] == "/stream":\n'
+        "        await _stream(send)\n"
+        "        return\n",
+    )
+    + """
+import asyncio, pathlib
+HERE = pathlib.Path(__file__).parent
+
+async def _stream(send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"open\\n", "more_body": True})
+    deadline = asyncio.get_running_loop().time() + 60
+    while not (HERE / "end-stream").exists() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    await send({"type": "http.response.body", "body": b"done\\n"})
+"""
+)
+
+
+async def test_a_code_error_is_shown_at_once_while_a_stream_keeps_the_old_generation(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A SyntaxError is no conflict over a resource: it is not retried after the old generation,
+    # which an open stream would keep draining for up to drain_timeout.
+    caplog.set_level(logging.INFO, logger="asgireload")
+    write(tmp_path / "main.py", STREAMING)
+    async with Reloader("main:app", app_dir=tmp_path, drain_timeout=60) as server:
+        try:
+            async with httpx.AsyncClient() as client, client.stream("GET", server.url + "/stream") as stream:
+                chunks = stream.aiter_raw()
+                assert await anext(chunks) == b"open\n"
+                event = await server.edit(tmp_path / "main.py", STREAMING + "\ndef broken(:\n", timeout=10)
+                assert event.outcome == "failed"
+                assert "SyntaxError" in event.summary
+                async with httpx.AsyncClient() as other:
+                    assert (await other.get(server.url)).status_code == 500  # the page, not a wait
+                (tmp_path / "end-stream").write_text("")
+                assert b"".join([piece async for piece in chunks]) == b"done\n"  # the stream finished
+        finally:
+            (tmp_path / "end-stream").write_text("")  # so a failure does not wait out the drain
+    assert not any("trying once more" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_worker_that_cannot_be_started_is_a_failure_then_a_retry(plain_app: Path) -> None:
+    import resource
+
+    async with Reloader("main:app", app_dir=plain_app, standby=False) as server:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = server.generation + 1
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_fds() + 2, hard))  # no room for a worker
+        try:
+            event = await server.edit(plain_app / "main.py", with_body(PLAIN_APP, "v2"))
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert event.generation >= target
+        assert event.outcome == "failed"
+        assert "could not start a worker process" in event.summary
+        # the backoff timer tries again, now with descriptors to spare
+        event = await server.wait_for_generation(event.generation + 1)
+        assert event.outcome == "ready", server.output[-1000:]
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(server.url)).text == "v2"

@@ -21,6 +21,7 @@ from asgireload._supervisor.records import Policy, Worker
 from asgireload._supervisor.table import IGNORED, TRANSITIONS, IllegalTransition, Role, Trigger
 
 T = e.TimerKind
+ADDRESS_IN_USE = "OSError: [Errno 98] Address already in use"
 ENV_FILE = "/project/.env"
 
 
@@ -214,19 +215,24 @@ SCENARIOS: dict[str, list[Step]] = {
         (hello(3), ["load 3 gen 3"]),
         (ready(3), replaces(1, by=3, then="spawn 4 preloading")),
     ],
-    "without --keep-last-good a failure replaces a healthy generation (after one retry alone)": [
+    "without --keep-last-good a code error replaces a healthy generation at once": [
         *RELOADING,
-        (failed(2), ["kill 2", *drains(1)]),
+        (failed(2), ["serve 2", *drains(1), "spawn 3 preloading"]),
+        (e.WorkerDraining(1), ["gen 2 failed"]),
+    ],
+    "a failure a held resource can cause is tried once more alone, then shown": [
+        *RELOADING,
+        (failed(2, summary=ADDRESS_IN_USE), ["kill 2", *drains(1)]),
         (exited(2, -9), []),
         (e.WorkerDraining(1), []),
         (exited(1), ["spawn 3 preloading"]),  # alone now: tried once more
         (started(3), ["timer slow_start(3) 5"]),
         (hello(3), ["load 3 gen 3"]),
-        (failed(3), ["serve 3", "gen 3 failed", "spawn 4 preloading"]),  # failed alone too: the error page
+        (failed(3, summary=ADDRESS_IN_USE), ["serve 3", "gen 3 failed", "spawn 4 preloading"]),  # the page
     ],
     "a load that works alone after failing beside the old generation makes reloads sequential": [
         *RELOADING,
-        (failed(2), ["kill 2", *drains(1)]),
+        (failed(2, summary=ADDRESS_IN_USE), ["kill 2", *drains(1)]),
         (exited(1), []),  # worker 2 still holds what the app holds
         (exited(2, -9), ["spawn 3 preloading"]),
         (started(3), ["timer slow_start(3) 5"]),
@@ -295,6 +301,7 @@ SCENARIOS: dict[str, list[Step]] = {
         *STARTED,
         (exited(2, -9), ["spawn 3 preloading"]),
         (exited(3, -9), ["spawn 4"]),
+        (exited(4, -9), []),  # the third death in a row: no more, until a generation starts well
     ],
     "a worker that breaks the protocol is killed, and its exit counts as a crash": [
         *STARTED[:3],
@@ -329,16 +336,16 @@ def test_the_states_a_user_sees() -> None:
     states.append(run.machine.state)
     run.feed(changed("main.py"))
     states.append(run.machine.state)
-    run.feed(failed(2))
+    run.feed(failed(2, summary=ADDRESS_IN_USE))
     states.append(run.machine.state)  # tried once more, alone
     run.feed(exited(2, -9))
     run.feed(exited(1))
     run.run([(started(3), ["timer slow_start(3) 5"]), (hello(3), ["load 3 gen 3"])])
-    run.feed(failed(3))
+    run.feed(failed(3, summary=ADDRESS_IN_USE))
     states.append(run.machine.state)
     assert states == ["starting", "ready", "reloading", "reloading", "failed"]
     assert run.machine.failure is not None
-    assert run.machine.failure.summary == "RuntimeError: boom"
+    assert run.machine.failure.summary == ADDRESS_IN_USE
 
 
 def test_a_reload_is_timed_and_logged_from_the_change() -> None:
@@ -384,7 +391,7 @@ def test_a_failed_load_beside_an_older_generation_says_so_then_goes_sequential()
         SCENARIOS["a load that works alone after failing beside the old generation makes reloads sequential"]
     )
     said = run.logs()
-    assert any("trying once more after it has stopped" in line for line in said)
+    assert any("trying once more" in line for line in said)
     assert sum("Reloading sequentially from now on" in line for line in said) == 1
 
 
@@ -518,3 +525,36 @@ def test_a_decision_the_table_does_not_allow_is_an_error_too() -> None:
         IllegalTransition, match="Worker 7 is draining: a draining worker cannot be moved because"
     ):
         run.machine._move(run.machine.workers[7], Trigger.LOAD)
+
+
+@pytest.mark.parametrize(
+    ("kind", "summary", "retried"),
+    [
+        ("import", ADDRESS_IN_USE, True),
+        ("import", "sqlite3.OperationalError: database is locked", True),
+        ("import", "PermissionError: [Errno 13] Permission denied: '/run/app.pid'", True),
+        ("lifespan", "RuntimeError: could not connect", True),
+        ("import", "SyntaxError: invalid syntax (main.py, line 3)", False),
+        ("import", "ModuleNotFoundError: No module named 'helpers'", False),
+        ("import", "NameError: name 'x' is not defined", False),
+    ],
+)
+def test_only_failures_a_held_resource_can_cause_are_retried(kind: str, summary: str, retried: bool) -> None:
+    run = Harness()
+    run.run(RELOADING)
+    answer = run.feed(failed(2, kind=kind, summary=summary))
+    assert (answer[0] == "kill 2") is retried, answer
+    assert (answer[0] == "serve 2") is (not retried), answer
+
+
+def test_a_merged_change_keeps_the_retry_and_a_healthy_generation_resets_the_backoff() -> None:
+    run = Harness()
+    run.run(RELOADING)
+    run.feed(failed(2, summary=ADDRESS_IN_USE))
+    run.feed(changed("other.py"))  # lands while the retry waits for the old generation to exit
+    run.feed(exited(2, -9))
+    assert run.feed(exited(1)) == ["spawn 3 preloading"]
+    run.feed(started(3))
+    run.feed(hello(3))
+    run.feed(ready(3))
+    assert sum("Reloading sequentially from now on" in line for line in run.logs()) == 1

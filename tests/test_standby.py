@@ -117,3 +117,22 @@ async def test_a_standby_stuck_preloading_is_not_waited_on(
         assert server.pids["serving"] != stuck
         assert stuck not in server.pids.values()
     assert any("starting a fresh one" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_standby_that_keeps_dying_is_not_replaced_in_a_loop(
+    plain_app: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="asgireload")
+    async with Reloader("main:app", app_dir=plain_app) as server, httpx.AsyncClient() as client:
+        killed: list[int] = []
+        for _ in range(3):
+            await until(lambda: server.pids.get("standby") not in (None, *killed), what="a new standby")
+            killed.append(server.pids["standby"])
+            os.kill(killed[-1], signal.SIGKILL)
+        await until(lambda: any("died 3 times" in r.getMessage() for r in caplog.records), what="the warning")
+        assert "standby" not in server.pids
+        # the app still reloads (from a fresh worker), and a healthy generation brings a standby back
+        event = await server.edit(plain_app / "main.py", PLAIN_APP.replace('"v1"', '"v2"'))
+        assert event.outcome == "ready"
+        assert (await client.get(server.url)).text == "v2"
+        await until(lambda: "standby" in server.pids, what="a standby after a healthy generation")

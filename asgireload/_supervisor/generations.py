@@ -21,6 +21,7 @@ from .table import TRANSITIONS, IllegalTransition, Role, Trigger
 BACKOFF_START, BACKOFF_MAX = 0.1, 5.0  # seconds before restarting a crashed app, doubling
 DRAINING_DEADLINE = 1.0  # seconds an old generation has to stop answering before we announce anyway
 STANDBY_WAIT = 2.0  # seconds a reload waits for a warm worker still preloading, then starts a cold one
+STANDBY_DEATHS = 3  # warm workers dying in a row before we stop replacing them (no hot loop)
 SLOW_START_REPORT = 5.0  # seconds between reports of a generation that has not said ready
 
 
@@ -44,6 +45,7 @@ class Generations:
         self._exclusive = policy.sequential  # True once the app proved it cannot overlap itself
         self._retry_cause: Cause | None = None  # what the backoff timer loads when it fires
         self._crashes = 0
+        self._standby_deaths = 0  # warm workers that died in a row
         self._unreported: tuple[int, Cause] | None = None  # a failure not yet reported as an outcome
         self._out: list[c.Command] = []
 
@@ -221,6 +223,7 @@ class Generations:
         failure = Failure(kind="spawn", summary=f"{reason}.")
         self.failure = failure
         self._log(logging.ERROR, f"Generation {self.generation} could not start: {reason}.")
+        self._cause = None
         current = self.serving
         if current is not None and current.error_page:
             self._emit(c.ShowFailure(current.id, failure))
@@ -237,6 +240,24 @@ class Generations:
     def _ensure_standby(self, preload: bool = True) -> None:
         if self.policy.standby and not self.stopped and self.standby is None:
             self._new_worker(Role.STANDBY, preload)
+
+    def _standby_died(self, worker: Worker) -> None:
+        """Replace a warm worker that died, but never in a loop: after STANDBY_DEATHS in a row,
+        keep none until a generation next starts well."""
+        self._standby_deaths += 1
+        if self._standby_deaths >= STANDBY_DEATHS:
+            if self._standby_deaths == STANDBY_DEATHS:
+                self._log(
+                    logging.WARNING,
+                    f"The warm worker died {STANDBY_DEATHS} times in a row; keeping none until the app "
+                    "next starts well (if preloading something kills it, try --no-preload).",
+                )
+            return
+        if not worker.greeted and worker.preloaded:
+            self._log(
+                logging.WARNING, "The warm worker died while preloading; the next one will not preload."
+            )
+        self._ensure_standby(preload=worker.greeted and self._standby_deaths < 2)
 
     def _replace_standby(self) -> None:
         """A fresh warm worker: the one we have imported something that is out of date."""
@@ -283,6 +304,9 @@ class Generations:
         cause = self._cause or Cause((), now, "start")
         cause.mark("ready", now)
         self._cause = None
+        if not error_page:
+            self._crashes = 0  # a healthy generation: the next crash starts the backoff afresh
+            self._standby_deaths = 0
         if cause.retried and not error_page and not self._exclusive:
             self._exclusive = True
             self._log(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 
+from .._protocol import Failure
 from . import commands as c
 from . import events as e
 from .generations import SLOW_START_REPORT, STANDBY_WAIT, Generations
@@ -151,19 +152,21 @@ class Machine(Generations):
         if failure.kind == "usage" and worker.generation == 1:
             # A mistake in the command: start() turns it into one line and a failed exit.
             self.failure = failure
+            self._cause = None
             self._kill(worker)
             self._settle(1, "failed", cause, failure)
             return
         current = self.serving
         keep = self.policy.keep_last_good and current is not None and not current.error_page
         overlapping = self._apps_running_besides(worker)
-        if overlapping and not keep and not self._exclusive and not cause.retried:
+        retry = not keep and not self._exclusive and not cause.retried and might_be_a_conflict(failure)
+        if overlapping and retry:
             # It may have failed only because the old generation holds a port, a lock or a file
             # it needs: stop every older generation, and try once more alone.
             self._log(
-                logging.DEBUG,
-                f"Generation {worker.generation} failed while an older generation was running; trying "
-                "once more after it has stopped.",
+                logging.INFO,
+                f"Generation {worker.generation} failed while an older generation was running "
+                f"({failure.summary}); stopping that one and trying once more.",
             )
             self._kill(worker)
             cause.retried = True
@@ -173,6 +176,7 @@ class Machine(Generations):
         if keep:
             assert current is not None
             # --keep-last-good: the failed worker exits, the last good generation serves on.
+            self._cause = None
             self._kill(worker)
             self._settle_failure()
             self._log(
@@ -187,14 +191,7 @@ class Machine(Generations):
         self._drained(worker)
         how = describe_exit(event.returncode)
         if role is Role.STANDBY:
-            if worker.greeted:
-                self._ensure_standby()
-            elif worker.preloaded:
-                self._log(
-                    logging.WARNING, "The warm worker died while preloading; the next one will not preload."
-                )
-                self._ensure_standby(preload=False)
-            # one that dies before its hello without preloading: the next load spawns one
+            self._standby_died(worker)
         elif role is Role.LOADING:
             self._crashed(worker, f"The app's worker process {how} before it was ready")
         elif role is Role.SERVING:
@@ -227,3 +224,28 @@ class Machine(Generations):
         )
         self._kill(worker)
         self._load(self._cause or Cause((), self._clock(), "reload"), cold=True)
+
+
+# Exceptions (the type named at the start of a failure's summary) that a resource held by an
+# older generation can cause: a port, a lock, a file. Code errors (SyntaxError, NameError, a
+# module not found) never are, so they are shown at once rather than retried.
+_CONFLICTS = frozenset(
+    {
+        "OSError",
+        "PermissionError",
+        "BlockingIOError",
+        "FileExistsError",
+        "TimeoutError",
+        "ConnectionError",
+        "OperationalError",  # sqlite3 (and DB-API drivers): "database is locked"
+    }
+)
+
+
+def might_be_a_conflict(failure: Failure) -> bool:
+    """Whether a failure could come from something the older generation still holds."""
+    if failure.kind in ("lifespan", "startup"):
+        return True  # start-up code takes locks and ports; its failures are worth one retry
+    name = failure.summary.partition(":")[0].rpartition(".")[2].strip()
+    text = failure.summary.lower()
+    return name in _CONFLICTS or "lock" in text or "in use" in text

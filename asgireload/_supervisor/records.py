@@ -44,7 +44,9 @@ class Cause:
     def merged_with(self, later: Cause) -> Cause:
         """One cause for a load that replaces (or absorbs) another."""
         changed = tuple(sorted({*self.changed, *later.changed}))
-        return Cause(changed, min(self.since, later.since), later.reason)
+        merged = Cause(changed, min(self.since, later.since), later.reason, self.retried or later.retried)
+        merged.steps = {**later.steps, **self.steps}
+        return merged
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,12 +39,15 @@ def read_env(config: Config) -> tuple[Mapping[str, str], Failure | None]:
 
 
 def worker_settings(
-    config: Config, roots: tuple[str, ...], preload: tuple[str, ...], handoff_fd: int, listen_fd: int
+    config: Config,
+    roots: tuple[str, ...],
+    preload: tuple[str, ...],
+    fd_limit: int | None,
+    handoff_fd: int,
+    listen_fd: int,
 ) -> Settings:
     """Everything a new worker is: the app, what to watch, what to preload, its descriptors."""
-    env, env_failure = read_env(config)  # a broken env file is reported by the load that reads it
-    if env_failure is not None:
-        logger.error("%s", env_failure.summary)
+    env, _ = read_env(config)  # a broken env file is reported by the load that reads it
     return Settings(
         app=config.import_string,
         factory=config.factory,
@@ -61,4 +64,5 @@ def worker_settings(
         uvicorn=config.uvicorn_options(),
         handoff_fd=handoff_fd,
         listen_fd=listen_fd,
+        fd_limit=fd_limit,
     )

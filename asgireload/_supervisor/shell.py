@@ -50,6 +50,7 @@ class Supervisor:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self._fd_limit: int | None = None  # the soft limit before start() raised it
         roots = editable.editable_roots(config.app_dir) if config.watch_editable else []
         self.project = WatchFilter(
             (*config.watch_roots, *roots), config.reload_includes, config.reload_excludes
@@ -133,7 +134,8 @@ class Supervisor:
         a folder or module that does not exist, a port in use, an attribute that is not an app.
         Cancelled, or on any error, it stops everything it started before re-raising.
         """
-        _handoff.raise_fd_limit()  # connections held across a reload must not starve the next spawn
+        # connections held across a reload must not starve the next spawn; the app gets the old limit
+        self._fd_limit = _handoff.raise_fd_limit()
         preflight(self.config)
         self._listener = sockets.bind(self.config)
         self.url = sockets.describe(self._listener, self.config)
@@ -283,7 +285,8 @@ class Supervisor:
             case c.Spawn(worker, preload):
                 roots = self.project.roots
                 return await processes.spawn(
-                    worker, functools.partial(settings.worker_settings, self.config, roots, preload)
+                    worker,
+                    functools.partial(settings.worker_settings, self.config, roots, preload, self._fd_limit),
                 )
             case c.Load(worker, generation, env, failure):
                 processes.send(worker, protocol.Load(generation, dict(env), failure))
@@ -344,6 +347,7 @@ class Supervisor:
         deadline = FORCED_STOP_WAIT if force else self.config.drain_timeout + 1.0
         if self._processes is not None:
             await self._processes.close_all(self._tell_workers_to_stop(force), deadline)
+        _handoff.restore_fd_limit(self._fd_limit)
         if self._listener is not None:
             self._listener.close()
             if self.config.uds is not None:

@@ -70,6 +70,7 @@ class WorkerProcess:
         self.process = process
         self._exited = exited
         self.tag = tag  # in the environment of everything this worker starts: see _reaper.py
+        self.transport: asyncio.SubprocessTransport | None = None
         self.channel = channel
         self.handoff = handoff  # idle keep-alive connections travel over this, see _handoff.py
         self.stop_relaying: Callable[[], None] | None = None
@@ -124,6 +125,8 @@ class WorkerProcess:
         self.handoff.close()
         for task in self.tasks:
             task.cancel()
+        if self.transport is not None:
+            self.transport.close()  # the output pipe too, even if a stray process still holds it
 
     def event_of(self, message: protocol.Message) -> events.WorkerEvent:
         """What it said, as the machine's event; ProtocolError if it could not have said that now."""
@@ -169,8 +172,15 @@ async def spawn(
     The settings travel over the control channel, not argv: they grow with the app (the preload
     list) and argv has a per-string limit. Raises SpawnError if the OS will not start it.
     """
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    handoff, handoff_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(2):
+            sockets.extend(socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
+    except OSError as exc:  # out of descriptors, most likely
+        for sock in sockets:
+            sock.close()
+        raise SpawnError(f"could not start a worker process: {exc.strerror or exc}") from exc
+    parent, child, handoff, handoff_child = sockets
     handoff_child_fd = handoff_child.fileno()
     tag = _reaper.new_tag(worker_id)
     environment = dict(os.environ)
@@ -209,12 +219,16 @@ async def spawn(
             parent, protocol.WORKER_MESSAGES, send_limit=protocol.TRUSTED_MAX_LINE
         )
         channel.send(settings(handoff_child_fd, listener.fileno()))
-    except BaseException:
+    except BaseException as exc:
         parent.close()
         handoff.close()
         await end_process(process, tag, 0, protocol_.exited)
+        transport.close()
+        if isinstance(exc, OSError):
+            raise SpawnError(f"could not talk to a new worker process: {exc.strerror or exc}") from exc
         raise
     worker = WorkerProcess(worker_id, process, channel, handoff, tag, protocol_.exited)
+    worker.transport = transport
     reading = asyncio.create_task(_read_channel(worker, emit))
     worker.tasks.append(reading)
     if output is not None and process.stdout is not None:

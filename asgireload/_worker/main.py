@@ -40,11 +40,13 @@ import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import importlib  # noqa: E402
 import importlib.machinery  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
 import select  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import threading  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from typing import Any, NoReturn  # noqa: E402
 
 from .. import _handoff, _logging, _reaper  # noqa: E402
@@ -63,7 +65,7 @@ from .loader import (  # noqa: E402
 from .server import Server  # noqa: E402
 
 LAZY_IMPORT_CHECK = 0.5  # seconds between looks for modules imported after start-up
-REPORT_CHUNK = 2000  # files per `files` message
+REPORT_BYTES = protocol.MAX_LINE // 4  # encoded bytes of files and modules per `files` message
 
 
 def _exit_with_children() -> NoReturn:
@@ -298,11 +300,11 @@ class Worker:
         )
 
     def _report_files(self) -> None:
+        """Report what was imported, in messages well under the supervisor's line limit."""
         assert self.channel is not None
         files, modules = self.recorder.new_modules()
-        for start in range(0, max(len(files), len(modules), 1), REPORT_CHUNK):
-            chunk = slice(start, start + REPORT_CHUNK)
-            self.channel.send(protocol.Files(tuple(files[chunk]), tuple(modules[chunk])))
+        for chunk_files, chunk_modules in _report_chunks(files, modules):
+            self.channel.send(protocol.Files(tuple(chunk_files), tuple(chunk_modules)))
 
     async def _report_lazy_imports(self) -> None:
         """Modules imported inside request handlers are watched too, within a second."""
@@ -329,13 +331,31 @@ class Worker:
                 await serving
 
 
+def _report_chunks(files: list[Any], modules: list[str]) -> Iterator[tuple[list[Any], list[str]]]:
+    """Split a report by its encoded size (a path's non-ASCII characters take 6 bytes each)."""
+    chunk_files: list[Any] = []
+    chunk_modules: list[str] = []
+    size = 0
+    items = [(True, f) for f in files] + [(False, m) for m in modules]
+    for is_file, item in items:
+        cost = len(json.dumps(item)) + 1
+        if size + cost > REPORT_BYTES and (chunk_files or chunk_modules):
+            yield chunk_files, chunk_modules
+            chunk_files, chunk_modules, size = [], [], 0
+        (chunk_files if is_file else chunk_modules).append(item)
+        size += cost
+    yield chunk_files, chunk_modules
+
+
 def main() -> None:
     control_fd = int(sys.argv[1])
     _watch_for_hangup(control_fd)
-    settings, received = _read_settings(socket.socket(fileno=os.dup(control_fd)))
+    with socket.socket(fileno=os.dup(control_fd)) as control:
+        settings, received = _read_settings(control)
     for fd in (control_fd, settings.handoff_fd, settings.listen_fd):
         os.set_inheritable(fd, False)  # the app's children must not hold the port or our channels
     os.environ.update(settings.env)  # the env file, before anything is preloaded
+    _handoff.restore_fd_limit(settings.fd_limit)  # the app runs under the usual limit
     os.environ["ASGIRELOAD_WORKER"] = "1"  # serve() refuses to start a server from inside a worker
     _logging.configure(settings.uvicorn["log_level"])
     worker = Worker(settings, control_fd)

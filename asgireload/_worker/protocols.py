@@ -70,6 +70,7 @@ class RequestFraming:
                 if end < 0:
                     if len(data) - start > MAX_HEAD:
                         raise FramingError(f"no end of the request head in {len(data) - start} bytes")
+                    _check_partial_head(bytes(data[start:]))  # else the parser would never see it
                     return used, False
                 used = end + 4
                 chunked, length = _body_framing(bytes(data[start:end]))
@@ -115,6 +116,24 @@ class RequestFraming:
         return used, False
 
 
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_CONTROL = frozenset(range(32)) - {9, 10, 13}
+MAX_METHOD = 32
+
+
+def _check_partial_head(head: bytes) -> None:
+    """Raise FramingError for a head that can never end well (a TLS hello, bare newlines,
+    control bytes), so the parser answers it with 400 now instead of waiting for more."""
+    head = head.lstrip(b"\r\n")  # empty lines may come first, the last one maybe half read
+    method, space, _ = head.partition(b" ")
+    if (not space and len(method) > MAX_METHOD) or any(
+        byte not in _TOKEN for byte in method[: MAX_METHOD + 1]
+    ):
+        raise FramingError(f"not an HTTP request line: {head[:40]!r}")
+    if any(byte in _CONTROL for byte in head) or b"\n" in head.replace(b"\r\n", b""):
+        raise FramingError(f"a control byte or a bare newline in a request head: {head[:40]!r}")
+
+
 def _body_framing(head: bytes) -> tuple[bool, int]:
     """(chunked, content length) from a request head."""
     chunked, length = False, 0
@@ -124,10 +143,9 @@ def _body_framing(head: bytes) -> tuple[bool, int]:
             continue
         name = name.strip().lower()
         if name == b"content-length":
-            try:
-                length = int(value.strip())
-            except ValueError:
-                raise FramingError(f"a Content-Length that is not a number: {value[:40]!r}") from None
+            if not value.strip().isdigit():
+                raise FramingError(f"a Content-Length that is not a number: {value[:40]!r}")
+            length = int(value.strip())
         elif name == b"transfer-encoding":
             chunked = value.strip().lower().endswith(b"chunked")
     return chunked, 0 if chunked else length

@@ -99,9 +99,10 @@ class Processes:
         processes = list(self._by_id.values())
         try:
             waits = [p.aclose(deadline if p.id in left_draining else 0.0) for p in processes]
-            killed = sum(await asyncio.gather(*waits))
-            if killed:
-                logger.warning("Killing %d worker(s) that did not stop within %.1f s.", killed, deadline)
+            killed = await asyncio.gather(*waits)
+            late = sum(k for p, k in zip(processes, killed, strict=True) if p.id in left_draining)
+            if late:  # the others were not waited for: they are killed at once, on purpose
+                logger.warning("Killed %d worker(s) that did not stop within %.1f s.", late, deadline)
             for process in processes:
                 await asyncio.gather(*process.tasks, return_exceptions=True)
         finally:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import socket
 from typing import Any, ClassVar
 
@@ -73,7 +74,7 @@ class Failure:
         if not (isinstance(kind, str) and isinstance(summary, str) and isinstance(traceback, str)):
             raise ProtocolError("a failure without a kind, a summary or a traceback as text")
         for name, paths in (("files", files), ("missing", missing)):
-            if not (isinstance(paths, list) and all(isinstance(p, str) for p in paths)):
+            if not (isinstance(paths, list) and all(is_path(p) for p in paths)):
                 raise ProtocolError(f"a failure whose {name} is not a list of paths")
         if exit_reason is not None and not isinstance(exit_reason, str):
             raise ProtocolError("a failure whose exit_reason is not text")
@@ -150,7 +151,7 @@ class Files:
             if not (
                 isinstance(entry, list)
                 and len(entry) == 4
-                and isinstance(entry[0], str)
+                and is_path(entry[0])
                 and all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in entry[1:])
             ):
                 raise ProtocolError(f"a malformed file entry {str(entry)[:80]}")
@@ -314,12 +315,23 @@ def encode(message: Message, limit: int = MAX_LINE) -> bytes:
     return line
 
 
+def is_path(value: object) -> bool:
+    """A file system path: text with no NUL that the OS can encode (surrogate escapes included)."""
+    if not isinstance(value, str) or "\x00" in value:
+        return False
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def decode(line: bytes, allowed: Kinds) -> Message:
     """The message on one line, its fields checked; ProtocolError for anything else."""
     try:
         data = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"a line that is not JSON: {line[:80]!r}") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"a line that is not JSON (or nested too deep): {line[:80]!r}") from exc
     if not isinstance(data, dict):
         raise ProtocolError(f"a JSON value that is not an object: {line[:80]!r}")
     kind = data.get("type")

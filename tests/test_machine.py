@@ -303,6 +303,15 @@ SCENARIOS: dict[str, list[Step]] = {
         (exited(3, -9), ["spawn 4"]),
         (exited(4, -9), []),  # the third death in a row: no more, until a generation starts well
     ],
+    "a standby that breaks the protocol is replaced at once and never takes a load": [
+        *STARTED,
+        (e.ChannelBroken(2, "a line that is not JSON"), ["kill 2", "spawn 3 preloading"]),
+        # the load waits for worker 3's hello, not for worker 2
+        (changed("main.py"), ["timer standby_late(3) 2", "timer slow_start(3) 5"]),
+        (exited(2, -9), []),
+        (started(3), []),
+        (hello(3), ["load 3 gen 2"]),
+    ],
     "a worker that breaks the protocol is killed, and its exit counts as a crash": [
         *STARTED[:3],
         (e.ChannelBroken(1, "a line that is not JSON"), ["kill 1"]),

@@ -127,3 +127,23 @@ async def test_a_message_cut_by_end_of_file_is_an_error() -> None:
             await channel.receive()
     finally:
         channel.close()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"type":"files","files":[["/tmp/a\\u0000b.py",1,2,3]],"modules":[]}\n',  # a NUL in a path
+        b'{"type":"files","files":[["/tmp/\\ud800.py",1,2,3]],"modules":[]}\n',  # not encodable
+        b'{"type":"failed","generation":1,"failure":{"kind":"import","summary":"x","files":["a\\u0000"]}}\n',
+        b"[" * 200_000 + b"]" * 200_000 + b"\n",  # nested past the parser's recursion limit
+    ],
+    ids=["nul-in-files", "unencodable", "nul-in-failure", "deep-nesting"],
+)
+def test_what_the_supervisor_could_not_use_is_a_protocol_error(line: bytes) -> None:
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(line, protocol.WORKER_MESSAGES)
+
+
+def test_a_path_that_is_not_utf8_is_still_a_path() -> None:
+    assert protocol.is_path("/tmp/caf\udce9/main.py")  # os.fsdecode's surrogate escape of b"\xe9"
+    assert not protocol.is_path("/tmp/a\x00b")

@@ -61,7 +61,7 @@ def is_skipped_folder(path: str) -> bool:
 def stat_key(path: str) -> Stat:
     try:
         st = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a path the OS cannot take (an embedded NUL)
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 

@@ -84,7 +84,11 @@ class Machine(Generations):
                 self._log(
                     logging.ERROR, f"Worker {worker.id} (pid {worker.pid}) sent {event.reason}; stopping it."
                 )
-                self._emit(c.Kill(worker.id))  # its role stays: its exit is what counts
+                if worker.role is Role.STANDBY:  # never loaded: replace it now (a standby death)
+                    self._kill(worker)
+                    self._standby_died(worker)
+                else:
+                    self._emit(c.Kill(worker.id))  # its role stays: its exit is what counts
             case e.TimerFired(kind=e.TimerKind.SLOW_START):
                 self._on_slow_start(worker)
             case e.TimerFired(kind=e.TimerKind.STANDBY_LATE):

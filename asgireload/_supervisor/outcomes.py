@@ -20,6 +20,7 @@ class Outcomes:
         self._subscribers: list[asyncio.Queue[ReloadEvent | None]] = []
         self._changed = asyncio.Condition()
         self._ended = False
+        self._waking: set[asyncio.Task[None]] = set()
 
     def __bool__(self) -> bool:
         return bool(self._by_generation)
@@ -61,7 +62,9 @@ class Outcomes:
 
     def wake(self) -> None:
         """Let every waiter look again (at its `unless`, too)."""
-        asyncio.get_running_loop().create_task(self._notify())
+        task = asyncio.get_running_loop().create_task(self._notify())
+        self._waking.add(task)  # kept until done: the loop holds tasks only weakly
+        task.add_done_callback(self._waking.discard)
 
     def end(self) -> None:
         """The server stopped: every stream ends, every waiter looks again."""

@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from .. import _handoff
@@ -161,8 +162,8 @@ class Supervisor:
                 includes=self.project if self.config.reload_includes else None,
                 force_polling=self.config.force_polling,
             )
-            self._tasks.append(asyncio.create_task(self._run(), name="asgireload-supervisor"))
-            self._tasks.append(asyncio.create_task(self._scanner.run(), name="asgireload-scanner"))
+            self._start_task(self._run(), "asgireload-supervisor")
+            self._start_task(self._scanner.run(), "asgireload-scanner")
             if self.config.preload and self.config.standby:
                 self._packages = Scanner(
                     self._on_packages_change,
@@ -170,7 +171,7 @@ class Supervisor:
                     force_polling=self.config.force_polling,
                     fast_poll=None,  # an upgrade is found by the next full scan: no fast polling
                 )
-                self._tasks.append(asyncio.create_task(self._packages.run(), name="asgireload-packages"))
+                self._start_task(self._packages.run(), "asgireload-packages")
             if self.config.env_file is not None:
                 self._scanner.watch([(self.config.env_file, stat_key(self.config.env_file))])
             await self._queue.put(e.ReloadRequested("start"))
@@ -269,6 +270,17 @@ class Supervisor:
                 if result is not None:
                     results.append(result)
 
+    def _start_task(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """A task of ours that must never end with an error unseen: one that does stops us."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.append(task)
+
+        def ended(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and isinstance(task.exception(), Exception) and self.error is None:
+                self._fail(task.exception())  # type: ignore[arg-type]
+
+        task.add_done_callback(ended)
+
     def _fail(self, exc: Exception) -> None:
         self.error = exc
         logger.error("asgireload stopped: the supervisor hit an internal error.", exc_info=exc)
@@ -346,7 +358,12 @@ class Supervisor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         deadline = FORCED_STOP_WAIT if force else self.config.drain_timeout + 1.0
         if self._processes is not None:
-            await self._processes.close_all(self._tell_workers_to_stop(force), deadline)
+            try:
+                left_draining = self._tell_workers_to_stop(force)
+            except Exception as exc:  # a bug in the machine must not leave workers running
+                logger.error("asgireload could not stop its workers in order; killing them.", exc_info=exc)
+                left_draining = set()
+            await self._processes.close_all(left_draining, deadline)
         _handoff.restore_fd_limit(self._fd_limit)
         if self._listener is not None:
             self._listener.close()

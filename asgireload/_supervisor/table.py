@@ -13,8 +13,9 @@ says the same as a table, and the machine checks every move against it):
                 └────────────────────────────────────────────────────────────────────▶ GONE
 
 Stop kills every worker, except that a SERVING one drains and a DRAINING one that was ready
-finishes. A worker whose process exits while STANDBY, LOADING or SERVING crashed; a KILLED
-worker's exit only means that it no longer holds the app's ports, locks and files.
+finishes. A worker whose process exits while LOADING or SERVING crashed; a STANDBY that exits or
+breaks the protocol is replaced, at most three times in a row; a KILLED worker's exit only means
+that it no longer holds the app's ports, locks and files.
 
 A pair (role, trigger) that is not in the table raises IllegalTransition, with a sentence that
 names both: it is a bug in the shell (which checks what a worker says before it gets here), never
@@ -79,7 +80,7 @@ TRANSITIONS: Final[dict[tuple[Role, Trigger], frozenset[Role]]] = {
     (S, T.SPAWN_FAILED): frozenset({G}),
     (S, T.HELLO): frozenset({S}),
     (S, T.EXITED): frozenset({G}),  # replaced by a new standby (not preloading if it died doing so)
-    (S, T.BROKE): frozenset({S}),  # killed; its exit decides
+    (S, T.BROKE): frozenset({K}),  # killed and replaced at once: it must not take a load
     (S, T.LOAD): frozenset({L}),
     (S, T.KILL): frozenset({K}),  # the env file or an installed package changed; a cold load
     (S, T.STOP): frozenset({K}),

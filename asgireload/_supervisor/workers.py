@@ -81,6 +81,7 @@ class WorkerProcess:
         self.generation: int | None = None  # the generation it was told to load
         self.answered = False  # it said ready or failed for that load
         self.told_to_drain = False
+        self.shows_failure = False
 
     def __repr__(self) -> str:
         return f"<worker {self.id} pid={self.pid} generation={self.generation}>"
@@ -99,6 +100,7 @@ class WorkerProcess:
     def send(self, message: protocol.SupervisorMessage) -> None:
         if isinstance(message, protocol.Load):
             self.generation = message.generation
+            self.shows_failure = message.failure is not None  # then its `ready` is an error page
         elif isinstance(message, protocol.Drain):
             self.told_to_drain = True
         self.channel.send(message)
@@ -144,6 +146,12 @@ class WorkerProcess:
                 return events.WorkerDraining(self.id)
             case protocol.Draining():
                 raise protocol.ProtocolError("a 'draining' message from a worker that was not told to drain")
+            case protocol.Ready(error_page=error_page) if error_page != self.shows_failure:
+                raise protocol.ProtocolError(
+                    "a 'ready' message for the error page from a worker told to load the app"
+                    if error_page
+                    else "a 'ready' message for the app from a worker told to show a failure"
+                )
             case protocol.Ready() | protocol.Failed() if (
                 message.generation == self.generation and not self.answered
             ):

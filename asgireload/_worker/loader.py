@@ -28,7 +28,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from .._protocol import Failure
+from .._protocol import Failure, is_path
 from .._protocol import FileEntry as FileStat
 from .._watchfilter import WatchFilter
 from .errorreport import displayable
@@ -244,7 +244,7 @@ def failure_from_exception(exc: BaseException, kind: str, *, project: WatchFilte
         path = os.path.abspath(frame.filename)
         if os.path.isfile(path) and path not in files:
             files.append(path)
-    if isinstance(exc, SyntaxError) and exc.filename:
+    if isinstance(exc, SyntaxError) and exc.filename and is_path(exc.filename):
         path = os.path.abspath(exc.filename)
         if path in files:
             files.remove(path)

@@ -293,7 +293,10 @@ async def test_fg_brings_back_the_reload_key(project: Path) -> None:
         await the_shell_reads_a_line(terminal)
         after = len(terminal.text)
         terminal.type("fg\n")
-        await terminal.wait_for(r"(?m)^\S*python\S* -m asgireload main:app --port 0\s*$", after)
+        # bash names the job it brings back; its prompt may come first on that line (typed ahead)
+        await terminal.wait_for(
+            r"(?m)^(?:test-shell\$ )?\S*python\S* -m asgireload main:app --port 0\s*$", after
+        )
         terminal.type("r\n")  # read once the job is in the foreground again (on SIGCONT)
         await terminal.wait_for(
             r"Reloaded in \d+ ms \(generation 2\): reload requested from the terminal", after

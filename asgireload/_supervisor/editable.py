@@ -172,7 +172,9 @@ def editable_roots(app_dir: str, site_dirs: Sequence[str] | None = None) -> list
     roots: list[str] = []
     for source in editable_sources(site_dirs):
         real = os.path.realpath(source)
-        if _inside(real, checkout) and not _inside(real, app):
+        # inside the checkout, and neither within the app's folder nor around it (an editable
+        # install of the project itself: the app's folder is its part that is watched already)
+        if _inside(real, checkout) and not _inside(real, app) and not _inside(app, real):
             roots.append(source)
     reals = {root: os.path.realpath(root) for root in roots}
     return [

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 # Folders never descended into when looking for --reload-include matches.
 SKIPPED_DIRS = frozenset({"__pycache__", "node_modules", "site-packages", "dist-packages"})
 PACKAGE_DIRS = frozenset({"site-packages", "dist-packages"})
-_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))  # asgireload itself
 
 
 def _as_folder(path: str) -> str:
@@ -94,7 +94,7 @@ class WatchFilter:
         self.includes = tuple(includes)
         self.excludes = tuple(excludes)
         self.locations = locations or InstallLocations.of_interpreter()
-        self._own = _spellings([_OWN_DIR])
+        self._own = _spellings([PACKAGE_DIR])
         self._real_roots = tuple(_as_folder(os.path.realpath(r)) for r in self.roots)
         self._venv_dirs: dict[str, bool] = {}
         self._real_dirs: dict[str, str] = {}

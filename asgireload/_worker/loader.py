@@ -30,13 +30,12 @@ from typing import Any
 
 from .._protocol import Failure, is_path
 from .._protocol import FileEntry as FileStat
-from .._watchfilter import WatchFilter
+from .._watchfilter import PACKAGE_DIR, WatchFilter
 from .errorreport import displayable
 
 MAX_TRACEBACK_BYTES = 256 * 1024
 MAX_SUMMARY_BYTES = 4 * 1024
 
-_OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # asgireload/
 _NOT_PRELOADED = frozenset({"__main__", "__mp_main__", "asgireload"})
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f]")
 _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x09), *range(0x0B, 0x20))}
@@ -344,11 +343,12 @@ def _clean(text: str) -> str:
     return text.translate(_CONTROL_ESCAPES) if _CONTROL.search(text) else text
 
 
-_IMPORTLIB_DIR = os.path.dirname(importlib.__file__)
+# frames of asgireload and of the import machinery: not the developer's, left out of tracebacks
+_NOT_USERS = (os.path.join(PACKAGE_DIR, ""), "<frozen ", os.path.dirname(importlib.__file__))
 
 
 def _is_users(filename: str) -> bool:
-    return not (filename.startswith((_OWN_DIR, "<frozen ", _IMPORTLIB_DIR)))
+    return not filename.startswith(_NOT_USERS)
 
 
 def _message_summary(text: str) -> str:

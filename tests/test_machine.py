@@ -206,6 +206,17 @@ SCENARIOS: dict[str, list[Step]] = {
         (hello(4), ["load 4 gen 4"]),
         (exited(4, 1), ["timer retry 0.4", "show 2 crash", "gen 4 failed"]),
     ],
+    "a new generation and its error page both crash: the backoff retries the newest code": [
+        *RELOADING,
+        (exited(2, 1), ["timer retry 0.1", "spawn 3 preloading"]),  # the old one serves meanwhile
+        (started(3), ["timer slow_start(3) 5"]),
+        (hello(3), ["load 3 gen 3 showing crash"]),
+        (exited(3, 1), ["timer retry 0.2", "gen 3 failed"]),
+        (timer(T.RETRY), ["spawn 4 preloading"]),  # not the old code for ever
+        (started(4), ["timer slow_start(4) 5"]),
+        (hello(4), ["load 4 gen 4"]),
+        (ready(4), replaces(1, by=4, then="spawn 5 preloading")),
+    ],
     "--keep-last-good: a failed reload leaves the last good generation serving": [
         *RELOADING,
         (failed(2), ["kill 2", "gen 2 failed"]),

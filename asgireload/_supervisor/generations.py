@@ -140,8 +140,15 @@ class Generations:
             self._later(BACKOFF_START, e.TimerKind.RETRY)  # let the error page come up first
         elif retry is not None and loading is None:
             self._begin(retry)
-        elif loading is None and (current is None or current.error_page):
+        elif loading is None and (
+            current is None or current.error_page or self._newest_never_served(current)
+        ):
             self._begin(Cause((), self._clock(), "restart after a crash"))
+
+    def _newest_never_served(self, current: Worker) -> bool:
+        """The newest generation died before it served (its error page too): what serves is
+        older code, and the backoff must try the newest code again, as its log line promised."""
+        return current.generation is not None and current.generation < self.generation
 
     def _stop(self, force: bool) -> None:
         """Drain what serves (kill it, with force), let a ready draining worker finish, kill the rest."""

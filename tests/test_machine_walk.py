@@ -1,0 +1,225 @@
+"""Random walks through the supervisor's machine, against a simulated world of processes.
+
+The scenarios in test_machine.py pin down chosen paths; these walks try the orders nobody
+wrote down. A small world carries out the machine's commands the way real workers would (a
+spawn is greeted, a load ends ready or failed depending on the code on disk, a drain ends in an
+exit, a kill ends in an exit with SIGKILL, a worker may crash at any time, timers fire whenever
+they are armed) and delivers their events in a random but causal order. Whenever the world
+settles, the machine must serve exactly one generation, loaded after the last change (never
+stale code), showing the app when the code works and the error page when it does not; and a
+stop must leave no worker unaccounted for.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import random
+
+import pytest
+
+from asgireload._protocol import Failure
+from asgireload._supervisor import commands as c
+from asgireload._supervisor import events as e
+from asgireload._supervisor.machine import Machine
+from asgireload._supervisor.records import Policy
+
+CONFLICT = "OSError: [Errno 98] Address already in use"
+MAX_RUNNING = 3  # serving + loading + standby, not counting those told to exit: more is a leak
+
+
+@dataclasses.dataclass
+class Process:
+    """One simulated worker: what it will say next, and what it was told to load."""
+
+    id: int
+    queue: collections.deque[e.Event] = dataclasses.field(default_factory=collections.deque)
+    exiting: bool = False  # its exit is queued: it takes no more commands
+    gone: bool = False  # its exit was delivered
+    generation: int | None = None
+    error_page: bool = False  # it shows the error page instead of the app
+    broken: bool = False  # the code it loaded does not start
+    changes_seen: int = 0  # how many changes had been handled when it was told to load
+
+
+class World:
+    def __init__(self, rng: random.Random, policy: Policy) -> None:
+        self.rng = rng
+        self.now = 1000.0
+        self.machine = Machine(policy, clock=lambda: self.now, read_env=lambda: ({}, None))
+        self.processes: dict[int, Process] = {}
+        self.timers: set[e.TimerFired] = set()
+        self.serving: set[int] = set()  # told to serve, not yet told to drain or killed
+        self.changes = 0  # changes (and reload requests) handed to the machine so far
+        self.broken = False  # whether the code on disk fails to start
+        self.conflict = False  # whether its failure looks like a held resource
+        self.trace: list[str] = []
+
+    # ------------------------------------------------------------------ feeding the machine
+    def feed(self, event: e.Event) -> None:
+        """As the shell does: what a spawn reports is handled next, before any other event."""
+        results = collections.deque([event])
+        while results:
+            event = results.popleft()
+            self.trace.append(repr(event))
+            if isinstance(event, e.WorkerExited | e.SpawnFailed):
+                self.processes[event.worker].gone = True
+                self.serving.discard(event.worker)
+            for command in self.machine.handle(event):
+                if (result := self.carry_out(command)) is not None:
+                    results.append(result)
+
+    def carry_out(self, command: c.Command) -> e.Event | None:
+        self.trace.append(f"  -> {command!r}"[:160])
+        match command:
+            case c.Spawn(worker):
+                assert worker not in self.processes, f"worker id {worker} reused"
+                process = self.processes[worker] = Process(worker)
+                if self.rng.random() < 0.02:
+                    process.exiting = True
+                    return e.SpawnFailed(worker, "E2BIG")
+                process.queue.append(e.WorkerGreeted(worker))
+                return e.WorkerStarted(worker, pid=1000 + worker)
+            case c.Load(worker, generation, _, failure):
+                process = self.processes[worker]
+                if process.exiting:
+                    return
+                process.generation = generation
+                process.changes_seen = self.changes
+                process.error_page = failure is not None
+                process.broken = self.broken and failure is None
+                if process.broken:
+                    summary = CONFLICT if self.conflict else "RuntimeError: boom"
+                    failure = Failure("import", summary, files=("/project/main.py",))
+                    process.queue.append(e.WorkerFailed(worker, failure))
+                else:
+                    process.queue.append(e.WorkerReady(worker, error_page=process.error_page))
+            case c.Serve(worker):
+                if not self.processes[worker].exiting:
+                    self.serving.add(worker)
+            case c.Drain(worker):
+                self.serving.discard(worker)
+                process = self.processes[worker]
+                if not process.exiting:
+                    process.queue += [e.WorkerDraining(worker), e.WorkerExited(worker, 0)]
+                    process.exiting = True
+            case c.Kill(worker):
+                self.serving.discard(worker)
+                process = self.processes[worker]
+                if not process.gone:
+                    process.queue = collections.deque([e.WorkerExited(worker, -9)])
+                    process.exiting = True
+            case c.ArmTimer(_, event):
+                self.timers.add(event)
+        return None
+
+    # ------------------------------------------------------------------ the world moves
+    def deliver_one(self) -> bool:
+        """Deliver the next event of one random process; False if none has anything to say."""
+        talking = [p for p in self.processes.values() if p.queue]
+        if not talking:
+            return False
+        process = self.rng.choice(talking)
+        self.feed(process.queue.popleft())
+        return True
+
+    def fire_one(self) -> bool:
+        if not self.timers:
+            return False
+        timer = self.rng.choice(sorted(self.timers, key=repr))
+        self.timers.discard(timer)
+        self.now += 1.0
+        self.feed(timer)
+        return True
+
+    def crash_one(self) -> None:
+        alive = [p for p in self.processes.values() if not p.exiting]
+        if alive:
+            process = self.rng.choice(alive)
+            process.queue.append(e.WorkerExited(process.id, 1))
+            process.exiting = True
+
+    def change(self) -> None:
+        self.broken = self.rng.random() < 0.3
+        self.conflict = self.rng.random() < 0.3
+        self.changes += 1
+        self.now += 0.01
+        if self.rng.random() < 0.8:
+            self.feed(e.FileChanged(("/project/main.py",), since=self.now))
+        else:
+            self.feed(e.ReloadRequested("reload() called"))
+
+    def step(self) -> None:
+        roll = self.rng.random()
+        if roll < 0.12:
+            self.change()
+        elif roll < 0.15:
+            self.crash_one()
+        elif roll < 0.17:
+            self.feed(e.PackagesChanged(("/venv/site-packages/fastapi/__init__.py",)))
+        elif roll < 0.30:
+            self.fire_one() or self.deliver_one()
+        else:
+            self.deliver_one() or self.fire_one()
+        running = [p.id for p in self.processes.values() if not p.exiting]
+        assert len(running) <= MAX_RUNNING, f"workers {running} all run, none told to exit"
+
+    def settle(self) -> None:
+        """Let every process say everything and every timer fire, until nothing happens."""
+        for _ in range(10_000):
+            if not (self.deliver_one() or self.fire_one()):
+                return
+        raise AssertionError("the world never settled: something re-arms itself forever")
+
+    # ------------------------------------------------------------------ what must hold
+    def check_settled(self, policy: Policy) -> None:
+        assert len(self.serving) == 1, f"serving {sorted(self.serving)} once settled"
+        running = [p.id for p in self.processes.values() if not p.gone]
+        assert len(running) <= 1 + policy.standby, f"workers {running} run once settled"
+        process = self.processes[next(iter(self.serving))]
+        assert not process.exiting
+        if policy.keep_last_good and self.broken:
+            return  # the last good generation may go on serving: that is the point
+        assert process.changes_seen == self.changes, (
+            f"worker {process.id} (generation {process.generation}) serves code from before "
+            f"change {process.changes_seen + 1} of {self.changes}"
+        )
+        shows_error = process.error_page or process.broken
+        assert shows_error == self.broken, (
+            f"worker {process.id} shows {'the error page' if shows_error else 'the app'} "
+            f"while the code {'fails' if self.broken else 'works'}"
+        )
+
+    def check_stopped(self) -> None:
+        """The machine takes no event after a stop (the shell waits for the exits): every
+        process still running must have been told to drain or be killed."""
+        left = [p.id for p in self.processes.values() if not p.exiting]
+        assert not left, f"workers {left} were neither drained nor killed by the stop"
+
+
+POLICIES = {
+    "default": Policy(cwd="/project"),
+    "sequential": Policy(cwd="/project", sequential=True),
+    "keep-last-good": Policy(cwd="/project", keep_last_good=True),
+    "no-standby": Policy(cwd="/project", standby=False),
+    "no-preload": Policy(cwd="/project", preload=False),
+}
+
+
+@pytest.mark.parametrize("policy_name", POLICIES)
+@pytest.mark.parametrize("seed", range(40))
+def test_a_random_walk_settles_on_the_latest_code_and_stops_clean(policy_name: str, seed: int) -> None:
+    policy = POLICIES[policy_name]
+    world = World(random.Random(f"{policy_name}-{seed}"), policy)
+    try:
+        world.feed(e.ReloadRequested("start"))
+        for _ in range(12):
+            for _ in range(world.rng.randrange(1, 40)):
+                world.step()
+            world.settle()
+            world.check_settled(policy)
+        world.feed(e.Stop(force=world.rng.random() < 0.3))
+        world.check_stopped()
+    except AssertionError:
+        print("\n".join(world.trace[-80:]))  # the end of the walk, for whoever reads the failure
+        raise

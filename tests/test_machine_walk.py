@@ -136,8 +136,11 @@ class World:
         alive = [p for p in self.processes.values() if not p.exiting]
         if alive:
             process = self.rng.choice(alive)
-            process.queue.append(e.WorkerExited(process.id, 1))
-            process.exiting = True
+            if self.rng.random() < 0.3:  # it broke the protocol: the machine must kill it
+                process.queue.append(e.ChannelBroken(process.id, "garbage on its channel"))
+            else:
+                process.queue.append(e.WorkerExited(process.id, 1))
+                process.exiting = True
 
     def change(self) -> None:
         self.broken = self.rng.random() < 0.3

@@ -24,6 +24,7 @@ from asgireload._supervisor import events as e
 from asgireload._supervisor.machine import Machine
 from asgireload._supervisor.records import Policy
 
+ENV_FILE = "/project/.env"
 CONFLICT = "OSError: [Errno 98] Address already in use"
 MAX_RUNNING = 3  # serving + loading + standby, not counting those told to exit: more is a leak
 
@@ -46,14 +47,20 @@ class World:
     def __init__(self, rng: random.Random, policy: Policy) -> None:
         self.rng = rng
         self.now = 1000.0
-        self.machine = Machine(policy, clock=lambda: self.now, read_env=lambda: ({}, None))
+        self.machine = Machine(policy, clock=lambda: self.now, read_env=self.read_env)
         self.processes: dict[int, Process] = {}
         self.timers: set[e.TimerFired] = set()
         self.serving: set[int] = set()  # told to serve, not yet told to drain or killed
         self.changes = 0  # changes (and reload requests) handed to the machine so far
         self.broken = False  # whether the code on disk fails to start
         self.conflict = False  # whether its failure looks like a held resource
+        self.env_broken = False  # whether the env file cannot be read
         self.trace: list[str] = []
+
+    def read_env(self) -> tuple[dict[str, str], Failure | None]:
+        if self.env_broken:
+            return {}, Failure("env", "ENV_FILE line 3: no '=' in 'oops'", files=(ENV_FILE,))
+        return {"MODE": "dev"}, None
 
     # ------------------------------------------------------------------ feeding the machine
     def feed(self, event: e.Event) -> None:
@@ -147,7 +154,11 @@ class World:
         self.conflict = self.rng.random() < 0.3
         self.changes += 1
         self.now += 0.01
-        if self.rng.random() < 0.8:
+        roll = self.rng.random()
+        if roll < 0.1:
+            self.env_broken = not self.env_broken
+            self.feed(e.FileChanged((ENV_FILE,), since=self.now))
+        elif roll < 0.8:
             self.feed(e.FileChanged(("/project/main.py",), since=self.now))
         else:
             self.feed(e.ReloadRequested("reload() called"))
@@ -181,16 +192,17 @@ class World:
         assert len(running) <= 1 + policy.standby, f"workers {running} run once settled"
         process = self.processes[next(iter(self.serving))]
         assert not process.exiting
-        if policy.keep_last_good and self.broken:
+        if policy.keep_last_good and (self.broken or self.env_broken):
             return  # the last good generation may go on serving: that is the point
         assert process.changes_seen == self.changes, (
             f"worker {process.id} (generation {process.generation}) serves code from before "
             f"change {process.changes_seen + 1} of {self.changes}"
         )
         shows_error = process.error_page or process.broken
-        assert shows_error == self.broken, (
+        fails = self.broken or self.env_broken
+        assert shows_error == fails, (
             f"worker {process.id} shows {'the error page' if shows_error else 'the app'} "
-            f"while the code {'fails' if self.broken else 'works'}"
+            f"while the code {'fails' if fails else 'works'}"
         )
 
     def check_stopped(self) -> None:

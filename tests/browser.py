@@ -67,7 +67,7 @@ class WebDriverError(AssertionError):
 class Browser:
     def __init__(self, profile: Path) -> None:
         self.profile = profile
-        self.driver: subprocess.Popen[bytes] | None = None
+        self.driver: asyncio.subprocess.Process | None = None
         self.client = httpx.AsyncClient(timeout=30.0)
         self.base = ""
         self.session = ""
@@ -75,8 +75,10 @@ class Browser:
     async def start(self) -> None:
         port = _free_port()
         self.base = f"http://127.0.0.1:{port}"
-        self.driver = subprocess.Popen(
-            [CHROMEDRIVER, f"--port={port}", "--allowed-ips=127.0.0.1"],
+        self.driver = await asyncio.create_subprocess_exec(
+            CHROMEDRIVER,
+            f"--port={port}",
+            "--allowed-ips=127.0.0.1",
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -86,7 +88,7 @@ class Browser:
                 with contextlib.suppress(httpx.TransportError):
                     if (await self.client.get(f"{self.base}/status")).json()["value"]["ready"]:
                         break
-                if self.driver.poll() is not None:
+                if self.driver.returncode is not None:
                     raise WebDriverError(f"chromedriver exited with {self.driver.returncode}")
                 await asyncio.sleep(0.05)
         options = {"binary": CHROMIUM, "args": [*FLAGS, f"--user-data-dir={self.profile}"]}
@@ -110,7 +112,8 @@ class Browser:
             if self.driver is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.driver.pid, 9)  # chromedriver and any browser it left behind
-                self.driver.wait(10)
+                async with asyncio.timeout(10):
+                    await self.driver.wait()
 
     async def _call(self, method: str, path: str, body: Any = None) -> Any:
         response = await self.client.request(method, self.base + path, json=body)

@@ -46,7 +46,8 @@ async def app(scope, receive, send):
         await send({"type": "http.response.body", "body": data})
         return
     if path == "/api":
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b'{"ok": true}'})
         return
     spacer = '<div style="height: 5000px">tall</div>' if TALL else ""
@@ -78,7 +79,8 @@ def app_source(body: str = "v1", *, csp: str | None = None, tall: bool = False) 
 
 async def connected(b: Browser) -> None:
     """Wait until the page's script has heard from the server (its first event, hello)."""
-    await b.wait_for("return !!(window.asgireloadLive && window.asgireloadLive.events > 0)", True, what="hello")
+    heard = "return !!(window.asgireloadLive && window.asgireloadLive.events > 0)"
+    await b.wait_for(heard, True, what="hello")
 
 
 def project(root: Path, **options: object) -> Path:
@@ -111,7 +113,8 @@ async def test_a_stylesheet_edit_is_swapped_in_without_a_reload(tmp_path: Path) 
         generation = server.generation
         write_like_an_editor(folder / "static" / "site.css", BLUE)
         await b.wait_for(COLOUR, "rgb(0, 0, 255)", what="the new stylesheet's colour")
-        assert await b.run("return [window.keptState, document.getElementById('field').value]") == [42, "typed"]
+        kept = await b.run("return [window.keptState, document.getElementById('field').value]")
+        assert kept == [42, "typed"]
         assert len(await b.run("return document.querySelectorAll('link[rel=stylesheet]')")) == 1
         assert server.generation == generation  # the app was not restarted
 
@@ -203,5 +206,3 @@ async def test_a_page_opened_before_a_restart_from_scratch_recovers(tmp_path: Pa
         write_like_an_editor(folder / "main.py", app_source("after restart"))
         async with Reloader("main:app", app_dir=folder, live_reload=True, port=port):
             await b.wait_for("return document.title", "after restart", what="the page of the new run")
-
-

@@ -132,8 +132,8 @@ def test_the_tag_escapes_what_it_carries() -> None:
     place = injection.Placement('a"b', True)
     tag = injection.script_tag(place, {"run": "<r>"}, "/__asgireload__/client.js")
     assert tag == (
-        b'<script src="/__asgireload__/client.js" nonce="a&quot;b" data-run="&lt;r&gt;" data-worker="1">'
-        b"</script>"
+        b'<script src="/__asgireload__/client.js" async nonce="a&quot;b" data-run="&lt;r&gt;" '
+        b'data-worker="1"></script>'
     )
 
 

@@ -98,7 +98,7 @@ def placement(policies: Iterable[str]) -> tuple[Placement | None, str]:
 
 def script_tag(placement: Placement, attributes: dict[str, str], src: str) -> bytes:
     """The one tag injected: an external script, so that a policy allowing 'self' lets it run."""
-    attrs = [f'src="{html.escape(src)}"']
+    attrs = [f'src="{html.escape(src)}"', "async"]
     if placement.nonce is not None:
         attrs.append(f'nonce="{html.escape(placement.nonce)}"')
     attrs += [f'data-{name}="{html.escape(value)}"' for name, value in attributes.items()]

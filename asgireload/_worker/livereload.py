@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -46,6 +47,13 @@ _UNSUPPORTED_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend
 def _script(*names: str) -> bytes:
     folder = resources.files(__package__ or "asgireload._worker") / "static"
     return b"\n".join((folder / name).read_bytes() for name in names)
+
+
+CLIENT = _script("stream.js", "page.js")
+WORKER = _script("stream.js", "sharedworker.js")
+# In the scripts' URLs: a page reload takes them from the browser's cache, and a new asgireload
+# (other scripts) gets new URLs, so no stale copy can be used.
+VERSION = hashlib.sha256(CLIENT + WORKER).hexdigest()[:16]
 
 
 class Hub:
@@ -104,8 +112,6 @@ class LiveReload:
     def __init__(self, app: ASGIApp, hub: Hub) -> None:
         self.app = app
         self.hub = hub
-        self._client = _script("stream.js", "page.js")
-        self._worker = _script("stream.js", "sharedworker.js")
         self._attributes = {"run": str(hub.hello["run"]), "generation": str(hub.hello["generation"])}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -130,9 +136,11 @@ class LiveReload:
         if path == EVENTS_PATH and scope.get("method") == "GET":
             await self._stream(receive, send)
         elif path in (CLIENT_PATH, WORKER_PATH) and scope.get("method") in ("GET", "HEAD"):
-            body = self._client if path == CLIENT_PATH else self._worker
+            body = CLIENT if path == CLIENT_PATH else WORKER
             head = scope.get("method") == "HEAD"
-            await _respond(send, 200, b"text/javascript; charset=utf-8", body, head=head)
+            versioned = scope.get("query_string") == f"v={VERSION}".encode()
+            cache = b"public, max-age=31536000, immutable" if versioned else b"no-store"
+            await _respond(send, 200, b"text/javascript; charset=utf-8", body, head=head, cache=cache)
         else:
             await _respond(send, 404, b"text/plain; charset=utf-8", b"Not a live reload endpoint.\n")
 
@@ -168,11 +176,19 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
-async def _respond(send: Send, status: int, content_type: bytes, body: bytes, *, head: bool = False) -> None:
+async def _respond(
+    send: Send,
+    status: int,
+    content_type: bytes,
+    body: bytes,
+    *,
+    head: bool = False,
+    cache: bytes = b"no-store",
+) -> None:
     headers = [
         (b"content-type", content_type),
         (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store"),
+        (b"cache-control", cache),
         (b"x-content-type-options", b"nosniff"),
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -218,7 +234,7 @@ class _Injecting:
                 reason,
             )
             return message
-        tag = injection.script_tag(place, self._attributes, CLIENT_PATH)
+        tag = injection.script_tag(place, self._attributes, f"{CLIENT_PATH}?v={VERSION}")
         fixed, ok = injection.fixed_headers(headers, len(tag))
         if not ok:
             return message

@@ -86,7 +86,8 @@
   function viaSharedWorker() {
     if (me.getAttribute("data-worker") !== "1" || typeof SharedWorker !== "function") { return false; }
     try {
-      var worker = new SharedWorker(base + "worker.js", {name: "asgireload"});
+      var version = new URL(me.src, location.href).searchParams.get("v") || "";
+      var worker = new SharedWorker(base + "worker.js?v=" + encodeURIComponent(version), {name: "asgireload"});
       worker.port.onmessage = function (message) { handle(message.data); };
       worker.port.start();
       window.addEventListener("pagehide", function () { worker.port.postMessage("bye"); });

@@ -16,7 +16,7 @@ from asgireload._supervisor.assets import LiveAssets, is_stylesheet_change, log_
 from asgireload._worker import injection
 from asgireload._worker.livereload import Hub, LiveReload
 from asgireload.cli import parse_config
-from asgireload.errors import ConfigError
+from asgireload.errors import AsgireloadError, ConfigError
 
 from .conftest import write
 
@@ -271,6 +271,8 @@ async def test_a_stylesheet_change_does_not_restart_the_app(tmp_path: Path) -> N
         assert event.generation == 2
         from asgireload.reloader import write_like_an_editor
 
+        with pytest.raises(AsgireloadError, match="matches --live-include"):
+            await server.edit(tmp_path / "static" / "site.css", "a {}")  # no generation to wait for
         write_like_an_editor(tmp_path / "static" / "site.css", "a { color: red }\n")
         event = await server.edit(tmp_path / "main.py", PAGES + "\n")
         assert event.generation == 3  # the stylesheet's change started no generation in between

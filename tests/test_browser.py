@@ -56,7 +56,8 @@ async def app(scope, receive, send):
         f'<!doctype html><html><head><title>{BODY}</title>'
         f'<link rel="stylesheet" href="/static/site.css"></head>'
         f'<body><h1 id="heading">{BODY}</h1><input id="field">{spacer}'
-        f'<script{nonce}>window.pageScript = "ran";</script></body></html>'
+        f'<script{nonce}>window.pageScript = "ran"; '
+        f'sessionStorage.loads = String(Number(sessionStorage.loads || 0) + 1);</script></body></html>'
     ).encode()
     headers = [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(page)).encode())]
     if CSP:
@@ -99,6 +100,8 @@ async def test_a_code_edit_shows_in_the_open_page(tmp_path: Path) -> None:
         await b.wait_for("return document.title", "v2", what="the page showing the edit")
         await server.edit(folder / "main.py", app_source("v3"))
         await b.wait_for("return document.title", "v3", what="the page showing a second edit")
+        await connected(b)  # the v3 page heard its own generation: it must not reload again
+        assert await b.run("return sessionStorage.loads") == "3"  # one load, then one per edit
         errors = [e for e in await b.console() if e.get("level") == "SEVERE"]
         assert errors == []
 

@@ -14,6 +14,7 @@ import pytest
 from asgireload import Config, Reloader
 from asgireload._supervisor.assets import LiveAssets, is_stylesheet_change, log_line
 from asgireload._worker import injection
+from asgireload._worker.errorreport import Report, render_html
 from asgireload._worker.livereload import Hub, LiveReload
 from asgireload.cli import parse_config
 from asgireload.errors import AsgireloadError, ConfigError
@@ -135,6 +136,12 @@ def test_the_tag_escapes_what_it_carries() -> None:
         b'<script src="/__asgireload__/client.js" async nonce="a&quot;b" data-run="&lt;r&gt;" '
         b'data-worker="1"></script>'
     )
+
+
+def test_the_error_page_polls_only_without_live_reload() -> None:
+    report = Report.from_mapping({"kind": "import", "summary": "SyntaxError: bad"})
+    assert "setTimeout(poll" in render_html(report, hidden=None, nonce="n")
+    assert "setTimeout(poll" not in render_html(report, hidden=None, nonce="n", poll=False)
 
 
 # ---------------------------------------------------------------- the ASGI wrapper, in process

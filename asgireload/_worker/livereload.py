@@ -155,13 +155,13 @@ class LiveReload:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": _event(self.hub.hello), "more_body": True})
             left = asyncio.ensure_future(_disconnected(receive))
+            next_event: asyncio.Future[dict[str, Any] | None] | None = None
             try:
                 while True:
                     next_event = asyncio.ensure_future(queue.get())
                     await asyncio.wait({left, next_event}, return_when=asyncio.FIRST_COMPLETED)
                     if left.done():
-                        next_event.cancel()
-                        return
+                        return  # the page went away: nothing to end
                     event = next_event.result()
                     if event is None:
                         break
@@ -169,6 +169,8 @@ class LiveReload:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             finally:
                 left.cancel()
+                if next_event is not None:
+                    next_event.cancel()
 
 
 async def _disconnected(receive: Receive) -> None:

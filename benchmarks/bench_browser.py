@@ -11,7 +11,10 @@ How the time is taken: the script notes the wall clock just before the rename; t
 - code: an inline script at the end of the new page's body, run as the new page is parsed;
 - stylesheet: a `load` listener (capturing, on the document) for the re-fetched `<link>`, and the
   computed colour is checked to be the new one.
-The WebDriver polling only reads those numbers afterwards, so its own speed does not count. The
+The WebDriver polling only reads those numbers afterwards, so its own speed does not count. For a
+code edit, the new page's `performance.timeOrigin` (when its navigation started) splits the time
+into the live reload's part (the page hearing of the new generation and starting to reload) and
+the browser's (loading the page, as pressing F5 would). The
 reload's own time is asgireload's "Reloaded in N ms" log line for the same save (from the change
 to the old generation no longer answering). Saves are PAUSE (1 s) apart, so each reload finds its
 warm standby ready, as it does when a person edits. Prints medians; --json keeps every sample.
@@ -168,19 +171,20 @@ def main() -> None:
         if options.keep_log:
             options.keep_log.write_text((Path(folder) / "server.log").read_text())
     extra = [c - r for c, r in zip(samples["code"], samples["reload"], strict=True)]
+    trigger = [n - r for n, r in zip(samples["navigation"], samples["reload"], strict=True)]
+    loading = [c - n for c, n in zip(samples["code"], samples["navigation"], strict=True)]
+    rows = [
+        ("code edit: save to the new page parsed", samples["code"]),
+        ("code edit: asgireload's own reload time (its log line)", samples["reload"]),
+        ("code edit: the page shown, after the reload's own time", extra),
+        ("  of which: the page starting to reload, after the reload's own time", trigger),
+        ("  of which: the browser loading the page (as F5 would)", loading),
+        ("stylesheet edit: save to the new stylesheet applied", samples["css"]),
+    ]
     print(f"| figure (median of {options.runs}) | ms |")
     print("|---|---:|")
-    print(f"| code edit: save to the new page parsed | {statistics.median(samples['code']):.1f} |")
-    print(
-        f"| code edit: asgireload's own reload time (log line) | {statistics.median(samples['reload']):.1f} |"
-    )
-    print(f"| code edit: page after the reload's own time | {statistics.median(extra):.1f} |")
-    print(
-        f"| code edit: save to the page's reload starting | {statistics.median(samples['navigation']):.1f} |"
-    )
-    print(
-        f"| stylesheet edit: save to the new stylesheet applied | {statistics.median(samples['css']):.1f} |"
-    )
+    for label, values in rows:
+        print(f"| {label} | {statistics.median(values):.1f} |")
     if options.json:
         options.json.write_text(json.dumps(samples, indent=1))
 

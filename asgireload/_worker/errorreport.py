@@ -236,7 +236,7 @@ def render_html(report: Report, *, hidden: str | None, nonce: str, poll: bool = 
             "<noscript><p>JavaScript is off, so reload this page yourself once the app is fixed.</p>"
             "</noscript>",
             f"<footer>{esc(footer)}</footer>",
-            f'<script nonce="{nonce_attr}">{_POLL_SCRIPT}</script>' if poll else "",
+            *([f'<script nonce="{nonce_attr}">{_POLL_SCRIPT}</script>'] if poll else []),
             "</body>",
             "</html>",
             "",

@@ -14,7 +14,8 @@ How the time is taken: the script notes the wall clock just before the rename; t
 The WebDriver polling only reads those numbers afterwards, so its own speed does not count. For a
 code edit, the new page's `performance.timeOrigin` (when its navigation started) splits the time
 into the live reload's part (the page hearing of the new generation and starting to reload) and
-the browser's (loading the page, as pressing F5 would). The
+the browser's (loading the page, as pressing F5 would); 10 reloads of the same page by hand, with
+no edit, give that F5 time for comparison. The
 reload's own time is asgireload's "Reloaded in N ms" log line for the same save (from the change
 to the old generation no longer answering). Saves are PAUSE (1 s) apart, so each reload finds its
 warm standby ready, as it does when a person edits. Prints medians; --json keeps every sample.
@@ -115,7 +116,7 @@ async def measure(runs: int, folder: Path, extra: list[str]) -> dict[str, list[f
             "--no-access-log", *extra, cwd=folder, stdout=out, stderr=out, start_new_session=True,
         )  # fmt: skip
     browser = Browser(folder / "profile")
-    samples: dict[str, list[float]] = {"code": [], "reload": [], "navigation": [], "css": []}
+    samples: dict[str, list[float]] = {"code": [], "reload": [], "navigation": [], "css": [], "f5": []}
     try:
         await browser.start()
         url = f"http://localhost:{port}/"
@@ -135,6 +136,12 @@ async def measure(runs: int, folder: Path, extra: list[str]) -> dict[str, list[f
             samples["code"].append(shown - saved)
             samples["reload"].append(await reload_line(log, i))
             await wait(browser, "return window.asgireloadLive && window.asgireloadLive.events > 0")
+        for _ in range(runs):  # the same page reloaded by hand, no edit: the browser's own cost
+            before = await browser.run("return window.shownAt")
+            await browser.run("setTimeout(function () { location.reload(); }, 0);")
+            shown = await wait(browser, f"return window.shownAt > {before} && window.shownAt")
+            samples["f5"].append(shown - await browser.run("return performance.timeOrigin"))
+        await wait(browser, "return window.asgireloadLive && window.asgireloadLive.events > 0")
         await browser.run(
             "document.addEventListener('load', function (e) {"
             " if (e.target.tagName === 'LINK') { window.cssAt = Date.now(); } }, true);"
@@ -179,6 +186,7 @@ def main() -> None:
         ("code edit: the page shown, after the reload's own time", extra),
         ("  of which: the page starting to reload, after the reload's own time", trigger),
         ("  of which: the browser loading the page (as F5 would)", loading),
+        ("for comparison: F5 of the same page, no edit, navigation to page parsed", samples["f5"]),
         ("stylesheet edit: save to the new stylesheet applied", samples["css"]),
     ]
     print(f"| figure (median of {options.runs}) | ms |")

@@ -186,11 +186,11 @@ async def test_a_streamed_page_gets_the_script_and_loses_its_etag() -> None:
     assert (b"etag", b'"1"') not in start["headers"]
 
 
-async def test_head_foreign_hosts_and_blocking_policies_are_left_alone(
+async def test_head_post_foreign_hosts_and_blocking_policies_are_left_alone(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     app = LiveReload(page_app, Hub("run1", 3, error_page=False))
-    for kwargs in ({"host": b"attacker.example"}, {"method": "HEAD"}):
+    for kwargs in ({"host": b"attacker.example"}, {"method": "HEAD"}, {"method": "POST"}):
         _, body = await call(app, "/", **kwargs)  # type: ignore[arg-type]
         assert body == b"<body>one two</body>"
     with caplog.at_level(logging.DEBUG, logger="asgireload"):

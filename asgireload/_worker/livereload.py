@@ -122,7 +122,8 @@ class LiveReload:
         if isinstance(path, str) and path.startswith(PREFIX):
             await self._serve_channel(path, scope, receive, send)
             return
-        if scope.get("method") == "HEAD":
+        if scope.get("method") != "GET":
+            # HEAD has no body; a page answering a POST would be posted again by a reload.
             await self.app(scope, receive, send)
             return
         extensions = scope.get("extensions")

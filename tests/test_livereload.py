@@ -12,7 +12,9 @@ import httpx
 import pytest
 
 from asgireload import Config, Reloader
+from asgireload import _protocol as protocol
 from asgireload._supervisor.assets import LiveAssets, is_stylesheet_change, log_line
+from asgireload._supervisor.settings import worker_settings
 from asgireload._worker import injection
 from asgireload._worker.errorreport import Report, render_html
 from asgireload._worker.livereload import Hub, LiveReload
@@ -322,3 +324,18 @@ def test_the_log_says_what_happened_in_one_line(tmp_path: Path) -> None:
     line = log_line([str(tmp_path / f"{i}.css") for i in range(5)], True)
     assert line.endswith("and 2 more changed; stylesheets refreshed in open pages.")
     assert "\n" not in line
+
+
+def test_the_assets_message_and_the_live_settings_cross_the_channel() -> None:
+    message = protocol.Assets(("/p/site.css",), restyle=True)
+    assert protocol.decode(protocol.encode(message), protocol.SUPERVISOR_MESSAGES) == message
+    with pytest.raises(protocol.ProtocolError, match="restyle"):
+        protocol.decode(b'{"type":"assets","paths":["/a.css"],"restyle":"yes"}', protocol.SUPERVISOR_MESSAGES)
+    with pytest.raises(protocol.ProtocolError, match="paths"):
+        protocol.decode(b'{"type":"assets","paths":[1],"restyle":true}', protocol.SUPERVISOR_MESSAGES)
+    config = Config(app="main:app", live_reload=True)
+    settings = worker_settings(config, (), (), None, "run1", 3, 4)
+    line = protocol.encode(settings, protocol.TRUSTED_MAX_LINE)
+    decoded = protocol.decode(line, protocol.SUPERVISOR_MESSAGES)
+    assert isinstance(decoded, protocol.Settings)
+    assert (decoded.live_reload, decoded.run) == (True, "run1")

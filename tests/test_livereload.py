@@ -21,7 +21,7 @@ from asgireload._worker.livereload import Hub, LiveReload
 from asgireload.cli import parse_config
 from asgireload.errors import AsgireloadError, ConfigError
 
-from .conftest import write
+from .conftest import until, write
 
 TAG = b"<script></script>"
 
@@ -339,3 +339,20 @@ def test_the_assets_message_and_the_live_settings_cross_the_channel() -> None:
     decoded = protocol.decode(line, protocol.SUPERVISOR_MESSAGES)
     assert isinstance(decoded, protocol.Settings)
     assert (decoded.live_reload, decoded.run) == (True, "run1")
+
+
+async def test_a_drain_ends_the_streams_at_once_and_the_next_is_the_new_generation(tmp_path: Path) -> None:
+    write(tmp_path / "main.py", PAGES)
+    options: dict[str, Any] = {"live_reload": True, "drain_timeout": 60.0}
+    async with Reloader("main:app", app_dir=tmp_path, **options) as server, httpx.AsyncClient() as client:
+        events = server.url.replace("127.0.0.1", "localhost") + "/__asgireload__/events"
+        async with client.stream("GET", events) as stream:
+            lines = stream.aiter_lines()
+            assert '"generation":1' in await anext(lines)
+            await server.edit(tmp_path / "main.py", PAGES + "\n")
+            async with asyncio.timeout(10):  # far under the drain timeout: the stream did not wait for it
+                rest = [line async for line in lines]
+            assert rest == [""]  # the end of the hello event, then the end of the stream
+        await until(lambda: "draining" not in server.pids, timeout=10, what="the old generation's exit")
+        async with client.stream("GET", events) as stream:
+            assert '"generation":2' in await anext(stream.aiter_lines())

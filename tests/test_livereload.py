@@ -20,8 +20,10 @@ from asgireload._worker.errorreport import Report, render_html
 from asgireload._worker.livereload import Hub, LiveReload
 from asgireload.cli import parse_config
 from asgireload.errors import AsgireloadError, ConfigError
+from asgireload.reloader import write_like_an_editor
 
 from .conftest import until, write
+from .test_cli import run_cli
 
 TAG = b"<script></script>"
 
@@ -278,8 +280,6 @@ async def test_a_stylesheet_change_does_not_restart_the_app(tmp_path: Path) -> N
         assert str(tmp_path / "static" / "site.css") in server._running.watched  # type: ignore[attr-defined]
         event = await server.edit(tmp_path / "templates" / "page.html", "<p>2\n")  # a reload include
         assert event.generation == 2
-        from asgireload.reloader import write_like_an_editor
-
         with pytest.raises(AsgireloadError, match="matches --live-include"):
             await server.edit(tmp_path / "static" / "site.css", "a {}")  # no generation to wait for
         write_like_an_editor(tmp_path / "static" / "site.css", "a { color: red }\n")
@@ -356,3 +356,24 @@ async def test_a_drain_ends_the_streams_at_once_and_the_next_is_the_new_generati
         await until(lambda: "draining" not in server.pids, timeout=10, what="the old generation's exit")
         async with client.stream("GET", events) as stream:
             assert '"generation":2' in await anext(stream.aiter_lines())
+
+
+async def test_the_command_line_injects_by_default_and_logs_each_asset_change(tmp_path: Path) -> None:
+    write(tmp_path / "main.py", PAGES)
+    write(tmp_path / "static" / "site.css", "a {}\n")
+    async with run_cli(tmp_path, "main:app", "--port", "0") as cli:
+        port = await cli.started()
+        async with httpx.AsyncClient() as client:
+            assert "/__asgireload__/client.js" in (await client.get(f"http://localhost:{port}/")).text
+        write_like_an_editor(tmp_path / "static" / "site.css", "a { color: red }\n")
+        logged = r"Live reload: static/site\.css changed; stylesheets refreshed in open pages\.$"
+        await cli.wait_for_line(logged)
+        assert "Reloaded" not in cli.transcript()
+
+
+async def test_no_live_reload_on_the_command_line(tmp_path: Path) -> None:
+    write(tmp_path / "main.py", PAGES)
+    async with run_cli(tmp_path, "main:app", "--port", "0", "--no-live-reload") as cli:
+        port = await cli.started()
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://localhost:{port}/")).text == "<html><body>page</body></html>"

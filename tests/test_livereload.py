@@ -107,6 +107,7 @@ def test_html_pages_of_any_final_status_get_it() -> None:
         (["default-src 'none'; script-src 'nonce-abc'; connect-src 'self'; worker-src 'self'"], "abc", True),
         (["script-src 'self'", "script-src 'nonce-xyz' 'self'"], "xyz", True),
         (["img-src *"], None, True),
+        (["Script-Src 'NONCE-AbC'; Connect-Src 'SELF'"], "AbC", False),
     ],
 )
 def test_the_script_takes_the_form_the_policy_allows(

@@ -25,7 +25,7 @@ _SKIPPED_STATUSES = frozenset({204, 205, 206, 304})
 # Charsets that write ASCII as one byte each, so inserting ASCII bytes keeps the text valid.
 _WIDE_CHARSETS = re.compile(r"utf-?(16|32)|ucs-?[24]|utf-?7", re.IGNORECASE)
 _SAME_ORIGIN = frozenset({"'self'", "*", "http:"})
-_NONCE = re.compile(r"'nonce-([A-Za-z0-9+/_=-]+)'")
+_NONCE = re.compile(r"'nonce-([A-Za-z0-9+/_=-]+)'", re.IGNORECASE)  # keywords ignore case; values not
 
 
 @dataclasses.dataclass(frozen=True)

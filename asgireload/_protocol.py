@@ -10,7 +10,8 @@ for the generation that was loaded) is checked by the reader that knows the conv
 Both sides import this module, and it imports nothing of asgireload's.
 
     worker -> supervisor: Hello, Files, Ready, Failed, Draining
-    supervisor -> worker: Settings (first, read before Hello), Load, Serve, ShowFailure, Drain
+    supervisor -> worker: Settings (first, read before Hello), Load, Serve, ShowFailure, Drain,
+                          Assets (live reload)
 """
 
 from __future__ import annotations
@@ -218,6 +219,9 @@ class Settings:
     handoff_fd: int
     listen_fd: int
     fd_limit: int | None = None  # the soft RLIMIT_NOFILE the app would have had (we raised ours)
+    # Live reload: on only for a loopback bind; `run` tells pages one start of asgireload from another.
+    live_reload: bool = False
+    run: str = ""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Settings:
@@ -237,6 +241,8 @@ class Settings:
             handoff_fd=_field(data, "handoff_fd", int),
             listen_fd=_field(data, "listen_fd", int),
             fd_limit=_field(data, "fd_limit", int, None),
+            live_reload=_field(data, "live_reload", bool, False),
+            run=_field(data, "run", str, ""),
         )
 
 
@@ -294,12 +300,25 @@ class Drain:
         return cls(float(_field(data, "timeout", (int, float))))
 
 
+@dataclasses.dataclass(frozen=True)
+class Assets:
+    """Live reload: these --live-include files changed; restyle (all stylesheets) or reload the pages."""
+
+    TYPE: ClassVar[str] = "assets"
+    paths: tuple[str, ...]
+    restyle: bool
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Assets:
+        return cls(_texts(data, "paths"), _field(data, "restyle", bool))
+
+
 WorkerMessage = Hello | Files | Ready | Failed | Draining
-SupervisorMessage = Settings | Load | Serve | ShowFailure | Drain
+SupervisorMessage = Settings | Load | Serve | ShowFailure | Drain | Assets
 Message = WorkerMessage | SupervisorMessage
 Kinds = dict[str, type[Message]]
 WORKER_MESSAGES: Kinds = {m.TYPE: m for m in (Hello, Files, Ready, Failed, Draining)}
-SUPERVISOR_MESSAGES: Kinds = {m.TYPE: m for m in (Settings, Load, Serve, ShowFailure, Drain)}
+SUPERVISOR_MESSAGES: Kinds = {m.TYPE: m for m in (Settings, Load, Serve, ShowFailure, Drain, Assets)}
 
 
 def encode(message: Message, limit: int = MAX_LINE) -> bytes:

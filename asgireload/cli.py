@@ -84,6 +84,7 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     parser = build_parser()
     options = vars(parser.parse_args(argv))
     app = options.pop("app")
+    options.setdefault("live_reload", True)  # on for the command line; Config turns it off off loopback
     for name, value in options.items():
         if isinstance(value, list):
             options[name] = tuple(value)

@@ -143,6 +143,21 @@ class Config:
         "checkout as the app, like the app's own files.",
         negatable=True,
     )
+    # Live reload: None is "on for the command line (cli.py says so), off for serve() and Reloader".
+    live_reload: bool | None = _option(
+        None,
+        "Reload open browser pages when the app reloads, and swap changed stylesheets in place "
+        "(default: on for the command line when bound to loopback; never for other binds).",
+        negatable=True,
+    )
+    live_includes: tuple[str, ...] = _option(
+        ("*.css", "*.js"),
+        "With live reload, files under the watched folders that match this glob update open pages "
+        "instead of restarting the app: a stylesheet is swapped in place, anything else reloads "
+        "the pages (repeatable; default: '*.css' and '*.js').",
+        metavar="GLOB",
+        flag="--live-include",
+    )
     poll_interval: float | None = _option(
         None,
         "Seconds between full scans of the watched files [default: 1.0 where the OS gives file events "
@@ -184,7 +199,7 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 object.__setattr__(self, name, os.fspath(value))
-        for name in ("reload_dirs", "reload_includes", "reload_excludes"):
+        for name in ("reload_dirs", "reload_includes", "reload_excludes", "live_includes"):
             value = getattr(self, name)
             if isinstance(value, list | tuple):
                 items = tuple(os.fspath(v) if isinstance(v, os.PathLike) else v for v in value)
@@ -220,6 +235,11 @@ class Config:
         if self.fd is not None:
             return False
         return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+
+    @property
+    def live_reload_active(self) -> bool:
+        """Live reload runs: asked for, and bound to loopback (never injected for other binds)."""
+        return bool(self.live_reload) and self.is_loopback
 
     @property
     def errors_visible(self) -> bool:
@@ -278,6 +298,9 @@ def _validate(config: Config) -> None:
         raise _fail("poll_interval", f"must be at least 0.01 seconds, got {config.poll_interval}.")
     if not config.host:
         raise _fail("host", "must not be empty.")
+    for glob in config.live_includes:
+        if not glob.strip() or "\x00" in glob:
+            raise _fail("live_includes", f"takes a glob such as '*.css', got {glob!r}.")
 
 
 def _check_type(name: str, value: Any, annotation: str) -> None:

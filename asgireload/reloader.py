@@ -116,6 +116,10 @@ class Reloader:
             or supervisor.project.is_included(absolute)
         )
 
+    def _is_live_asset(self, path: str | os.PathLike[str]) -> bool:
+        """A --live-include file, whose change reaches open pages and starts no generation."""
+        return self._running.live.is_asset(os.path.abspath(path))
+
     async def reload(self, *, timeout: float = DEFAULT_TIMEOUT) -> ReloadEvent:
         """Start a new generation now and wait for its outcome (ReloadTimeout after `timeout` s).
 
@@ -160,6 +164,11 @@ class Reloader:
         goes on.
         """
         supervisor = self._running
+        if self._is_live_asset(path) and not reload:
+            raise AsgireloadError(
+                f"{os.fspath(path)} matches --live-include: saving it updates open pages without a new "
+                "generation, so there is none to wait for. Save it yourself (or pass reload=True)."
+            )
         watched = self.is_watching(path)
         if not watched and not reload:
             raise AsgireloadError(unwatched_message(path, self.config))

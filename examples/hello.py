@@ -2,12 +2,12 @@
 
     asgireload hello:app --app-dir examples
 
-Edit MESSAGE below and save: the next request shows it.
+Edit MESSAGE below and save: the open page shows it by itself (live reload).
 """
 
 import html
 
-MESSAGE = "Hello from asgireload. Edit examples/hello.py and reload the page."
+MESSAGE = "Hello from asgireload. Edit examples/hello.py and save: this page follows by itself."
 
 
 async def app(scope, receive, send):

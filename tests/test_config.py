@@ -102,6 +102,7 @@ def test_the_cli_builds_the_same_config() -> None:
         sequential=True,
         drain_timeout=2.5,
         lifespan="off",
+        live_reload=True,  # the command line's default, where the API's is off
     )
 
 

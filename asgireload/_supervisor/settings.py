@@ -43,6 +43,7 @@ def worker_settings(
     roots: tuple[str, ...],
     preload: tuple[str, ...],
     fd_limit: int | None,
+    run: str,
     handoff_fd: int,
     listen_fd: int,
 ) -> Settings:
@@ -65,4 +66,6 @@ def worker_settings(
         handoff_fd=handoff_fd,
         listen_fd=listen_fd,
         fd_limit=fd_limit,
+        live_reload=config.live_reload_active,
+        run=run,
     )

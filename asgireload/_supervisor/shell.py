@@ -33,6 +33,7 @@ from ..events import EventStream, ReloadEvent, State
 from . import commands as c
 from . import editable, settings, sockets
 from . import events as e
+from .assets import LiveAssets, is_stylesheet_change, log_line
 from .machine import Machine
 from .outcomes import Outcomes
 from .preflight import preflight
@@ -62,6 +63,7 @@ class Supervisor:
                 "(--no-watch-editable turns this off).",
                 ", ".join(relative(p) for p in roots),
             )
+        self.live = LiveAssets(config, self.project.roots)
         self.url = ""
         self.output: collections.deque[str] = collections.deque(maxlen=20000)
         self.error: BaseException | None = None  # an internal error that stopped the supervisor
@@ -159,7 +161,7 @@ class Supervisor:
             self._scanner = Scanner(
                 self._on_change,
                 interval=self.config.poll_interval,
-                includes=self.project if self.config.reload_includes else None,
+                includes=self.live.scan_rules if self.live.scan_rules.includes else None,
                 force_polling=self.config.force_polling,
             )
             self._start_task(self._run(), "asgireload-supervisor")
@@ -243,7 +245,19 @@ class Supervisor:
     # ---------------------------------------------------------------- events in, commands out
 
     def _on_change(self, paths: list[str], since: float) -> None:
-        self._queue.put_nowait(e.FileChanged(tuple(paths), since))
+        assets, code = self.live.split(paths)
+        if assets:
+            self._tell_pages(assets)
+        if code:
+            self._queue.put_nowait(e.FileChanged(tuple(code), since))
+
+    def _tell_pages(self, assets: list[str]) -> None:
+        """Live reload: the serving generation tells its open pages; the app does not restart."""
+        restyle = is_stylesheet_change(assets)
+        logger.info("%s", log_line(assets, restyle))
+        machine, processes = self._machine, self._processes
+        if machine is not None and processes is not None and machine.serving is not None:
+            processes.send(machine.serving.id, protocol.Assets(tuple(assets), restyle))
 
     def _on_packages_change(self, paths: list[str], since: float) -> None:
         self._queue.put_nowait(e.PackagesChanged(tuple(paths)))
@@ -298,7 +312,9 @@ class Supervisor:
                 roots = self.project.roots
                 return await processes.spawn(
                     worker,
-                    functools.partial(settings.worker_settings, self.config, roots, preload, self._fd_limit),
+                    functools.partial(
+                        settings.worker_settings, self.config, roots, preload, self._fd_limit, self.live.run
+                    ),
                 )
             case c.Load(worker, generation, env, failure):
                 processes.send(worker, protocol.Load(generation, dict(env), failure))
@@ -337,6 +353,8 @@ class Supervisor:
                 entries.append((path, stat))
             elif self.config.preload and self.project.is_installed_package(path):
                 packages.append((path, stat))
+        self.live.note_code(path for path, _ in entries)
+        self.live.note_code(command.paths)
         if entries:
             self._scanner.watch(entries)
         if packages and self._packages is not None:

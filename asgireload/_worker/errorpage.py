@@ -99,7 +99,7 @@ class _Page:
 
 
 def error_app(
-    failure: Mapping[str, Any], *, show_details: bool, only_loopback_hosts: bool = False
+    failure: Mapping[str, Any], *, show_details: bool, only_loopback_hosts: bool = False, poll: bool = True
 ) -> ASGIApp:
     """Build the app served while the user's app is broken.
 
@@ -107,7 +107,8 @@ def error_app(
     traceback, paths and message text, which can leak source code and secrets. With
     ``only_loopback_hosts`` (the server listens on loopback only) it hides them too from any
     request whose Host is not a loopback name or address (see `is_loopback_host`), and logs once
-    why. The page follows later changes to the `failure` mapping.
+    why. The page follows later changes to the `failure` mapping. With ``poll`` its script checks
+    back every second; without, live reload (which wraps this app) tells the page instead.
     """
     page = _Page(failure)
     warned: list[bytes | None] = []
@@ -123,7 +124,7 @@ def error_app(
                     warned.append(host)
                     _warn_hidden(host, scope)
         if kind == "http":
-            await _serve_http(scope, receive, send, page, hidden)
+            await _serve_http(scope, receive, send, page, hidden, poll)
         elif kind == "websocket":
             await _serve_websocket(receive, send, close_reason(page.report(), hidden=hidden))
         elif kind == "lifespan":
@@ -155,7 +156,9 @@ def _shorten(host: bytes) -> str:
     return text if len(text) <= 100 else text[:100] + "\u2026"
 
 
-async def _serve_http(scope: Scope, receive: Receive, send: Send, page: _Page, hidden: str | None) -> None:
+async def _serve_http(
+    scope: Scope, receive: Receive, send: Send, page: _Page, hidden: str | None, poll: bool
+) -> None:
     # Draining the body keeps the connection reusable; a client that left needs no answer.
     while True:
         message = await receive()
@@ -172,10 +175,11 @@ async def _serve_http(scope: Scope, receive: Receive, send: Send, page: _Page, h
     if _accepts_html(scope):
         # A fresh nonce per response lets the CSP forbid every script except our own poller.
         nonce = secrets.token_urlsafe(16)
-        body = render_html(page.report(), hidden=hidden, nonce=nonce).encode("utf-8", "replace")
+        body = render_html(page.report(), hidden=hidden, nonce=nonce, poll=poll).encode("utf-8", "replace")
         csp = (
             f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
-            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+            "connect-src 'self'; worker-src 'self'; base-uri 'none'; form-action 'none'; "
+            "frame-ancestors 'none'"
         )
         headers += [
             (b"content-type", b"text/html; charset=utf-8"),

@@ -186,7 +186,7 @@ def _exit_sentence(reason: str) -> str:
     return f"Worker exit: {reason}"
 
 
-def render_html(report: Report, *, hidden: str | None, nonce: str) -> str:
+def render_html(report: Report, *, hidden: str | None, nonce: str, poll: bool = True) -> str:
     def esc(value: str) -> str:
         return html.escape(value, quote=True)
 
@@ -236,7 +236,7 @@ def render_html(report: Report, *, hidden: str | None, nonce: str) -> str:
             "<noscript><p>JavaScript is off, so reload this page yourself once the app is fixed.</p>"
             "</noscript>",
             f"<footer>{esc(footer)}</footer>",
-            f'<script nonce="{nonce_attr}">{_POLL_SCRIPT}</script>',
+            *([f'<script nonce="{nonce_attr}">{_POLL_SCRIPT}</script>'] if poll else []),
             "</body>",
             "</html>",
             "",

@@ -55,6 +55,7 @@ from .._paths import relative  # noqa: E402
 from .._protocol import Failure  # noqa: E402
 from .._watchfilter import WatchFilter  # noqa: E402
 from .errorpage import error_app  # noqa: E402
+from .livereload import Hub, LiveReload, quiet_access_log  # noqa: E402
 from .loader import (  # noqa: E402
     AppLoadError,
     ImportRecorder,
@@ -143,6 +144,7 @@ class Worker:
         self.server: Server | None = None
         self.channel: protocol.Channel | None = None
         self.imported_by_uvicorn: frozenset[str] = frozenset()
+        self.live: Hub | None = None  # the pages' event streams, when live reload is on
 
     async def run(self, received: bytes = b"") -> None:
         control = socket.socket(fileno=self.control_fd)
@@ -178,7 +180,7 @@ class Worker:
             assert self.server is not None
             await self.server.start_accepting([listener])
         else:
-            await self._start_server(self._error_app(), interface="asgi3")
+            await self._start_server(self._error_app(), interface="asgi3", error_page=True)
             assert self.server is not None
             await self.server.start_accepting([listener])
         await channel.flush()
@@ -196,6 +198,8 @@ class Worker:
         stop_listening = _handoff.listen(handoff, arrived)
         reporter = asyncio.create_task(self._report_lazy_imports())
         drain_timeout = await self._serve_until_drain()
+        if self.live is not None:
+            self.live.close()  # the pages reconnect, to the new generation, at once
         reporter.cancel()
         draining = True
         await server.drain(
@@ -267,7 +271,12 @@ class Worker:
         return False
 
     async def _start_server(
-        self, app: Any, interface: str | None = None, lifespan_sink: dict[str, Failure] | None = None
+        self,
+        app: Any,
+        interface: str | None = None,
+        lifespan_sink: dict[str, Failure] | None = None,
+        *,
+        error_page: bool = False,
     ) -> bool:
         """A uvicorn server for `app`, through its lifespan start-up; False if that failed."""
         options = dict(self.settings.uvicorn, loop="none")  # the loop runs already
@@ -279,6 +288,9 @@ class Worker:
         config.load()  # resolves the interface: from here on the app is ASGI 3, whatever it was
         if lifespan_sink is not None:
             config.loaded_app = catch_lifespan_failure(config.loaded_app, lifespan_sink, project=self.project)
+        if self.settings.live_reload:
+            self.live = Hub(self.settings.run, self.generation, error_page=error_page)
+            config.loaded_app = LiveReload(config.loaded_app, self.live)
         self.server = Server(config)
         return await self.server.start_lifespan()
 
@@ -297,6 +309,7 @@ class Worker:
             self.shown,
             show_details=self.settings.show_errors,
             only_loopback_hosts=self.settings.only_loopback_hosts,
+            poll=not self.settings.live_reload,  # live reload's stream tells the page instead
         )
 
     def _report_files(self) -> None:
@@ -325,6 +338,12 @@ class Worker:
                     return message.timeout
                 if isinstance(message, protocol.ShowFailure):
                     self._show(message.failure)
+                    if self.live is not None:
+                        self.live.publish({"type": "reload"})
+                if isinstance(message, protocol.Assets) and self.live is not None:
+                    self.live.publish(
+                        {"type": "css" if message.restyle else "reload", "files": list(message.paths)}
+                    )
         finally:
             self.server.request_stop()
             with contextlib.suppress(asyncio.CancelledError):
@@ -358,6 +377,8 @@ def main() -> None:
     _handoff.restore_fd_limit(settings.fd_limit)  # the app runs under the usual limit
     os.environ["ASGIRELOAD_WORKER"] = "1"  # serve() refuses to start a server from inside a worker
     _logging.configure(settings.uvicorn["log_level"])
+    if settings.live_reload:
+        quiet_access_log()
     worker = Worker(settings, control_fd)
     worker.imported_by_uvicorn = _uvicorn_imports(settings)
     worker.recorder.install()

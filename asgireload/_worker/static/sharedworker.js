@@ -1,0 +1,20 @@
+// asgireload live reload: the SharedWorker that holds the one stream of this origin for every tab.
+var asgireloadPorts = [];
+var asgireloadHello = null;
+self.onconnect = function (connection) {
+  "use strict";
+  var port = connection.ports[0];
+  asgireloadPorts.push(port);
+  port.onmessage = function (message) {
+    if (message.data === "bye") {
+      asgireloadPorts = asgireloadPorts.filter(function (p) { return p !== port; });
+    }
+  };
+  port.start();
+  if (asgireloadHello) { port.postMessage(asgireloadHello); }
+};
+asgireloadStream("/__asgireload__/events", function (event) {
+  "use strict";
+  if (event.type === "hello") { asgireloadHello = event; }
+  asgireloadPorts.forEach(function (port) { port.postMessage(event); });
+});

@@ -1,0 +1,211 @@
+"""Live reload in a real headless Chromium: the page follows the code without being refreshed.
+
+Each test starts a real reloading server (live reload on) and a real browser (see browser.py),
+and waits on what the page shows: its title, a computed colour, a scroll offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from asgireload import Reloader
+from asgireload.reloader import write_like_an_editor
+
+from .browser import Browser, browser
+from .conftest import write
+
+pytestmark = pytest.mark.timeout(120)
+
+APP = """
+import pathlib
+
+HERE = pathlib.Path(__file__).parent
+BODY = "v1"
+CSP = None
+TALL = False
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    if path.startswith("/static/"):
+        data = (HERE / path.lstrip("/")).read_bytes()
+        kind = b"text/css" if path.endswith(".css") else b"text/javascript"
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", kind)]})
+        await send({"type": "http.response.body", "body": data})
+        return
+    if path == "/api":
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b'{"ok": true}'})
+        return
+    spacer = '<div style="height: 5000px">tall</div>' if TALL else ""
+    nonce = ' nonce="n0nce"' if CSP else ""
+    page = (
+        f'<!doctype html><html><head><title>{BODY}</title>'
+        f'<link rel="stylesheet" href="/static/site.css"></head>'
+        f'<body><h1 id="heading">{BODY}</h1><input id="field">{spacer}'
+        f'<script{nonce}>window.pageScript = "ran"; '
+        f'sessionStorage.loads = String(Number(sessionStorage.loads || 0) + 1);</script></body></html>'
+    ).encode()
+    headers = [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(page)).encode())]
+    if CSP:
+        headers.append((b"content-security-policy", CSP.encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": page})
+"""
+RED = "h1 { color: rgb(255, 0, 0); }\n"
+BLUE = "h1 { color: rgb(0, 0, 255); }\n"
+COLOUR = "return getComputedStyle(document.getElementById('heading')).color"
+
+
+def app_source(body: str = "v1", *, csp: str | None = None, tall: bool = False) -> str:
+    return (
+        APP.replace('BODY = "v1"', f"BODY = {body!r}")
+        .replace("CSP = None", f"CSP = {csp!r}")
+        .replace("TALL = False", f"TALL = {tall!r}")
+    )
+
+
+async def connected(b: Browser) -> None:
+    """Wait until the page's script has heard from the server (its first event, hello)."""
+    heard = "return !!(window.asgireloadLive && window.asgireloadLive.events > 0)"
+    await b.wait_for(heard, True, what="hello")
+
+
+def project(root: Path, **options: object) -> Path:
+    write(root / "app" / "main.py", app_source(**options))  # type: ignore[arg-type]
+    write(root / "app" / "static" / "site.css", RED)
+    return root / "app"
+
+
+async def test_a_code_edit_shows_in_the_open_page(tmp_path: Path) -> None:
+    folder = project(tmp_path)
+    async with Reloader("main:app", app_dir=folder, live_reload=True) as server, browser(tmp_path / "b") as b:
+        await b.open(server.url)
+        await b.wait_for("return document.title", "v1")
+        await connected(b)
+        await server.edit(folder / "main.py", app_source("v2"))
+        await b.wait_for("return document.title", "v2", what="the page showing the edit")
+        await server.edit(folder / "main.py", app_source("v3"))
+        await b.wait_for("return document.title", "v3", what="the page showing a second edit")
+        await connected(b)  # the v3 page heard its own generation: it must not reload again
+        assert await b.run("return sessionStorage.loads") == "3"  # one load, then one per edit
+        errors = [e for e in await b.console() if e.get("level") == "SEVERE"]
+        assert errors == []
+
+
+async def test_a_stylesheet_edit_is_swapped_in_without_a_reload(tmp_path: Path) -> None:
+    folder = project(tmp_path)
+    async with Reloader("main:app", app_dir=folder, live_reload=True) as server, browser(tmp_path / "b") as b:
+        await b.open(server.url)
+        await b.wait_for(COLOUR, "rgb(255, 0, 0)")
+        await connected(b)
+        await b.run("window.keptState = 42; document.getElementById('field').value = 'typed';")
+        generation = server.generation
+        write_like_an_editor(folder / "static" / "site.css", BLUE)
+        await b.wait_for(COLOUR, "rgb(0, 0, 255)", what="the new stylesheet's colour")
+        kept = await b.run("return [window.keptState, document.getElementById('field').value]")
+        assert kept == [42, "typed"]
+        assert len(await b.run("return document.querySelectorAll('link[rel=stylesheet]')")) == 1
+        assert server.generation == generation  # the app was not restarted
+
+
+async def test_another_asset_reloads_the_page_without_restarting_the_app(tmp_path: Path) -> None:
+    folder = project(tmp_path)
+    write(folder / "static" / "app.js", "var x = 1;\n")
+    async with Reloader("main:app", app_dir=folder, live_reload=True) as server, browser(tmp_path / "b") as b:
+        await b.open(server.url)
+        await connected(b)
+        await b.run("window.keptState = 42;")
+        generation = server.generation
+        write_like_an_editor(folder / "static" / "app.js", "var x = 2;\n")
+        await b.wait_for("return window.keptState === undefined && document.title", "v1", what="a reload")
+        assert server.generation == generation
+
+
+async def test_a_broken_save_shows_the_error_page_and_the_fix_brings_the_app_back(tmp_path: Path) -> None:
+    folder = project(tmp_path)
+    async with Reloader("main:app", app_dir=folder, live_reload=True) as server, browser(tmp_path / "b") as b:
+        await b.open(server.url)
+        await connected(b)
+        event = await server.edit(folder / "main.py", "def broken(:\n")
+        assert event.outcome == "failed"
+        await b.wait_for("return document.title.indexOf('failed to load') >= 0", True, what="the error page")
+        await connected(b)
+        await server.edit(folder / "main.py", app_source("fixed"))
+        await b.wait_for("return document.title", "fixed", what="the app back")
+
+
+async def test_the_scroll_position_survives_the_reload(tmp_path: Path) -> None:
+    folder = project(tmp_path, tall=True)
+    async with Reloader("main:app", app_dir=folder, live_reload=True) as server, browser(tmp_path / "b") as b:
+        await b.open(server.url)
+        await connected(b)
+        await b.run("window.scrollTo(0, 1234);")
+        await b.wait_for("return window.scrollY", 1234)
+        await server.edit(folder / "main.py", app_source("v2", tall=True))
+        await b.wait_for("return document.title", "v2")
+        await b.wait_for("return window.scrollY", 1234, what="the scroll offset after the reload")
+
+
+async def test_twenty_tabs_share_one_stream_and_leave_the_app_free(tmp_path: Path) -> None:
+    folder = project(tmp_path)
+    async with Reloader("main:app", app_dir=folder, live_reload=True) as server, browser(tmp_path / "b") as b:
+        await b.open(server.url)
+        for _ in range(19):
+            await b.new_tab(server.url)
+        tabs = await b.tabs()
+        assert len(tabs) == 20
+        for tab in tabs:
+            await b.switch(tab)
+            await connected(b)
+        # The browser allows six connections per host: twenty streams would leave none for these.
+        fetches = """
+            return Promise.all(Array.from({length: 12}, (_, i) =>
+                fetch('/api?n=' + i, {cache: 'no-store'}).then(r => r.status)));
+        """
+        assert await asyncio.wait_for(b.run(fetches), 20) == [200] * 12
+        await server.edit(folder / "main.py", app_source("v2"))
+        for tab in tabs:
+            await b.switch(tab)
+            await b.wait_for("return document.title", "v2", what="every tab reloaded")
+
+
+async def test_a_page_under_a_strict_csp_with_a_nonce_still_reloads(tmp_path: Path) -> None:
+    csp = "script-src 'nonce-n0nce' 'strict-dynamic'; object-src 'none'; base-uri 'none'"
+    folder = project(tmp_path, csp=csp)
+    async with Reloader("main:app", app_dir=folder, live_reload=True) as server, browser(tmp_path / "b") as b:
+        async with httpx.AsyncClient() as client:
+            page = (await client.get(server.url)).text
+        assert 'nonce="n0nce" data-run=' in page
+        await b.open(server.url)
+        await b.wait_for("return window.pageScript", "ran")
+        await connected(b)
+        await server.edit(folder / "main.py", app_source("v2", csp=csp))
+        await b.wait_for("return document.title", "v2", what="the reload under the CSP")
+        errors = [e for e in await b.console() if e.get("level") == "SEVERE"]
+        assert errors == []
+
+
+async def test_a_page_opened_before_a_restart_from_scratch_recovers(tmp_path: Path) -> None:
+    folder = project(tmp_path)
+    async with browser(tmp_path / "b") as b:
+        async with Reloader("main:app", app_dir=folder, live_reload=True) as server:
+            port = int(server.url.rsplit(":", 1)[1])
+            await b.open(server.url)
+            await connected(b)
+        write_like_an_editor(folder / "main.py", app_source("after restart"))
+        async with Reloader("main:app", app_dir=folder, live_reload=True, port=port):
+            await b.wait_for("return document.title", "after restart", what="the page of the new run")

@@ -1,0 +1,380 @@
+"""Live reload without a browser: where the script goes (pure units), and when it must not go
+(real servers, real HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from asgireload import Config, Reloader
+from asgireload import _protocol as protocol
+from asgireload._supervisor.assets import LiveAssets, is_stylesheet_change, log_line
+from asgireload._supervisor.settings import worker_settings
+from asgireload._worker import injection
+from asgireload._worker.errorreport import Report, render_html
+from asgireload._worker.livereload import Hub, LiveReload
+from asgireload.cli import parse_config
+from asgireload.errors import AsgireloadError, ConfigError
+from asgireload.reloader import write_like_an_editor
+
+from .conftest import until, write
+from .test_cli import run_cli
+
+TAG = b"<script></script>"
+
+
+# ---------------------------------------------------------------- the body, chunk by chunk
+
+
+def inject(chunks: list[bytes]) -> bytes:
+    injector = injection.BodyInjector(TAG)
+    return b"".join(injector.feed(c, last=i == len(chunks) - 1) for i, c in enumerate(chunks))
+
+
+def test_the_script_goes_before_the_closing_body_tag() -> None:
+    assert inject([b"<html><body>hi</body></html>"]) == b"<html><body>hi" + TAG + b"</body></html>"
+
+
+@pytest.mark.parametrize("split", range(1, len("<p>hi</BODY></html>")))
+def test_a_closing_tag_split_across_two_chunks_is_found(split: int) -> None:
+    page = b"<p>hi</BODY></html>"
+    assert inject([page[:split], page[split:]]) == b"<p>hi" + TAG + b"</BODY></html>"
+
+
+def test_a_multi_part_body_passes_each_part_on_as_it_comes() -> None:
+    injector = injection.BodyInjector(TAG)
+    assert injector.feed(b"<html><body>first part ", last=False) == b"<html><body>first part "
+    assert injector.feed(b"second</bo", last=False) == b"second"  # "</bo" may be the tag: held back
+    assert injector.feed(b"dy>", last=False) == TAG + b"</body>"
+    assert injector.feed(b"</html>", last=True) == b"</html>"
+
+
+def test_a_body_without_the_tag_gets_the_script_at_its_end() -> None:
+    assert inject([b"<p>fragment", b" <", b""]) == b"<p>fragment <" + TAG
+
+
+def test_only_the_first_closing_tag_gets_it() -> None:
+    assert inject([b"a</body>b</body>"]) == b"a" + TAG + b"</body>b</body>"
+
+
+def test_content_length_grows_by_the_script_and_validators_go() -> None:
+    headers = [(b"Content-Length", b"100"), (b"ETag", b'"x"'), (b"Last-Modified", b"y"), (b"X-Other", b"z")]
+    fixed, ok = injection.fixed_headers(headers, 17)
+    assert ok
+    assert fixed == [(b"Content-Length", b"117"), (b"X-Other", b"z")]
+    assert injection.fixed_headers([(b"content-length", b"ten")], 17) == ([], False)
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "reason"),
+    [
+        (200, [(b"content-type", b"application/json")], "not text/html"),
+        (200, [(b"content-type", b"text/html"), (b"content-encoding", b"gzip")], "compressed"),
+        (206, [(b"content-type", b"text/html")], "status 206"),
+        (304, [(b"content-type", b"text/html")], "status 304"),
+        (204, [(b"content-type", b"text/html")], "status 204"),
+        (101, [(b"content-type", b"text/html")], "status 101"),
+        (200, [], "no single content-type"),
+        (200, [(b"content-type", b"text/html; charset=UTF-16")], "charset UTF-16"),
+        (200, [(b"content-type", b"text/html"), (b"content-range", b"bytes 0-1/2")], "a range"),
+    ],
+)
+def test_responses_that_are_not_whole_pages_are_left_alone(
+    status: int, headers: list[tuple[bytes, bytes]], reason: str
+) -> None:
+    assert injection.why_not_html(status, headers) == reason
+
+
+def test_html_pages_of_any_final_status_get_it() -> None:
+    for status in (200, 404, 500):
+        assert injection.why_not_html(status, [(b"Content-Type", b"text/html; charset=utf-8")]) is None
+
+
+# ---------------------------------------------------------------- Content-Security-Policy
+
+
+@pytest.mark.parametrize(
+    ("policies", "nonce", "worker"),
+    [
+        ([], None, True),
+        (["default-src 'self'"], None, True),
+        (["script-src 'nonce-abc' 'strict-dynamic'; object-src 'none'"], "abc", False),
+        (["default-src 'none'; script-src 'nonce-abc'; connect-src 'self'; worker-src 'self'"], "abc", True),
+        (["script-src 'self'", "script-src 'nonce-xyz' 'self'"], "xyz", True),
+        (["img-src *"], None, True),
+        (["Script-Src 'NONCE-AbC'; Connect-Src 'SELF'"], "AbC", False),
+    ],
+)
+def test_the_script_takes_the_form_the_policy_allows(
+    policies: list[str], nonce: str | None, worker: bool
+) -> None:
+    place, reason = injection.placement(policies)
+    assert place == injection.Placement(nonce, worker), reason
+
+
+@pytest.mark.parametrize(
+    ("policies", "blocked_by"),
+    [
+        (["script-src 'sha256-abc='"], "script-src"),
+        (["default-src 'none'"], "script-src"),
+        (["script-src 'self' 'strict-dynamic'"], "script-src"),
+        (["script-src 'nonce-a'; connect-src 'none'"], "connect-src"),
+        (["script-src 'nonce-a'", "script-src 'nonce-b'"], "different nonces"),
+        (["script-src 'self', script-src 'none'"], "script-src"),
+    ],
+)
+def test_a_policy_that_blocks_the_script_leaves_the_page_alone(policies: list[str], blocked_by: str) -> None:
+    place, reason = injection.placement(policies)
+    assert place is None
+    assert blocked_by in reason
+
+
+def test_the_tag_escapes_what_it_carries() -> None:
+    place = injection.Placement('a"b', True)
+    tag = injection.script_tag(place, {"run": "<r>"}, "/__asgireload__/client.js")
+    assert tag == (
+        b'<script src="/__asgireload__/client.js" async nonce="a&quot;b" data-run="&lt;r&gt;" '
+        b'data-worker="1"></script>'
+    )
+
+
+def test_the_error_page_polls_only_without_live_reload() -> None:
+    report = Report.from_mapping({"kind": "import", "summary": "SyntaxError: bad"})
+    assert "setTimeout(poll" in render_html(report, hidden=None, nonce="n")
+    assert "setTimeout(poll" not in render_html(report, hidden=None, nonce="n", poll=False)
+
+
+# ---------------------------------------------------------------- the ASGI wrapper, in process
+
+
+async def page_app(scope: Any, receive: Any, send: Any) -> None:
+    headers = [(b"content-type", b"text/html"), (b"etag", b'"1"')]
+    if scope["path"] == "/strict":
+        headers.append((b"content-security-policy", b"script-src 'sha256-x='"))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"<body>one", "more_body": True})
+    await send({"type": "http.response.body", "body": b" two</body>", "more_body": False})
+
+
+async def call(
+    app: Any, path: str, host: bytes = b"localhost:8000", method: str = "GET"
+) -> tuple[Any, bytes]:
+    sent: list[dict[str, Any]] = []
+    scope = {"type": "http", "method": method, "path": path, "headers": [(b"host", host)]}
+
+    requests = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if requests:
+            return requests.pop()
+        await asyncio.Event().wait()  # as a server does: nothing more until the client leaves
+        raise AssertionError("not reached")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent[0], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def test_a_streamed_page_gets_the_script_and_loses_its_etag() -> None:
+    app = LiveReload(page_app, Hub("run1", 3, error_page=False))
+    start, body = await call(app, "/")
+    assert body.startswith(b"<body>one two<script src=")
+    assert b'data-run="run1" data-generation="3"' in body
+    assert body.endswith(b"</script></body>")
+    assert (b"etag", b'"1"') not in start["headers"]
+
+
+async def test_head_post_foreign_hosts_and_blocking_policies_are_left_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = LiveReload(page_app, Hub("run1", 3, error_page=False))
+    for kwargs in ({"host": b"attacker.example"}, {"method": "HEAD"}, {"method": "POST"}):
+        _, body = await call(app, "/", **kwargs)  # type: ignore[arg-type]
+        assert body == b"<body>one two</body>"
+    with caplog.at_level(logging.DEBUG, logger="asgireload"):
+        _, body = await call(app, "/strict")
+    assert body == b"<body>one two</body>"
+    assert "Content-Security-Policy blocks the script" in caplog.text
+    start, _ = await call(app, "/__asgireload__/events", host=b"attacker.example")
+    assert start["status"] == 200  # the app's own answer: the channel is not there for that Host
+
+
+async def test_the_stream_says_hello_then_ends_when_the_generation_drains() -> None:
+    hub = Hub("run1", 3, error_page=True)
+    hub.close()  # a drain: a stream opened now ends right after its first event
+    start, body = await call(LiveReload(page_app, hub), "/__asgireload__/events")
+    assert (b"content-type", b"text/event-stream") in start["headers"]
+    assert body == b'data: {"type":"hello","run":"run1","generation":3,"error_page":true}\n\n'
+
+
+# ---------------------------------------------------------------- real servers, real HTTP
+
+PAGES = """
+import gzip
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    if path == "/json":
+        kind, body, extra = b"application/json", b'{"a": "</body>"}', []
+    elif path == "/gzip":
+        body = gzip.compress(b"<body>zipped</body>")
+        kind, extra = b"text/html", [(b"content-encoding", b"gzip")]
+    else:
+        kind, body, extra = b"text/html", b"<html><body>page</body></html>", []
+    headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode()), *extra]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+async def fetch(server: Reloader, path: str) -> httpx.Response:
+    async with httpx.AsyncClient(headers={"accept-encoding": "identity"}) as client:
+        return await client.get(server.url.replace("127.0.0.1", "localhost") + path)
+
+
+async def test_a_served_page_gets_one_script_with_its_length_fixed(tmp_path: Path) -> None:
+    write(tmp_path / "main.py", PAGES)
+    async with Reloader("main:app", app_dir=tmp_path, live_reload=True) as server:
+        response = await fetch(server, "/")
+        assert response.text.count("<script ") == 1
+        assert response.text.endswith("</script></body></html>")
+        assert int(response.headers["content-length"]) == len(response.content)
+        assert (await fetch(server, "/json")).text == '{"a": "</body>"}'
+        zipped = await fetch(server, "/gzip")
+        assert zipped.headers["content-encoding"] == "gzip"
+        assert zipped.text == "<body>zipped</body>"  # httpx unzipped it: nothing was added
+        client_js = await fetch(server, "/__asgireload__/client.js")
+        assert client_js.headers["content-type"].startswith("text/javascript")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"live_reload": False}, {"live_reload": True, "host": "0.0.0.0"}],
+    ids=["api-default", "off", "non-loopback-bind"],
+)
+async def test_no_script_unless_on_and_bound_to_loopback(tmp_path: Path, options: dict[str, Any]) -> None:
+    write(tmp_path / "main.py", PAGES)
+    async with Reloader("main:app", app_dir=tmp_path, **options) as server:
+        port = server.url.rsplit(":", 1)[1]
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://localhost:{port}/")
+            assert response.text == "<html><body>page</body></html>"
+            channel = await client.get(f"http://localhost:{port}/__asgireload__/client.js")
+            assert "<html>" in channel.text  # the app's answer: no channel either
+
+
+async def test_a_stylesheet_change_does_not_restart_the_app(tmp_path: Path) -> None:
+    write(tmp_path / "main.py", PAGES)
+    write(tmp_path / "static" / "site.css", "a {}\n")
+    write(tmp_path / "templates" / "page.html", "<p>\n")
+    options: dict[str, Any] = {"live_reload": True, "reload_includes": ("*.html",), "capture_output": True}
+    async with Reloader("main:app", app_dir=tmp_path, **options) as server:
+        assert str(tmp_path / "static" / "site.css") in server._running.watched  # type: ignore[attr-defined]
+        event = await server.edit(tmp_path / "templates" / "page.html", "<p>2\n")  # a reload include
+        assert event.generation == 2
+        with pytest.raises(AsgireloadError, match="matches --live-include"):
+            await server.edit(tmp_path / "static" / "site.css", "a {}")  # no generation to wait for
+        write_like_an_editor(tmp_path / "static" / "site.css", "a { color: red }\n")
+        event = await server.edit(tmp_path / "main.py", PAGES + "\n")
+        assert event.generation == 3  # the stylesheet's change started no generation in between
+        assert event.changed == (str(tmp_path / "main.py"),)
+
+
+# ---------------------------------------------------------------- options and the supervisor's sorting
+
+
+def test_the_command_line_turns_it_on_and_the_api_does_not() -> None:
+    assert parse_config(["main:app"]).live_reload_active
+    assert not parse_config(["main:app", "--no-live-reload"]).live_reload_active
+    assert not parse_config(["main:app", "--host", "0.0.0.0"]).live_reload_active
+    assert not Config(app="main:app").live_reload_active
+    assert Config(app="main:app", live_reload=True).live_reload_active
+    assert parse_config(["main:app", "--live-include", "*.svg"]).live_includes == ("*.svg",)
+    assert Config(app="main:app").live_includes == ("*.css", "*.js")
+
+
+@pytest.mark.parametrize("bad", [("",), (" ",), ("a\x00b",)])
+def test_an_empty_live_include_is_one_clear_error(bad: tuple[str, ...]) -> None:
+    with pytest.raises(ConfigError, match=r"option live_includes \(--live-include\) takes a glob"):
+        Config(app="main:app", live_includes=bad)
+
+
+def test_files_matched_by_both_globs_restart_the_app(tmp_path: Path) -> None:
+    config = Config(app="main:app", app_dir=tmp_path, live_reload=True, reload_includes=("*.js",))
+    assets = LiveAssets(config, (str(tmp_path),))
+    css, js, py = (str(tmp_path / n) for n in ("a.css", "b.js", "c.py"))
+    assert assets.split([css, js, py]) == ([css], [js, py])
+    assets.note_code([css])  # a file a generation reported (imported, or in a traceback) is code
+    assert assets.split([css]) == ([], [css])
+    off = LiveAssets(Config(app="main:app", app_dir=tmp_path), (str(tmp_path),))
+    assert off.split([css]) == ([], [css])
+
+
+def test_the_log_says_what_happened_in_one_line(tmp_path: Path) -> None:
+    assert is_stylesheet_change(["/x/a.CSS"])
+    assert not is_stylesheet_change(["/x/a.css", "/x/b.js"])
+    line = log_line([str(tmp_path / f"{i}.css") for i in range(5)], True)
+    assert line.endswith("and 2 more changed; stylesheets refreshed in open pages.")
+    assert "\n" not in line
+
+
+def test_the_assets_message_and_the_live_settings_cross_the_channel() -> None:
+    message = protocol.Assets(("/p/site.css",), restyle=True)
+    assert protocol.decode(protocol.encode(message), protocol.SUPERVISOR_MESSAGES) == message
+    with pytest.raises(protocol.ProtocolError, match="restyle"):
+        protocol.decode(b'{"type":"assets","paths":["/a.css"],"restyle":"yes"}', protocol.SUPERVISOR_MESSAGES)
+    with pytest.raises(protocol.ProtocolError, match="paths"):
+        protocol.decode(b'{"type":"assets","paths":[1],"restyle":true}', protocol.SUPERVISOR_MESSAGES)
+    config = Config(app="main:app", live_reload=True)
+    settings = worker_settings(config, (), (), None, "run1", 3, 4)
+    line = protocol.encode(settings, protocol.TRUSTED_MAX_LINE)
+    decoded = protocol.decode(line, protocol.SUPERVISOR_MESSAGES)
+    assert isinstance(decoded, protocol.Settings)
+    assert (decoded.live_reload, decoded.run) == (True, "run1")
+
+
+async def test_a_drain_ends_the_streams_at_once_and_the_next_is_the_new_generation(tmp_path: Path) -> None:
+    write(tmp_path / "main.py", PAGES)
+    options: dict[str, Any] = {"live_reload": True, "drain_timeout": 60.0}
+    async with Reloader("main:app", app_dir=tmp_path, **options) as server, httpx.AsyncClient() as client:
+        events = server.url.replace("127.0.0.1", "localhost") + "/__asgireload__/events"
+        async with client.stream("GET", events) as stream:
+            lines = stream.aiter_lines()
+            assert '"generation":1' in await anext(lines)
+            await server.edit(tmp_path / "main.py", PAGES + "\n")
+            async with asyncio.timeout(10):  # far under the drain timeout: the stream did not wait for it
+                rest = [line async for line in lines]
+            assert rest == [""]  # the end of the hello event, then the end of the stream
+        await until(lambda: "draining" not in server.pids, timeout=10, what="the old generation's exit")
+        async with client.stream("GET", events) as stream:
+            assert '"generation":2' in await anext(stream.aiter_lines())
+
+
+async def test_the_command_line_injects_by_default_and_logs_each_asset_change(tmp_path: Path) -> None:
+    write(tmp_path / "main.py", PAGES)
+    write(tmp_path / "static" / "site.css", "a {}\n")
+    async with run_cli(tmp_path, "main:app", "--port", "0") as cli:
+        port = await cli.started()
+        async with httpx.AsyncClient() as client:
+            assert "/__asgireload__/client.js" in (await client.get(f"http://localhost:{port}/")).text
+        write_like_an_editor(tmp_path / "static" / "site.css", "a { color: red }\n")
+        logged = r"Live reload: static/site\.css changed; stylesheets refreshed in open pages\.$"
+        await cli.wait_for_line(logged)
+        assert "Reloaded" not in cli.transcript()
+
+
+async def test_no_live_reload_on_the_command_line(tmp_path: Path) -> None:
+    write(tmp_path / "main.py", PAGES)
+    async with run_cli(tmp_path, "main:app", "--port", "0", "--no-live-reload") as cli:
+        port = await cli.started()
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://localhost:{port}/")).text == "<html><body>page</body></html>"

@@ -22,7 +22,7 @@ ASGIApp = Callable[
     Awaitable[None],
 ]
 
-_PATH_OPTIONS = ("app_dir", "uds", "env_file")
+_PATH_OPTIONS = ("app_dir", "uds", "env_file", "log_config", "ssl_keyfile", "ssl_certfile", "ssl_ca_certs")
 _UVICORN_OPTIONS = (
     "lifespan",
     "http",
@@ -35,7 +35,54 @@ _UVICORN_OPTIONS = (
     "forwarded_allow_ips",
     "interface",
 )
+# The rest of uvicorn's options that reach uvicorn.Config unchanged. Each is passed only when it
+# is not at its default, so an older uvicorn that lacks one works as long as it is not used.
+_UVICORN_PASSED_WHEN_SET = (
+    "log_config",
+    "use_colors",
+    "headers",
+    "server_header",
+    "date_header",
+    "timeout_keep_alive",
+    "limit_concurrency",
+    "backlog",
+    "h11_max_incomplete_event_size",
+    "http2",
+    "ws_max_size",
+    "ws_max_queue",
+    "ws_ping_interval",
+    "ws_ping_timeout",
+    "ws_per_message_deflate",
+    "reset_contextvars",
+    "ssl_keyfile",
+    "ssl_certfile",
+    "ssl_keyfile_password",
+    "ssl_version",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_ciphers",
+)
+# uvicorn's options that cannot apply to one reloading server, the value each must keep, and why.
+REFUSED: dict[str, tuple[tuple[object, ...], str]] = {
+    "workers": (
+        (None, 1),
+        "asgireload runs one worker per generation and replaces it on every change; for N workers "
+        "without reload, use uvicorn --workers N",
+    ),
+    "limit_max_requests": (
+        (None,),
+        "a worker that exits after N requests would be taken for a crash; for that, use uvicorn "
+        "without reload",
+    ),
+    "limit_max_requests_jitter": ((0,), "it only spreads --limit-max-requests, which is refused"),
+}
+# uvicorn's options that are accepted and change nothing here, and why (for the docs and tests).
+NO_EFFECT = {
+    "reload": "asgireload always reloads",
+    "timeout_worker_healthcheck": "it only concerns uvicorn's --workers processes",
+}
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _IMPORT_STRING = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
@@ -163,7 +210,7 @@ class Config:
         "Comma-separated addresses trusted for proxy headers (uvicorn's default: 127.0.0.1).",
         metavar="IPS",
     )
-    http: str = _option("auto", "HTTP implementation.", choices=("auto", "h11", "httptools"))
+    http: str = _option("auto", "HTTP implementation.", choices=("auto", "h11", "httptools", "zttp"))
     ws: str = _option(
         "auto",
         "WebSocket implementation.",
@@ -175,6 +222,72 @@ class Config:
         "Application interface; wsgi serves a WSGI app such as Flask through uvicorn.",
         choices=("auto", "asgi3", "asgi2", "wsgi"),
     )
+    # ---- the rest of uvicorn's options, under uvicorn's names, types and defaults (issue 12) ----
+    reload_delay: float | None = _option(
+        None,
+        "Wait until the watched files have been quiet this long before reloading (uvicorn's name; "
+        "default: 4 ms, 50 ms once several files changed, at most 0.5 s).",
+        metavar="SECONDS",
+    )
+    timeout_graceful_shutdown: float | None = _option(
+        None, "uvicorn's name for --drain-timeout; when given, it is the drain timeout.", metavar="SECONDS"
+    )
+    workers: int | None = _option(
+        None, "Accepted only as 1: asgireload runs one worker per generation.", metavar="N"
+    )
+    limit_max_requests: int | None = _option(
+        None, "Refused: a worker that exits after N requests would look like a crash.", metavar="N"
+    )
+    limit_max_requests_jitter: int = _option(0, "Refused unless 0, like --limit-max-requests.", metavar="N")
+    timeout_worker_healthcheck: int = _option(
+        5, "Accepted and ignored: it only matters for uvicorn --workers.", metavar="SECONDS"
+    )
+    log_config: str | None = _option(
+        None,
+        "Logging configuration file (.json, .yaml/.yml with PyYAML, else ini), applied in every worker "
+        "and to asgireload's own lines.",
+        metavar="PATH",
+    )
+    use_colors: bool | None = _option(
+        None, "Colour the log's level names (default: when the output is a terminal).", negatable=True
+    )
+    headers: tuple[str, ...] = _option(
+        (),
+        "Add this header to every response, as 'Name: value' (repeatable).",
+        metavar="HEADER",
+        flag="--header",
+    )
+    server_header: bool = _option(True, "Send a Server header on every response.", negatable=True)
+    date_header: bool = _option(True, "Send a Date header on every response.", negatable=True)
+    timeout_keep_alive: int = _option(
+        5, "Close a keep-alive connection after this many seconds without a request.", metavar="SECONDS"
+    )
+    limit_concurrency: int | None = _option(
+        None, "Answer 503 once this many connections or tasks are open.", metavar="N"
+    )
+    backlog: int = _option(
+        2048, "Connections the listening socket holds before they are accepted.", metavar="N"
+    )
+    h11_max_incomplete_event_size: int | None = _option(
+        None, "Largest request head h11 buffers, in bytes (uvicorn's default: 16 KiB).", metavar="BYTES"
+    )
+    http2: bool = _option(False, "Serve HTTP/2 (needs the zttp package and --http zttp).")
+    ws_max_size: int = _option(16777216, "Largest websocket message, in bytes.", metavar="BYTES")
+    ws_max_queue: int = _option(32, "Most websocket messages queued for the app.", metavar="N")
+    ws_ping_interval: float | None = _option(20.0, "Seconds between websocket pings.", metavar="SECONDS")
+    ws_ping_timeout: float | None = _option(20.0, "Seconds to wait for a websocket pong.", metavar="SECONDS")
+    ws_per_message_deflate: bool = _option(
+        True, "Compress websocket messages (permessage-deflate).", negatable=True
+    )
+    reset_contextvars: bool = _option(False, "Run each request in a fresh contextvars.Context.")
+    ssl_keyfile: str | None = _option(None, "TLS private key file.", metavar="PATH")
+    ssl_certfile: str | None = _option(None, "TLS certificate file (serves https://).", metavar="PATH")
+    ssl_keyfile_password: str | None = _option(None, "Password of the TLS key file.", metavar="PASSWORD")
+    ssl_version: int = _option(17, "TLS protocol of ssl.SSLContext (17: PROTOCOL_TLS_SERVER).", metavar="N")
+    ssl_cert_reqs: int = _option(0, "Client certificates: 0 none, 1 optional, 2 required.", metavar="N")
+    ssl_ca_certs: str | None = _option(None, "CA certificates to verify clients with.", metavar="PATH")
+    ssl_ciphers: str | None = _option(None, "TLS ciphers, in OpenSSL's syntax.", metavar="CIPHERS")
+    # ---- end of uvicorn's options ----
     capture_output: bool = _option(
         False, "Collect the workers' output (for tests) instead of letting it reach the terminal.", cli=False
     )
@@ -197,6 +310,11 @@ class Config:
             object.__setattr__(self, "env_file", resolve(self.env_file))
         if self.uds is not None:
             object.__setattr__(self, "uds", resolve(self.uds))
+        for name in ("log_config", "ssl_keyfile", "ssl_certfile", "ssl_ca_certs"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, resolve(getattr(self, name)))
+        if self.timeout_graceful_shutdown is not None:  # uvicorn's name for it wins when given
+            object.__setattr__(self, "drain_timeout", float(self.timeout_graceful_shutdown))
 
     @property
     def import_string(self) -> str:
@@ -207,7 +325,15 @@ class Config:
 
     def uvicorn_options(self) -> dict[str, Any]:
         """The options that are uvicorn.Config's too, under uvicorn's names."""
-        return {name: getattr(self, name) for name in _UVICORN_OPTIONS}
+        options = {name: getattr(self, name) for name in _UVICORN_OPTIONS}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in _UVICORN_PASSED_WHEN_SET:
+            value = getattr(self, name)
+            if value != defaults[name]:
+                options[name] = value
+        if "headers" in options:  # "Name: value", as uvicorn's --header takes it
+            options["headers"] = [[part.strip() for part in h.split(":", 1)] for h in self.headers]
+        return options
 
     @property
     def watch_roots(self) -> tuple[str, ...]:
@@ -278,6 +404,47 @@ def _validate(config: Config) -> None:
         raise _fail("poll_interval", f"must be at least 0.01 seconds, got {config.poll_interval}.")
     if not config.host:
         raise _fail("host", "must not be empty.")
+    _validate_uvicorn_options(config)
+
+
+def _validate_uvicorn_options(config: Config) -> None:
+    """The ranges and combinations of the options taken from uvicorn (types are checked already)."""
+    for name, (allowed, reason) in REFUSED.items():
+        if getattr(config, name) not in allowed:
+            raise _fail(name, f"cannot be {getattr(config, name)!r} here: {reason}.")
+    for name in ("reload_delay", "timeout_graceful_shutdown", "ws_ping_interval", "ws_ping_timeout"):
+        value = getattr(config, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise _fail(name, f"must be a number of seconds, 0 or more, got {value}.")
+    minimums = {
+        "timeout_keep_alive": 0,
+        "timeout_worker_healthcheck": 0,
+        "limit_concurrency": 1,
+        "backlog": 1,
+        "h11_max_incomplete_event_size": 1,
+        "ws_max_size": 1,
+        "ws_max_queue": 1,
+    }
+    for name, minimum in minimums.items():
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise _fail(name, f"must be {minimum} or more, got {value}.")
+    if config.ssl_cert_reqs not in (0, 1, 2):
+        raise _fail(
+            "ssl_cert_reqs", f"must be 0 (none), 1 (optional) or 2 (required), got {config.ssl_cert_reqs}"
+        )
+    for header in config.headers:
+        name, colon, _ = header.partition(":")
+        if not colon or not _HEADER_NAME.match(name.strip()):
+            raise _fail("headers", f"takes 'Name: value', got {header!r}.")
+        if not header.isascii() or any(ord(c) < 32 and c != "\t" for c in header):
+            raise _fail("headers", f"must be printable ASCII, got {header!r}.")
+    if config.ssl_certfile is None:
+        for name in ("ssl_keyfile", "ssl_keyfile_password", "ssl_ca_certs", "ssl_ciphers"):
+            if getattr(config, name) is not None:
+                raise _fail(name, "needs --ssl-certfile too (the certificate to serve).")
+    if config.http2 and config.http != "zttp":
+        raise _fail("http2", f"needs --http zttp (uvicorn's HTTP/2 protocol), got --http {config.http}.")
 
 
 def _check_type(name: str, value: Any, annotation: str) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib.machinery
 import os
+import ssl
 import sys
 
+from .. import _logging
 from ..config import Config
 from ..errors import ConfigError, StartupError
 from .envfile import EnvFileError, read_env_file
@@ -30,6 +32,61 @@ def preflight(config: Config) -> None:
         except EnvFileError as exc:
             raise StartupError(str(exc)) from None
     find_module(config.app, config.app_dir)
+    check_uvicorn_options(config)
+
+
+def check_uvicorn_options(config: Config) -> None:
+    """What uvicorn would only find out in every worker: the TLS files, the log config."""
+    if config.log_config is not None:
+        try:
+            _logging.read_config_file(config.log_config)
+        except _logging.LogConfigError as exc:
+            raise StartupError(str(exc)) from None
+    if config.ssl_certfile is not None:
+        check_tls(config)
+
+
+def check_tls(config: Config) -> None:
+    """Load the certificate, key and CAs exactly as each worker's uvicorn will."""
+    from uvicorn.config import create_ssl_context
+
+    for flag, path in (
+        ("--ssl-certfile", config.ssl_certfile),
+        ("--ssl-keyfile", config.ssl_keyfile),
+        ("--ssl-ca-certs", config.ssl_ca_certs),
+    ):
+        if path is not None and not os.path.isfile(path):
+            raise StartupError(f"{flag} {path} does not exist or is not a file.")
+    assert config.ssl_certfile is not None
+    try:
+        create_ssl_context(
+            certfile=config.ssl_certfile,
+            keyfile=config.ssl_keyfile,
+            password=config.ssl_keyfile_password,
+            ssl_version=config.ssl_version,
+            cert_reqs=config.ssl_cert_reqs,
+            ca_certs=config.ssl_ca_certs,
+            ciphers=config.ssl_ciphers,
+        )
+    except ssl.SSLError as exc:
+        raise StartupError(_tls_problem(config, exc)) from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise StartupError(
+            f"cannot use the TLS settings (--ssl-version {config.ssl_version}?): {reason}."
+        ) from None
+
+
+def _tls_problem(config: Config, exc: ssl.SSLError) -> str:
+    reason = str(exc.reason or exc)
+    cert, key = config.ssl_certfile, config.ssl_keyfile or config.ssl_certfile
+    if reason == "KEY_VALUES_MISMATCH":
+        return f"the key in --ssl-keyfile {key} does not match the certificate in --ssl-certfile {cert}."
+    if reason in ("BAD_DECRYPT", "BAD_PASSWORD_READ") or "password" in reason.lower():
+        return f"cannot decrypt the key {key}: pass the right --ssl-keyfile-password."
+    if reason == "NO_CIPHER_MATCH":
+        return f"--ssl-ciphers {config.ssl_ciphers!r} names no cipher OpenSSL knows."
+    return f"cannot load the certificate {cert} with the key {key}: {reason} (are they PEM files?)."
 
 
 def find_module(import_string: str, app_dir: str) -> None:

@@ -78,13 +78,13 @@ def check_tls(config: Config) -> None:
 
 
 def _tls_problem(config: Config, exc: ssl.SSLError) -> str:
-    reason = str(exc.reason or exc)
+    reason = str(getattr(exc, "reason", None) or exc)
     cert, key = config.ssl_certfile, config.ssl_keyfile or config.ssl_certfile
     if reason == "KEY_VALUES_MISMATCH":
         return f"the key in --ssl-keyfile {key} does not match the certificate in --ssl-certfile {cert}."
     if reason in ("BAD_DECRYPT", "BAD_PASSWORD_READ") or "password" in reason.lower():
         return f"cannot decrypt the key {key}: pass the right --ssl-keyfile-password."
-    if reason == "NO_CIPHER_MATCH":
+    if reason == "NO_CIPHER_MATCH" or (config.ssl_ciphers and "cipher" in reason.lower()):
         return f"--ssl-ciphers {config.ssl_ciphers!r} names no cipher OpenSSL knows."
     return f"cannot load the certificate {cert} with the key {key}: {reason} (are they PEM files?)."
 

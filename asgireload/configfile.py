@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,13 +54,15 @@ def read_pyproject(path: str | os.PathLike[str]) -> dict[str, Any]:
     paths made absolute against the file's folder; `app` also sets `app_dir` to that folder."""
     path = Path(path).resolve()
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}.") from None
     except UnicodeDecodeError:
         raise ConfigError(f"cannot read {path}: it is not UTF-8 text.") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}.") from None
+        raise ConfigError(f"{path} is not valid TOML, {_where_in(str(exc), text)}.") from None
     table = data.get("tool", {}).get("asgireload")
     if table is None:
         return {}
@@ -83,6 +86,17 @@ def read_pyproject(path: str | os.PathLike[str]) -> dict[str, Any]:
         options.setdefault("app_dir", str(path.parent))
     options.pop("reload", None)  # accepted like --reload, and changes nothing
     return options
+
+
+def _where_in(message: str, text: str) -> str:
+    """tomllib's message with its position as a line number first (the end of the file is one too)."""
+    found = re.search(r"\s*\(at line (\d+), column (\d+)\)", message)
+    if found:
+        return f"line {found[1]}, column {found[2]}: {message[: found.start()]}"
+    found = re.search(r"\s*\(at end of document\)", message)
+    if found:
+        return f"line {max(1, len(text.splitlines()))} (the end of the file): {message[: found.start()]}"
+    return message
 
 
 def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -115,7 +129,9 @@ def _field_for(key: str, fields: dict[str, dataclasses.Field[Any]], where: str) 
         return field
     if key.replace("-", "_") in fields:
         raise ConfigError(f"{where} has no key {key!r}: write it in snake case, {key.replace('-', '_')!r}.")
-    close = difflib.get_close_matches(key, ["app", *fields], n=1, cutoff=0.6)
+    names = ["app", *dict.fromkeys(f.name for f in fields.values())]  # the options' own names first
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    close = close or difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
     hint = (
         f"; did you mean {close[0]!r}?" if close else "; the keys are the options' names (asgireload --help)."
     )

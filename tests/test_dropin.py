@@ -479,3 +479,16 @@ async def test_reload_delay_waits_for_quiet(project: Path) -> None:
         assert waited >= 1.5, waited  # a lower bound: the quiet gap cannot have been skipped
         async with client() as http:
             assert (await http.get(f"http://127.0.0.1:{match[2]}/")).text == "second"
+
+
+def test_the_readme_table_lists_exactly_the_command_lines_options() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Options", 1)[1].split("\n\n", 2)[1]
+    in_readme = set(re.findall(r"^\| `(--[a-z0-9-]+)", table, flags=re.MULTILINE))
+    parser = build_parser()
+    in_cli = {
+        action.option_strings[0]
+        for action in parser._actions
+        if action.option_strings and action.option_strings[0] not in ("-h", "--version")
+    }
+    assert in_readme == in_cli, (in_readme ^ in_cli)

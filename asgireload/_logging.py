@@ -41,12 +41,13 @@ class _Formatter(logging.Formatter):
         return prefix + text
 
 
-def configure(level: str) -> None:
+def configure(level: str, colour: bool | None = None) -> None:
+    """uvicorn's look on stderr; `colour` None: coloured when stderr is a terminal (--use-colors)."""
     logger = logging.getLogger("asgireload")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(colour=sys.stderr.isatty()))
+    handler.setFormatter(_Formatter(colour=sys.stderr.isatty() if colour is None else colour))
     logger.addHandler(handler)
     logger.setLevel(LEVELS.get(level, logging.INFO))
     logger.propagate = False

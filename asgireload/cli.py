@@ -106,9 +106,9 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     return parse(argv)[0]
 
 
-def parse(argv: Sequence[str] | None = None) -> tuple[Config, str | None]:
+def parse(argv: Sequence[str] | None = None) -> tuple[Config, discovery.Found | None]:
     """The Config from the flags over ASGIRELOAD_* over [tool.asgireload]; and, when the app was
-    found by reading the source, the line that says so."""
+    found by reading the source, what was found."""
     parser = build_parser()
     flags = vars(parser.parse_args(argv))
     flags.pop("reload", None)
@@ -123,11 +123,9 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, str | None]:
         found = _find_app(options)
         if found is not None:
             options["app"] = found.app
-            if "app_dir" not in flags:
-                options["app_dir"] = found.app_dir
-            for name, value in found.environment.items():
-                os.environ.setdefault(name, value)
-        return Config(**options), (found.message(os.getcwd()) if found else None)
+            options["app_dir"] = found.app_dir
+        return Config(**options), found
+
     except ConfigError as exc:
         parser.error(str(exc).rstrip("."))
 
@@ -135,8 +133,8 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, str | None]:
 def _find_app(options: dict[str, Any]) -> discovery.Found | None:
     """For no APP: the one the source shows; for a file path: its module and the app in it."""
     app = options.get("app")
-    if app is None:
-        return discovery.discover(os.getcwd())
+    if app is None:  # in --app-dir if given (the project's folder), else here
+        return discovery.discover(options.get("app_dir", os.getcwd()))
     if isinstance(app, str) and discovery.looks_like_a_file(app):
         return discovery.from_file(app)
     return None
@@ -145,7 +143,7 @@ def _find_app(options: dict[str, Any]) -> discovery.Found | None:
 def main(argv: Sequence[str] | None = None) -> None:
     reopened = check_standard_streams()  # first: before anything opens a file or a socket
     config, found = parse(argv)
-    _logging.configure(config.log_level)
+    _logging.configure(config.log_level, config.use_colors)
     if config.log_config is not None:
         try:
             _logging.apply_config_file(config.log_config, config.log_level)
@@ -153,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"asgireload: error: {exc}", file=sys.stderr)
             sys.exit(2)
     if found is not None:
-        logging.getLogger("asgireload").info("%s", found)
+        for name, value in found.environment.items():  # DJANGO_SETTINGS_MODULE, for the workers
+            os.environ.setdefault(name, value)
+        logging.getLogger("asgireload").info("%s", found.message(os.getcwd()))
     warn_about_reopened(reopened)
     try:
         code = asyncio.run(run_with_signals(config))

@@ -195,12 +195,16 @@ def _settings_module(manage: Path) -> str | None:
             key, value = node.args
             if _constant(key) == "DJANGO_SETTINGS_MODULE" and isinstance(_constant(value), str):
                 return str(_constant(value))
-        target = node.targets[0] if isinstance(node, ast.Assign) else None
-        if isinstance(target, ast.Subscript) and _constant(target.slice) == "DJANGO_SETTINGS_MODULE":
-            found = _constant(node.value)  # type: ignore[attr-defined]
+        if isinstance(node, ast.Assign) and _sets_settings_variable(node.targets[0]):
+            found = _constant(node.value)
             if isinstance(found, str):
                 return found
     return None
+
+
+def _sets_settings_variable(target: ast.expr) -> bool:
+    """`os.environ["DJANGO_SETTINGS_MODULE"] = ...`"""
+    return isinstance(target, ast.Subscript) and _constant(target.slice) == "DJANGO_SETTINGS_MODULE"
 
 
 def _constant(node: ast.expr) -> object:

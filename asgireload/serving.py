@@ -177,7 +177,7 @@ def run(app: Any, *, reload: bool = True, **options: Any) -> None:
     """
     reopened = check_standard_streams()
     config = build_config(app, reload, options)
-    _logging.configure(config.log_level)
+    _logging.configure(config.log_level, config.use_colors)
     warn_about_reopened(reopened)
     code = asyncio.run(run_with_signals(config))
     if code:

@@ -165,6 +165,13 @@ def test_two_candidates_the_first_wins_and_both_are_named(tmp_path: Path) -> Non
     assert "also saw api:api (api.py)" in found.message(str(tmp_path))
 
 
+def test_django_settings_assigned_directly(tmp_path: Path) -> None:
+    write(tmp_path / "manage.py", 'import os\nos.environ["DJANGO_SETTINGS_MODULE"] = "conf.settings"\n')
+    write(tmp_path / "src" / "conf" / "asgi.py", DJANGO_ASGI)
+    found = discover(tmp_path)
+    assert (found.app, found.app_dir) == ("conf.asgi:application", str(tmp_path / "src"))
+
+
 def test_django_via_manage_py(tmp_path: Path) -> None:
     write(tmp_path / "manage.py", DJANGO_MANAGE)
     write(tmp_path / "mysite" / "__init__.py", "")

@@ -213,6 +213,8 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 BAD_INPUT = [
+    pytest.param(["--http", "zttp"], ["--http zttp needs the zttp package"], id="zttp-missing"),
+    pytest.param(["--http2"], ["--http2", "needs --http zttp"], id="http2-without-zttp"),
     pytest.param(["--workers", "2"], ["--workers", "one worker per generation"], id="workers-2"),
     pytest.param(["--limit-max-requests", "10"], ["--limit-max-requests", "crash"], id="limit-max-requests"),
     pytest.param(["--header", "nocolon"], ["--header", "'nocolon'"], id="header-without-colon"),
@@ -327,6 +329,7 @@ async def test_https_slow_request_finishes_across_a_reload(project: Path, tls: d
             await cli.wait_for_line(r"Reloaded in \d+ ms \(generation 2\)")
             response = await slow  # began under generation 1: finished by it, over TLS
             assert (response.status_code, response.text) == (200, "first"), cli.transcript()
+            assert response.headers["connection"] == "close"  # a TLS session cannot move: told so
             assert (await http.get(url)).text == "second"
 
 
@@ -491,4 +494,15 @@ def test_the_readme_table_lists_exactly_the_command_lines_options() -> None:
         for action in parser._actions
         if action.option_strings and action.option_strings[0] not in ("-h", "--version")
     }
-    assert in_readme == in_cli, (in_readme ^ in_cli)
+    assert in_readme == in_cli, in_readme ^ in_cli
+
+
+@pytest.mark.parametrize(("flag", "coloured"), [("--use-colors", True), ("--no-use-colors", False)])
+async def test_use_colors_reaches_the_supervisors_lines_and_uvicorns(
+    project: Path, flag: str, coloured: bool
+) -> None:
+    async with run_cli(project, "main:app", "--port", "0", flag) as cli:  # stderr is a pipe
+        started = await cli.wait_for_line(SERVING)
+        startup = await cli.wait_for_line("Application startup complete")
+    assert ("\x1b[32mINFO" in started.string) is coloured, cli.transcript()
+    assert ("\x1b[32mINFO" in startup.string) is coloured, cli.transcript()

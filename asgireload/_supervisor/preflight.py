@@ -8,12 +8,14 @@ attribute exists and is an app can only be known by importing, which the first w
 from __future__ import annotations
 
 import importlib.machinery
+import importlib.util
+import inspect
 import os
 import ssl
 import sys
 
 from .. import _logging
-from ..config import Config
+from ..config import Config, cli_flag, option_fields
 from ..errors import ConfigError, StartupError
 from .envfile import EnvFileError, read_env_file
 
@@ -36,7 +38,20 @@ def preflight(config: Config) -> None:
 
 
 def check_uvicorn_options(config: Config) -> None:
-    """What uvicorn would only find out in every worker: the TLS files, the log config."""
+    """What uvicorn would only find out in every worker: an option this uvicorn lacks, the TLS
+    files, the log config."""
+    import uvicorn
+
+    accepted = inspect.signature(uvicorn.Config).parameters
+    flags = {field.name: cli_flag(field) for field in option_fields()}
+    for name in config.uvicorn_options():
+        if name not in accepted:
+            raise StartupError(
+                f"{flags[name]} needs a newer uvicorn than the installed {uvicorn.__version__}: "
+                "pip install -U uvicorn."
+            )
+    if config.http == "zttp" and importlib.util.find_spec("zttp") is None:
+        raise StartupError("--http zttp needs the zttp package: pip install zttp.")
     if config.log_config is not None:
         try:
             _logging.read_config_file(config.log_config)

@@ -359,7 +359,7 @@ def main() -> None:
     os.environ.update(settings.env)  # the env file, before anything is preloaded
     _handoff.restore_fd_limit(settings.fd_limit)  # the app runs under the usual limit
     os.environ["ASGIRELOAD_WORKER"] = "1"  # serve() refuses to start a server from inside a worker
-    _logging.configure(settings.uvicorn["log_level"])
+    _logging.configure(settings.uvicorn["log_level"], settings.uvicorn.get("use_colors"))
     worker = Worker(settings, control_fd)
     worker.imported_by_uvicorn = _uvicorn_imports(settings)
     worker.recorder.install()

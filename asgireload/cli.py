@@ -135,6 +135,8 @@ def _find_app(options: dict[str, Any]) -> discovery.Found | None:
     app = options.get("app")
     if app is None:  # in --app-dir if given (the project's folder), else here
         return discovery.discover(options.get("app_dir", os.getcwd()))
+    if isinstance(app, str) and os.path.isdir(app):  # `asgireload services/web`: look in there
+        return discovery.discover(app)
     if isinstance(app, str) and discovery.looks_like_a_file(app):
         return discovery.from_file(app)
     return None

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import _PATH_OPTIONS, Config, cli_flag, option_fields
+from .discovery import looks_like_a_file
 from .errors import ConfigError
 
 TABLE = "tool.asgireload"
@@ -73,7 +74,8 @@ def read_pyproject(path: str | os.PathLike[str]) -> dict[str, Any]:
     fields = _fields()
     for key, value in table.items():
         if key == "app":
-            options["app"] = _checked_app(value, where)
+            app = _checked_app(value, where)
+            options["app"] = str(path.parent / app) if looks_like_a_file(app) else app
             continue
         field = _field_for(key, fields, where)
         if field.name in options:

@@ -178,6 +178,11 @@ def run(app: Any, *, reload: bool = True, **options: Any) -> None:
     reopened = check_standard_streams()
     config = build_config(app, reload, options)
     _logging.configure(config.log_level, config.use_colors)
+    if config.log_config is not None:
+        try:
+            _logging.apply_config_file(config.log_config, config.log_level)
+        except _logging.LogConfigError as exc:
+            raise ConfigError(str(exc)) from None
     warn_about_reopened(reopened)
     code = asyncio.run(run_with_signals(config))
     if code:

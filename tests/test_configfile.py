@@ -59,6 +59,11 @@ def test_keys_paths_and_aliases(tmp_path: Path) -> None:
     }
 
 
+def test_an_app_given_as_a_file_is_relative_to_the_file(tmp_path: Path) -> None:
+    path = pyproject(tmp_path, 'app = "src/main.py"\n')
+    assert read_pyproject(path)["app"] == str(tmp_path / "src" / "main.py")
+
+
 def test_no_table_is_no_options(tmp_path: Path) -> None:
     write(tmp_path / "pyproject.toml", '[project]\nname = "demo"\n')
     assert read_pyproject(tmp_path / "pyproject.toml") == {}

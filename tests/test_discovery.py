@@ -280,6 +280,8 @@ async def test_a_file_path_as_app(tmp_path: Path) -> None:
     assert await serves(tmp_path, "main.py", expect_app="main:app") == {"from": "main"}
     write(tmp_path / "services" / "web.py", STARLETTE_API)
     assert await serves(tmp_path, "services/web.py", expect_app="web:api") == "starlette web"
+    write(tmp_path / "other" / "app.py", STARLETTE_API)
+    assert await serves(tmp_path, "other", expect_app="app:api") == "starlette app"  # a folder
 
 
 async def test_the_config_files_app_wins_over_discovery(tmp_path: Path) -> None:

@@ -125,7 +125,6 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, discovery.Found | 
             options["app"] = found.app
             options["app_dir"] = found.app_dir
         return Config(**options), found
-
     except ConfigError as exc:
         parser.error(str(exc).rstrip("."))
 

@@ -315,7 +315,13 @@ async def test_https_with_a_certificate_made_here_across_a_reload(
 
 
 async def test_https_slow_request_finishes_across_a_reload(project: Path, tls: dict[str, Path]) -> None:
-    source = app_source("first").replace("await asyncio.sleep(30)", "await asyncio.sleep(0.3)")
+    # /slow answers once the test releases it (a file), so it is surely in flight across the reload
+    release = project / "release"
+    wait = f"""for _ in range(2000):
+            if __import__("os").path.exists({str(release)!r}):
+                break
+            await asyncio.sleep(0.01)"""
+    source = app_source("first").replace("await asyncio.sleep(30)", wait)
     (project / "main.py").write_text(source)
     args = ["main:app", "--port", "0", "--ssl-certfile", str(tls["cert"]), "--ssl-keyfile", str(tls["key"])]
     async with run_cli(project, *args) as cli:
@@ -326,7 +332,8 @@ async def test_https_slow_request_finishes_across_a_reload(project: Path, tls: d
             slow = asyncio.create_task(http.get(url + "slow"))
             await cli.wait_for_line("SLOW-REQUEST-RECEIVED")
             write_atomically(project / "main.py", source.replace("'first'", "'second'"))
-            await cli.wait_for_line(r"Reloaded in \d+ ms \(generation 2\)")
+            await cli.wait_for_line(r"Reloaded in \d+ ms \(generation 2\)")  # generation 1 drains
+            release.touch()
             response = await slow  # began under generation 1: finished by it, over TLS
             assert (response.status_code, response.text) == (200, "first"), cli.transcript()
             assert response.headers["connection"] == "close"  # a TLS session cannot move: told so

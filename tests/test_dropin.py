@@ -21,8 +21,9 @@ from typing import Any
 
 import httpx
 import pytest
-import trustme  # the [test] extra installs it (and PyYAML)
+import trustme  # the [test] extra installs it (with cryptography), and PyYAML
 import yaml
+from cryptography.hazmat.primitives import serialization
 
 from asgireload.cli import build_parser, parse_config
 from asgireload.config import NO_EFFECT, REFUSED, Config, cli_flag, option_fields
@@ -203,12 +204,18 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "key": folder / "key.pem",
         "other_key": folder / "other-key.pem",
         "garbage": folder / "garbage.pem",
+        "encrypted_key": folder / "encrypted-key.pem",
     }
     ca.cert_pem.write_to_path(str(paths["ca"]))
     cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
     cert.private_key_pem.write_to_path(str(paths["key"]))
     other.private_key_pem.write_to_path(str(paths["other_key"]))
     paths["garbage"].write_text("not a certificate\n")
+    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), password=None)
+    encrypted = serialization.BestAvailableEncryption(b"s3cret")
+    paths["encrypted_key"].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encrypted)
+    )
     return paths
 
 
@@ -237,6 +244,26 @@ BAD_INPUT = [
         ["--ssl-certfile", "{cert}", "--ssl-keyfile", "{other_key}"],
         ["does not match the certificate"],
         id="key-mismatch",
+    ),
+    pytest.param(
+        ["--ssl-certfile", "{cert}", "--ssl-keyfile", "{encrypted_key}"],
+        ["encrypted-key.pem is encrypted", "--ssl-keyfile-password"],
+        id="key-encrypted-no-password",
+    ),
+    pytest.param(
+        ["--ssl-certfile", "{cert}", "--ssl-keyfile", "{encrypted_key}", "--ssl-keyfile-password", "nope"],
+        ["cannot decrypt the key", "encrypted-key.pem"],
+        id="key-wrong-password",
+    ),
+    pytest.param(
+        ["--ssl-certfile", "{cert}", "--ssl-keyfile", "{key}", "--ssl-ca-certs", "{garbage}"],
+        ["--ssl-ca-certs", "garbage.pem"],
+        id="ca-certs-garbage",
+    ),
+    pytest.param(
+        ["--ssl-certfile", "{cert}", "--ssl-keyfile", "{key}", "--ssl-version", "999"],
+        ["--ssl-version 999"],
+        id="ssl-version",
     ),
     pytest.param(
         ["--ssl-certfile", "{garbage}"], ["cannot load the certificate", "garbage.pem"], id="cert-garbage"
@@ -513,3 +540,15 @@ async def test_use_colors_reaches_the_supervisors_lines_and_uvicorns(
         startup = await cli.wait_for_line("Application startup complete")
     assert ("\x1b[32mINFO" in started.string) is coloured, cli.transcript()
     assert ("\x1b[32mINFO" in startup.string) is coloured, cli.transcript()
+
+
+def test_an_encrypted_key_with_its_password_is_accepted(tls: dict[str, Path]) -> None:
+    from asgireload._supervisor.tls import check_tls
+
+    config = Config(
+        app="main:app",
+        ssl_certfile=str(tls["cert"]),
+        ssl_keyfile=str(tls["encrypted_key"]),
+        ssl_keyfile_password="s3cret",
+    )
+    check_tls(config)  # no error, and no pass phrase prompt

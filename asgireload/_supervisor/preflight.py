@@ -11,13 +11,13 @@ import importlib.machinery
 import importlib.util
 import inspect
 import os
-import ssl
 import sys
 
 from .. import _logging
 from ..config import Config, cli_flag, option_fields
 from ..errors import ConfigError, StartupError
 from .envfile import EnvFileError, read_env_file
+from .tls import check_tls
 
 
 def preflight(config: Config) -> None:
@@ -59,49 +59,6 @@ def check_uvicorn_options(config: Config) -> None:
             raise StartupError(str(exc)) from None
     if config.ssl_certfile is not None:
         check_tls(config)
-
-
-def check_tls(config: Config) -> None:
-    """Load the certificate, key and CAs exactly as each worker's uvicorn will."""
-    from uvicorn.config import create_ssl_context
-
-    for flag, path in (
-        ("--ssl-certfile", config.ssl_certfile),
-        ("--ssl-keyfile", config.ssl_keyfile),
-        ("--ssl-ca-certs", config.ssl_ca_certs),
-    ):
-        if path is not None and not os.path.isfile(path):
-            raise StartupError(f"{flag} {path} does not exist or is not a file.")
-    assert config.ssl_certfile is not None
-    try:
-        create_ssl_context(
-            certfile=config.ssl_certfile,
-            keyfile=config.ssl_keyfile,
-            password=config.ssl_keyfile_password,
-            ssl_version=config.ssl_version,
-            cert_reqs=config.ssl_cert_reqs,
-            ca_certs=config.ssl_ca_certs,
-            ciphers=config.ssl_ciphers,
-        )
-    except ssl.SSLError as exc:
-        raise StartupError(_tls_problem(config, exc)) from None
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise StartupError(
-            f"cannot use the TLS settings (--ssl-version {config.ssl_version}?): {reason}."
-        ) from None
-
-
-def _tls_problem(config: Config, exc: ssl.SSLError) -> str:
-    reason = str(getattr(exc, "reason", None) or exc)
-    cert, key = config.ssl_certfile, config.ssl_keyfile or config.ssl_certfile
-    if reason == "KEY_VALUES_MISMATCH":
-        return f"the key in --ssl-keyfile {key} does not match the certificate in --ssl-certfile {cert}."
-    if reason in ("BAD_DECRYPT", "BAD_PASSWORD_READ") or "password" in reason.lower():
-        return f"cannot decrypt the key {key}: pass the right --ssl-keyfile-password."
-    if reason == "NO_CIPHER_MATCH" or (config.ssl_ciphers and "cipher" in reason.lower()):
-        return f"--ssl-ciphers {config.ssl_ciphers!r} names no cipher OpenSSL knows."
-    return f"cannot load the certificate {cert} with the key {key}: {reason} (are they PEM files?)."
 
 
 def find_module(import_string: str, app_dir: str) -> None:

@@ -52,7 +52,7 @@ def find_pyproject(start: str | os.PathLike[str] | None = None) -> Path | None:
 
 def read_pyproject(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The options of `[tool.asgireload]` in the file (empty without that table), checked and with
-    paths made absolute against the file's folder; `app` also sets `app_dir` to that folder."""
+    paths made absolute against the file's folder."""
     path = Path(path).resolve()
     try:
         text = path.read_text(encoding="utf-8")
@@ -84,8 +84,6 @@ def read_pyproject(path: str | os.PathLike[str]) -> dict[str, Any]:
     for name in (*_PATH_OPTIONS, "reload_dirs"):
         if name in options and options[name] is not None:
             options[name] = _relative_to(path.parent, options[name])
-    if "app" in options:
-        options.setdefault("app_dir", str(path.parent))
     options.pop("reload", None)  # accepted like --reload, and changes nothing
     return options
 
@@ -243,12 +241,16 @@ def layered(
     environ: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Any], Path | None]:
     """The options from the file (the nearest, or the one given), the variables over it, the
-    flags over both; and the file they came from, if any."""
+    flags over both; and the file they came from, if any. The file's `app`, when it is the one
+    used, is imported from the file's folder unless an `app_dir` says otherwise."""
     path: Path | None = None
     if pyproject is True:
         path = find_pyproject()
     elif pyproject is not False:
         path = Path(pyproject)
     from_file = read_pyproject(path) if path is not None else {}
-    options = {**from_file, **read_environment(environ), **flags}
+    later = {**read_environment(environ), **flags}
+    options = {**from_file, **later}
+    if path is not None and "app" in from_file and "app" not in later and "app_dir" not in options:
+        options["app_dir"] = str(path.parent)  # the file's app is imported from the file's folder
     return options, (path if from_file else None)

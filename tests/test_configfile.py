@@ -49,7 +49,6 @@ def test_keys_paths_and_aliases(tmp_path: Path) -> None:
     options = read_pyproject(path)
     assert options == {
         "app": "web:app",
-        "app_dir": str(tmp_path),  # the app is imported from the file's folder
         "port": 8123,
         "reload_dirs": (str(tmp_path / "src"), str(tmp_path / "lib")),
         "reload_includes": ("*.html",),
@@ -176,6 +175,16 @@ def test_flags_over_variables_over_the_file(tmp_path: Path) -> None:
     assert options == {"port": 3, "drain_timeout": 4.0, "sequential": True}
     options, source = layered({}, pyproject=False, environ={})
     assert (options, source) == ({}, None)
+
+
+def test_the_files_app_is_imported_from_the_files_folder(tmp_path: Path) -> None:
+    path = pyproject(tmp_path, 'app = "main:app"\n')
+    options, _ = layered({}, pyproject=path, environ={})
+    assert options == {"app": "main:app", "app_dir": str(tmp_path)}
+    options, _ = layered({"app": "other:app"}, pyproject=path, environ={})
+    assert options == {"app": "other:app"}  # another app: the current folder, as without the file
+    options, _ = layered({"app_dir": "/x"}, pyproject=path, environ={})
+    assert options == {"app": "main:app", "app_dir": "/x"}
 
 
 def test_the_cli_reads_the_nearest_file_and_no_config_ignores_it(

@@ -216,7 +216,9 @@ class Config:
         "WebSocket implementation.",
         choices=("auto", "none", "websockets", "websockets-sansio", "wsproto"),
     )
-    loop: str = _option("auto", "Event loop implementation.", choices=("auto", "asyncio", "uvloop"))
+    loop: str = _option(
+        "auto", "Event loop implementation.", choices=("auto", "asyncio", "uvloop", "zuvloop")
+    )
     interface: str = _option(
         "auto",
         "Application interface; wsgi serves a WSGI app such as Flask through uvicorn.",

@@ -552,3 +552,14 @@ def test_an_encrypted_key_with_its_password_is_accepted(tls: dict[str, Path]) ->
         ssl_keyfile_password="s3cret",
     )
     check_tls(config)  # no error, and no pass phrase prompt
+
+
+def test_the_implementations_uvicorn_offers_are_choices() -> None:
+    import uvicorn.config
+
+    ours = fields()
+    assert set(uvicorn.config.HTTP_PROTOCOLS) <= set(ours["http"].metadata["choices"])
+    assert set(uvicorn.config.WS_PROTOCOLS) <= set(ours["ws"].metadata["choices"])
+    assert set(uvicorn.config.LOOP_FACTORIES) - {"none"} <= set(ours["loop"].metadata["choices"])
+    assert set(uvicorn.config.INTERFACES) <= set(ours["interface"].metadata["choices"])
+    assert set(uvicorn.config.LIFESPAN) <= set(ours["lifespan"].metadata["choices"])

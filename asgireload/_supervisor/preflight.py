@@ -41,6 +41,7 @@ def check_uvicorn_options(config: Config) -> None:
     """What uvicorn would only find out in every worker: an option this uvicorn lacks, the TLS
     files, the log config."""
     import uvicorn
+    import uvicorn.config
 
     accepted = inspect.signature(uvicorn.Config).parameters
     flags = {field.name: cli_flag(field) for field in option_fields()}
@@ -49,6 +50,14 @@ def check_uvicorn_options(config: Config) -> None:
             raise StartupError(
                 f"{flags[name]} needs a newer uvicorn than the installed {uvicorn.__version__}: "
                 "pip install -U uvicorn."
+            )
+    tables = {"http": "HTTP_PROTOCOLS", "ws": "WS_PROTOCOLS", "loop": "LOOP_FACTORIES"}
+    for name, table in tables.items():
+        known = getattr(uvicorn.config, table, None)
+        if known is not None and getattr(config, name) not in known:
+            raise StartupError(
+                f"--{name} {getattr(config, name)} is not known to the installed uvicorn "
+                f"{uvicorn.__version__} (it knows {', '.join(k for k in known if k != 'none')})."
             )
     if config.http == "zttp" and importlib.util.find_spec("zttp") is None:
         raise StartupError("--http zttp needs the zttp package: pip install zttp.")

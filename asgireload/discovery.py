@@ -4,8 +4,8 @@ Nothing here imports or runs the project's code (the supervisor must never run i
 candidate file is parsed with `ast` and its module-level names are looked at. Looked at, in
 this order: main.py, app.py, api.py, asgi.py in the current folder, then in app/, then in each
 src/<package>/; a Django project's manage.py names its settings module, whose package's asgi.py
-holds `application`. In a file, `app` (then `application`) wins, assigned or defined with def;
-else the one name bound to a FastAPI, Starlette, Litestar or Quart instance (or Django's
+holds `application`. In a file, `app` (then `application`) wins, assigned, imported or defined
+with def; else the one name bound to a FastAPI, Starlette, Litestar or Quart instance (or Django's
 get_asgi_application()). Whether it really is an app is known when the worker imports it.
 """
 
@@ -146,6 +146,9 @@ def _bindings(node: ast.stmt) -> list[tuple[str, ast.expr | None]]:
         return [(node.target.id, node.value)]
     if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in NAMES:
         return [(node.name, None)]
+    if isinstance(node, ast.ImportFrom):  # main.py that does `from .web import app`
+        bound = [alias.asname or alias.name for alias in node.names]
+        return [(name, None) for name in bound if name in NAMES]
     if isinstance(node, ast.If | ast.Try):  # `if settings.DEBUG: app = ...` and try/except imports
         found = []
         for child in [*node.body, *getattr(node, "orelse", [])]:

@@ -113,6 +113,8 @@ def test_a_framework_instance_under_another_name(tmp_path: Path) -> None:
         ("from litestar import Litestar\nserver = Litestar([])\n", "server"),
         ("import quart\nweb = quart.Quart(__name__)\n", "web"),
         ("app: object = make()\n", "app"),
+        ("from web.factory import app\n", "app"),
+        ("from web import server as application\n", "application"),
         (
             "try:\n    from fastapi import FastAPI\nexcept ImportError:\n    raise\n"
             "else:\n    app = FastAPI()\n",

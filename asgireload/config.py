@@ -15,6 +15,7 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
+from ._uvicorn import PASSED_WHEN_SET, check_uvicorn_options
 from .errors import ConfigError
 
 ASGIApp = Callable[
@@ -35,54 +36,7 @@ _UVICORN_OPTIONS = (
     "forwarded_allow_ips",
     "interface",
 )
-# The rest of uvicorn's options that reach uvicorn.Config unchanged. Each is passed only when it
-# is not at its default, so an older uvicorn that lacks one works as long as it is not used.
-_UVICORN_PASSED_WHEN_SET = (
-    "log_config",
-    "use_colors",
-    "headers",
-    "server_header",
-    "date_header",
-    "timeout_keep_alive",
-    "limit_concurrency",
-    "backlog",
-    "h11_max_incomplete_event_size",
-    "http2",
-    "ws_max_size",
-    "ws_max_queue",
-    "ws_ping_interval",
-    "ws_ping_timeout",
-    "ws_per_message_deflate",
-    "reset_contextvars",
-    "ssl_keyfile",
-    "ssl_certfile",
-    "ssl_keyfile_password",
-    "ssl_version",
-    "ssl_cert_reqs",
-    "ssl_ca_certs",
-    "ssl_ciphers",
-)
-# uvicorn's options that cannot apply to one reloading server, the value each must keep, and why.
-REFUSED: dict[str, tuple[tuple[object, ...], str]] = {
-    "workers": (
-        (None, 1),
-        "asgireload runs one worker per generation and replaces it on every change; for N workers "
-        "without reload, use uvicorn --workers N",
-    ),
-    "limit_max_requests": (
-        (None,),
-        "a worker that exits after N requests would be taken for a crash; for that, use uvicorn "
-        "without reload",
-    ),
-    "limit_max_requests_jitter": ((0,), "it only spreads --limit-max-requests, which is refused"),
-}
-# uvicorn's options that are accepted and change nothing here, and why (for the docs and tests).
-NO_EFFECT = {
-    "reload": "asgireload always reloads",
-    "timeout_worker_healthcheck": "it only concerns uvicorn's --workers processes",
-}
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _IMPORT_STRING = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
@@ -329,7 +283,7 @@ class Config:
         """The options that are uvicorn.Config's too, under uvicorn's names."""
         options = {name: getattr(self, name) for name in _UVICORN_OPTIONS}
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for name in _UVICORN_PASSED_WHEN_SET:
+        for name in PASSED_WHEN_SET:
             value = getattr(self, name)
             if value != defaults[name]:
                 options[name] = value
@@ -406,47 +360,7 @@ def _validate(config: Config) -> None:
         raise _fail("poll_interval", f"must be at least 0.01 seconds, got {config.poll_interval}.")
     if not config.host:
         raise _fail("host", "must not be empty.")
-    _validate_uvicorn_options(config)
-
-
-def _validate_uvicorn_options(config: Config) -> None:
-    """The ranges and combinations of the options taken from uvicorn (types are checked already)."""
-    for name, (allowed, reason) in REFUSED.items():
-        if getattr(config, name) not in allowed:
-            raise _fail(name, f"cannot be {getattr(config, name)!r} here: {reason}.")
-    for name in ("reload_delay", "timeout_graceful_shutdown", "ws_ping_interval", "ws_ping_timeout"):
-        value = getattr(config, name)
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise _fail(name, f"must be a number of seconds, 0 or more, got {value}.")
-    minimums = {
-        "timeout_keep_alive": 0,
-        "timeout_worker_healthcheck": 0,
-        "limit_concurrency": 1,
-        "backlog": 1,
-        "h11_max_incomplete_event_size": 1,
-        "ws_max_size": 1,
-        "ws_max_queue": 1,
-    }
-    for name, minimum in minimums.items():
-        value = getattr(config, name)
-        if value is not None and value < minimum:
-            raise _fail(name, f"must be {minimum} or more, got {value}.")
-    if config.ssl_cert_reqs not in (0, 1, 2):
-        raise _fail(
-            "ssl_cert_reqs", f"must be 0 (none), 1 (optional) or 2 (required), got {config.ssl_cert_reqs}"
-        )
-    for header in config.headers:
-        name, colon, _ = header.partition(":")
-        if not colon or not _HEADER_NAME.match(name.strip()):
-            raise _fail("headers", f"takes 'Name: value', got {header!r}.")
-        if not header.isascii() or any(ord(c) < 32 and c != "\t" for c in header):
-            raise _fail("headers", f"must be printable ASCII, got {header!r}.")
-    if config.ssl_certfile is None:
-        for name in ("ssl_keyfile", "ssl_keyfile_password", "ssl_ca_certs", "ssl_ciphers"):
-            if getattr(config, name) is not None:
-                raise _fail(name, "needs --ssl-certfile too (the certificate to serve).")
-    if config.http2 and config.http != "zttp":
-        raise _fail("http2", f"needs --http zttp (uvicorn's HTTP/2 protocol), got --http {config.http}.")
+    check_uvicorn_options(config, _fail)
 
 
 def _check_type(name: str, value: Any, annotation: str) -> None:

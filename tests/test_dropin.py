@@ -25,8 +25,9 @@ import trustme  # the [test] extra installs it (with cryptography), and PyYAML
 import yaml
 from cryptography.hazmat.primitives import serialization
 
+from asgireload._uvicorn import NO_EFFECT, REFUSED
 from asgireload.cli import build_parser, parse_config
-from asgireload.config import NO_EFFECT, REFUSED, Config, cli_flag, option_fields
+from asgireload.config import Config, cli_flag, option_fields
 from asgireload.errors import ConfigError
 
 from .test_cli import (

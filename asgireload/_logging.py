@@ -5,8 +5,13 @@ The library itself never configures logging; only the entry points that own the 
 
 from __future__ import annotations
 
+import configparser
+import importlib
+import json
 import logging
+import logging.config
 import sys
+from typing import Any
 
 _COLOURS = {
     logging.DEBUG: "\x1b[34m",
@@ -36,12 +41,108 @@ class _Formatter(logging.Formatter):
         return prefix + text
 
 
-def configure(level: str) -> None:
+def configure(level: str, colour: bool | None = None) -> None:
+    """uvicorn's look on stderr; `colour` None: coloured when stderr is a terminal (--use-colors)."""
     logger = logging.getLogger("asgireload")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(colour=sys.stderr.isatty()))
+    handler.setFormatter(_Formatter(colour=sys.stderr.isatty() if colour is None else colour))
     logger.addHandler(handler)
     logger.setLevel(LEVELS.get(level, logging.INFO))
     logger.propagate = False
+
+
+class LogConfigError(Exception):
+    """A --log-config file that cannot be read or applied (the message is one line)."""
+
+
+def read_config_file(path: str) -> dict[str, Any] | configparser.RawConfigParser:
+    """The file as uvicorn reads it: JSON or YAML (with PyYAML) for dictConfig, else ini."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except OSError as exc:
+        raise LogConfigError(f"cannot read --log-config {path}: {exc.strerror}.") from None
+    except UnicodeDecodeError:
+        raise LogConfigError(f"cannot read --log-config {path}: it is not UTF-8 text.") from None
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise LogConfigError(f"--log-config {path} is not valid JSON: {exc}.") from None
+    elif path.endswith((".yaml", ".yml")):
+        try:
+            yaml: Any = importlib.import_module("yaml")
+        except ImportError:
+            raise LogConfigError(
+                f"--log-config {path} is YAML, which needs PyYAML: pip install pyyaml."
+            ) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            reason = " ".join(str(exc).split())
+            raise LogConfigError(f"--log-config {path} is not valid YAML: {reason}.") from None
+    else:
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read_string(text, source=path)
+        except configparser.Error as exc:
+            reason = " ".join(str(exc).split())
+            raise LogConfigError(f"--log-config {path} is not a valid ini file: {reason}.") from None
+        if not parser.has_section("loggers"):
+            raise LogConfigError(
+                f"--log-config {path} has no [loggers] section (an ini file for logging.config.fileConfig; "
+                "use .json or .yaml for a dictConfig)."
+            )
+        return parser
+    if not isinstance(data, dict) or "version" not in data:
+        raise LogConfigError(
+            f"--log-config {path} must hold a logging dictConfig (a mapping with version: 1)."
+        )
+    return data
+
+
+def apply_config_file(path: str, level: str) -> None:
+    """Apply a --log-config file as uvicorn does, and send asgireload's own lines where it sends
+    uvicorn's (unless the file configures the asgireload logger itself)."""
+    config = read_config_file(path)
+    logger = logging.getLogger("asgireload")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    try:
+        if isinstance(config, dict):
+            logging.config.dictConfig(config)
+        else:
+            logging.config.fileConfig(config, disable_existing_loggers=False)
+    except Exception as exc:  # logging.config raises ValueError, KeyError, ImportError, ...
+        configure(level)
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise LogConfigError(f"cannot apply --log-config {path}: {reason}.") from None
+    ours = [n for n in logging.Logger.manager.loggerDict if n.startswith("asgireload.")]
+    for name in ("asgireload", *ours):
+        logging.getLogger(name).disabled = False  # a dictConfig disables loggers it does not name
+    logger.setLevel(LEVELS.get(level, logging.INFO))
+    if logger.handlers:
+        return
+    handlers = _effective_handlers(logging.getLogger("uvicorn.error"))
+    if handlers:
+        for handler in handlers:
+            logger.addHandler(handler)
+        logger.propagate = False
+    elif logging.getLogger().handlers:
+        logger.propagate = True
+    else:
+        configure(level)
+
+
+def _effective_handlers(logger: logging.Logger) -> list[logging.Handler]:
+    """The handlers a record logged on `logger` reaches."""
+    found: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        found.extend(current.handlers)
+        if not current.propagate:
+            break
+        current = current.parent
+    return found

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from . import _logging
+from . import _logging, configfile, discovery
 from .__about__ import __version__
 from .config import Config, cli_flag, option_fields
 from .errors import ConfigError
@@ -20,7 +22,9 @@ from .serving import check_standard_streams, run_with_signals, warn_about_reopen
 
 DESCRIPTION = """\
 Serve an ASGI app with uvicorn and restart it when its code changes, without refusing a
-connection or cutting a request in flight. APP is module:attribute, e.g. main:app.
+connection or cutting a request in flight. It takes uvicorn's options: replace `uvicorn` with
+`asgireload` in your command. Options also come from [tool.asgireload] in pyproject.toml and
+ASGIRELOAD_<OPTION> variables; the command line wins.
 """
 EPILOG = """\
 While it runs: type r and Enter (or send SIGUSR1) to reload by hand; CTRL+C, SIGTERM or
@@ -53,8 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
         allow_abbrev=False,
     )
-    parser.add_argument("app", metavar="APP", help="The app as module:attribute, e.g. main:app.")
+    parser.add_argument(
+        "app",
+        metavar="APP",
+        nargs="?",
+        help="The app as module:attribute (main:app) or a file (path/to/main.py). Default: app under "
+        "[tool.asgireload] in pyproject.toml, else found by reading main.py, app.py, api.py, asgi.py.",
+    )
     parser.add_argument("--version", action="version", version=f"asgireload {__version__}")
+    parser.add_argument(
+        "--no-config",
+        dest="no_config",
+        action="store_true",
+        help="Ignore [tool.asgireload] in the nearest pyproject.toml (ASGIRELOAD_* variables still apply).",
+    )
+    parser.add_argument(
+        "--reload",
+        dest="reload",
+        action="store_true",
+        help="Accepted for uvicorn's sake: asgireload always reloads.",
+    )
     for field in option_fields():
         meta = field.metadata
         if not meta["cli"]:
@@ -81,23 +103,59 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: Sequence[str] | None = None) -> Config:
+    return parse(argv)[0]
+
+
+def parse(argv: Sequence[str] | None = None) -> tuple[Config, discovery.Found | None]:
+    """The Config from the flags over ASGIRELOAD_* over [tool.asgireload]; and, when the app was
+    found by reading the source, what was found."""
     parser = build_parser()
-    options = vars(parser.parse_args(argv))
-    app = options.pop("app")
-    options.setdefault("live_reload", True)  # on for the command line; Config turns it off off loopback
-    for name, value in options.items():
+    flags = vars(parser.parse_args(argv))
+    flags.pop("reload", None)
+    use_file = not flags.pop("no_config", False)
+    if flags.get("app") is None:
+        flags.pop("app", None)
+    for name, value in flags.items():
         if isinstance(value, list):
-            options[name] = tuple(value)
+            flags[name] = tuple(value)
     try:
-        return Config(app=app, **options)
+        options, _ = configfile.layered(flags, pyproject=use_file)
+        options.setdefault("live_reload", True)  # on for the command line; Config turns it off off loopback
+        found = _find_app(options)
+        if found is not None:
+            options["app"] = found.app
+            options["app_dir"] = found.app_dir
+        return Config(**options), found
     except ConfigError as exc:
         parser.error(str(exc).rstrip("."))
 
 
+def _find_app(options: dict[str, Any]) -> discovery.Found | None:
+    """For no APP: the one the source shows; for a file path: its module and the app in it."""
+    app = options.get("app")
+    if app is None:  # in --app-dir if given (the project's folder), else here
+        return discovery.discover(options.get("app_dir", os.getcwd()))
+    if isinstance(app, str) and os.path.isdir(app):  # `asgireload services/web`: look in there
+        return discovery.discover(app)
+    if isinstance(app, str) and discovery.looks_like_a_file(app):
+        return discovery.from_file(app)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     reopened = check_standard_streams()  # first: before anything opens a file or a socket
-    config = parse_config(argv)
-    _logging.configure(config.log_level)
+    config, found = parse(argv)
+    _logging.configure(config.log_level, config.use_colors)
+    if config.log_config is not None:
+        try:
+            _logging.apply_config_file(config.log_config, config.log_level)
+        except _logging.LogConfigError as exc:
+            print(f"asgireload: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+    if found is not None:
+        for name, value in found.environment.items():  # DJANGO_SETTINGS_MODULE, for the workers
+            os.environ.setdefault(name, value)
+        logging.getLogger("asgireload").info("%s", found.message(os.getcwd()))
     warn_about_reopened(reopened)
     try:
         code = asyncio.run(run_with_signals(config))

@@ -15,6 +15,7 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
+from ._uvicorn import PASSED_WHEN_SET, check_uvicorn_options
 from .errors import ConfigError
 
 ASGIApp = Callable[
@@ -22,7 +23,7 @@ ASGIApp = Callable[
     Awaitable[None],
 ]
 
-_PATH_OPTIONS = ("app_dir", "uds", "env_file")
+_PATH_OPTIONS = ("app_dir", "uds", "env_file", "log_config", "ssl_keyfile", "ssl_certfile", "ssl_ca_certs")
 _UVICORN_OPTIONS = (
     "lifespan",
     "http",
@@ -178,18 +179,86 @@ class Config:
         "Comma-separated addresses trusted for proxy headers (uvicorn's default: 127.0.0.1).",
         metavar="IPS",
     )
-    http: str = _option("auto", "HTTP implementation.", choices=("auto", "h11", "httptools"))
+    http: str = _option("auto", "HTTP implementation.", choices=("auto", "h11", "httptools", "zttp"))
     ws: str = _option(
         "auto",
         "WebSocket implementation.",
         choices=("auto", "none", "websockets", "websockets-sansio", "wsproto"),
     )
-    loop: str = _option("auto", "Event loop implementation.", choices=("auto", "asyncio", "uvloop"))
+    loop: str = _option(
+        "auto", "Event loop implementation.", choices=("auto", "asyncio", "uvloop", "zuvloop")
+    )
     interface: str = _option(
         "auto",
         "Application interface; wsgi serves a WSGI app such as Flask through uvicorn.",
         choices=("auto", "asgi3", "asgi2", "wsgi"),
     )
+    # ---- the rest of uvicorn's options, under uvicorn's names, types and defaults (issue 12) ----
+    reload_delay: float | None = _option(
+        None,
+        "Wait until the watched files have been quiet this long before reloading (uvicorn's name; "
+        "default: 4 ms, 50 ms once several files changed, at most 0.5 s).",
+        metavar="SECONDS",
+    )
+    timeout_graceful_shutdown: float | None = _option(
+        None, "uvicorn's name for --drain-timeout; when given, it is the drain timeout.", metavar="SECONDS"
+    )
+    workers: int | None = _option(
+        None, "Accepted only as 1: asgireload runs one worker per generation.", metavar="N"
+    )
+    limit_max_requests: int | None = _option(
+        None, "Refused: a worker that exits after N requests would look like a crash.", metavar="N"
+    )
+    limit_max_requests_jitter: int = _option(0, "Refused unless 0, like --limit-max-requests.", metavar="N")
+    timeout_worker_healthcheck: int = _option(
+        5, "Accepted and ignored: it only matters for uvicorn --workers.", metavar="SECONDS"
+    )
+    log_config: str | None = _option(
+        None,
+        "Logging configuration file (.json, .yaml/.yml with PyYAML, else ini), applied in every worker "
+        "and to asgireload's own lines.",
+        metavar="PATH",
+    )
+    use_colors: bool | None = _option(
+        None, "Colour the log's level names (default: when the output is a terminal).", negatable=True
+    )
+    headers: tuple[str, ...] = _option(
+        (),
+        "Add this header to every response, as 'Name: value' (repeatable).",
+        metavar="HEADER",
+        flag="--header",
+    )
+    server_header: bool = _option(True, "Send a Server header on every response.", negatable=True)
+    date_header: bool = _option(True, "Send a Date header on every response.", negatable=True)
+    timeout_keep_alive: int = _option(
+        5, "Close a keep-alive connection after this many seconds without a request.", metavar="SECONDS"
+    )
+    limit_concurrency: int | None = _option(
+        None, "Answer 503 once this many connections or tasks are open.", metavar="N"
+    )
+    backlog: int = _option(
+        2048, "Connections the listening socket holds before they are accepted.", metavar="N"
+    )
+    h11_max_incomplete_event_size: int | None = _option(
+        None, "Largest request head h11 buffers, in bytes (uvicorn's default: 16 KiB).", metavar="BYTES"
+    )
+    http2: bool = _option(False, "Serve HTTP/2 (needs the zttp package and --http zttp).")
+    ws_max_size: int = _option(16777216, "Largest websocket message, in bytes.", metavar="BYTES")
+    ws_max_queue: int = _option(32, "Most websocket messages queued for the app.", metavar="N")
+    ws_ping_interval: float | None = _option(20.0, "Seconds between websocket pings.", metavar="SECONDS")
+    ws_ping_timeout: float | None = _option(20.0, "Seconds to wait for a websocket pong.", metavar="SECONDS")
+    ws_per_message_deflate: bool = _option(
+        True, "Compress websocket messages (permessage-deflate).", negatable=True
+    )
+    reset_contextvars: bool = _option(False, "Run each request in a fresh contextvars.Context.")
+    ssl_keyfile: str | None = _option(None, "TLS private key file.", metavar="PATH")
+    ssl_certfile: str | None = _option(None, "TLS certificate file (serves https://).", metavar="PATH")
+    ssl_keyfile_password: str | None = _option(None, "Password of the TLS key file.", metavar="PASSWORD")
+    ssl_version: int = _option(17, "TLS protocol of ssl.SSLContext (17: PROTOCOL_TLS_SERVER).", metavar="N")
+    ssl_cert_reqs: int = _option(0, "Client certificates: 0 none, 1 optional, 2 required.", metavar="N")
+    ssl_ca_certs: str | None = _option(None, "CA certificates to verify clients with.", metavar="PATH")
+    ssl_ciphers: str | None = _option(None, "TLS ciphers, in OpenSSL's syntax.", metavar="CIPHERS")
+    # ---- end of uvicorn's options ----
     capture_output: bool = _option(
         False, "Collect the workers' output (for tests) instead of letting it reach the terminal.", cli=False
     )
@@ -212,6 +281,11 @@ class Config:
             object.__setattr__(self, "env_file", resolve(self.env_file))
         if self.uds is not None:
             object.__setattr__(self, "uds", resolve(self.uds))
+        for name in ("log_config", "ssl_keyfile", "ssl_certfile", "ssl_ca_certs"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, resolve(getattr(self, name)))
+        if self.timeout_graceful_shutdown is not None:  # uvicorn's name for it wins when given
+            object.__setattr__(self, "drain_timeout", float(self.timeout_graceful_shutdown))
 
     @property
     def import_string(self) -> str:
@@ -222,7 +296,15 @@ class Config:
 
     def uvicorn_options(self) -> dict[str, Any]:
         """The options that are uvicorn.Config's too, under uvicorn's names."""
-        return {name: getattr(self, name) for name in _UVICORN_OPTIONS}
+        options = {name: getattr(self, name) for name in _UVICORN_OPTIONS}
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in PASSED_WHEN_SET:
+            value = getattr(self, name)
+            if value != defaults[name]:
+                options[name] = value
+        if "headers" in options:  # "Name: value", as uvicorn's --header takes it
+            options["headers"] = [[part.strip() for part in h.split(":", 1)] for h in self.headers]
+        return options
 
     @property
     def watch_roots(self) -> tuple[str, ...]:
@@ -301,6 +383,7 @@ def _validate(config: Config) -> None:
     for glob in config.live_includes:
         if not glob.strip() or "\x00" in glob:
             raise _fail("live_includes", f"takes a glob such as '*.css', got {glob!r}.")
+    check_uvicorn_options(config, _fail)
 
 
 def _check_type(name: str, value: Any, annotation: str) -> None:

@@ -21,13 +21,13 @@ REPEAT_GRACE = 1.0  # seconds in which a repeated SIGTERM is the same request to
 IN_WORKER = "ASGIRELOAD_WORKER"  # set in every worker's environment
 
 
-def resolve_import_string(app: Any, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def resolve_import_string(app: Any, options: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     """Find the module-level name that holds `app`, so a worker can import it again.
 
     An app defined in a script run as `python main.py` lives in `__main__`; the worker imports
     that file as the module `main` (from its folder), it never runs `__main__` again.
     """
-    if isinstance(app, str):
+    if app is None or isinstance(app, str):
         return app, options
     found: list[tuple[str, str, str | None]] = []
     for module_name, module in list(sys.modules.items()):
@@ -75,6 +75,13 @@ def build_config(app: Any, reload: bool, options: dict[str, Any]) -> Config:
             "serve() or run() was called while a worker imported the app: guard the call with "
             "`if __name__ == '__main__':` so importing the module does not start a server."
         )
+    pyproject = options.pop("pyproject", False)
+    if pyproject is not False:  # only when asked: [tool.asgireload], then ASGIRELOAD_*, then these
+        from .configfile import layered
+
+        given = dict(options, app=app) if app is not None else options
+        options, _ = layered(given, pyproject=pyproject)
+        app = options.pop("app", None)
     if reload:
         app, options = resolve_import_string(app, options)
     return Config(app=app, reload=reload, **options)
@@ -82,6 +89,10 @@ def build_config(app: Any, reload: bool, options: dict[str, Any]) -> Config:
 
 async def serve(app: Any, *, reload: bool = False, **options: Any) -> None:
     """Serve `app` (an import string or an ASGI app) until cancelled.
+
+    Options come from the keywords only, unless `pyproject=True` (the nearest pyproject.toml) or
+    `pyproject="path/to/pyproject.toml"`: then its [tool.asgireload] and the ASGIRELOAD_*
+    variables apply too, under the keywords (and `app` may be None, to take the file's).
 
     With reload=True the app runs in worker processes that are replaced when its code changes.
     Cancelling it (at any point, even during start-up) drains the workers (in-flight requests
@@ -145,8 +156,8 @@ async def _serve_in_process(config: Config) -> None:
     app = import_app(config)
     sock = sockets.bind(config)
     try:
-        options = dict(config.uvicorn_options(), loop="none")  # this event loop serves it
-        uv = uvicorn.Config(app, **options, log_config=None)
+        options = dict(config.uvicorn_options(), loop="none", log_config=None)  # this loop serves it
+        uv = uvicorn.Config(app, **options)
         server = Server(uv)
         if not await server.start([sock]):
             raise AsgireloadError(f"the app {config.app!r} failed its lifespan start-up (see the log).")
@@ -166,7 +177,12 @@ def run(app: Any, *, reload: bool = True, **options: Any) -> None:
     """
     reopened = check_standard_streams()
     config = build_config(app, reload, options)
-    _logging.configure(config.log_level)
+    _logging.configure(config.log_level, config.use_colors)
+    if config.log_config is not None:
+        try:
+            _logging.apply_config_file(config.log_config, config.log_level)
+        except _logging.LogConfigError as exc:
+            raise ConfigError(str(exc)) from None
     warn_about_reopened(reopened)
     code = asyncio.run(run_with_signals(config))
     if code:

@@ -8,12 +8,16 @@ attribute exists and is an app can only be known by importing, which the first w
 from __future__ import annotations
 
 import importlib.machinery
+import importlib.util
+import inspect
 import os
 import sys
 
-from ..config import Config
+from .. import _logging
+from ..config import Config, cli_flag, option_fields
 from ..errors import ConfigError, StartupError
 from .envfile import EnvFileError, read_env_file
+from .tls import check_tls
 
 
 def preflight(config: Config) -> None:
@@ -30,6 +34,40 @@ def preflight(config: Config) -> None:
         except EnvFileError as exc:
             raise StartupError(str(exc)) from None
     find_module(config.app, config.app_dir)
+    check_uvicorn_options(config)
+
+
+def check_uvicorn_options(config: Config) -> None:
+    """What uvicorn would only find out in every worker: an option this uvicorn lacks, the TLS
+    files, the log config."""
+    import uvicorn
+    import uvicorn.config
+
+    accepted = inspect.signature(uvicorn.Config).parameters
+    flags = {field.name: cli_flag(field) for field in option_fields()}
+    for name in config.uvicorn_options():
+        if name not in accepted:
+            raise StartupError(
+                f"{flags[name]} needs a newer uvicorn than the installed {uvicorn.__version__}: "
+                "pip install -U uvicorn."
+            )
+    tables = {"http": "HTTP_PROTOCOLS", "ws": "WS_PROTOCOLS", "loop": "LOOP_FACTORIES"}
+    for name, table in tables.items():
+        known = getattr(uvicorn.config, table, None)
+        if known is not None and getattr(config, name) not in known:
+            raise StartupError(
+                f"--{name} {getattr(config, name)} is not known to the installed uvicorn "
+                f"{uvicorn.__version__} (it knows {', '.join(k for k in known if k != 'none')})."
+            )
+    if config.http == "zttp" and importlib.util.find_spec("zttp") is None:
+        raise StartupError("--http zttp needs the zttp package: pip install zttp.")
+    if config.log_config is not None:
+        try:
+            _logging.read_config_file(config.log_config)
+        except _logging.LogConfigError as exc:
+            raise StartupError(str(exc)) from None
+    if config.ssl_certfile is not None:
+        check_tls(config)
 
 
 def find_module(import_string: str, app_dir: str) -> None:

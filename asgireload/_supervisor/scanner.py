@@ -89,8 +89,10 @@ class Scanner:
         includes: IncludeRules | None = None,
         force_polling: bool = False,
         fast_poll: float | None = FAST_POLL,
+        quiet_gap: float | None = None,
     ) -> None:
         self._on_change = on_change
+        self._quiet_gap = quiet_gap  # --reload-delay: one fixed gap instead of the adaptive ones
         self._rules = includes
         self._baseline: dict[str, Stat] = {}
         self._suspects: set[str] = set()
@@ -384,10 +386,13 @@ class Scanner:
         """Gather the rest of a burst, then report it once."""
         detected = time.time()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + MAX_DEBOUNCE
+        fixed = self._quiet_gap
+        deadline = loop.time() + (MAX_DEBOUNCE if fixed is None else max(MAX_DEBOUNCE, 4 * fixed))
         pending = dict(changed)
         while loop.time() < deadline:
             gap = BURST_QUIET_GAP if len(pending) > 1 else QUIET_GAP
+            if fixed is not None:
+                gap = fixed
             await asyncio.sleep(min(gap, max(0.0, deadline - loop.time())))
             more = await self._scan(full=False, poll=bool(self._polled_dirs))
             more = {p: s for p, s in more.items() if pending.get(p, "unset") != s}

@@ -163,6 +163,7 @@ class Supervisor:
                 interval=self.config.poll_interval,
                 includes=self.live.scan_rules if self.live.scan_rules.includes else None,
                 force_polling=self.config.force_polling,
+                quiet_gap=self.config.reload_delay,
             )
             self._start_task(self._run(), "asgireload-supervisor")
             self._start_task(self._scanner.run(), "asgireload-scanner")

@@ -18,11 +18,11 @@ def bind(config: Config) -> socket.socket:
     if config.fd is not None:
         return _adopt_fd(config.fd)
     if config.uds is not None:
-        return _bind_unix(config.uds)
-    return _bind_tcp(config.host, config.port)
+        return _bind_unix(config.uds, config.backlog)
+    return _bind_tcp(config.host, config.port, config.backlog)
 
 
-def _bind_tcp(host: str, port: int) -> socket.socket:
+def _bind_tcp(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -36,7 +36,7 @@ def _bind_tcp(host: str, port: int) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(address)
-        sock.listen(BACKLOG)
+        sock.listen(backlog)
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
@@ -53,7 +53,7 @@ def _bind_tcp(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _bind_unix(path: str) -> socket.socket:
+def _bind_unix(path: str, backlog: int = BACKLOG) -> socket.socket:
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
         raise StartupError(f"cannot create the socket {path}: the folder {directory} does not exist.")
@@ -64,7 +64,7 @@ def _bind_unix(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        sock.listen(BACKLOG)
+        sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise StartupError(f"cannot create the socket {path}: {exc.strerror}.") from None
@@ -102,6 +102,7 @@ def describe(sock: socket.socket, config: Config) -> str:
     if sock.family == socket.AF_UNIX:
         return f"unix socket {sock.getsockname() or config.uds}"
     host, port = sock.getsockname()[:2]
+    scheme = "https" if config.ssl_certfile is not None else "http"
     if sock.family == socket.AF_INET6:
-        return f"http://[{host}]:{port}"
-    return f"http://{host}:{port}"
+        return f"{scheme}://[{host}]:{port}"
+    return f"{scheme}://{host}:{port}"

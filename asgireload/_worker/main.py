@@ -110,7 +110,7 @@ def _read_settings(control: socket.socket) -> tuple[protocol.Settings, bytes]:
 def _uvicorn_imports(settings: protocol.Settings) -> frozenset[str]:
     """What `uvicorn APP` has imported by the time it imports the app: uvicorn itself, and what
     its Config loads for these options (protocols, lifespan, loop)."""
-    config = uvicorn.Config(_placeholder_app, **dict(settings.uvicorn, loop="none"), log_config=None)
+    config = uvicorn.Config(_placeholder_app, **dict(settings.uvicorn, loop="none", log_config=None))
     before = frozenset(sys.modules)
     config.load()
     return _AT_START | _UVICORN | (frozenset(sys.modules) - before)
@@ -280,6 +280,8 @@ class Worker:
     ) -> bool:
         """A uvicorn server for `app`, through its lifespan start-up; False if that failed."""
         options = dict(self.settings.uvicorn, loop="none")  # the loop runs already
+        if options.get("log_config"):  # applied once, at the worker's start (see main())
+            options["log_config"] = None
         if interface is not None:
             options["interface"] = interface
         # uvicorn types it as int, and uses it as a number of seconds: a fraction is kept
@@ -376,13 +378,18 @@ def main() -> None:
     os.environ.update(settings.env)  # the env file, before anything is preloaded
     _handoff.restore_fd_limit(settings.fd_limit)  # the app runs under the usual limit
     os.environ["ASGIRELOAD_WORKER"] = "1"  # serve() refuses to start a server from inside a worker
-    _logging.configure(settings.uvicorn["log_level"])
+    _logging.configure(settings.uvicorn["log_level"], settings.uvicorn.get("use_colors"))
     if settings.live_reload:
         quiet_access_log()
     worker = Worker(settings, control_fd)
     worker.imported_by_uvicorn = _uvicorn_imports(settings)
     worker.recorder.install()
     loop_factory = uvicorn.Config(app="unused:app", loop=settings.uvicorn["loop"]).get_loop_factory()
+    if settings.uvicorn.get("log_config"):  # after uvicorn's own default set-up above, not under it
+        try:
+            _logging.apply_config_file(settings.uvicorn["log_config"], settings.uvicorn["log_level"])
+        except _logging.LogConfigError as exc:  # checked before binding: the file changed since
+            print(f"asgireload worker: {exc}", file=sys.stderr)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(worker.run(received))
     with contextlib.suppress(Exception):

@@ -185,10 +185,16 @@ class _PassOn:
         if not self._drain_started:
             self._drain_started = True
             self._hand_off = hand_off
-            if not self._trackable():
+            if not self._trackable() or self._encrypted():
+                # A TLS session cannot move to another process: this connection finishes its
+                # request here and closes, telling the client (Connection: close) if it still can.
                 self._close_after_response()
                 return
         self._try_pass_on()
+
+    def _encrypted(self) -> bool:
+        transport = self.transport
+        return transport is not None and transport.get_extra_info("ssl_object") is not None
 
     def _trackable(self) -> bool:
         return True

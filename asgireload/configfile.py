@@ -1,0 +1,256 @@
+"""The settings under the command line: `[tool.asgireload]` in pyproject.toml, then ASGIRELOAD_*.
+
+Keys are the options' names (`port`, `reload_dirs`, `env_file`, ...); the long flag's name in
+snake case is accepted too (`reload_dir` for `--reload-dir`, `header` for `--header`). Paths in
+the file are relative to the file's folder. Every mistake is one ConfigError naming the file (or
+the variable), the key, what was expected and, for a misspelt key, the closest valid one.
+Nothing here reads a file or the environment unless asked: serve() and Reloader only with
+`pyproject=`, the command line unless `--no-config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .config import _PATH_OPTIONS, Config, cli_flag, option_fields
+from .discovery import looks_like_a_file
+from .errors import ConfigError
+
+TABLE = "tool.asgireload"
+ENV_PREFIX = "ASGIRELOAD_"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _fields() -> dict[str, dataclasses.Field[Any]]:
+    """Every key a file or a variable may set, aliases included, to the option it sets."""
+    keys: dict[str, dataclasses.Field[Any]] = {}
+    for field in option_fields():
+        if not field.metadata["cli"] and field.name != "reload":
+            continue
+        keys[field.name] = field
+        keys[cli_flag(field)[2:].replace("-", "_")] = field  # reload_dir for --reload-dir
+    return keys
+
+
+def find_pyproject(start: str | os.PathLike[str] | None = None) -> Path | None:
+    """The nearest pyproject.toml in `start` (the current folder) or a folder above it."""
+    folder = Path(start if start is not None else os.getcwd()).resolve()
+    for candidate in (folder, *folder.parents):
+        path = candidate / "pyproject.toml"
+        if path.is_file():
+            return path
+    return None
+
+
+def read_pyproject(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The options of `[tool.asgireload]` in the file (empty without that table), checked and with
+    paths made absolute against the file's folder."""
+    path = Path(path).resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read {path}: it is not UTF-8 text.") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML, {_where_in(str(exc), text)}.") from None
+    table = data.get("tool", {}).get("asgireload")
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{TABLE}] must be a table, got {table!r}.")
+    where = f"{path}: [{TABLE}]"
+    options: dict[str, Any] = {}
+    fields = _fields()
+    for key, value in table.items():
+        if key == "app":
+            app = _checked_app(value, where)
+            options["app"] = str(path.parent / app) if looks_like_a_file(app) else app
+            continue
+        field = _field_for(key, fields, where)
+        if field.name in options:
+            raise ConfigError(f"{where} sets {field.name} twice (as {key} and another spelling); keep one.")
+        options[field.name] = _from_toml(field, value, f"{where} {key}")
+    for name in (*_PATH_OPTIONS, "reload_dirs"):
+        if name in options and options[name] is not None:
+            options[name] = _relative_to(path.parent, options[name])
+    options.pop("reload", None)  # accepted like --reload, and changes nothing
+    return options
+
+
+def _where_in(message: str, text: str) -> str:
+    """tomllib's message with its position as a line number first (the end of the file is one too)."""
+    found = re.search(r"\s*\(at line (\d+), column (\d+)\)", message)
+    if found:
+        return f"line {found[1]}, column {found[2]}: {message[: found.start()]}"
+    found = re.search(r"\s*\(at end of document\)", message)
+    if found:
+        return f"line {max(1, len(text.splitlines()))} (the end of the file): {message[: found.start()]}"
+    return message
+
+
+def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The options set by ASGIRELOAD_<OPTION> variables (ASGIRELOAD_PORT=8001), checked.
+
+    Lists are split as uvicorn's UVICORN_* are: folders on the path separator, headers on new
+    lines, globs on white space. Other ASGIRELOAD_ variables (asgireload's own) are not options.
+    """
+    environ = os.environ if environ is None else environ
+    fields = _fields()
+    options: dict[str, Any] = {}
+    for variable, text in environ.items():
+        if not variable.startswith(ENV_PREFIX):
+            continue
+        key = variable[len(ENV_PREFIX) :].lower()
+        if key == "app":
+            options["app"] = _checked_app(text, f"{variable}={text!r}:")
+            continue
+        field = fields.get(key)
+        if field is None:
+            continue
+        options[field.name] = _from_text(field, text, variable)
+    options.pop("reload", None)
+    return options
+
+
+def _field_for(key: str, fields: dict[str, dataclasses.Field[Any]], where: str) -> dataclasses.Field[Any]:
+    field = fields.get(key)
+    if field is not None:
+        return field
+    if key.replace("-", "_") in fields:
+        raise ConfigError(f"{where} has no key {key!r}: write it in snake case, {key.replace('-', '_')!r}.")
+    names = ["app", *dict.fromkeys(f.name for f in fields.values())]  # the options' own names first
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    close = close or difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+    hint = (
+        f"; did you mean {close[0]!r}?" if close else "; the keys are the options' names (asgireload --help)."
+    )
+    raise ConfigError(f"{where} has no option {key!r}{hint}")
+
+
+def _checked_app(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f'{where} app must be a string such as "main:app", got {value!r}.')
+    return value
+
+
+def _kind(field: dataclasses.Field[Any]) -> str:
+    annotation = str(field.type)
+    for kind in ("bool", "tuple", "int", "float"):
+        if annotation.startswith(kind):
+            return kind
+    return "str"
+
+
+_EXPECTED = {
+    "bool": "true or false",
+    "tuple": "a list of strings",
+    "int": "a whole number",
+    "float": "a number",
+    "str": "a string",
+}
+
+
+def _from_toml(field: dataclasses.Field[Any], value: Any, where: str) -> Any:
+    kind = _kind(field)
+    if kind == "tuple" and isinstance(value, str):
+        value = [value]  # reload_dirs = "src" means one folder
+    ok = {
+        "bool": isinstance(value, bool),
+        "tuple": isinstance(value, list) and all(isinstance(v, str) for v in value),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, int | float) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+    }[kind]
+    if not ok:
+        raise ConfigError(f"{where} must be {_expected(field, kind)}, got {value!r}.")
+    value = tuple(value) if kind == "tuple" else value
+    _check_alone(field, value, where)
+    return value
+
+
+def _from_text(field: dataclasses.Field[Any], text: str, variable: str) -> Any:
+    kind = _kind(field)
+    where = f"{variable}={text!r}"
+    value: Any
+    try:
+        if kind == "bool":
+            if text.strip().lower() not in (*_TRUE, *_FALSE):
+                raise ValueError
+            value = text.strip().lower() in _TRUE
+        elif kind == "int":
+            value = int(text)
+        elif kind == "float":
+            value = float(text)
+        elif kind == "tuple":
+            if field.name == "reload_dirs":
+                value = tuple(p for p in text.split(os.pathsep) if p)
+            elif field.name == "headers":
+                value = tuple(line for line in text.splitlines() if line.strip())
+            else:
+                value = tuple(text.split())
+        else:
+            value = text
+    except ValueError:
+        raise ConfigError(f"{where}: expected {_expected(field, kind)}.") from None
+    _check_alone(field, value, where)
+    return value
+
+
+def _expected(field: dataclasses.Field[Any], kind: str) -> str:
+    choices = field.metadata.get("choices")
+    if choices:
+        return "one of " + ", ".join(repr(c) for c in choices)
+    return _EXPECTED[kind]
+
+
+def _check_alone(field: dataclasses.Field[Any], value: Any, where: str) -> None:
+    """The value's own range and choices, by Config's rules, told against the file or variable."""
+    if field.name == "reload":
+        return
+    try:
+        Config(app="main:app", **{field.name: value})
+    except ConfigError as exc:
+        problem = str(exc)
+        needs_another = "needs --" in problem or "either --" in problem
+        if not needs_another:  # a combination is judged once everything is merged
+            _, _, detail = problem.partition(") ")
+            raise ConfigError(f"{where} {detail or problem}") from None
+
+
+def _relative_to(folder: Path, value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(str(folder / v) for v in value)
+    return str(folder / value)
+
+
+def layered(
+    flags: Mapping[str, Any],
+    *,
+    pyproject: str | os.PathLike[str] | bool = True,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[dict[str, Any], Path | None]:
+    """The options from the file (the nearest, or the one given), the variables over it, the
+    flags over both; and the file they came from, if any. The file's `app`, when it is the one
+    used, is imported from the file's folder unless an `app_dir` says otherwise."""
+    path: Path | None = None
+    if pyproject is True:
+        path = find_pyproject()
+    elif pyproject is not False:
+        path = Path(pyproject)
+    from_file = read_pyproject(path) if path is not None else {}
+    later = {**read_environment(environ), **flags}
+    options = {**from_file, **later}
+    if path is not None and "app" in from_file and "app" not in later and "app_dir" not in options:
+        options["app_dir"] = str(path.parent)  # the file's app is imported from the file's folder
+    return options, (path if from_file else None)

@@ -77,6 +77,7 @@ class Worker:
     said_ready: bool = False
     reported_files: bool = False  # it finished importing the app (or failed to)
     after_drain: Announcement | None = None
+    paused: bool = False  # stopped at a breakpoint, its debugger has the terminal: not killed by a deadline
 
     @property
     def holds_app(self) -> bool:

@@ -45,6 +45,7 @@ def worker_settings(
     fd_limit: int | None,
     handoff_fd: int,
     listen_fd: int,
+    debug_fd: int,
 ) -> Settings:
     """Everything a new worker is: the app, what to watch, what to preload, its descriptors."""
     env, _ = read_env(config)  # a broken env file is reported by the load that reads it
@@ -65,4 +66,5 @@ def worker_settings(
         handoff_fd=handoff_fd,
         listen_fd=listen_fd,
         fd_limit=fd_limit,
+        debug_fd=debug_fd,
     )

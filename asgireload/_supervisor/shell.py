@@ -33,6 +33,7 @@ from ..events import EventStream, ReloadEvent, State
 from . import commands as c
 from . import editable, settings, sockets
 from . import events as e
+from .debugging import DebugTerminal
 from .machine import Machine
 from .outcomes import Outcomes
 from .preflight import preflight
@@ -77,6 +78,8 @@ class Supervisor:
         self._broken: asyncio.Future[None] | None = None  # fails with an internal error
         self._stop_task: asyncio.Future[None] | None = None
         self._stopped = False
+        # lent to a worker stopped at breakpoint(); the command line sets its own before start()
+        self.debug_terminal: DebugTerminal | None = None
 
     # ---------------------------------------------------------------- public surface
 
@@ -152,7 +155,9 @@ class Supervisor:
         )
         output = self._capture if self.config.capture_output else None
         serving = lambda: machine.serving.id if machine.serving is not None else None  # noqa: E731
-        self._processes = Processes(self._listener, self._queue.put_nowait, output, serving)
+        self._processes = Processes(
+            self._listener, self._queue.put_nowait, output, serving, self.debug_terminal
+        )
         self._broken = asyncio.get_running_loop().create_future()
         self._broken.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved here
         try:

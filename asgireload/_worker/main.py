@@ -54,6 +54,7 @@ from .. import _protocol as protocol  # noqa: E402
 from .._paths import relative  # noqa: E402
 from .._protocol import Failure  # noqa: E402
 from .._watchfilter import WatchFilter  # noqa: E402
+from . import debugger, measuring  # noqa: E402
 from .errorpage import error_app  # noqa: E402
 from .loader import (  # noqa: E402
     AppLoadError,
@@ -70,6 +71,7 @@ REPORT_BYTES = protocol.MAX_LINE // 4  # encoded bytes of files and modules per 
 
 def _exit_with_children() -> NoReturn:
     """The supervisor is gone: take down this worker and whatever the app started."""
+    measuring.save_coverage()
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
@@ -352,8 +354,10 @@ def main() -> None:
     _watch_for_hangup(control_fd)
     with socket.socket(fileno=os.dup(control_fd)) as control:
         settings, received = _read_settings(control)
-    for fd in (control_fd, settings.handoff_fd, settings.listen_fd):
-        os.set_inheritable(fd, False)  # the app's children must not hold the port or our channels
+    for fd in (control_fd, settings.handoff_fd, settings.listen_fd, settings.debug_fd):
+        if fd is not None:
+            os.set_inheritable(fd, False)  # the app's children must not hold the port or our channels
+    debugger.install(settings.debug_fd)
     os.environ.update(settings.env)  # the env file, before anything is preloaded
     _handoff.restore_fd_limit(settings.fd_limit)  # the app runs under the usual limit
     os.environ["ASGIRELOAD_WORKER"] = "1"  # serve() refuses to start a server from inside a worker

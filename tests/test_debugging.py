@@ -1,0 +1,178 @@
+"""Debugging under reload: breakpoint() in the terminal asgireload runs in, and without one.
+
+The terminal tests run the real CLI in a real pseudo-terminal (see test_terminal.py) and type at
+the pdb prompt as a developer would; requests are real HTTP on loopback. They synchronise on what
+the terminal shows (the prompt, log lines) and on responses, never on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from asgireload import Reloader
+
+from .test_cli import SERVING, ProcStat, client, port_is_free, write_atomically
+from .test_terminal import Terminal, all_exit, terminal_session, wait_for_children
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+PROMPT = r"\(Pdb\) "
+
+APP = """\
+VERSION = {version!r}
+
+
+def lookup():
+    secret = "forty-" + "two"
+    breakpoint()
+    return secret
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    secret = lookup() if scope["path"] == "/stop" else "forty-two"
+    body = f"{{VERSION}} {{secret}}".encode()
+    await send({{"type": "http.response.start", "status": 200, "headers": []}})
+    await send({{"type": "http.response.body", "body": body}})
+"""
+BREAKPOINT = r"main\.py:6"
+
+
+def app_source(version: str) -> str:
+    return APP.format(version=version)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "main.py").write_text(app_source("one"))
+    return tmp_path
+
+
+async def start_cli(
+    terminal: Terminal, project: Path, *options: str
+) -> tuple[asyncio.subprocess.Process, int]:
+    process = await terminal.start(
+        [sys.executable, "-m", "asgireload", "main:app", "--port", "0", *options], project
+    )
+    return process, int((await terminal.wait_for(SERVING.pattern))[1])
+
+
+async def stop_cli(
+    terminal: Terminal, process: asyncio.subprocess.Process, workers: set[ProcStat], port: int
+) -> None:
+    after = len(terminal.text)
+    terminal.type("\x03")  # CTRL+C, now that no worker is paused: it stops the server
+    await terminal.wait_for(r"Shutting down \(CTRL\+C\)", after)
+    await all_exit(workers, "after CTRL+C")
+    async with asyncio.timeout(20):
+        assert await process.wait() == 0
+    assert port_is_free(port)
+
+
+async def test_breakpoint_prompts_in_the_terminal_and_continue_completes_the_request(project: Path) -> None:
+    workers: set[ProcStat] = set()
+    async with terminal_session(project, workers) as terminal:
+        process, port = await start_cli(terminal, project)
+        workers |= await wait_for_children(process.pid, 2)
+        async with client() as http:
+            paused = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/stop"))
+            await terminal.wait_for(rf"Generation 1 \(pid \d+\) is paused at a breakpoint \({BREAKPOINT}\)")
+            await terminal.wait_for(PROMPT)
+            assert not paused.done()
+
+            after = len(terminal.text)
+            terminal.type("p secret\n")
+            await terminal.wait_for(r"'forty-two'\n", after)
+            await terminal.wait_for(PROMPT, after)
+
+            # The reload key typed at the prompt is pdb's (`r` is its "return" command): the
+            # supervisor reads no key while the debugger has the terminal.
+            after = len(terminal.text)
+            terminal.type("r\n")
+            await terminal.wait_for(r"--Return--", after)
+            await terminal.wait_for(PROMPT, after)
+
+            # CTRL+C at the prompt goes to pdb, which says so and prompts again; nothing stops.
+            after = len(terminal.text)
+            terminal.type("\x03")
+            await terminal.wait_for(r"--KeyboardInterrupt--", after)
+            await terminal.wait_for(PROMPT, after)
+
+            terminal.type("c\n")
+            response = await paused
+            assert (response.status_code, response.text) == (200, "one forty-two")
+            # the terminal and the keys are the supervisor's again: `r` + Enter reloads
+            after = len(terminal.text)
+            terminal.type("r\n")
+            await terminal.wait_for(
+                r"Reloaded in \d+ ms \(generation 2\): reload requested from the terminal", after
+            )
+        assert "Shutting down" not in terminal.text
+        assert "Reloaded" not in terminal.text[: terminal.text.index("--Return--")]
+        workers |= set(await wait_for_children(process.pid, 2))
+        await stop_cli(terminal, process, workers, port)
+
+
+async def test_an_edit_while_paused_serves_new_requests_and_the_paused_one_finishes_on_old_code(
+    project: Path,
+) -> None:
+    workers: set[ProcStat] = set()
+    async with terminal_session(project, workers) as terminal:
+        # a drain timeout far shorter than the pause: a paused generation is never killed by it
+        process, port = await start_cli(terminal, project, "--drain-timeout", "1")
+        workers |= await wait_for_children(process.pid, 2)
+        async with client() as http:
+            paused = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/stop"))
+            await terminal.wait_for(PROMPT)
+
+            after = len(terminal.text)
+            write_atomically(project / "main.py", app_source("two"))
+            await terminal.wait_for(r"Reloaded in \d+ ms \(generation 2\): main\.py changed", after)
+            await terminal.wait_for(r"Generation 1 is paused at a breakpoint: generation 2 serves", after)
+            fresh = await http.get(f"http://127.0.0.1:{port}/")
+            assert (fresh.status_code, fresh.text) == (200, "two forty-two")
+            # still paused, well past the drain timeout of 1 s: the new request above took a
+            # reload and a response, and the old generation is asked once more below
+            assert not paused.done()
+            after = len(terminal.text)
+            terminal.type("p VERSION\n")
+            await terminal.wait_for(r"'one'\n", after)
+
+            terminal.type("c\n")
+            response = await paused
+            assert (response.status_code, response.text) == (200, "one forty-two")
+        workers |= set(await wait_for_children(process.pid, 2))
+        assert "did not finish draining in time" not in terminal.text
+        await stop_cli(terminal, process, workers, port)
+
+
+async def test_without_a_terminal_breakpoint_fails_the_request_at_once(project: Path) -> None:
+    async with (
+        Reloader("main:app", app_dir=str(project), port=0) as server,
+        httpx.AsyncClient(trust_env=False, timeout=20) as http,
+    ):
+        response = await http.get(f"{server.url}/stop")
+        assert response.status_code == 500
+        assert (await http.get(f"{server.url}/")).text == "one forty-two"  # the worker lives on
+        output = server.output
+    assert re.search(rf"breakpoint\(\) at \S+{BREAKPOINT}", output)
+    assert "lends it no terminal" in output
+    assert "PYTHONBREAKPOINT=0" in output
+
+
+async def test_pythonbreakpoint_set_by_the_app_is_obeyed(project: Path) -> None:
+    source = "import os\nos.environ['PYTHONBREAKPOINT'] = '0'\n" + app_source("one")
+    (project / "main.py").write_text(source)
+    async with (
+        Reloader("main:app", app_dir=str(project), port=0) as server,
+        httpx.AsyncClient(trust_env=False, timeout=20) as http,
+    ):
+        response = await http.get(f"{server.url}/stop")
+        assert (response.status_code, response.text) == (200, "one forty-two")

@@ -33,7 +33,7 @@ from ..events import EventStream, ReloadEvent, State
 from . import commands as c
 from . import editable, settings, sockets
 from . import events as e
-from .debugging import DebugTerminal
+from .debugging import DebugTerminal, coverage_misses_workers
 from .machine import Machine
 from .outcomes import Outcomes
 from .preflight import preflight
@@ -141,6 +141,12 @@ class Supervisor:
         # connections held across a reload must not starve the next spawn; the app gets the old limit
         self._fd_limit = _handoff.raise_fd_limit()
         preflight(self.config)
+        if coverage_misses_workers():
+            logger.warning(
+                "Coverage measures asgireload but not its workers, where the app runs: add "
+                "`patch = subprocess` to the [run] section of your coverage configuration "
+                "(coverage 7.10 or later; see the README's Debugging section)."
+            )
         self._listener = sockets.bind(self.config)
         self.url = sockets.describe(self._listener, self.config)
         if not self.config.is_loopback and self.config.show_errors is None:

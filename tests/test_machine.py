@@ -352,8 +352,20 @@ SCENARIOS: dict[str, list[Step]] = {
 }
 
 
+SCENARIOS["under a debugger (debugpy) a draining generation is never killed at its drain timeout"] = [
+    *RELOADING,
+    (ready(2), replaces(1, by=2, then="spawn 3 preloading")),
+    (timer(T.DRAINING_DEADLINE, 1), ["gen 2 ready"]),
+    (timer(T.DRAIN_DEADLINE, 1), []),  # it may be stopped at a breakpoint nobody told us of
+    (e.WorkerDraining(1), []),
+    (exited(1), []),
+]
+
 # the options a scenario runs with (the others run with the defaults)
 OPTIONS: dict[str, dict[str, object]] = {
+    "under a debugger (debugpy) a draining generation is never killed at its drain timeout": {
+        "under_debugger": True
+    },
     "--keep-last-good: a failed reload leaves the last good generation serving": {"keep_last_good": True},
     "--sequential: every app-holding worker exits before the next load": {"sequential": True},
     "a changed env file replaces the standby before the reload": {"env_file": ENV_FILE},

@@ -34,15 +34,20 @@ logger = logging.getLogger("asgireload")
 # stop is the first after the app ran freely (not one step of many)
 Emit = Callable[[bool, bool], None]
 
-# Modules whose presence in sys.modules means a debugger or coverage follows this process.
-_TRACERS = ("debugpy", "pydevd", "_pydevd_bundle", "coverage")
+
+def debugger_attached() -> bool:
+    """Whether a debugger (debugpy, pydevd, pdb...) traces this process; then it follows the workers
+    too, and one of them may be stopped at a breakpoint without the supervisor knowing."""
+    if any(name in sys.modules for name in ("debugpy", "pydevd")):
+        return True
+    trace = sys.gettrace()
+    return trace is not None and "coverage" not in (getattr(type(trace), "__module__", "") or "")
 
 
 def tracer_active() -> bool:
-    """Whether a debugger or coverage is tracing this process (and would follow new processes)."""
-    if sys.gettrace() is not None:
-        return True
-    if any(name in sys.modules for name in ("debugpy", "pydevd")):
+    """Whether a debugger or coverage follows this process: workers must then be started as new
+    processes the tracer sees start (not forked, nor taken from before the tracer was there)."""
+    if debugger_attached() or sys.gettrace() is not None:
         return True
     coverage = sys.modules.get("coverage")
     return coverage is not None and getattr(coverage.Coverage, "current", lambda: None)() is not None

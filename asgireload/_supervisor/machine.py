@@ -99,6 +99,13 @@ class Machine(Generations):
                 self._on_standby_late(worker)
             case e.TimerFired(kind=e.TimerKind.DRAIN_DEADLINE) if worker.paused:
                 pass  # it has its drain timeout again once resumed (see _on_resumed)
+            case e.TimerFired(kind=e.TimerKind.DRAIN_DEADLINE) if self.policy.under_debugger:
+                self._log(
+                    logging.WARNING,
+                    f"Generation {worker.generation} is still finishing its requests after the drain "
+                    "timeout; under a debugger it may be stopped at a breakpoint, so it is left to end "
+                    "by itself.",
+                )
             case e.TimerFired(kind=e.TimerKind.DRAIN_DEADLINE):
                 self._log(logging.WARNING, f"Worker {worker.id} did not finish draining in time; killing it.")
                 self._emit(c.Kill(worker.id))

@@ -26,6 +26,7 @@ class Policy:
     drain_timeout: float = 10.0
     env_file: str | None = None
     cwd: str = "/"  # paths in log lines are shown relative to it
+    under_debugger: bool = False  # a worker may be stopped at a breakpoint we are not told of
 
 
 @dataclasses.dataclass

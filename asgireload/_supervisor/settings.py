@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from .._protocol import Failure, Settings
 from ..config import Config
+from .debugging import debugger_attached
 from .envfile import EnvFileError, read_env_file
 from .records import Policy
 
@@ -25,6 +26,7 @@ def policy_for(config: Config, url: str) -> Policy:
         drain_timeout=config.drain_timeout,
         env_file=config.env_file,
         cwd=os.getcwd(),
+        under_debugger=debugger_attached(),
     )
 
 

@@ -38,10 +38,13 @@ async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     body = VERSION.encode()
+    if scope["path"] == "/call":
+        breakpoint()
     await send({{"type": "http.response.start", "status": 200, "headers": []}})
     await send({{"type": "http.response.body", "body": body}})
 """
-BREAKPOINT_LINE = 8  # body = VERSION.encode()
+BREAKPOINT_LINE = 7  # body = VERSION.encode()
+CALL_LINE = 9  # breakpoint()
 SERVING = re.compile(r"serving on http://127\.0\.0\.1:(\d+) ")
 
 
@@ -283,6 +286,17 @@ async def test_a_breakpoint_is_hit_in_every_generation(tmp_path: Path) -> None:
                     await ok(session.request("continue", threadId=thread))
                     response = await request
                     assert (response.status_code, response.text) == (200, version)
+            async with client() as http:
+                # breakpoint() in the app stops in the IDE too (debugpy's hook, not the terminal's)
+                request = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/call"))
+                session, stop = await ide.next_stop()  # the line breakpoint first
+                await ok(session.request("continue", threadId=stop["body"]["threadId"]))
+                session, stop = await ide.next_stop()
+                frames = await ok(session.request("stackTrace", threadId=stop["body"]["threadId"]))
+                lines = [(f["source"].get("path"), f["line"]) for f in frames["body"]["stackFrames"]]
+                assert (str(main), CALL_LINE) in lines, lines
+                await ok(session.request("continue", threadId=stop["body"]["threadId"]))
+                assert (await request).text == "three"
             assert not any("Address already in use" in line for line in output.lines)
         finally:
             await ide.close()

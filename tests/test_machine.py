@@ -510,7 +510,9 @@ def test_a_paused_drain_says_once_what_happens_to_the_paused_request() -> None:
     assert said == [
         "Generation 1 is paused at a breakpoint: generation 2 serves new requests, and the paused "
         "request finishes on generation 1's code when you continue; then it exits (no drain timeout "
-        "while it is paused)."
+        "while it is paused).",
+        "Generation 1 is past its drain timeout, but paused at a breakpoint: it is left to finish once "
+        "you continue.",
     ]
     assert not [line for line in run.logs() if "killing" in line]
 

@@ -98,7 +98,12 @@ class Machine(Generations):
             case e.TimerFired(kind=e.TimerKind.STANDBY_LATE):
                 self._on_standby_late(worker)
             case e.TimerFired(kind=e.TimerKind.DRAIN_DEADLINE) if worker.paused:
-                pass  # it has its drain timeout again once resumed (see _on_resumed)
+                # it has its drain timeout again once resumed (see _on_resumed)
+                self._log(
+                    logging.INFO,
+                    f"Generation {worker.generation} is past its drain timeout, but paused at a "
+                    "breakpoint: it is left to finish once you continue.",
+                )
             case e.TimerFired(kind=e.TimerKind.DRAIN_DEADLINE) if self.policy.under_debugger:
                 self._log(
                     logging.WARNING,

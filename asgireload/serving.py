@@ -208,7 +208,8 @@ async def run_with_signals(config: Config) -> int:
     supervisor = Supervisor(config)
     keys = terminal.TerminalKeys(loop, lambda: supervisor.request_reload(from_keys))
     # breakpoint() in the app gets this terminal: keys are not read while a debugger has it
-    supervisor.debug_terminal = debug_terminal = DebugTerminal.of_this_process(keys.lend)
+    debug_terminal = DebugTerminal.of_this_process(keys.lend, terminal.in_foreground)
+    supervisor.debug_terminal = debug_terminal
     main = asyncio.create_task(run_until_cancelled(supervisor))
     stopping = False
     first_signal = 0.0

@@ -18,7 +18,13 @@ import pytest
 from asgireload import Reloader
 
 from .test_cli import SERVING, ProcStat, client, port_is_free, write_atomically
-from .test_terminal import Terminal, all_exit, terminal_session, wait_for_children
+from .test_terminal import (
+    Terminal,
+    all_exit,
+    start_shell,
+    terminal_session,
+    wait_for_children,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -43,6 +49,11 @@ async def app(scope, receive, send):
         secret = lookup()
     elif scope["path"] == "/stop-in-a-thread":  # as a sync endpoint runs, in frameworks
         secret = await asyncio.to_thread(lookup)
+    elif scope["path"] == "/set-trace":
+        import pdb
+
+        pdb.set_trace()
+        secret = "set-trace"
     else:
         secret = "forty-two"
     body = f"{{VERSION}} {{secret}}".encode()
@@ -160,6 +171,38 @@ async def test_an_edit_while_paused_serves_new_requests_and_the_paused_one_finis
         assert "did not finish draining in time" not in terminal.text
         assert "Drain timeout reached" not in terminal.text
         await stop_cli(terminal, process, workers, port)
+
+
+async def test_pdb_set_trace_prompts_in_the_terminal_too(project: Path) -> None:
+    workers: set[ProcStat] = set()
+    async with terminal_session(project, workers) as terminal:
+        process, port = await start_cli(terminal, project)
+        workers |= await wait_for_children(process.pid, 2)
+        async with client() as http:
+            paused = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/set-trace"))
+            await terminal.wait_for(r"is paused at a breakpoint \(main\.py:\d+\)")
+            await terminal.wait_for(PROMPT)
+            terminal.type("c\n")
+            response = await paused
+            assert (response.status_code, response.text) == (200, "one set-trace")
+        await stop_cli(terminal, process, workers, port)
+
+
+async def test_a_background_job_does_not_take_the_shells_input_for_the_debugger(project: Path) -> None:
+    workers: set[ProcStat] = set()
+    async with terminal_session(project, workers) as terminal:
+        shell = await start_shell(terminal, project)
+        terminal.type(f"{sys.executable} -m asgireload main:app --port 0 &\n")
+        port = int((await terminal.wait_for(SERVING.pattern))[1])
+        (job,) = await wait_for_children(shell.pid, 1)
+        workers |= await wait_for_children(job.pid, 2)
+        async with client() as http:
+            response = await http.get(f"http://127.0.0.1:{port}/stop")
+        assert response.status_code == 500
+        await terminal.wait_for(r"asgireload runs in the background, where the terminal is the shell's")
+        assert "(Pdb)" not in terminal.text
+        terminal.type("kill %1\n")
+        await all_exit({job} | workers, "after kill %1")
 
 
 async def test_without_a_terminal_breakpoint_fails_the_request_at_once(project: Path) -> None:

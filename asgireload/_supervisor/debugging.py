@@ -86,11 +86,16 @@ class DebugTerminal:
     """
 
     def __init__(
-        self, fds: tuple[int, int] | None, why_not: str = "", on_lend: Callable[[bool], None] | None = None
+        self,
+        fds: tuple[int, int] | None,
+        why_not: str = "",
+        on_lend: Callable[[bool], None] | None = None,
+        in_foreground: Callable[[], bool] = lambda: True,
     ) -> None:
         self.fds = fds
         self.why_not = why_not
         self._on_lend = on_lend or (lambda lent: None)
+        self._in_foreground = in_foreground  # a background job must not read the shell's input
         self._holder: _Borrower | None = None
         self._waiting: collections.deque[_Borrower] = collections.deque()
 
@@ -99,11 +104,13 @@ class DebugTerminal:
         return cls(None, why_not)
 
     @classmethod
-    def of_this_process(cls, on_lend: Callable[[bool], None]) -> DebugTerminal:
+    def of_this_process(
+        cls, on_lend: Callable[[bool], None], in_foreground: Callable[[], bool]
+    ) -> DebugTerminal:
         """Stdin and stdout, if both are the terminal (not piped, not redirected)."""
         try:
             if os.isatty(0) and os.isatty(1):
-                return cls((0, 1), on_lend=on_lend)
+                return cls((0, 1), on_lend=on_lend, in_foreground=in_foreground)
         except OSError:
             pass
         return cls(None, "asgireload's input or output is not a terminal (piped or redirected).")
@@ -183,6 +190,9 @@ class DebugTerminal:
             borrower.announce = message.announce
             if self.fds is None:
                 self._answer(borrower, protocol.Lent(False, self.why_not))
+            elif self._holder is None and not self._in_foreground():
+                why = "asgireload runs in the background, where the terminal is the shell's (fg brings it)."
+                self._answer(borrower, protocol.Lent(False, why))
             elif self._holder is None:
                 self._lend(borrower)
             else:

@@ -179,12 +179,41 @@ async def test_pdb_set_trace_prompts_in_the_terminal_too(project: Path) -> None:
         process, port = await start_cli(terminal, project)
         workers |= await wait_for_children(process.pid, 2)
         async with client() as http:
-            paused = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/set-trace"))
-            await terminal.wait_for(r"is paused at a breakpoint \(main\.py:\d+\)")
+            for command, expected in (("q", (500, "Internal Server Error")), ("c", (200, "one set-trace"))):
+                after = len(terminal.text)
+                paused = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/set-trace"))
+                await terminal.wait_for(r"is paused at a breakpoint \(main\.py:\d+\)", after)
+                await terminal.wait_for(PROMPT, after)
+                terminal.type(f"{command}\n")  # q fails the request; c lets it finish
+                response = await paused
+                assert (response.status_code, response.text) == expected
+        await stop_cli(terminal, process, workers, port)
+
+
+async def test_two_requests_paused_at_once_take_turns_at_the_prompt(project: Path) -> None:
+    workers: set[ProcStat] = set()
+    async with terminal_session(project, workers) as terminal:
+        process, port = await start_cli(terminal, project)
+        workers |= await wait_for_children(process.pid, 2)
+        async with client() as http:
+            url = f"http://127.0.0.1:{port}/stop-in-a-thread"
+            first = asyncio.ensure_future(http.get(url))
             await terminal.wait_for(PROMPT)
+            second = asyncio.ensure_future(http.get(url))
+            await terminal.wait_for(r"Another request stopped at a breakpoint \(\S+main\.py:8\); it gets the")
+            # a thread's pdb cannot be interrupted: CTRL+C says so, and stops nothing
+            after = len(terminal.text)
+            terminal.type("\x03")
+            await terminal.wait_for(r"CTRL\+C cannot interrupt the debugger of generation 1", after)
+
+            after = len(terminal.text)
             terminal.type("c\n")
-            response = await paused
-            assert (response.status_code, response.text) == (200, "one set-trace")
+            assert (await first).status_code == 200
+            await terminal.wait_for(PROMPT, after)  # the second one's turn
+            assert not second.done()
+            terminal.type("c\n")
+            assert (await second).text == "one forty-two"
+        assert "Shutting down" not in terminal.text
         await stop_cli(terminal, process, workers, port)
 
 

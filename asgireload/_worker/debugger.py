@@ -66,6 +66,7 @@ class Debugger:
         self._channel.setblocking(True)
         self._turn = threading.Lock()
         self._holder: int | None = None  # the thread whose pdb has the terminal
+        self._lease: _Lease | None = None
         self._buffer = b""
 
     @property
@@ -75,7 +76,9 @@ class Debugger:
 
     def borrow(self, where: str, announce: bool = True) -> _Lease:
         """Ask for the terminal (waiting while another thread has it); NoTerminal if there is none."""
-        self._turn.acquire()
+        if not self._turn.acquire(blocking=False):
+            self._say_waiting(where)
+            self._turn.acquire()
         try:
             main = threading.current_thread() is threading.main_thread()
             paused = protocol.Paused(where, interruptible=main, announce=announce)
@@ -90,13 +93,23 @@ class Debugger:
         except BaseException:
             self._turn.release()
             raise
-        self._holder = threading.get_ident()
+        self._holder, self._lease = threading.get_ident(), lease
         return lease
+
+    def _say_waiting(self, where: str) -> None:
+        """Another thread has the prompt: say, at that prompt, that this one waits its turn."""
+        lease = self._lease
+        if lease is not None:
+            with contextlib.suppress(OSError, ValueError):
+                lease.stdout.write(
+                    f"\n*** Another request stopped at a breakpoint ({where}); it gets the prompt "
+                    "once this one continues.\n"
+                )
 
     def give_back(self, lease: _Lease | None) -> None:
         if lease is None:
             return
-        self._holder = None
+        self._holder, self._lease = None, None
         try:
             lease.give_back()
         finally:

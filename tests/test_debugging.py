@@ -8,7 +8,9 @@ the terminal shows (the prompt, log lines) and on responses, never on time.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -214,6 +216,27 @@ async def test_two_requests_paused_at_once_take_turns_at_the_prompt(project: Pat
             terminal.type("c\n")
             assert (await second).text == "one forty-two"
         assert "Shutting down" not in terminal.text
+        await stop_cli(terminal, process, workers, port)
+
+
+async def test_a_paused_worker_that_dies_gives_the_terminal_back(project: Path) -> None:
+    workers: set[ProcStat] = set()
+    async with terminal_session(project, workers) as terminal:
+        process, port = await start_cli(terminal, project)
+        workers |= await wait_for_children(process.pid, 2)
+        async with client() as http:
+            paused = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/stop"))
+            pid = int((await terminal.wait_for(r"Generation 1 \(pid (\d+)\) is paused"))[1])
+            await terminal.wait_for(PROMPT)
+            os.kill(pid, signal.SIGKILL)  # killed from elsewhere, at its prompt
+            with pytest.raises(httpx.HTTPError):
+                await paused
+            after = len(terminal.text)
+            await terminal.wait_for(r"was killed by SIGKILL while serving", after)
+            terminal.type("r\n")  # the keys are the supervisor's again
+            await terminal.wait_for(r"Reloaded in \d+ ms \(generation \d+\): reload requested", after)
+            assert (await http.get(f"http://127.0.0.1:{port}/")).text == "one forty-two"
+        workers |= set(await wait_for_children(process.pid, 2))
         await stop_cli(terminal, process, workers, port)
 
 

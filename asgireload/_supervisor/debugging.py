@@ -41,7 +41,11 @@ def debugger_attached() -> bool:
     if any(name in sys.modules for name in ("debugpy", "pydevd")):
         return True
     trace = sys.gettrace()
-    return trace is not None and "coverage" not in (getattr(type(trace), "__module__", "") or "")
+    if trace is None:
+        return False
+    # coverage's tracer is a C object (coverage.tracer) or a method of coverage.pytracer's class
+    owners = (getattr(trace, "__module__", None) or "", getattr(type(trace), "__module__", None) or "")
+    return not any(owner.startswith("coverage") for owner in owners)
 
 
 def tracer_active() -> bool:

@@ -223,10 +223,19 @@ def install(debug_fd: int | None) -> None:
     if debug_fd is None:
         return
     _debugger = Debugger(debug_fd)
+    if threading.current_thread() is threading.main_thread():
+        # SIGINT reaches a worker only from the supervisor, forwarding CTRL+C to a paused pdb; one
+        # that arrives just after `c` must not reach asyncio's handler, which would end the worker.
+        # (A handler, not SIG_IGN: the app's child processes get the default back at exec.)
+        signal.signal(signal.SIGINT, _late_interrupt)
     if sys.breakpointhook is sys.__breakpointhook__:
         sys.breakpointhook = breakpointhook
     if pdb.set_trace is _original_set_trace:
         pdb.set_trace = set_trace
+
+
+def _late_interrupt(signum: int, frame: FrameType | None) -> None:
+    """A CTRL+C forwarded to a pdb prompt that had just been left: nothing to interrupt."""
 
 
 def paused() -> bool:

@@ -69,8 +69,15 @@ LAZY_IMPORT_CHECK = 0.5  # seconds between looks for modules imported after star
 REPORT_BYTES = protocol.MAX_LINE // 4  # encoded bytes of files and modules per `files` message
 
 
+_EXITING = threading.Lock()  # the hang-up watcher and the main thread may both see the end
+
+
 def _exit_with_children() -> NoReturn:
-    """The supervisor is gone: take down this worker and whatever the app started."""
+    """The supervisor is gone: take down this worker and whatever the app started.
+
+    Only the first caller goes on: a second one (the other thread) waits for the end, rather than
+    killing the process while the first still saves the coverage data."""
+    _EXITING.acquire()
     measuring.save_coverage()
     with contextlib.suppress(Exception):
         sys.stdout.flush()

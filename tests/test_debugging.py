@@ -228,10 +228,10 @@ async def test_a_paused_worker_that_dies_gives_the_terminal_back(project: Path) 
             paused = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/stop"))
             pid = int((await terminal.wait_for(r"Generation 1 \(pid (\d+)\) is paused"))[1])
             await terminal.wait_for(PROMPT)
+            after = len(terminal.text)
             os.kill(pid, signal.SIGKILL)  # killed from elsewhere, at its prompt
             with pytest.raises(httpx.HTTPError):
                 await paused
-            after = len(terminal.text)
             await terminal.wait_for(r"was killed by SIGKILL while serving", after)
             terminal.type("r\n")  # the keys are the supervisor's again
             await terminal.wait_for(r"Reloaded in \d+ ms \(generation \d+\): reload requested", after)

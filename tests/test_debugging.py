@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from asgireload import Reloader
+from asgireload._supervisor.debugging import debugger_attached, tracer_active
 
 from .test_cli import SERVING, ProcStat, client, port_is_free, write_atomically
 from .test_terminal import (
@@ -280,3 +281,20 @@ async def test_pythonbreakpoint_set_by_the_app_is_obeyed(project: Path) -> None:
     ):
         response = await http.get(f"{server.url}/stop")
         assert (response.status_code, response.text) == (200, "one forty-two")
+
+
+def test_a_debugger_is_told_apart_from_coverage() -> None:
+    """What the drain deadline (and issue 14's fork server) rely on, in this process."""
+    previous = sys.gettrace()
+
+    def tracer(frame: object, event: str, arg: object) -> None:
+        return None
+
+    try:
+        sys.settrace(tracer)  # what pdb and other pure-Python debuggers do
+        assert debugger_attached()
+        assert tracer_active()
+    finally:
+        sys.settrace(previous)
+    if previous is None and "debugpy" not in sys.modules and "pydevd" not in sys.modules:
+        assert not debugger_attached()

@@ -225,8 +225,8 @@ class DebugTerminal:
     def _announce(self, borrower: _Borrower) -> None:
         logger.warning(
             "%s is paused at a breakpoint (%s): the debugger has this terminal. Type c and Enter to "
-            "continue, q to fail the request; CTRL+C goes to the debugger until then. Reloads go on: "
-            "a new generation serves new requests meanwhile.",
+            "continue, q to fail the request; CTRL+C goes to the debugger until then (to stop the "
+            "server, continue, then CTRL+C). Reloads go on: a new generation serves new requests.",
             borrower.name.capitalize(),
             self._describe(borrower.where),
         )

@@ -166,21 +166,20 @@ class DebugTerminal:
                 try:
                     message = protocol.decode(line, protocol.DEBUG_WORKER_MESSAGES)
                 except protocol.ProtocolError as exc:
-                    logger.error(
-                        "%s sent %s on its debug channel; ignoring that channel.", borrower.name, exc
-                    )
-                    detach()
+                    logger.error("%s sent %s on its debug channel; closing it.", borrower.name, exc)
+                    detach(hang_up=True)
                     return
                 self._on_message(borrower, message)
             if len(buffer) > protocol.DEBUG_MAX_LINE:
-                logger.error(
-                    "%s sent a line too long on its debug channel; ignoring that channel.", borrower.name
-                )
-                detach()
+                logger.error("%s sent a line too long on its debug channel; closing it.", borrower.name)
+                detach(hang_up=True)
 
-        def detach() -> None:
+        def detach(hang_up: bool = False) -> None:
             with contextlib.suppress(ValueError, OSError):
                 loop.remove_reader(fileno)
+            if hang_up:  # its breakpoint() then fails at once, instead of waiting for an answer
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
             self._gone(borrower)
 
         loop.add_reader(fileno, readable)

@@ -12,6 +12,10 @@ Both sides import this module, and it imports nothing of asgireload's.
     worker -> supervisor: Hello, Files, Ready, Failed, Draining
     supervisor -> worker: Settings (first, read before Hello), Load, Serve, ShowFailure, Drain,
                           Assets (live reload)
+
+A second socketpair per worker (`Settings.debug_fd`) carries only the debugger's terminal, so
+that a worker stopped at `breakpoint()` can ask for it from any thread while its event loop is
+blocked: worker -> supervisor Paused, Resumed; supervisor -> worker Lent (see the block below).
 """
 
 from __future__ import annotations
@@ -222,6 +226,7 @@ class Settings:
     # Live reload: on only for a loopback bind; `run` tells pages one start of asgireload from another.
     live_reload: bool = False
     run: str = ""
+    debug_fd: int | None = None  # the socketpair that lends the terminal to breakpoint()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Settings:
@@ -243,6 +248,7 @@ class Settings:
             fd_limit=_field(data, "fd_limit", int, None),
             live_reload=_field(data, "live_reload", bool, False),
             run=_field(data, "run", str, ""),
+            debug_fd=_field(data, "debug_fd", int, None),
         )
 
 
@@ -313,12 +319,68 @@ class Assets:
         return cls(_texts(data, "paths"), _field(data, "restyle", bool))
 
 
+# ------------------------------------------------------------------ the debugger's terminal
+# Over the debug socketpair only. A worker whose app stopped at a breakpoint sends `paused` and
+# waits for `lent`; granted, the terminal's two descriptors (read, write) come with that line
+# (SCM_RIGHTS), and the supervisor reads no keys until the worker sends `resumed`. Refused, the
+# reason is a sentence for the developer (breakpoint() raises it).
+
+
+@dataclasses.dataclass(frozen=True)
+class Paused:
+    """The app stopped at `where` (file:line) and its debugger wants the terminal; `interruptible`:
+    it stopped in the main thread, where a forwarded Ctrl-C reaches the debugger."""
+
+    TYPE: ClassVar[str] = "paused"
+    where: str
+    interruptible: bool = True
+    announce: bool = True  # False for the stops of a step (`n`, `s`) in the same session
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Paused:
+        return cls(
+            _field(data, "where", str)[:1000],
+            _field(data, "interruptible", bool, True),
+            _field(data, "announce", bool, True),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Resumed:
+    """The debugger let the app go on (continue or quit): the terminal is the supervisor's again."""
+
+    TYPE: ClassVar[str] = "resumed"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Resumed:
+        return cls()
+
+
+@dataclasses.dataclass(frozen=True)
+class Lent:
+    """The answer to `paused`: the terminal (its descriptors ride along), or why there is none."""
+
+    TYPE: ClassVar[str] = "lent"
+    granted: bool
+    reason: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Lent:
+        return cls(_field(data, "granted", bool), _field(data, "reason", str, ""))
+
+
+DEBUG_MAX_LINE = 4096  # bytes of one debug message (a `where` is cut to 1000 characters)
+
+
 WorkerMessage = Hello | Files | Ready | Failed | Draining
 SupervisorMessage = Settings | Load | Serve | ShowFailure | Drain | Assets
-Message = WorkerMessage | SupervisorMessage
+DebugMessage = Paused | Resumed | Lent
+Message = WorkerMessage | SupervisorMessage | DebugMessage
 Kinds = dict[str, type[Message]]
 WORKER_MESSAGES: Kinds = {m.TYPE: m for m in (Hello, Files, Ready, Failed, Draining)}
 SUPERVISOR_MESSAGES: Kinds = {m.TYPE: m for m in (Settings, Load, Serve, ShowFailure, Drain, Assets)}
+DEBUG_WORKER_MESSAGES: Kinds = {m.TYPE: m for m in (Paused, Resumed)}
+DEBUG_SUPERVISOR_MESSAGES: Kinds = {Lent.TYPE: Lent}
 
 
 def encode(message: Message, limit: int = MAX_LINE) -> bytes:

@@ -216,11 +216,17 @@ async def run_with_signals(config: Config) -> int:
     own signals), it stops everything as serve() does, removes its signal handlers and lets
     CancelledError propagate.
     """
+    from ._supervisor.debugging import DebugTerminal
     from ._supervisor.shell import Supervisor, run_until_cancelled
 
-    supervisor = Supervisor(config)
-    main = asyncio.create_task(run_until_cancelled(supervisor))
     loop = asyncio.get_running_loop()
+    from_keys = "reload requested from the terminal"
+    supervisor = Supervisor(config)
+    keys = terminal.TerminalKeys(loop, lambda: supervisor.request_reload(from_keys))
+    # breakpoint() in the app gets this terminal: keys are not read while a debugger has it
+    debug_terminal = DebugTerminal.of_this_process(keys.lend, terminal.in_foreground)
+    supervisor.debug_terminal = debug_terminal
+    main = asyncio.create_task(run_until_cancelled(supervisor))
     stopping = False
     first_signal = 0.0
 
@@ -245,8 +251,12 @@ async def run_with_signals(config: Config) -> int:
         if not stopping:  # a second hang-up (a shell passing it on) is not a second CTRL+C
             stop(reason, then="")
 
+    def interrupt() -> None:
+        if not debug_terminal.interrupt():  # while a worker is paused, CTRL+C is its debugger's
+            stop("CTRL+C")
+
     handlers: dict[int, Callable[[], None]] = {
-        signal.SIGINT: lambda: stop("CTRL+C"),
+        signal.SIGINT: interrupt,
         signal.SIGTERM: lambda: stop("SIGTERM"),
         signal.SIGUSR1: lambda: supervisor.request_reload("SIGUSR1"),
     }
@@ -254,8 +264,6 @@ async def run_with_signals(config: Config) -> int:
         handlers[signal.SIGHUP] = hang_up
     for signum, handler in handlers.items():
         loop.add_signal_handler(signum, handler)
-    from_keys = "reload requested from the terminal"
-    keys = terminal.TerminalKeys(loop, lambda: supervisor.request_reload(from_keys))
     try:
         with terminal.job_control_ignored():
             keys.start()

@@ -335,7 +335,7 @@ def test_the_assets_message_and_the_live_settings_cross_the_channel() -> None:
     with pytest.raises(protocol.ProtocolError, match="paths"):
         protocol.decode(b'{"type":"assets","paths":[1],"restyle":true}', protocol.SUPERVISOR_MESSAGES)
     config = Config(app="main:app", live_reload=True)
-    settings = worker_settings(config, (), (), None, "run1", 3, 4)
+    settings = worker_settings(config, (), (), None, "run1", 3, 4, 5)
     line = protocol.encode(settings, protocol.TRUSTED_MAX_LINE)
     decoded = protocol.decode(line, protocol.SUPERVISOR_MESSAGES)
     assert isinstance(decoded, protocol.Settings)

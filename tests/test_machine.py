@@ -333,11 +333,50 @@ SCENARIOS: dict[str, list[Step]] = {
         (exited(1, -11), ["timer retry 0.1", "load 2 gen 2 showing crash", "timer slow_start(2) 5"]),
         (ready(2, error_page=True), ["serve 2", "gen 1 failed", "spawn 3 preloading"]),
     ],
+    "a generation paused at a breakpoint is not killed at its drain timeout while it is paused": [
+        *RELOADING,
+        (e.WorkerPaused(1), []),
+        (ready(2), replaces(1, by=2, then="spawn 3 preloading")),  # a reload goes on as usual
+        (timer(T.DRAINING_DEADLINE, 1), ["gen 2 ready"]),  # it answers nothing new: announced
+        (Advance(60), []),
+        (timer(T.DRAIN_DEADLINE, 1), []),  # paused: left alone
+        (e.WorkerResumed(1), ["timer drain_deadline(1) 11"]),  # the drain timeout again, from now
+        (e.WorkerPaused(1, announce=False), []),  # a step (`n`): paused again
+        (e.WorkerResumed(1), ["timer drain_deadline(1) 11"]),
+        (timer(T.DRAIN_DEADLINE, 1), ["kill 1"]),  # running, and past it: killed as any other
+        (exited(1, -9), []),
+    ],
+    "a pause while serving changes nothing; the same worker drains normally afterwards": [
+        *RELOADING,
+        (e.WorkerPaused(1), []),
+        (e.WorkerResumed(1), []),
+        (ready(2), replaces(1, by=2, then="spawn 3 preloading")),
+        (timer(T.DRAIN_DEADLINE, 1), ["kill 1"]),
+    ],
+    "a pause reported by a killed or exited worker is ignored": [
+        *RELOADING,
+        (changed("other.py"), ["kill 2", "spawn 3 preloading"]),
+        (e.WorkerPaused(2), []),
+        (exited(2, -9), []),
+        (e.WorkerResumed(2), []),
+    ],
 }
 
 
+SCENARIOS["under a debugger (debugpy) a draining generation is never killed at its drain timeout"] = [
+    *RELOADING,
+    (ready(2), replaces(1, by=2, then="spawn 3 preloading")),
+    (timer(T.DRAINING_DEADLINE, 1), ["gen 2 ready"]),
+    (timer(T.DRAIN_DEADLINE, 1), []),  # it may be stopped at a breakpoint nobody told us of
+    (e.WorkerDraining(1), []),
+    (exited(1), []),
+]
+
 # the options a scenario runs with (the others run with the defaults)
 OPTIONS: dict[str, dict[str, object]] = {
+    "under a debugger (debugpy) a draining generation is never killed at its drain timeout": {
+        "under_debugger": True
+    },
     "--keep-last-good: a failed reload leaves the last good generation serving": {"keep_last_good": True},
     "--sequential: every app-holding worker exits before the next load": {"sequential": True},
     "a changed env file replaces the standby before the reload": {"env_file": ENV_FILE},
@@ -470,6 +509,25 @@ def test_a_preload_that_fails_is_dropped_and_said_once() -> None:
     ]
 
 
+def test_a_paused_drain_says_once_what_happens_to_the_paused_request() -> None:
+    run = Harness()
+    run.run(RELOADING)
+    run.feed(e.WorkerPaused(1))
+    run.feed(ready(2))
+    run.feed(e.WorkerResumed(1))
+    run.feed(e.WorkerPaused(1, announce=False))  # a step at the prompt: not said again
+    run.feed(timer(T.DRAIN_DEADLINE, 1))
+    said = [line for line in run.logs() if "paused" in line]
+    assert said == [
+        "Generation 1 is paused at a breakpoint: generation 2 serves new requests, and the paused "
+        "request finishes on generation 1's code when you continue; then it exits (no drain timeout "
+        "while it is paused).",
+        "Generation 1 is past its drain timeout, but paused at a breakpoint: it is left to finish once "
+        "you continue.",
+    ]
+    assert not [line for line in run.logs() if "killing" in line]
+
+
 # ---------------------------------------------------------------- illegal events
 
 
@@ -489,6 +547,8 @@ def event_for(trigger: Trigger, worker: int) -> e.WorkerEvent | None:
         Trigger.STANDBY_LATE: timer(T.STANDBY_LATE, worker),
         Trigger.DRAINING_DEADLINE: timer(T.DRAINING_DEADLINE, worker),
         Trigger.DRAIN_DEADLINE: timer(T.DRAIN_DEADLINE, worker),
+        Trigger.PAUSED: e.WorkerPaused(worker),
+        Trigger.RESUMED: e.WorkerResumed(worker),
     }
     return events.get(trigger)
 

@@ -35,12 +35,29 @@ FAILURE = protocol.Failure("import", "RuntimeError: boom", "Traceback ...", ("/a
         protocol.Serve(),
         protocol.ShowFailure(dataclasses.replace(FAILURE, kind="crash", exit_reason="killed by SIGKILL")),
         protocol.Drain(2.5),
+        protocol.Paused("/a/main.py:12", interruptible=False, announce=False),
+        protocol.Resumed(),
+        protocol.Lent(False, "no terminal"),
     ],
     ids=lambda m: type(m).__name__,
 )
 def test_every_message_round_trips(message: protocol.Message) -> None:
-    allowed = {**protocol.WORKER_MESSAGES, **protocol.SUPERVISOR_MESSAGES}
+    allowed = {
+        **protocol.WORKER_MESSAGES,
+        **protocol.SUPERVISOR_MESSAGES,
+        **protocol.DEBUG_WORKER_MESSAGES,
+        **protocol.DEBUG_SUPERVISOR_MESSAGES,
+    }
     assert protocol.decode(protocol.encode(message), allowed) == message
+
+
+def test_the_debug_channel_carries_only_its_own_messages() -> None:
+    with pytest.raises(protocol.ProtocolError, match="unknown message type 'ready'"):
+        protocol.decode(protocol.encode(protocol.Ready(1)), protocol.DEBUG_WORKER_MESSAGES)
+    with pytest.raises(protocol.ProtocolError, match="unknown message type 'paused'"):
+        protocol.decode(protocol.encode(protocol.Paused("x:1")), protocol.WORKER_MESSAGES)
+    with pytest.raises(protocol.ProtocolError, match="whose 'granted' is '1'"):
+        protocol.decode(b'{"type": "lent", "granted": 1}', protocol.DEBUG_SUPERVISOR_MESSAGES)
 
 
 @pytest.mark.parametrize(

@@ -119,6 +119,22 @@ class ChannelBroken:
     reason: str
 
 
+@dataclasses.dataclass(frozen=True)
+class WorkerPaused:
+    """Its app stopped at a breakpoint, and its debugger has the terminal: no deadline kills it.
+    `announce` is False for the stops of a step (`n`, `s`) after the first."""
+
+    worker: int
+    announce: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerResumed:
+    """Its debugger gave the terminal back (the app runs again, if only for a step): deadlines apply."""
+
+    worker: int
+
+
 class TimerKind(enum.Enum):
     RETRY = "the crash backoff ended"
     SLOW_START = "its start-up is slow"
@@ -145,6 +161,8 @@ WorkerEvent = (
     | WorkerDraining
     | WorkerExited
     | ChannelBroken
+    | WorkerPaused
+    | WorkerResumed
     | TimerFired
 )
 Event = FileChanged | ReloadRequested | PackagesChanged | Stop | WorkerEvent

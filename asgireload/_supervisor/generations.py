@@ -282,9 +282,21 @@ class Generations:
             return
         self._move(worker, Trigger.DRAIN)
         worker.after_drain = then
+        if worker.paused:
+            self._log_paused_drain(worker)
         self._emit(c.Drain(worker.id, self.policy.drain_timeout))
         self._later(DRAINING_DEADLINE, e.TimerKind.DRAINING_DEADLINE, worker)
         self._later(self.policy.drain_timeout + 1.0, e.TimerKind.DRAIN_DEADLINE, worker)
+
+    def _log_paused_drain(self, worker: Worker) -> None:
+        current = self.serving
+        instead = f"generation {current.generation} serves" if current is not None else "no generation takes"
+        self._log(
+            logging.INFO,
+            f"Generation {worker.generation} is paused at a breakpoint: {instead} new requests, and the "
+            f"paused request finishes on generation {worker.generation}'s code when you continue; then "
+            "it exits (no drain timeout while it is paused).",
+        )
 
     def _drained(self, worker: Worker) -> None:
         """It stopped answering new requests (it said so, exited, or took too long to say)."""

@@ -89,10 +89,28 @@ class Machine(Generations):
                     self._standby_died(worker)
                 else:
                     self._emit(c.Kill(worker.id))  # its role stays: its exit is what counts
+            case e.WorkerPaused():
+                self._on_paused(worker, event.announce)
+            case e.WorkerResumed():
+                self._on_resumed(worker)
             case e.TimerFired(kind=e.TimerKind.SLOW_START):
                 self._on_slow_start(worker)
             case e.TimerFired(kind=e.TimerKind.STANDBY_LATE):
                 self._on_standby_late(worker)
+            case e.TimerFired(kind=e.TimerKind.DRAIN_DEADLINE) if worker.paused:
+                # it has its drain timeout again once resumed (see _on_resumed)
+                self._log(
+                    logging.INFO,
+                    f"Generation {worker.generation} is past its drain timeout, but paused at a "
+                    "breakpoint: it is left to finish once you continue.",
+                )
+            case e.TimerFired(kind=e.TimerKind.DRAIN_DEADLINE) if self.policy.under_debugger:
+                self._log(
+                    logging.WARNING,
+                    f"Generation {worker.generation} is still finishing its requests after the drain "
+                    "timeout; under a debugger it may be stopped at a breakpoint, so it is left to end "
+                    "by itself.",
+                )
             case e.TimerFired(kind=e.TimerKind.DRAIN_DEADLINE):
                 self._log(logging.WARNING, f"Worker {worker.id} did not finish draining in time; killing it.")
                 self._emit(c.Kill(worker.id))
@@ -208,7 +226,21 @@ class Machine(Generations):
         worker.role = Role.GONE
         del self.workers[worker.id]
 
+    def _on_paused(self, worker: Worker, announce: bool) -> None:
+        worker.paused = True
+        if worker.role is Role.DRAINING and announce:
+            self._log_paused_drain(worker)
+
+    def _on_resumed(self, worker: Worker) -> None:
+        worker.paused = False
+        if worker.role is Role.DRAINING:
+            # the worker gives its requests the drain timeout again from now: so does its deadline
+            self._later(self.policy.drain_timeout + 1.0, e.TimerKind.DRAIN_DEADLINE, worker)
+
     def _on_slow_start(self, worker: Worker) -> None:
+        if worker.paused:  # stopped at a breakpoint while starting: slow on purpose
+            self._later(SLOW_START_REPORT, e.TimerKind.SLOW_START, worker)
+            return
         waited = self._clock() - worker.loaded_at
         doing = "running lifespan start-up" if worker.reported_files else f"importing {self.policy.app}"
         self._log(

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from .. import _handoff
 from .. import _protocol as protocol
 from . import events, workers
+from .debugging import DebugTerminal
 from .workers import WorkerProcess
 
 logger = logging.getLogger("asgireload")
@@ -23,11 +24,13 @@ class Processes:
         emit: workers.Emit,
         output: Callable[[str], None] | None,
         serving: Callable[[], int | None],
+        terminal: DebugTerminal | None = None,
     ) -> None:
         self._listener = listener
         self._emit = emit  # what they say, and their exits, as the machine's events
         self._output = output
         self._serving = serving  # the id of the worker serving now, if any
+        self._terminal = terminal  # lent to a worker stopped at breakpoint(), if asgireload has one
         self._by_id: dict[int, WorkerProcess] = {}
         self._held = _handoff.Held()  # handed-over connections waiting for a generation to serve them
 
@@ -38,14 +41,14 @@ class Processes:
         return self._by_id.get(worker) if worker is not None else None
 
     async def spawn(
-        self, worker: int, settings: Callable[[int, int], protocol.Settings]
+        self, worker: int, settings: Callable[[int, int, int], protocol.Settings]
     ) -> events.WorkerStarted | events.SpawnFailed:
         """Start a worker process; the result is the machine's next event.
 
         Cancelled (by stop()), it finishes the spawn first, so that the process is known and
         stop() ends it, then lets CancelledError through."""
         spawning = asyncio.ensure_future(
-            workers.spawn(worker, settings, self._listener, self._emit, self._output)
+            workers.spawn(worker, settings, self._listener, self._emit, self._output, self._terminal)
         )
         try:
             process = await asyncio.shield(spawning)

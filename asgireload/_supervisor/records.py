@@ -26,6 +26,7 @@ class Policy:
     drain_timeout: float = 10.0
     env_file: str | None = None
     cwd: str = "/"  # paths in log lines are shown relative to it
+    under_debugger: bool = False  # a worker may be stopped at a breakpoint we are not told of
 
 
 @dataclasses.dataclass
@@ -77,6 +78,7 @@ class Worker:
     said_ready: bool = False
     reported_files: bool = False  # it finished importing the app (or failed to)
     after_drain: Announcement | None = None
+    paused: bool = False  # stopped at a breakpoint, its debugger has the terminal: not killed by a deadline
 
     @property
     def holds_app(self) -> bool:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from .._protocol import Failure, Settings
 from ..config import Config
+from .debugging import debugger_attached
 from .envfile import EnvFileError, read_env_file
 from .records import Policy
 
@@ -25,6 +26,7 @@ def policy_for(config: Config, url: str) -> Policy:
         drain_timeout=config.drain_timeout,
         env_file=config.env_file,
         cwd=os.getcwd(),
+        under_debugger=debugger_attached(),
     )
 
 
@@ -46,6 +48,7 @@ def worker_settings(
     run: str,
     handoff_fd: int,
     listen_fd: int,
+    debug_fd: int,
 ) -> Settings:
     """Everything a new worker is: the app, what to watch, what to preload, its descriptors."""
     env, _ = read_env(config)  # a broken env file is reported by the load that reads it
@@ -68,4 +71,5 @@ def worker_settings(
         fd_limit=fd_limit,
         live_reload=config.live_reload_active,
         run=run,
+        debug_fd=debug_fd,
     )

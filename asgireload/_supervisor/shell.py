@@ -34,6 +34,7 @@ from . import commands as c
 from . import editable, settings, sockets
 from . import events as e
 from .assets import LiveAssets, is_stylesheet_change, log_line
+from .debugging import DebugTerminal, coverage_misses_workers
 from .machine import Machine
 from .outcomes import Outcomes
 from .preflight import preflight
@@ -79,6 +80,8 @@ class Supervisor:
         self._broken: asyncio.Future[None] | None = None  # fails with an internal error
         self._stop_task: asyncio.Future[None] | None = None
         self._stopped = False
+        # lent to a worker stopped at breakpoint(); the command line sets its own before start()
+        self.debug_terminal: DebugTerminal | None = None
 
     # ---------------------------------------------------------------- public surface
 
@@ -140,6 +143,12 @@ class Supervisor:
         # connections held across a reload must not starve the next spawn; the app gets the old limit
         self._fd_limit = _handoff.raise_fd_limit()
         preflight(self.config)
+        if coverage_misses_workers():
+            logger.warning(
+                "Coverage measures asgireload but not its workers, where the app runs: add "
+                "`patch = subprocess` to the [run] section of your coverage configuration "
+                "(coverage 7.10 or later; see the README's Debugging section)."
+            )
         self._listener = sockets.bind(self.config)
         self.url = sockets.describe(self._listener, self.config)
         if not self.config.is_loopback and self.config.show_errors is None:
@@ -154,7 +163,9 @@ class Supervisor:
         )
         output = self._capture if self.config.capture_output else None
         serving = lambda: machine.serving.id if machine.serving is not None else None  # noqa: E731
-        self._processes = Processes(self._listener, self._queue.put_nowait, output, serving)
+        self._processes = Processes(
+            self._listener, self._queue.put_nowait, output, serving, self.debug_terminal
+        )
         self._broken = asyncio.get_running_loop().create_future()
         self._broken.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved here
         try:

@@ -12,6 +12,9 @@ says the same as a table, and the machine checks every move against it):
                 │ exit                                              exit (any role) ───┤
                 └────────────────────────────────────────────────────────────────────▶ GONE
 
+A worker whose app stopped at a breakpoint keeps its role; while it is paused (Worker.paused) the
+drain deadline does not kill it, and once it resumes it has the drain timeout again.
+
 Stop kills every worker, except that a SERVING one drains and a DRAINING one that was ready
 finishes. A worker whose process exits while LOADING or SERVING crashed; a STANDBY that exits or
 breaks the protocol is replaced, at most three times in a row; a KILLED worker's exit only means
@@ -55,6 +58,8 @@ class Trigger(enum.Enum):
     DRAINING = "it said draining"
     EXITED = "its process exited"
     BROKE = "it broke the protocol"
+    PAUSED = "it stopped at a breakpoint"
+    RESUMED = "its debugger gave the terminal back"
     # its timers
     SLOW_START = "its slow-start report was due"
     STANDBY_LATE = "its hello was late"
@@ -127,6 +132,19 @@ TRANSITIONS: Final[dict[tuple[Role, Trigger], frozenset[Role]]] = {
     (K, T.DRAINING_DEADLINE): IGNORED,
     (K, T.DRAIN_DEADLINE): IGNORED,
     (K, T.STOP): frozenset({K}),
+    # A breakpoint changes no role: a paused worker only escapes the drain deadline (Worker.paused).
+    (S, T.PAUSED): frozenset({S}),
+    (S, T.RESUMED): frozenset({S}),
+    (L, T.PAUSED): frozenset({L}),
+    (L, T.RESUMED): frozenset({L}),
+    (V, T.PAUSED): frozenset({V}),
+    (V, T.RESUMED): frozenset({V}),
+    (D, T.PAUSED): frozenset({D}),
+    (D, T.RESUMED): frozenset({D}),
+    (K, T.PAUSED): IGNORED,
+    (K, T.RESUMED): IGNORED,
+    (G, T.PAUSED): IGNORED,  # it exited (its terminal came back with its channel's end)
+    (G, T.RESUMED): IGNORED,
     (G, T.SLOW_START): IGNORED,
     (G, T.STANDBY_LATE): IGNORED,
     (G, T.DRAINING_DEADLINE): IGNORED,
@@ -144,6 +162,8 @@ _EVENT_TRIGGERS: Final[dict[type, Trigger]] = {
     e.WorkerDraining: Trigger.DRAINING,
     e.WorkerExited: Trigger.EXITED,
     e.ChannelBroken: Trigger.BROKE,
+    e.WorkerPaused: Trigger.PAUSED,
+    e.WorkerResumed: Trigger.RESUMED,
 }
 
 

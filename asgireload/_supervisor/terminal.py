@@ -47,6 +47,7 @@ class TerminalKeys:
         self._on_reload = on_reload
         self._active = False
         self._reading = False
+        self._lent = False  # a worker's debugger has the terminal: no key is read meanwhile
         self._recheck: asyncio.TimerHandle | None = None
 
     def start(self) -> bool:
@@ -62,6 +63,14 @@ class TerminalKeys:
         self._check()
         return True
 
+    def lend(self, lent: bool) -> None:
+        """Stop reading keys while a paused worker's debugger has the terminal (True); read again (False)."""
+        self._lent = lent
+        if lent:
+            self._pause()
+        else:
+            self._check()
+
     def close(self) -> None:
         if not self._active:
             return
@@ -74,7 +83,7 @@ class TerminalKeys:
             self._loop.remove_signal_handler(signal.SIGCONT)
 
     def _check(self) -> None:
-        if not self._active:
+        if not self._active or self._lent:
             return
         if in_foreground():
             self._listen()
@@ -105,6 +114,9 @@ class TerminalKeys:
             self._reading = False
 
     def _on_readable(self) -> None:
+        if self._lent:
+            self._pause()
+            return
         if not in_foreground():  # moved to the background (Ctrl-Z, bg) since the last look
             self._check()
             return

@@ -23,12 +23,17 @@ from collections.abc import Callable
 from .. import _protocol as protocol
 from .. import _reaper
 from . import events
+from .debugging import DebugTerminal
 
 EXIT_AFTER_EOF = 1.0  # seconds a worker may live on after closing its channel
 FLOOD_LIMIT = 2000  # messages a second a worker may send before it is taken for broken
 OUTPUT_CHUNK = 65536  # bytes read from a worker's output at a time: no line length can stall it
 AFTER_EXIT = 2.0  # seconds the channel and output may take to end once the worker's tree is gone
 KILL_WAIT = 2.0  # seconds to wait for a killed worker to be reaped
+NO_TERMINAL = DebugTerminal.none(
+    "asgireload runs inside a Python program (serve(), Reloader or the pytest fixture), which lends "
+    "it no terminal."
+)
 
 Emit = Callable[[events.Event], None]
 
@@ -73,7 +78,9 @@ class WorkerProcess:
         self.transport: asyncio.SubprocessTransport | None = None
         self.channel = channel
         self.handoff = handoff  # idle keep-alive connections travel over this, see _handoff.py
+        self.debug: socket.socket | None = None  # breakpoint() asks for the terminal over this
         self.stop_relaying: Callable[[], None] | None = None
+        self.stop_debugging: Callable[[], None] | None = None
         self.pid = process.pid
         self.tasks: list[asyncio.Task[None]] = []
         # the protocol so far, as this side saw it
@@ -124,7 +131,11 @@ class WorkerProcess:
         self.channel.close()
         if self.stop_relaying is not None:
             self.stop_relaying()
+        if self.stop_debugging is not None:
+            self.stop_debugging()
         self.handoff.close()
+        if self.debug is not None:
+            self.debug.close()
         for task in self.tasks:
             task.cancel()
         if self.transport is not None:
@@ -168,28 +179,30 @@ class WorkerProcess:
 
 async def spawn(
     worker_id: int,
-    settings: Callable[[int, int], protocol.Settings],
+    settings: Callable[[int, int, int], protocol.Settings],
     listener: socket.socket,
     emit: Emit,
     output: Callable[[str], None] | None,
+    terminal: DebugTerminal | None = None,
 ) -> WorkerProcess:
     """Start a worker process; its messages, garbage and exit arrive through `emit` as events.
 
-    `settings(handoff_fd, listen_fd)` makes its settings, given the descriptors it will find.
+    `settings(handoff_fd, listen_fd, debug_fd)` makes its settings, given the descriptors it will
+    find. Its debug socketpair (breakpoint() asking for the terminal) is served by `terminal`.
 
     The settings travel over the control channel, not argv: they grow with the app (the preload
     list) and argv has a per-string limit. Raises SpawnError if the OS will not start it.
     """
     sockets: list[socket.socket] = []
     try:
-        for _ in range(2):
+        for _ in range(3):
             sockets.extend(socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
     except OSError as exc:  # out of descriptors, most likely
         for sock in sockets:
             sock.close()
         raise SpawnError(f"could not start a worker process: {exc.strerror or exc}") from exc
-    parent, child, handoff, handoff_child = sockets
-    handoff_child_fd = handoff_child.fileno()
+    parent, child, handoff, handoff_child, debug, debug_child = sockets
+    handoff_child_fd, debug_child_fd = handoff_child.fileno(), debug_child.fileno()
     tag = _reaper.new_tag(worker_id)
     environment = dict(os.environ)
     environment[_reaper.TAG_VARIABLE] = tag
@@ -203,7 +216,7 @@ async def spawn(
             "-m",
             "asgireload._worker",
             str(child.fileno()),
-            pass_fds=(child.fileno(), handoff_child.fileno(), listener.fileno()),
+            pass_fds=(child.fileno(), handoff_child_fd, listener.fileno(), debug_child_fd),
             start_new_session=True,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=pipe,
@@ -212,24 +225,25 @@ async def spawn(
         )
         process = asyncio.subprocess.Process(transport, protocol_, loop)
     except OSError as exc:
-        parent.close()
-        handoff.close()
+        for sock in (parent, handoff, debug):
+            sock.close()
         raise SpawnError(f"could not start a worker process: {exc.strerror or exc}") from exc
     except BaseException:
-        parent.close()
-        handoff.close()
+        for sock in (parent, handoff, debug):
+            sock.close()
         raise
     finally:
         child.close()
         handoff_child.close()
+        debug_child.close()
     try:
         channel = await protocol.Channel.open(
             parent, protocol.WORKER_MESSAGES, send_limit=protocol.TRUSTED_MAX_LINE
         )
-        channel.send(settings(handoff_child_fd, listener.fileno()))
+        channel.send(settings(handoff_child_fd, listener.fileno(), debug_child_fd))
     except BaseException as exc:
-        parent.close()
-        handoff.close()
+        for sock in (parent, handoff, debug):
+            sock.close()
         await end_process(process, tag, 0, protocol_.exited)
         transport.close()
         if isinstance(exc, OSError):
@@ -237,6 +251,15 @@ async def spawn(
         raise
     worker = WorkerProcess(worker_id, process, channel, handoff, tag, protocol_.exited)
     worker.transport = transport
+    worker.stop_debugging = (terminal or NO_TERMINAL).attach(
+        lambda: f"generation {worker.generation or '?'} (pid {worker.pid})",
+        worker.pid,
+        debug,
+        lambda paused, announce: emit(
+            events.WorkerPaused(worker.id, announce) if paused else events.WorkerResumed(worker.id)
+        ),
+    )
+    worker.debug = debug
     reading = asyncio.create_task(_read_channel(worker, emit))
     worker.tasks.append(reading)
     if output is not None and process.stdout is not None:

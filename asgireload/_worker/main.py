@@ -54,6 +54,7 @@ from .. import _protocol as protocol  # noqa: E402
 from .._paths import relative  # noqa: E402
 from .._protocol import Failure  # noqa: E402
 from .._watchfilter import WatchFilter  # noqa: E402
+from . import debugger, measuring  # noqa: E402
 from .errorpage import error_app  # noqa: E402
 from .livereload import Hub, LiveReload, quiet_access_log  # noqa: E402
 from .loader import (  # noqa: E402
@@ -69,8 +70,16 @@ LAZY_IMPORT_CHECK = 0.5  # seconds between looks for modules imported after star
 REPORT_BYTES = protocol.MAX_LINE // 4  # encoded bytes of files and modules per `files` message
 
 
+_EXITING = threading.Lock()  # the hang-up watcher and the main thread may both see the end
+
+
 def _exit_with_children() -> NoReturn:
-    """The supervisor is gone: take down this worker and whatever the app started."""
+    """The supervisor is gone: take down this worker and whatever the app started.
+
+    Only the first caller goes on: a second one (the other thread) waits for the end, rather than
+    killing the process while the first still saves the coverage data."""
+    _EXITING.acquire()
+    measuring.save_coverage()
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
@@ -373,8 +382,10 @@ def main() -> None:
     _watch_for_hangup(control_fd)
     with socket.socket(fileno=os.dup(control_fd)) as control:
         settings, received = _read_settings(control)
-    for fd in (control_fd, settings.handoff_fd, settings.listen_fd):
-        os.set_inheritable(fd, False)  # the app's children must not hold the port or our channels
+    for fd in (control_fd, settings.handoff_fd, settings.listen_fd, settings.debug_fd):
+        if fd is not None:
+            os.set_inheritable(fd, False)  # the app's children must not hold the port or our channels
+    debugger.install(settings.debug_fd)
     os.environ.update(settings.env)  # the env file, before anything is preloaded
     _handoff.restore_fd_limit(settings.fd_limit)  # the app runs under the usual limit
     os.environ["ASGIRELOAD_WORKER"] = "1"  # serve() refuses to start a server from inside a worker

@@ -25,7 +25,7 @@ from typing import Any
 import uvicorn
 
 from .._handoff import Connection
-from . import protocols
+from . import debugger, protocols
 from .protocols import HandOff
 
 logger = logging.getLogger("asgireload")
@@ -145,7 +145,9 @@ class Server(uvicorn.Server):
                 on_stopped = None
             if not (self.server_state.connections or self.server_state.tasks):
                 break
-            if loop.time() >= deadline:
+            if debugger.paused():  # a request stopped at a breakpoint gets its full time once resumed
+                deadline = loop.time() + timeout
+            elif loop.time() >= deadline:
                 self._cut_remaining()
                 break
             await asyncio.sleep(DRAIN_POLL)

@@ -1,0 +1,283 @@
+"""breakpoint() and pdb.set_trace() in a worker: the debugger runs in asgireload's terminal.
+
+A worker has no terminal of its own (it leads its own session, its stdin is /dev/null), so the
+standard pdb would read end-of-file and quit. Here the app's breakpoint asks the supervisor for
+its terminal over the worker's debug socketpair (`paused`), synchronously, from whichever thread
+stopped: the event loop may be the one that is blocked. The supervisor stops reading keys and
+lends the terminal's descriptors; pdb runs on them; on continue or quit the worker says `resumed`
+and closes its copies. Where there is no terminal to lend (output piped, `Reloader`, the pytest
+fixture) the supervisor says why, and breakpoint() raises that at once: the request fails with a
+message instead of hanging.
+
+An app (or a debugger such as debugpy) that chose its own breakpoint hook keeps it: nothing is
+installed over a hook that is not the interpreter's, and PYTHONBREAKPOINT, set before the worker
+started or by the app later, is obeyed as the interpreter would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pdb
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, TextIO
+
+from .. import _protocol as protocol
+
+
+class NoTerminal(RuntimeError):
+    """breakpoint() was called where asgireload has no terminal to run the debugger in."""
+
+
+class _Lease:
+    """The supervisor's terminal, lent to this worker until `give_back()`."""
+
+    def __init__(self, channel: socket.socket, reading: int, writing: int) -> None:
+        self._channel = channel
+        self.stdin: TextIO = open(reading, encoding="utf-8", errors="replace")  # noqa: SIM115
+        self.stdout: TextIO = open(writing, "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+        self._previous_sigint: Any = None
+        if threading.current_thread() is threading.main_thread():
+            # A Ctrl-C forwarded by the supervisor interrupts the prompt, as in pdb anywhere; the
+            # event loop's own handler (it would cancel the worker's main task) comes back after.
+            self._previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def give_back(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+        for stream in (self.stdout, self.stdin):
+            with contextlib.suppress(OSError, ValueError):
+                stream.close()
+        with contextlib.suppress(OSError):
+            self._channel.sendall(protocol.encode(protocol.Resumed()))
+
+
+class Debugger:
+    """Lends the terminal to pdb, one breakpoint at a time (other threads wait their turn)."""
+
+    def __init__(self, debug_fd: int) -> None:
+        self._channel = socket.socket(fileno=debug_fd)
+        self._channel.setblocking(True)
+        self._turn = threading.Lock()
+        self._holder: int | None = None  # the thread whose pdb has the terminal
+        self._lease: _Lease | None = None
+        self._buffer = b""
+
+    @property
+    def paused(self) -> bool:
+        """Whether a pdb prompt has the terminal now (a draining server then waits for it)."""
+        return self._holder is not None
+
+    def borrow(self, where: str, announce: bool = True) -> _Lease:
+        """Ask for the terminal (waiting while another thread has it); NoTerminal if there is none."""
+        if not self._turn.acquire(blocking=False):
+            self._say_waiting(where)
+            self._turn.acquire()
+        try:
+            main = threading.current_thread() is threading.main_thread()
+            paused = protocol.Paused(where, interruptible=main, announce=announce)
+            self._channel.sendall(protocol.encode(paused))
+            answer, fds = self._receive()
+            if not isinstance(answer, protocol.Lent) or not answer.granted or len(fds) != 2:
+                for fd in fds:
+                    os.close(fd)
+                reason = answer.reason if isinstance(answer, protocol.Lent) else ""
+                raise NoTerminal(reason or "asgireload could not lend its terminal to the debugger.")
+            lease = _Lease(self._channel, *fds)
+        except BaseException:
+            self._turn.release()
+            raise
+        self._holder, self._lease = threading.get_ident(), lease
+        return lease
+
+    def _say_waiting(self, where: str) -> None:
+        """Another thread has the prompt: say, at that prompt, that this one waits its turn."""
+        lease = self._lease
+        if lease is not None:
+            with contextlib.suppress(OSError, ValueError):
+                lease.stdout.write(
+                    f"\n*** Another request stopped at a breakpoint ({where}); it gets the prompt "
+                    "once this one continues.\n"
+                )
+
+    def give_back(self, lease: _Lease | None) -> None:
+        if lease is None:
+            return
+        self._holder, self._lease = None, None
+        try:
+            lease.give_back()
+        finally:
+            self._turn.release()
+
+    def holds_terminal(self) -> bool:
+        return self._holder == threading.get_ident()
+
+    def _receive(self) -> tuple[protocol.Message | None, list[int]]:
+        """One answer from the supervisor, with the descriptors that came with it."""
+        fds: list[int] = []
+        while b"\n" not in self._buffer:
+            try:
+                data, received, _flags, _address = socket.recv_fds(self._channel, protocol.DEBUG_MAX_LINE, 4)
+            except OSError:
+                data, received = b"", []
+            fds.extend(received)
+            if not data:
+                return None, fds
+            self._buffer += data
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        try:
+            return protocol.decode(line, protocol.DEBUG_SUPERVISOR_MESSAGES), fds
+        except protocol.ProtocolError:
+            return None, fds
+
+
+class TerminalPdb(pdb.Pdb):
+    """pdb on the lent terminal: it borrows it at each stop and gives it back when the app runs.
+
+    Each prompt borrows the terminal and gives it back when its command lets the app go on
+    (`c`, `q`, and `n`, `s`, `r` too, since the app runs until the next stop, which may never
+    come: a coroutine stepped off its end). Only the first stop after the app ran freely is
+    announced; the steps in between are not.
+    """
+
+    def __init__(self, debugger: Debugger) -> None:
+        # nosigint: Ctrl-C reaches a worker only while it has the terminal (the supervisor
+        # forwards it); after `c` it stops the server, as everywhere else in asgireload.
+        super().__init__(nosigint=True)
+        self.use_rawinput = False
+        self._debugger = debugger
+        self._lease: _Lease | None = None
+        self._stepping = False  # the last command was a step: the next stop is not announced
+
+    def take_terminal(self, where: str) -> None:
+        self._lease = self._debugger.borrow(where, announce=not self._stepping)
+        self.stdin, self.stdout = self._lease.stdin, self._lease.stdout
+
+    # Each stop (what pdb prints at it, like --Return--, and its prompt) runs with the terminal.
+    def user_line(self, frame: FrameType) -> None:
+        self._with_terminal(frame, super().user_line, frame)
+
+    def user_return(self, frame: FrameType, return_value: Any) -> None:
+        self._with_terminal(frame, super().user_return, frame, return_value)
+
+    def user_exception(self, frame: FrameType, exc_info: Any) -> None:
+        self._with_terminal(frame, super().user_exception, frame, exc_info)
+
+    def user_call(self, frame: FrameType, argument_list: None) -> None:
+        if self.stop_here(frame):  # (also called for calls into a file that has breakpoints)
+            self._with_terminal(frame, super().user_call, frame, argument_list)
+
+    def _with_terminal(self, frame: FrameType, stop: Callable[..., None], *args: Any) -> None:
+        if self._lease is None:
+            try:
+                self.take_terminal(_where(frame))
+            except NoTerminal:
+                self.set_continue()  # a breakpoint set earlier, hit with no terminal: go on
+                return
+        try:
+            stop(*args)
+        finally:
+            lease, self._lease = self._lease, None
+            self._debugger.give_back(lease)
+
+    def set_step(self) -> None:
+        self._stepping = True
+        super().set_step()
+
+    def set_next(self, frame: FrameType) -> None:
+        self._stepping = True
+        super().set_next(frame)
+
+    def set_return(self, frame: FrameType) -> None:
+        self._stepping = True
+        super().set_return(frame)
+
+    def set_until(self, frame: FrameType, lineno: int | None = None) -> None:
+        self._stepping = True
+        super().set_until(frame, lineno)
+
+    def set_continue(self) -> None:
+        self._stepping = False
+        super().set_continue()
+
+    def set_quit(self) -> None:
+        self._stepping = False
+        super().set_quit()
+
+
+_debugger: Debugger | None = None
+
+
+def install(debug_fd: int | None) -> None:
+    """Make breakpoint() and pdb.set_trace() debug in the supervisor's terminal.
+
+    Leaves a breakpoint hook someone else installed (a debugger like debugpy) alone.
+    """
+    global _debugger
+    if debug_fd is None:
+        return
+    _debugger = Debugger(debug_fd)
+    if threading.current_thread() is threading.main_thread():
+        # SIGINT reaches a worker only from the supervisor, forwarding CTRL+C to a paused pdb; one
+        # that arrives just after `c` must not reach asyncio's handler, which would end the worker.
+        # (A handler, not SIG_IGN: the app's child processes get the default back at exec.)
+        signal.signal(signal.SIGINT, _late_interrupt)
+    if sys.breakpointhook is sys.__breakpointhook__:
+        sys.breakpointhook = breakpointhook
+    if pdb.set_trace is _original_set_trace:
+        pdb.set_trace = set_trace
+
+
+def _late_interrupt(signum: int, frame: FrameType | None) -> None:
+    """A CTRL+C forwarded to a pdb prompt that had just been left: nothing to interrupt."""
+
+
+def paused() -> bool:
+    """Whether the app is stopped at a breakpoint in this worker (its drain waits for it)."""
+    return _debugger is not None and _debugger.paused
+
+
+def breakpointhook(*args: Any, **kwargs: Any) -> Any:
+    """sys.breakpointhook: PYTHONBREAKPOINT if set (by the app too), else pdb in the terminal."""
+    if os.environ.get("PYTHONBREAKPOINT"):
+        return sys.__breakpointhook__(*args, **kwargs)
+    _stop_in(sys._getframe(1))
+    return None
+
+
+def set_trace(*, header: str | None = None) -> None:
+    """pdb.set_trace(), in the terminal."""
+    _stop_in(sys._getframe(1), header)
+
+
+_original_set_trace = pdb.set_trace
+
+
+def _stop_in(frame: FrameType, header: str | None = None) -> None:
+    debugger = _debugger
+    if debugger is None:
+        _original_set_trace(header=header)
+        return
+    if debugger.holds_terminal():
+        return  # a breakpoint() reached while stepping in the debugger: it is stopped already
+    session = TerminalPdb(debugger)
+    try:
+        session.take_terminal(_where(frame))
+    except NoTerminal as exc:
+        raise NoTerminal(
+            f"breakpoint() at {_where(frame)}: {exc} Run asgireload in a terminal to debug there, "
+            "run it under a debugger such as debugpy, or set PYTHONBREAKPOINT=0 to skip breakpoints."
+        ) from None
+    if header is not None:
+        session.message(header)
+    session.set_trace(frame)
+
+
+def _where(frame: FrameType) -> str:
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"

@@ -99,7 +99,11 @@ class _Page:
 
 
 def error_app(
-    failure: Mapping[str, Any], *, show_details: bool, only_loopback_hosts: bool = False, poll: bool = True
+    failure: Mapping[str, Any],
+    *,
+    show_details: bool,
+    only_loopback_hosts: bool = False,
+    poll: bool | Callable[[Scope], bool] = True,
 ) -> ASGIApp:
     """Build the app served while the user's app is broken.
 
@@ -107,8 +111,9 @@ def error_app(
     traceback, paths and message text, which can leak source code and secrets. With
     ``only_loopback_hosts`` (the server listens on loopback only) it hides them too from any
     request whose Host is not a loopback name or address (see `is_loopback_host`), and logs once
-    why. The page follows later changes to the `failure` mapping. With ``poll`` its script checks
-    back every second; without, live reload (which wraps this app) tells the page instead.
+    why. The page follows later changes to the `failure` mapping. With ``poll`` (a bool, or a
+    function of the request) its script checks back every second; without, live reload (which
+    wraps this app and adds its own script to that response) tells the page instead.
     """
     page = _Page(failure)
     warned: list[bytes | None] = []
@@ -124,7 +129,8 @@ def error_app(
                     warned.append(host)
                     _warn_hidden(host, scope)
         if kind == "http":
-            await _serve_http(scope, receive, send, page, hidden, poll)
+            polls = poll(scope) if callable(poll) else poll
+            await _serve_http(scope, receive, send, page, hidden, polls)
         elif kind == "websocket":
             await _serve_websocket(receive, send, close_reason(page.report(), hidden=hidden))
         elif kind == "lifespan":

@@ -36,6 +36,27 @@ class Placement:
     shared_worker: bool
 
 
+# Sec-Fetch-Dest values of a navigation that shows a whole page; no header: an older client.
+_PAGE_DESTINATIONS = frozenset({"document", "iframe", "frame"})
+# Headers of requests for a fragment that a page script puts into the page already loaded.
+_FRAGMENT_HEADERS = (b"hx-request", b"turbo-frame")
+
+
+def why_not_navigation(headers: Headers) -> str | None:
+    """Why a request does not load a whole page (None: it does).
+
+    A fetch(), an htmx swap or a Turbo frame gets HTML to put into a page that has the script
+    already; a second copy would only add a second stream and a second reload.
+    """
+    for name in _FRAGMENT_HEADERS:
+        if header(headers, name):
+            return f"a fragment ({name.decode()} header)"
+    destinations = header(headers, b"sec-fetch-dest")
+    if destinations and any(d.strip().lower() not in _PAGE_DESTINATIONS for d in destinations):
+        return f"not a page load (Sec-Fetch-Dest {destinations[0].strip()})"
+    return None
+
+
 def header(headers: Headers, name: bytes) -> list[str]:
     """Every value of one header (names compared case-insensitively), as text."""
     return [bytes(v).decode("latin-1") for k, v in headers if bytes(k).lower() == name]
@@ -80,6 +101,11 @@ def placement(policies: Iterable[str]) -> tuple[Placement | None, str]:
             policy = parse_policy(text)
             if not policy:
                 continue
+            sandbox = policy.get("sandbox")
+            if sandbox is not None and not {"allow-scripts", "allow-same-origin"} <= {
+                s.lower() for s in sandbox
+            }:
+                return None, "its sandbox lacks allow-scripts or allow-same-origin"
             scripts = _sources(policy, "script-src-elem", "script-src", "default-src")
             if scripts is not None:
                 nonces = [m.group(1) for s in scripts if (m := _NONCE.fullmatch(s))]

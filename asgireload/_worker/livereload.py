@@ -106,13 +106,32 @@ def _event(data: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
 
 
+def adds_script(scope: Scope) -> bool:
+    """Whether a response to this request may get the script (if it is HTML the policy allows).
+
+    Only requests addressed to a loopback Host (the error page's rule, see `is_loopback_host`),
+    and only page loads: GET (HEAD has no body; a page answering a POST would be posted again by
+    a reload), neither a fragment nor a fetch (see `injection.why_not_navigation`).
+    """
+    if scope.get("type") != "http" or scope.get("method") != "GET":
+        return False
+    if not is_loopback_host(_one_host(scope)):
+        return False
+    headers = [(bytes(k), bytes(v)) for k, v in scope.get("headers") or ()]
+    return injection.why_not_navigation(headers) is None
+
+
 class LiveReload:
     """The ASGI wrapper: the channel under /__asgireload__/, and the script in HTML responses."""
 
     def __init__(self, app: ASGIApp, hub: Hub) -> None:
         self.app = app
         self.hub = hub
-        self._attributes = {"run": str(hub.hello["run"]), "generation": str(hub.hello["generation"])}
+        self._attributes = {
+            "run": str(hub.hello["run"]),
+            "generation": str(hub.hello["generation"]),
+            "error": str(int(bool(hub.hello["error_page"]))),
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http" or not is_loopback_host(_one_host(scope)):
@@ -122,8 +141,7 @@ class LiveReload:
         if isinstance(path, str) and path.startswith(PREFIX):
             await self._serve_channel(path, scope, receive, send)
             return
-        if scope.get("method") != "GET":
-            # HEAD has no body; a page answering a POST would be posted again by a reload.
+        if not adds_script(scope):
             await self.app(scope, receive, send)
             return
         extensions = scope.get("extensions")

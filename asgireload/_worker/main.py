@@ -56,7 +56,7 @@ from .._protocol import Failure  # noqa: E402
 from .._watchfilter import WatchFilter  # noqa: E402
 from . import debugger, measuring  # noqa: E402
 from .errorpage import error_app  # noqa: E402
-from .livereload import Hub, LiveReload, quiet_access_log  # noqa: E402
+from .livereload import Hub, LiveReload, adds_script, quiet_access_log  # noqa: E402
 from .loader import (  # noqa: E402
     AppLoadError,
     ImportRecorder,
@@ -320,7 +320,8 @@ class Worker:
             self.shown,
             show_details=self.settings.show_errors,
             only_loopback_hosts=self.settings.only_loopback_hosts,
-            poll=not self.settings.live_reload,  # live reload's stream tells the page instead
+            # live reload's stream tells the page instead, where its script goes in
+            poll=(lambda scope: not adds_script(scope)) if self.settings.live_reload else True,
         )
 
     def _report_files(self) -> None:
@@ -348,9 +349,10 @@ class Worker:
                 if isinstance(message, protocol.Drain):
                     return message.timeout
                 if isinstance(message, protocol.ShowFailure):
+                    before = dict(self.shown)
                     self._show(message.failure)
-                    if self.live is not None:
-                        self.live.publish({"type": "reload"})
+                    if self.live is not None and self.shown != before:
+                        self.live.publish({"type": "reload"})  # a retry failing alike changes nothing
                 if isinstance(message, protocol.Assets) and self.live is not None:
                     self.live.publish(
                         {"type": "css" if message.restyle else "reload", "files": list(message.paths)}

@@ -6,9 +6,14 @@
   "use strict";
   var me = document.currentScript;
   if (!me || window.asgireloadLive) { return; }
+  // A frame of a page from this server: that page reloads, and the frame with it.
+  try { if (window !== window.top && window.top.location.origin === location.origin) { return; } } catch (e) { /* another origin */ }
   window.asgireloadLive = {events: 0, styles: 0};
   var run = me.getAttribute("data-run");
   var generation = parseInt(me.getAttribute("data-generation"), 10);
+  // The error page neither restores nor saves the scroll: the page it stands in for keeps it.
+  var errorPage = me.getAttribute("data-error") === "1";
+  var loadedAt = Date.now();
   var base = "/__asgireload__/";
   var page = location.pathname + location.search;
   var storage = null;
@@ -26,15 +31,24 @@
 
   // Reload once per target: a page that comes back still older (a cache) does not loop.
   var tried = recall("target");
+  // At most one reload a second: an app that writes a watched asset itself (each request, or
+  // each start) would otherwise reload its pages in a loop.
+  var lastReload = parseInt(recall("reloaded") || "0", 10) || 0;
+  var pending = null;
   function reload(target) {
     if (tried === target) { return; }
     tried = target;
-    remember("target", target);
-    remember("scroll", JSON.stringify([window.scrollX, window.scrollY]));
-    location.reload();
+    var wait = Math.max(lastReload, loadedAt - 1000) + 1000 - Date.now();
+    if (pending !== null) { clearTimeout(pending); }
+    pending = setTimeout(function () {
+      remember("target", target);
+      remember("reloaded", String(Date.now()));
+      if (!errorPage) { remember("scroll", JSON.stringify([window.scrollX, window.scrollY])); }
+      location.reload();
+    }, Math.max(wait, 0));
   }
 
-  var scroll = recall("scroll");
+  var scroll = errorPage ? null : recall("scroll");
   if (scroll) {
     var position = null;
     try { position = JSON.parse(scroll); } catch (e) { position = null; }
@@ -89,6 +103,11 @@
       var version = new URL(me.src, location.href).searchParams.get("v") || "";
       var worker = new SharedWorker(base + "worker.js?v=" + encodeURIComponent(version), {name: "asgireload"});
       worker.port.onmessage = function (message) { handle(message.data); };
+      // A worker that fails later (its script blocked or broken) falls back to the other ways.
+      worker.onerror = function () {
+        worker.onerror = null;
+        if (!viaLeader()) { asgireloadStream(base + "events", handle); }
+      };
       worker.port.start();
       window.addEventListener("pagehide", function () { worker.port.postMessage("bye"); });
       return true;

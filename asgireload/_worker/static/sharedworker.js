@@ -17,4 +17,7 @@ asgireloadStream("/__asgireload__/events", function (event) {
   "use strict";
   if (event.type === "hello") { asgireloadHello = event; }
   asgireloadPorts.forEach(function (port) { port.postMessage(event); });
+}, function () {
+  // The stream ended: that hello may be stale by the time a tab connects (a restart from scratch).
+  asgireloadHello = null;
 });

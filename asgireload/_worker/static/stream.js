@@ -1,7 +1,7 @@
 // asgireload live reload: one event stream, reopened as soon as the server ends it.
 // The server ends it when its generation drains; the next request reaches the new one at once.
 // While the server is away (restarting), it retries with a growing delay, up to two seconds.
-function asgireloadStream(url, deliver) {
+function asgireloadStream(url, deliver, ended) {
   "use strict";
   var failures = 0;
   var quickEnds = 0;
@@ -22,6 +22,7 @@ function asgireloadStream(url, deliver) {
         function pump() {
           return reader.read().then(function (chunk) {
             if (chunk.done) {
+              if (ended) { ended(); }
               // A clean end: the generation drains. Reconnect now, unless that keeps happening.
               quickEnds = Date.now() - opened < 1000 ? quickEnds + 1 : 0;
               retry(quickEnds > 3 ? Math.min(100 * quickEnds, 2000) : 0);
@@ -45,6 +46,7 @@ function asgireloadStream(url, deliver) {
         return pump();
       })
       .catch(function () {
+        if (ended) { ended(); }
         failures += 1;
         retry(Math.min(100 * Math.pow(2, failures - 1), 2000));
       });

@@ -9,6 +9,7 @@ nothing else (whether a folder exists or a port is free is checked when the serv
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 import os
 import re
@@ -383,6 +384,13 @@ def _validate(config: Config) -> None:
     for glob in config.live_includes:
         if not glob.strip() or "\x00" in glob:
             raise _fail("live_includes", f"takes a glob such as '*.css', got {glob!r}.")
+        if os.path.isabs(glob):
+            raise _fail("live_includes", f"takes a glob relative to the watched folders, got {glob!r}.")
+        if fnmatch.fnmatch("app.py", glob) or fnmatch.fnmatch("pkg/app.py", glob):
+            raise _fail(
+                "live_includes",
+                f"{glob!r} matches Python files, which are code: name the asset types, such as '*.css'.",
+            )
     check_uvicorn_options(config, _fail)
 
 

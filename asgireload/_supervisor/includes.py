@@ -50,10 +50,16 @@ def folder_key(path: str) -> str:
     return path.rstrip(os.sep) or os.sep
 
 
+# Folders that tools fill with generated files (builds, coverage reports, docs, caches): a walk
+# for templates or stylesheets must not enter them, nor watch them (a coverage run rewriting
+# htmlcov/ would reload the pages), and in a project with a frontend they hold most of the tree.
+GENERATED_DIRS = frozenset({"htmlcov", "coverage", "build", "_build", "dist", "bower_components"})
+
+
 def is_skipped_folder(path: str) -> bool:
-    """Hidden folders, caches, installed packages and virtualenvs hold no project files."""
+    """Hidden folders, caches, generated output, installed packages and virtualenvs hold no project files."""
     name = os.path.basename(path)
-    if name.startswith(".") or name in SKIPPED_DIRS:
+    if name.startswith(".") or name in SKIPPED_DIRS or name in GENERATED_DIRS:
         return True
     return os.path.exists(os.path.join(path, "pyvenv.cfg"))
 

@@ -266,10 +266,11 @@ class Supervisor:
     def _tell_pages(self, assets: list[str]) -> None:
         """Live reload: the serving generation tells its open pages; the app does not restart."""
         restyle = is_stylesheet_change(assets)
-        logger.info("%s", log_line(assets, restyle))
         machine, processes = self._machine, self._processes
-        if machine is not None and processes is not None and machine.serving is not None:
-            processes.send(machine.serving.id, protocol.Assets(tuple(assets), restyle))
+        serving = machine.serving if machine is not None and processes is not None else None
+        logger.info("%s", log_line(assets, restyle, served=serving is not None))
+        if serving is not None and processes is not None:
+            processes.send(serving.id, protocol.Assets(tuple(assets), restyle))
 
     def _on_packages_change(self, paths: list[str], since: float) -> None:
         self._queue.put_nowait(e.PackagesChanged(tuple(paths)))

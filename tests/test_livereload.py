@@ -162,10 +162,10 @@ async def page_app(scope: Any, receive: Any, send: Any) -> None:
 
 
 async def call(
-    app: Any, path: str, host: bytes = b"localhost:8000", method: str = "GET"
+    app: Any, path: str, host: bytes = b"localhost:8000", method: str = "GET", extra: Any = ()
 ) -> tuple[Any, bytes]:
     sent: list[dict[str, Any]] = []
-    scope = {"type": "http", "method": method, "path": path, "headers": [(b"host", host)]}
+    scope = {"type": "http", "method": method, "path": path, "headers": [(b"host", host), *extra]}
 
     requests = [{"type": "http.request", "body": b"", "more_body": False}]
 
@@ -378,3 +378,149 @@ async def test_no_live_reload_on_the_command_line(tmp_path: Path) -> None:
         port = await cli.started()
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"http://localhost:{port}/")).text == "<html><body>page</body></html>"
+
+
+# ---------------------------------------------------------------- review fixes: which requests, which events
+
+PAGE_LOAD = {"accept": "text/html"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        ({}, None),
+        ({"sec-fetch-dest": "document"}, None),
+        ({"sec-fetch-dest": "iframe"}, None),
+        ({"sec-fetch-dest": "empty"}, "not a page load (Sec-Fetch-Dest empty)"),
+        ({"sec-fetch-dest": "script"}, "not a page load (Sec-Fetch-Dest script)"),
+        ({"hx-request": "true", "sec-fetch-dest": "empty"}, "a fragment (hx-request header)"),
+        ({"HX-Request": "true"}, "a fragment (hx-request header)"),
+        ({"turbo-frame": "list", "sec-fetch-dest": "document"}, "a fragment (turbo-frame header)"),
+    ],
+)
+def test_only_page_loads_get_the_script(headers: dict[str, str], why: str | None) -> None:
+    encoded = [(k.encode(), v.encode()) for k, v in headers.items()]
+    assert injection.why_not_navigation(encoded) == why
+
+
+async def test_fragments_and_fetches_are_served_untouched_in_process() -> None:
+    app = LiveReload(page_app, Hub("run1", 3, error_page=False))
+    for extra in ([(b"hx-request", b"true")], [(b"sec-fetch-dest", b"empty")], [(b"turbo-frame", b"f")]):
+        _, body = await call(app, "/", extra=extra)
+        assert body == b"<body>one two</body>", extra
+    _, body = await call(app, "/", extra=[(b"sec-fetch-dest", b"document")])
+    assert b"client.js" in body
+
+
+@pytest.mark.parametrize(
+    ("policy", "allowed"),
+    [
+        ("sandbox", False),
+        ("sandbox allow-scripts", False),
+        ("sandbox allow-same-origin", False),
+        ("sandbox allow-scripts allow-same-origin", True),
+        ("default-src 'self'; SANDBOX Allow-Scripts allow-same-origin", True),
+    ],
+)
+def test_a_sandbox_without_scripts_and_same_origin_blocks_the_script(policy: str, allowed: bool) -> None:
+    place, reason = injection.placement([policy])
+    assert (place is not None) is allowed
+    assert allowed or "sandbox" in reason
+
+
+async def test_the_error_page_says_so_in_its_tag() -> None:
+    for error_page in (True, False):
+        _, body = await call(LiveReload(page_app, Hub("run1", 3, error_page=error_page)), "/")
+        assert f'data-error="{int(error_page)}"'.encode() in body  # page.js: the error page keeps the scroll
+
+
+@pytest.mark.parametrize(
+    "glob", ["*", "**", "**/*", "*.py", "*.p?", "/abs/*.css", "src/**/*.py"], ids=lambda g: repr(g)
+)
+def test_live_include_globs_that_cannot_work_are_one_clear_error(glob: str) -> None:
+    with pytest.raises(ConfigError, match="live_includes"):
+        Config(app="main:app", live_reload=True, live_includes=(glob,))
+
+
+def test_python_is_never_an_asset_and_double_star_globs_match_root_files(tmp_path: Path) -> None:
+    config = Config(app="main:app", live_reload=True, live_includes=("**/*.css", "*.txt"))
+    assets = LiveAssets(config, [str(tmp_path)])
+    assert assets.is_asset(str(tmp_path / "site.css"))  # at the root: '**/' needs no folder
+    assert assets.is_asset(str(tmp_path / "static" / "deep" / "site.css"))
+    assert not assets.is_asset(str(tmp_path / "app.py"))
+    assert not assets.is_asset(str(tmp_path / "ext.so"))
+
+
+def test_the_walk_skips_generated_folders(tmp_path: Path) -> None:
+    from asgireload._supervisor.includes import walk_includes
+    from asgireload._watchfilter import WatchFilter
+
+    for folder in ("static", "htmlcov", "node_modules/pkg", "dist", "build", "_build", ".git", "venv"):
+        write(tmp_path / folder / "x.css", "a {}\n")
+    write(tmp_path / "venv" / "pyvenv.cfg", "home = /usr\n")
+    walk = walk_includes([str(tmp_path)], WatchFilter([str(tmp_path)], ("*.css",)))
+    assert sorted(walk.files) == [str(tmp_path / "static" / "x.css")]
+    assert sorted(walk.folders) == [str(tmp_path), str(tmp_path / "static")]
+
+
+def test_the_log_says_when_no_page_was_told(tmp_path: Path) -> None:
+    line = log_line([str(tmp_path / "a.js")], restyle=False, served=False)
+    assert "reloaded" not in line
+    assert "nothing serves" in line
+
+
+async def test_the_error_page_polls_for_hosts_that_get_no_script(tmp_path: Path) -> None:
+    write(tmp_path / "main.py", "this is not python\n")
+    async with (
+        Reloader("main:app", app_dir=tmp_path, live_reload=True) as server,
+        httpx.AsyncClient() as client,
+    ):
+        assert server.state == "failed"
+        local = await client.get(f"http://localhost:{server.port}/", headers=PAGE_LOAD)
+        assert "/__asgireload__/client.js" in local.text
+        assert "setTimeout(poll" not in local.text  # the stream tells this page
+        other = await client.get(
+            f"http://127.0.0.1:{server.port}/", headers={**PAGE_LOAD, "host": f"myapp.test:{server.port}"}
+        )
+        assert "/__asgireload__/client.js" not in other.text
+        assert "setTimeout(poll" in other.text  # no stream for this Host: the page checks back itself
+        fragment = await client.get(
+            f"http://localhost:{server.port}/", headers={**PAGE_LOAD, "hx-request": "true"}
+        )
+        assert "setTimeout(poll" in fragment.text
+
+
+async def test_a_crash_loop_does_not_reload_the_error_page_again_and_again(tmp_path: Path) -> None:
+    write(tmp_path / "main.py", "import os\nos._exit(3)\n")
+    async with (
+        Reloader("main:app", app_dir=tmp_path, live_reload=True) as server,
+        httpx.AsyncClient() as client,
+    ):
+        assert server.state == "failed"
+        events = f"http://localhost:{server.port}/__asgireload__/events"
+        async with client.stream("GET", events, timeout=30) as stream:
+            lines = stream.aiter_lines()
+            assert '"error_page":true' in await anext(lines)
+            retries = 0
+            async with asyncio.timeout(20):
+                async for event in server.events():
+                    assert event.outcome == "failed"
+                    retries += 1
+                    if retries == 3:
+                        break
+            # each retry failed alike; a different failure must reach the page, as the first event
+            write_like_an_editor(tmp_path / "main.py", "import os\nos._exit(4)\n")
+            async with asyncio.timeout(20):
+                data = [line async for line in _data_lines(lines, 1)]
+            assert len(data) == 1
+            assert "code 4" in data[0]  # no reload came for the retries that showed code 3 again
+
+
+async def _data_lines(lines: Any, count: int) -> Any:
+    seen = 0
+    async for line in lines:
+        if line:
+            yield line
+            seen += 1
+            if seen == count:
+                return

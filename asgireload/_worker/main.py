@@ -352,7 +352,8 @@ class Worker:
                     before = dict(self.shown)
                     self._show(message.failure)
                     if self.live is not None and self.shown != before:
-                        self.live.publish({"type": "reload"})  # a retry failing alike changes nothing
+                        # a retry failing alike changes nothing; what it shows, for the curious
+                        self.live.publish({"type": "reload", "shows": message.failure.summary})
                 if isinstance(message, protocol.Assets) and self.live is not None:
                     self.live.publish(
                         {"type": "css" if message.restyle else "reload", "files": list(message.paths)}

@@ -56,7 +56,7 @@ async def app(scope, receive, send):
         f'<!doctype html><html><head><title>{BODY}</title>'
         f'<link rel="stylesheet" href="/static/site.css"></head>'
         f'<body><h1 id="heading">{BODY}</h1><input id="field">{spacer}'
-        f'<script{nonce}>window.pageScript = "ran"; '
+        f'<script{nonce}>window.pageScript = "ran"; history.scrollRestoration = "manual"; '
         f'sessionStorage.loads = String(Number(sessionStorage.loads || 0) + 1);</script></body></html>'
     ).encode()
     headers = [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(page)).encode())]
@@ -158,6 +158,21 @@ async def test_the_scroll_position_survives_the_reload(tmp_path: Path) -> None:
         await server.edit(folder / "main.py", app_source("v2", tall=True))
         await b.wait_for("return document.title", "v2")
         await b.wait_for("return window.scrollY", 1234, what="the scroll offset after the reload")
+
+
+async def test_the_scroll_position_survives_a_broken_save_and_its_fix(tmp_path: Path) -> None:
+    folder = project(tmp_path, tall=True)
+    async with Reloader("main:app", app_dir=folder, live_reload=True) as server, browser(tmp_path / "b") as b:
+        await b.open(server.url)
+        await connected(b)
+        await b.run("window.scrollTo(0, 1234);")
+        await b.wait_for("return window.scrollY", 1234)
+        await server.edit(folder / "main.py", "def broken(:\n")
+        await b.wait_for("return document.title.indexOf('failed to load') >= 0", True, what="the error page")
+        await connected(b)
+        await server.edit(folder / "main.py", app_source("fixed", tall=True))
+        await b.wait_for("return document.title", "fixed", what="the app back")
+        await b.wait_for("return window.scrollY", 1234, what="the scroll offset from before the broken save")
 
 
 async def test_twenty_tabs_share_one_stream_and_leave_the_app_free(tmp_path: Path) -> None:

@@ -45,6 +45,12 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", kind)]})
         await send({"type": "http.response.body", "body": data})
         return
+    if path == "/framed":
+        page = b'<!doctype html><html><body><iframe id="frame" src="/"></iframe></body></html>'
+        headers = [(b"content-type", b"text/html")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": page})
+        return
     if path == "/api":
         headers = [(b"content-type", b"application/json")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -173,6 +179,21 @@ async def test_the_scroll_position_survives_a_broken_save_and_its_fix(tmp_path: 
         await server.edit(folder / "main.py", app_source("fixed", tall=True))
         await b.wait_for("return document.title", "fixed", what="the app back")
         await b.wait_for("return window.scrollY", 1234, what="the scroll offset from before the broken save")
+
+
+async def test_a_frame_leaves_the_reload_to_its_page(tmp_path: Path) -> None:
+    folder = project(tmp_path)
+    frame = "var f = document.getElementById('frame'); "
+    async with Reloader("main:app", app_dir=folder, live_reload=True) as server, browser(tmp_path / "b") as b:
+        await b.open(server.url + "/framed")
+        await connected(b)
+        await b.wait_for(frame + "return f.contentDocument.title", "v1", what="the frame")
+        assert await b.run(frame + "return !!f.contentDocument.querySelector('script[src*=client]')")
+        assert await b.run(frame + "return f.contentWindow.asgireloadLive === undefined")  # it stood down
+        await server.edit(folder / "main.py", app_source("v2"))
+        await b.wait_for(frame + "return f.contentDocument.title", "v2", what="the frame after the edit")
+        await connected(b)
+        assert await b.run("return sessionStorage.loads") == "2"  # the frame's page loaded once per edit
 
 
 async def test_twenty_tabs_share_one_stream_and_leave_the_app_free(tmp_path: Path) -> None:

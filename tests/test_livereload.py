@@ -524,3 +524,32 @@ async def _data_lines(lines: Any, count: int) -> Any:
             seen += 1
             if seen == count:
                 return
+
+
+async def test_an_endless_stream_gets_a_held_back_tail_soon_and_the_script_at_its_end() -> None:
+    go_on = asyncio.Event()
+
+    async def streaming(scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/html")]}
+        )
+        await send({"type": "http.response.body", "body": b"<body>tick <", "more_body": True})
+        await go_on.wait()  # a stream that says nothing more until the test allows it
+        await send({"type": "http.response.body", "body": b"/body>", "more_body": False})
+
+    bodies: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            bodies.append(message["body"])
+            if message["body"] == b"<":
+                go_on.set()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [(b"host", b"localhost")]}
+    async with asyncio.timeout(10):
+        await LiveReload(streaming, Hub("run1", 3, error_page=False))(scope, receive, send)
+    assert bodies[:2] == [b"<body>tick ", b"<"]  # the '<' went out by itself, without the next chunk
+    assert bodies[2].startswith(b"/body><script ")  # the tag it began was given up: the script at the end

@@ -181,14 +181,25 @@ class BodyInjector:
     """Puts `snippet` before the first `</body>` of a body that arrives in chunks.
 
     Each chunk goes out as soon as it comes, less a short tail (at most len("</body>") - 1 bytes)
-    that may be the start of the tag; the tail goes out with the next chunk. When the body ends
-    without the tag, the snippet goes at the end.
+    that may be the start of the tag; the tail goes out with the next chunk, or by itself
+    (`release`) if that is slow to come. When the body ends without the tag, the snippet goes at
+    the end.
     """
 
     def __init__(self, snippet: bytes) -> None:
         self.snippet = snippet
         self.done = False
         self._tail = b""
+
+    @property
+    def holding(self) -> bool:
+        """Whether bytes of the body are held back, waiting for the next chunk."""
+        return bool(self._tail)
+
+    def release(self) -> bytes:
+        """The held-back bytes, to send now; the tag they may have started is given up."""
+        tail, self._tail = self._tail, b""
+        return tail
 
     def feed(self, chunk: bytes, *, last: bool) -> bytes:
         """The bytes to send for this chunk (the last one: `last`)."""

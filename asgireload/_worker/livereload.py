@@ -41,6 +41,8 @@ PREFIX = "/__asgireload__/"
 CLIENT_PATH = PREFIX + "client.js"
 WORKER_PATH = PREFIX + "worker.js"
 EVENTS_PATH = PREFIX + "events"
+# How long a tail that may start `</body>` waits for the app's next chunk before it goes out.
+HOLD_BACK_SECONDS = 0.05
 _UNSUPPORTED_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
 
 
@@ -149,7 +151,11 @@ class LiveReload:
             # A file sent by path could not be rewritten on its way: have the app send bytes.
             kept = {k: v for k, v in extensions.items() if k not in _UNSUPPORTED_EXTENSIONS}
             scope = {**scope, "extensions": kept}
-        await self.app(scope, receive, _Injecting(send, self._attributes, path).send)
+        injecting = _Injecting(send, self._attributes, path)
+        try:
+            await self.app(scope, receive, injecting.send)
+        finally:
+            injecting.close()
 
     async def _serve_channel(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         if path == EVENTS_PATH and scope.get("method") == "GET":
@@ -229,18 +235,47 @@ class _Injecting:
         self._attributes = attributes
         self._path = path
         self._injector: injection.BodyInjector | None = None
+        self._lock = asyncio.Lock()  # the app's sends and a late flush go out one at a time
+        self._flusher: asyncio.Task[None] | None = None
 
     async def send(self, message: Message) -> None:
-        kind = message.get("type")
-        if kind == "http.response.start":
-            message = self._start(message)
-        elif kind == "http.response.body" and self._injector is not None:
-            last = not message.get("more_body", False)
-            body = self._injector.feed(bytes(message.get("body", b"")), last=last)
-            message = {**message, "body": body}
-            if last:
-                self._injector = None
-        await self._send(message)
+        self._cancel_flush()
+        async with self._lock:
+            kind = message.get("type")
+            if kind == "http.response.start":
+                message = self._start(message)
+            elif kind == "http.response.body" and self._injector is not None:
+                last = not message.get("more_body", False)
+                body = self._injector.feed(bytes(message.get("body", b"")), last=last)
+                message = {**message, "body": body}
+                if last:
+                    self._injector = None
+            await self._send(message)
+            if self._injector is not None and self._injector.holding:
+                self._flusher = asyncio.ensure_future(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        """Send the held-back tail if the app sends nothing more for a moment (an endless stream).
+
+        The tail might have been the start of `</body>`; if it was, the script goes at the end.
+        """
+        await asyncio.sleep(HOLD_BACK_SECONDS)
+        await asyncio.shield(self._flush_now())  # once begun, a send is never cut in half
+
+    async def _flush_now(self) -> None:
+        async with self._lock:
+            if self._injector is not None and self._injector.holding:
+                tail = self._injector.release()
+                await self._send({"type": "http.response.body", "body": tail, "more_body": True})
+
+    def _cancel_flush(self) -> None:
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+        self._flusher = None
+
+    def close(self) -> None:
+        """The app returned (or failed): nothing may be sent for it any more."""
+        self._cancel_flush()
 
     def _start(self, message: Message) -> Message:
         headers = list(message.get("headers") or ())

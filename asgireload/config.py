@@ -386,7 +386,10 @@ def _validate(config: Config) -> None:
             raise _fail("live_includes", f"takes a glob such as '*.css', got {glob!r}.")
         if os.path.isabs(glob):
             raise _fail("live_includes", f"takes a glob relative to the watched folders, got {glob!r}.")
-        if fnmatch.fnmatch("app.py", glob.rsplit("/", 1)[-1]):  # the name part: '**/*.py' too
+        name = glob.rsplit("/", 1)[-1]  # 'static/*' is fine: Python is never an asset anyway
+        if fnmatch.fnmatch("app.py", glob) or (
+            fnmatch.fnmatch("app.py", name) and not fnmatch.fnmatch("a.css", name)
+        ):
             raise _fail(
                 "live_includes",
                 f"{glob!r} matches Python files, which are code: name the asset types, such as '*.css'.",

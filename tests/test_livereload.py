@@ -442,6 +442,11 @@ def test_live_include_globs_that_cannot_work_are_one_clear_error(glob: str) -> N
         Config(app="main:app", live_reload=True, live_includes=(glob,))
 
 
+@pytest.mark.parametrize("glob", ["static/*", "static/**", "*.css", "**/*.js", "assets/*.*"])
+def test_live_include_globs_scoped_to_a_folder_or_a_type_are_fine(glob: str) -> None:
+    assert Config(app="main:app", live_reload=True, live_includes=(glob,)).live_includes == (glob,)
+
+
 def test_python_is_never_an_asset_and_double_star_globs_match_root_files(tmp_path: Path) -> None:
     config = Config(app="main:app", live_reload=True, live_includes=("**/*.css", "*.txt"))
     assets = LiveAssets(config, [str(tmp_path)])

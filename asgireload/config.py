@@ -387,7 +387,8 @@ def _validate(config: Config) -> None:
         if os.path.isabs(glob):
             raise _fail("live_includes", f"takes a glob relative to the watched folders, got {glob!r}.")
         name = glob.rsplit("/", 1)[-1]  # 'static/*' is fine: Python is never an asset anyway
-        if fnmatch.fnmatch("app.py", glob) or (
+        anywhere = re.sub(r"^(\*\*/)+", "", glob)  # '**/x' matches x at the top too
+        if fnmatch.fnmatch("app.py", anywhere) or (
             fnmatch.fnmatch("app.py", name) and not fnmatch.fnmatch("a.css", name)
         ):
             raise _fail(

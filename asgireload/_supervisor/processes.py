@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 
 from .. import _handoff
 from .. import _protocol as protocol
-from . import events, workers
+from . import events, warmcache, workers
+from .forkserver import ForkServer
 from .workers import WorkerProcess
 
 logger = logging.getLogger("asgireload")
@@ -23,6 +24,7 @@ class Processes:
         emit: workers.Emit,
         output: Callable[[str], None] | None,
         serving: Callable[[], int | None],
+        forkserver: ForkServer | None = None,
     ) -> None:
         self._listener = listener
         self._emit = emit  # what they say, and their exits, as the machine's events
@@ -30,6 +32,8 @@ class Processes:
         self._serving = serving  # the id of the worker serving now, if any
         self._by_id: dict[int, WorkerProcess] = {}
         self._held = _handoff.Held()  # handed-over connections waiting for a generation to serve them
+        self.forkserver = forkserver  # where warm workers come from, if forking is possible
+        self._memory = warmcache.Memory()  # the preload list, for the next start-up's template
 
     def __iter__(self) -> Iterator[WorkerProcess]:
         return iter(list(self._by_id.values()))
@@ -38,15 +42,15 @@ class Processes:
         return self._by_id.get(worker) if worker is not None else None
 
     async def spawn(
-        self, worker: int, settings: Callable[[int, int], protocol.Settings]
+        self, worker: int, settings: Callable[[int, int], protocol.Settings], fork: bool = False
     ) -> events.WorkerStarted | events.SpawnFailed:
-        """Start a worker process; the result is the machine's next event.
+        """Start a worker process; the result is the machine's next event. With `fork`, it comes
+        from the fork server if there is one (the first is always spawned: the template starts
+        beside it, with the warm cache's preload list).
 
         Cancelled (by stop()), it finishes the spawn first, so that the process is known and
         stop() ends it, then lets CancelledError through."""
-        spawning = asyncio.ensure_future(
-            workers.spawn(worker, settings, self._listener, self._emit, self._output)
-        )
+        spawning = asyncio.ensure_future(self._start(worker, settings, fork))
         try:
             process = await asyncio.shield(spawning)
         except workers.SpawnError as exc:
@@ -59,6 +63,21 @@ class Processes:
         self._by_id[process.id] = process
         process.stop_relaying = _handoff.listen(process.handoff, lambda fds: self.relay(process, fds))
         return events.WorkerStarted(worker, process.pid)
+
+    async def _start(
+        self, worker: int, settings: Callable[[int, int], protocol.Settings], fork: bool
+    ) -> WorkerProcess:
+        forkserver = self.forkserver
+        if forkserver is not None:
+            self._memory.remember(settings(-1, -1))
+        if fork and forkserver is not None and forkserver.started:
+            forked = await forkserver.fork(worker, settings, self._emit)
+            if forked is not None:
+                return forked
+        process = await workers.spawn(worker, settings, self._listener, self._emit, self._output)
+        if forkserver is not None and not forkserver.started:
+            forkserver.start(warmcache.with_cached_preload(settings(-1, -1)))
+        return process
 
     def send(self, worker: int, message: protocol.SupervisorMessage) -> None:
         process = self._by_id.get(worker)
@@ -108,3 +127,5 @@ class Processes:
         finally:
             self._by_id.clear()
             self._held.close()
+            if self.forkserver is not None:
+                await self.forkserver.aclose()

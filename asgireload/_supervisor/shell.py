@@ -31,7 +31,7 @@ from ..config import Config
 from ..errors import AsgireloadError, ReloadTimeout, StartupError
 from ..events import EventStream, ReloadEvent, State
 from . import commands as c
-from . import editable, settings, sockets
+from . import editable, forkserver, settings, sockets
 from . import events as e
 from .machine import Machine
 from .outcomes import Outcomes
@@ -113,6 +113,8 @@ class Supervisor:
             process = self._processes.get(worker.id if worker is not None else None)
             if process is not None and process.alive:
                 pids[role] = process.pid
+        if self._processes.forkserver is not None and (template := self._processes.forkserver.pid):
+            pids["template"] = template
         for worker in machine.workers.values():  # until its exit is handled, and all it started has ended
             process = self._processes.get(worker.id)
             if worker.role is Role.DRAINING and process is not None:
@@ -152,7 +154,13 @@ class Supervisor:
         )
         output = self._capture if self.config.capture_output else None
         serving = lambda: machine.serving.id if machine.serving is not None else None  # noqa: E731
-        self._processes = Processes(self._listener, self._queue.put_nowait, output, serving)
+        self._processes = Processes(
+            self._listener,
+            self._queue.put_nowait,
+            output,
+            serving,
+            forkserver.for_config(self.config, self._listener, output),
+        )
         self._broken = asyncio.get_running_loop().create_future()
         self._broken.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved here
         try:
@@ -246,6 +254,8 @@ class Supervisor:
         self._queue.put_nowait(e.FileChanged(tuple(paths), since))
 
     def _on_packages_change(self, paths: list[str], since: float) -> None:
+        if self._processes is not None and self._processes.forkserver is not None:
+            self._processes.forkserver.replace()  # before the machine asks for a new standby
         self._queue.put_nowait(e.PackagesChanged(tuple(paths)))
 
     async def _run(self) -> None:
@@ -296,9 +306,11 @@ class Supervisor:
         match command:
             case c.Spawn(worker, preload):
                 roots = self.project.roots
+                record = self._machine.workers.get(worker) if self._machine is not None else None
                 return await processes.spawn(
                     worker,
                     functools.partial(settings.worker_settings, self.config, roots, preload, self._fd_limit),
+                    fork=record is not None and not record.cold,
                 )
             case c.Load(worker, generation, env, failure):
                 processes.send(worker, protocol.Load(generation, dict(env), failure))

@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 import time
+import typing
 from collections.abc import Callable
 
 from .. import _protocol as protocol
@@ -31,6 +32,18 @@ AFTER_EXIT = 2.0  # seconds the channel and output may take to end once the work
 KILL_WAIT = 2.0  # seconds to wait for a killed worker to be reaped
 
 Emit = Callable[[events.Event], None]
+
+
+class Process(typing.Protocol):
+    """What is needed of a worker's process: asyncio's, or a forked one (see forkserver.py)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int | None: ...
 
 
 class SpawnError(Exception):
@@ -60,7 +73,7 @@ class WorkerProcess:
     def __init__(
         self,
         worker_id: int,
-        process: asyncio.subprocess.Process,
+        process: Process,
         channel: protocol.Channel,
         handoff: socket.socket,
         tag: str | None = None,
@@ -88,6 +101,8 @@ class WorkerProcess:
 
     @property
     def alive(self) -> bool:
+        if self._exited is not None:
+            return not self._exited.done()
         return self.process.returncode is None
 
     async def wait_exit(self) -> int | None:
@@ -223,30 +238,60 @@ async def spawn(
         child.close()
         handoff_child.close()
     try:
+        worker = await attach(
+            worker_id,
+            process,
+            tag,
+            protocol_.exited,
+            (parent, handoff),
+            settings(handoff_child_fd, listener.fileno()),
+            emit,
+            (process.stdout, output) if output is not None and process.stdout is not None else None,
+        )
+    except BaseException:
+        transport.close()
+        raise
+    worker.transport = transport
+    return worker
+
+
+async def attach(
+    worker_id: int,
+    process: Process,
+    tag: str,
+    exited: asyncio.Future[None],
+    sockets: tuple[socket.socket, socket.socket],
+    settings: protocol.Settings,
+    emit: Emit,
+    output: tuple[asyncio.StreamReader, Callable[[str], None]] | None = None,
+) -> WorkerProcess:
+    """Open the channel of a worker just started (spawned or forked: `sockets` are this side's
+    control and handoff ends) and send its settings; from then on, what it says and its exit
+    arrive through `emit`. If that fails, the worker is ended and SpawnError (or the exception)
+    raised."""
+    parent, handoff = sockets
+    try:
         channel = await protocol.Channel.open(
             parent, protocol.WORKER_MESSAGES, send_limit=protocol.TRUSTED_MAX_LINE
         )
-        channel.send(settings(handoff_child_fd, listener.fileno()))
+        channel.send(settings)
     except BaseException as exc:
         parent.close()
         handoff.close()
-        await end_process(process, tag, 0, protocol_.exited)
-        transport.close()
+        await end_process(process, tag, 0, exited)
         if isinstance(exc, OSError):
             raise SpawnError(f"could not talk to a new worker process: {exc.strerror or exc}") from exc
         raise
-    worker = WorkerProcess(worker_id, process, channel, handoff, tag, protocol_.exited)
-    worker.transport = transport
-    reading = asyncio.create_task(_read_channel(worker, emit))
-    worker.tasks.append(reading)
-    if output is not None and process.stdout is not None:
-        worker.tasks.append(asyncio.create_task(_read_output(process.stdout, output)))
+    worker = WorkerProcess(worker_id, process, channel, handoff, tag, exited)
+    worker.tasks.append(asyncio.create_task(_read_channel(worker, emit)))
+    if output is not None:
+        worker.tasks.append(asyncio.create_task(_read_output(*output)))
     worker.tasks.append(asyncio.create_task(_watch_exit(worker, emit, list(worker.tasks))))
     return worker
 
 
 async def end_process(
-    process: asyncio.subprocess.Process, tag: str | None, wait: float, exited: asyncio.Future[None] | None
+    process: Process, tag: str | None, wait: float, exited: asyncio.Future[None] | None
 ) -> bool:
     """The one way a worker process ends: `wait` seconds to exit by itself, then SIGKILL for it,
     its process group and its tagged descendants (even if it exited: what the app started goes
@@ -260,12 +305,15 @@ async def end_process(
         else:
             await process.wait()
 
+    def running() -> bool:
+        return not exited.done() if exited is not None else process.returncode is None
+
     try:
-        if process.returncode is None and wait > 0:
+        if running() and wait > 0:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await exit_of_process()
-        return process.returncode is None
+        return running()
     finally:
         _reaper.kill_generation(process.pid, tag)
         with contextlib.suppress(TimeoutError):

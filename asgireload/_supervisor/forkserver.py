@@ -1,0 +1,449 @@
+"""The fork server, supervisor side: a template process that forks warm workers (Linux).
+
+Spawning a worker means a new interpreter importing uvicorn and the app's installed packages
+again, on the cores the serving generation needs. The template (`_worker/template.py`) does
+that once; every worker after the first is forked from it in a few milliseconds, shares its
+pages, and is from then on an ordinary worker: its own session, its own generation tag, the
+same control channel and Settings as a spawned one (`workers.attach`). The supervisor learns
+of its exit from a pidfd the template sends with each answer, and of its exit status from the
+template, which reaps it.
+
+When forking is not possible (not Linux, a tracer or debugger in the supervisor, a thread in
+the template, a template that dies before it is ready), workers are spawned as before, and the
+reason is logged once at debug level. A template that dies later is replaced without a reload;
+one whose preload list is behind the app's, or whose installed packages changed, is replaced
+once the new one is ready. The template's own tag is long enough that a forked worker can
+write its own over it (see template._retag), so `_reaper` finds forked workers' descendants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable, Coroutine
+
+from .. import _forkwire, _reaper
+from .. import _protocol as protocol
+from ..config import Config
+from . import workers
+from .workers import Emit, SpawnError, WorkerProcess
+
+logger = logging.getLogger("asgireload")
+
+READY_WAIT = 15.0  # seconds a fork request waits for a template still importing, then spawns
+FORK_WAIT = 5.0  # seconds a fork request waits for the template's answer
+STATUS_WAIT = 1.0  # seconds to wait for the template's report of an exit status
+TAG_LENGTH = 64  # characters of the template's tag: room for any worker's tag
+MAX_DEATHS = 3  # templates that die after being ready before forking is given up
+
+
+def unsafe_to_fork() -> str | None:
+    """Why forking workers is off for this supervisor, or None. A debugger or tracer in the
+    supervisor follows the processes it spawns, not those another process forks."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open"):
+        return "forking a worker from a template needs Linux"
+    if sys.gettrace() is not None:
+        return "a tracer is active"
+    if "pydevd" in sys.modules or "debugpy" in sys.modules:
+        return "a debugger is loaded"
+    coverage = sys.modules.get("coverage")
+    if coverage is not None and getattr(coverage, "Coverage", None) is not None:
+        with contextlib.suppress(Exception):
+            if coverage.Coverage.current() is not None:
+                return "coverage is measuring"
+    return None
+
+
+def for_config(
+    config: Config, listener: socket.socket, output: Callable[[str], None] | None
+) -> ForkServer | None:
+    """The fork server for this configuration, or None (and why, once, at debug level)."""
+    if not (config.fork and config.standby and config.preload):
+        return None  # asked not to: --no-fork, or no warm worker to fork at all
+    reason = unsafe_to_fork()
+    if reason is not None:
+        logger.debug("Spawning workers instead of forking them: %s.", reason)
+        return None
+    return ForkServer(listener, output)
+
+
+class ForkedProcess:
+    """A worker forked by a template, as much of asyncio's Process as the supervisor uses."""
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[None] = self._loop.create_future()
+        self._pidfd: int | None = pidfd
+        self._gone = False
+        self._orphaned = False  # its template is gone: no status will come
+        self._loop.add_reader(pidfd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        self._close_pidfd()
+        self._gone = True
+        if self.returncode is not None or self._orphaned:
+            self._set_exited()
+        else:
+            self._loop.call_later(STATUS_WAIT, self._set_exited)
+
+    def status(self, returncode: int) -> None:
+        self.returncode = returncode
+        if self._gone:
+            self._set_exited()
+
+    def orphan(self) -> None:
+        self._orphaned = True
+        if self._gone:
+            self._set_exited()
+
+    def _set_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    async def wait(self) -> int | None:
+        await asyncio.shield(self.exited)
+        return self.returncode
+
+    def close(self) -> None:
+        """Stop watching (the supervisor is stopping and has killed it)."""
+        self._close_pidfd()
+        self._set_exited()
+
+
+class Template:
+    """One template process and its channel."""
+
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        exited: asyncio.Future[None],
+        channel: socket.socket,
+        tag: str,
+    ) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.exited = exited
+        self.channel = channel
+        self.tag = tag
+        self.receiver = _forkwire.Receiver(channel)
+        self.hello: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
+        self.answers: collections.deque[asyncio.Future[tuple[int, int]]] = collections.deque()
+        self.children: dict[int, ForkedProcess] = {}
+        self.preloaded: frozenset[str] = frozenset()
+        self.ready = False
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def kill(self) -> None:
+        """End the template alone: the workers it forked live on (they lead sessions of their own)."""
+        _reaper.kill_generation(self.pid, None)
+
+    def close(self) -> None:
+        self.kill()
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(self.channel.fileno())
+        self.channel.close()
+        self.receiver.close()
+        for answer in self.answers:
+            if not answer.done():
+                answer.set_exception(SpawnError("the fork server ended"))
+        self.answers.clear()
+        if not self.hello.done():
+            self.hello.set_exception(SpawnError("the fork server ended before it was ready"))
+        for child in self.children.values():
+            child.orphan()
+
+
+class ForkServer:
+    """Forks workers from a template, replacing the template when needed; or says it cannot."""
+
+    def __init__(self, listener: socket.socket, output: Callable[[str], None] | None) -> None:
+        self._listener = listener
+        self._output = output
+        self._template: Template | None = None
+        self._next: Template | None = None  # a replacement, until it is ready
+        self._settings: protocol.Settings | None = None  # the last template's (preload list)
+        self._off: str | None = None  # why forking was given up
+        self._deaths = 0
+        self._closing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._launching: asyncio.Task[None] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._settings is not None
+
+    @property
+    def pid(self) -> int | None:
+        """The running template's pid (for diagnostics and tests)."""
+        template = self._template
+        return template.pid if template is not None and not template.exited.done() else None
+
+    def start(self, settings: protocol.Settings) -> None:
+        """Start the template now, in the background, with `settings`' preload list."""
+        if self._off is None and not self._closing:
+            self._settings = settings
+            self._launching = self._run(self._launch(settings))
+
+    def replace(self) -> None:
+        """Installed packages changed: the next fork comes from a new template."""
+        if self._settings is not None and self._off is None and not self._closing:
+            if self._template is not None:
+                self._retire(self._template)
+                self._template = None
+            self.start(self._settings)
+
+    async def fork(
+        self, worker_id: int, settings: Callable[[int, int], protocol.Settings], emit: Emit
+    ) -> WorkerProcess | None:
+        """A worker forked from the template; None when it must be spawned instead."""
+        template = await self._usable()
+        if template is None:
+            return None
+        wanted = settings(-1, -1)
+        if not set(wanted.preload) <= template.preloaded and self._next is None:
+            self._settings = wanted
+            self._launching = self._run(self._launch(wanted))  # a fuller template, used once ready
+        try:
+            pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
+        except OSError as exc:
+            raise SpawnError(f"could not start a worker process: {exc.strerror or exc}") from exc
+        (parent, child), (handoff, handoff_child) = pairs
+        tag = _reaper.new_tag(worker_id)
+        answer: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        try:
+            template.answers.append(answer)
+            fds = (child.fileno(), handoff_child.fileno(), self._listener.fileno())
+            _forkwire.send(template.channel, {"type": "fork", "tag": tag}, fds)
+            async with asyncio.timeout(FORK_WAIT):
+                pid, pidfd = await answer
+        except (OSError, SpawnError, TimeoutError) as exc:
+            for sock in (parent, handoff):
+                sock.close()
+            if answer in template.answers:
+                template.answers.remove(answer)
+            logger.debug("The fork server could not fork a worker (%s); spawning it.", exc or "no answer")
+            self._template_failed(template)
+            return None
+        finally:
+            child.close()
+            handoff_child.close()
+        process = ForkedProcess(pid, pidfd)
+        template.children[pid] = process
+        return await workers.attach(worker_id, process, tag, process.exited, (parent, handoff), wanted, emit)
+
+    async def _usable(self) -> Template | None:
+        """The template to fork from: the ready one, else the one starting, once it is ready."""
+        while self._off is None and not self._closing:
+            template = self._template
+            if template is None:
+                if self._settings is None:
+                    return None
+                if self._launching is None or self._launching.done():
+                    self.start(self._settings)
+                assert self._launching is not None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(READY_WAIT):
+                        await asyncio.shield(self._launching)
+                if self._template is None:
+                    return None
+                continue
+            if template.ready and not template.exited.done():
+                return template
+            try:
+                async with asyncio.timeout(READY_WAIT):
+                    await asyncio.shield(template.hello)
+            except (SpawnError, TimeoutError) as exc:
+                if template is self._template:
+                    self._give_up(str(exc) or "the fork server was not ready in time")
+                return None
+        return None
+
+    def _give_up(self, reason: str) -> None:
+        if self._off is None:
+            self._off = reason
+            logger.debug("Spawning workers instead of forking them: %s.", reason)
+        for template in (self._template, self._next):
+            if template is not None:
+                template.close()
+        self._template = self._next = None
+
+    def _template_failed(self, template: Template) -> None:
+        if template is self._template:
+            self._retire(template)
+            self._template = None
+
+    def _retire(self, template: Template) -> None:
+        template.close()
+
+    def _run(self, work: Coroutine[object, object, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _launch(self, settings: protocol.Settings) -> None:
+        """Start a template; it becomes the one forked from once it says hello."""
+        try:
+            template = await self._spawn(settings)
+        except SpawnError as exc:
+            self._give_up(str(exc))
+            return
+        if self._template is None:
+            self._template = template
+        else:
+            if self._next is not None:
+                self._next.close()
+            self._next = template
+        try:
+            hello = await template.hello
+        except SpawnError:
+            if template is self._next:
+                self._next = None
+            return
+        threads = hello.get("threads")
+        if isinstance(threads, int) and threads > 1:
+            self._give_up(f"{threads} threads were running in the fork server after its imports")
+            return
+        failed = hello.get("failed")
+        failed = [str(name) for name in failed] if isinstance(failed, list) else []
+        if failed:
+            logger.debug("The fork server could not import %s; workers will import them themselves.", failed)
+        template.preloaded = frozenset(settings.preload) - frozenset(failed)
+        template.ready = True
+        if template is self._next:
+            old, self._template, self._next = self._template, template, None
+            if old is not None:
+                self._retire(old)
+        logger.debug(
+            "The fork server is ready (pid %d, %s modules preloaded).", template.pid, hello.get("preloaded")
+        )
+
+    async def _spawn(self, settings: protocol.Settings) -> Template:
+        try:
+            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise SpawnError(f"could not start the fork server: {exc.strerror or exc}") from exc
+        tag = _reaper.new_tag(0)
+        tag = tag + "-" + "0" * (TAG_LENGTH - len(tag) - 1)
+        environment = dict(os.environ)
+        environment[_reaper.TAG_VARIABLE] = tag
+        loop = asyncio.get_running_loop()
+        try:
+            pipe = asyncio.subprocess.PIPE if self._output is not None else None
+            transport, protocol_ = await loop.subprocess_exec(
+                lambda: workers._Protocol(limit=workers.OUTPUT_CHUNK, loop=loop),
+                sys.executable,
+                "-P",
+                "-m",
+                "asgireload._worker.template",
+                str(child.fileno()),
+                pass_fds=(child.fileno(),),
+                start_new_session=True,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=pipe,
+                stderr=asyncio.subprocess.STDOUT if pipe else None,
+                env=environment,
+            )
+        except OSError as exc:
+            parent.close()
+            raise SpawnError(f"could not start the fork server: {exc.strerror or exc}") from exc
+        finally:
+            child.close()
+        process = asyncio.subprocess.Process(transport, protocol_, loop)
+        template = Template(process, protocol_.exited, parent, tag)
+        if self._output is not None and process.stdout is not None:
+            # forked workers write here too, for as long as they live: read until they are all gone
+            self._run(workers._read_output(process.stdout, self._output))
+        parent.setblocking(False)
+        with contextlib.suppress(OSError):
+            parent.sendall(protocol.encode(settings, protocol.TRUSTED_MAX_LINE))
+        loop.add_reader(parent.fileno(), self._readable, template)
+        self._run(self._watch(template, transport))
+        return template
+
+    def _readable(self, template: Template) -> None:
+        try:
+            messages = template.receiver.receive()
+        except BlockingIOError:
+            return
+        except (OSError, _forkwire.WireError) as exc:
+            logger.debug("The fork server's channel broke: %s.", exc)
+            messages = None
+        if messages is None:
+            asyncio.get_running_loop().remove_reader(template.channel.fileno())
+            template.kill()
+            return
+        for message, fds in messages:
+            match message.get("type"), fds:
+                case "hello", []:
+                    if not template.hello.done():
+                        template.hello.set_result(message)
+                case "forked", [pidfd] if template.answers and isinstance(message.get("pid"), int):
+                    template.answers.popleft().set_result((message["pid"], pidfd))
+                case "refused", [] if template.answers:
+                    template.answers.popleft().set_exception(SpawnError(str(message.get("error"))))
+                case "exited", [] if isinstance(message.get("returncode"), int):
+                    child = template.children.pop(message.get("pid"), None)  # type: ignore[arg-type]
+                    if child is not None:
+                        child.status(message["returncode"])
+                case _:
+                    for fd in fds:
+                        os.close(fd)
+                    logger.debug("The fork server sent %r; ending it.", message)
+                    template.kill()
+
+    async def _watch(self, template: Template, transport: asyncio.SubprocessTransport) -> None:
+        """When a template exits: close it; replace it if it was the one in use and had been ready."""
+        try:
+            await asyncio.shield(template.exited)
+        finally:
+            was_ready = template.ready
+            template.close()
+            transport.close()
+        if self._closing or self._off is not None:
+            return
+        if template is self._next:
+            self._next = None
+        elif template is self._template:
+            self._template = None
+            if not was_ready:
+                self._give_up("the fork server exited before it was ready")
+                return
+            self._deaths += 1
+            if self._deaths >= MAX_DEATHS:
+                self._give_up(f"the fork server died {self._deaths} times")
+                return
+            logger.debug("The fork server (pid %d) exited; starting another.", template.pid)
+            if self._settings is not None:
+                self.start(self._settings)
+
+    async def aclose(self) -> None:
+        """Kill the templates (the workers they forked are ended by their owners) and wait for them."""
+        self._closing = True
+        templates = [t for t in (self._template, self._next) if t is not None]
+        for template in templates:
+            template.kill()
+            # the supervisor is stopping: whatever still carries the template's tag goes too
+            _reaper.kill_generation(None, template.tag)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(workers.KILL_WAIT):
+                await asyncio.gather(*(asyncio.shield(t.exited) for t in templates))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for template in templates:
+            template.close()
+        self._template = self._next = None

@@ -1,0 +1,191 @@
+"""The fork server's template: `python -P -m asgireload._worker.template CONTROL_FD` (Linux).
+
+It starts like a worker (the same module, so the same imports: uvicorn, the protocols its
+options choose, and the installed modules in the preload list of the Settings it reads first),
+then, instead of loading an app, waits on its channel and forks a worker for each request. A
+forked child is a worker from the line after `fork()`: it leads a session of its own, carries its
+own generation tag, and runs `main.run()` on the control socket it was handed, exactly as a
+spawned worker would, minus the interpreter's start-up and the imports, which it shares with
+the template page for page until it writes to them.
+
+Fork is only safe with one thread: if anything imported started a thread, the template says
+so in its hello and exits, and the supervisor spawns workers instead. It never starts an
+event loop either. It reaps its children (through pidfds, in one poll with its channel) and
+tells the supervisor how each ended; the supervisor knows of their exit from a pidfd of its
+own, sent with the answer to the fork request. At end of file on its channel it exits: the
+workers it forked end by themselves when their own channels close.
+"""
+
+from __future__ import annotations
+
+import ctypes  # loaded here, so that a forked worker finds it loaded
+import gc
+import importlib
+import json
+import os
+import select
+import socket
+import sys
+import threading
+import traceback
+from typing import NoReturn
+
+import uvicorn
+
+from .. import _forkwire, _reaper
+from .. import _protocol as protocol
+from . import main as worker  # first: it sets PYTHONPATH aside and imports uvicorn, as a worker does
+
+
+def _read_settings(control: socket.socket) -> tuple[protocol.Settings, bytes]:
+    buffer = b""
+    while b"\n" not in buffer:
+        chunk = control.recv(1 << 20)
+        if not chunk:
+            os._exit(0)
+        buffer += chunk
+    line, _, rest = buffer.partition(b"\n")
+    settings = protocol.decode(line, {protocol.Settings.TYPE: protocol.Settings})
+    assert isinstance(settings, protocol.Settings)
+    return settings, rest
+
+
+def _warm_up(settings: protocol.Settings) -> tuple[int, list[str]]:
+    """Import what every worker will: the preload list (all that import; the failures are left
+    to the forked worker, which reports the first through its own hello as a spawned one does),
+    uvicorn's protocols for these options, and the event loop's module."""
+    imported, failed = 0, []
+    for name in settings.preload:
+        try:
+            importlib.import_module(name)
+            imported += 1
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            failed.append(name)
+    worker._uvicorn_imports(settings)
+    uvicorn.Config(app="unused:app", loop=settings.uvicorn["loop"]).get_loop_factory()
+    return imported, failed
+
+
+def _retag(tag: str) -> None:
+    """Carry `tag` as a spawned worker does, also where `_reaper` looks: /proc/PID/environ shows
+    the environment block the process started with, which a forked child shares with the
+    template. The template was started with a tag at least as long as any worker's, so the
+    new one is written over it in place (padded with NULs); its children inherit both."""
+    value = tag.encode()
+    libc = ctypes.CDLL(None)
+    libc.getenv.restype = ctypes.c_void_p
+    address = libc.getenv(_reaper.TAG_VARIABLE.encode())
+    if address:
+        old = ctypes.string_at(address)
+        if len(value) <= len(old):
+            ctypes.memmove(address, value + b"\0" * (len(old) - len(value)), len(old))
+    os.environ[_reaper.TAG_VARIABLE] = tag
+
+
+def _become_worker(tag: str, fds: list[int], control: socket.socket, pidfds: list[int]) -> NoReturn:
+    """The forked child: a worker from here on, never back into the template's loop."""
+    code = 1
+    try:
+        os.setsid()  # its own session and process group, as a spawned worker has
+        control.close()  # the template's channel and its children's pidfds are not the worker's
+        for fd in pidfds:
+            os.close(fd)
+        _retag(tag)
+        control_fd, handoff_fd, listen_fd = fds
+        worker.run(control_fd, (handoff_fd, listen_fd))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+class Template:
+    def __init__(self, control: socket.socket, received: bytes) -> None:
+        self.control = control
+        self.receiver = _forkwire.Receiver(control)
+        self.receiver.feed(received)
+        self.poller = select.poll()
+        self.poller.register(control, select.POLLIN)
+        self.children: dict[int, int] = {}  # pidfd -> pid
+
+    def serve(self) -> NoReturn:
+        while True:
+            for fd, _events in self.poller.poll():
+                if fd == self.control.fileno():
+                    self._requests()
+                else:
+                    self._reap(fd)
+
+    def _requests(self) -> None:
+        try:
+            messages = self.receiver.receive()
+        except (_forkwire.WireError, OSError) as exc:
+            print(f"asgireload fork server: {exc}; exiting.", file=sys.stderr)
+            os._exit(1)
+        if messages is None:
+            os._exit(0)  # the supervisor is gone; its workers notice by themselves
+        for message, fds in messages:
+            tag = message.get("tag")
+            if message["type"] != "fork" or len(fds) != 3 or not isinstance(tag, str):
+                print(
+                    f"asgireload fork server: unexpected {json.dumps(message)[:80]}; exiting.",
+                    file=sys.stderr,
+                )
+                os._exit(1)
+            self._fork(tag, fds)
+
+    def _fork(self, tag: str, fds: list[int]) -> None:
+        try:
+            pid = os.fork()
+        except OSError as exc:  # out of memory or processes: the supervisor spawns this one
+            pid = -1
+            _forkwire.send(self.control, {"type": "refused", "error": str(exc)})
+        if pid == 0:
+            _become_worker(tag, fds, self.control, list(self.children))
+        for fd in fds:
+            os.close(fd)
+        if pid < 0:
+            return
+        pidfd = os.pidfd_open(pid)
+        self.children[pidfd] = pid
+        self.poller.register(pidfd, select.POLLIN)
+        _forkwire.send(self.control, {"type": "forked", "pid": pid}, [pidfd])
+
+    def _reap(self, pidfd: int) -> None:
+        pid = self.children.pop(pidfd)
+        self.poller.unregister(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        returncode = os.waitstatus_to_exitcode(status)
+        _forkwire.send(self.control, {"type": "exited", "pid": pid, "returncode": returncode})
+
+
+def main() -> None:
+    control_fd = int(sys.argv[1])
+    os.set_inheritable(control_fd, False)
+    control = socket.socket(fileno=control_fd)
+    settings, received = _read_settings(control)
+    os.environ.update(settings.env)  # the env file, before anything is preloaded (as a worker)
+    os.environ["ASGIRELOAD_WORKER"] = "1"
+    imported, failed = _warm_up(settings)
+    threads = threading.active_count()
+    _forkwire.send(
+        control,
+        {"type": "hello", "pid": os.getpid(), "threads": threads, "preloaded": imported, "failed": failed},
+    )
+    if threads > 1:
+        os._exit(0)  # forking now could copy a lock some thread holds: the supervisor spawns instead
+    gc.collect()
+    gc.freeze()  # what the template built stays untouched by the children's collections: shared
+    Template(control, received).serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -7,9 +7,11 @@ descriptors says how many (`"fds": n`); on a stream socket the kernel delivers t
 than the first byte of the `sendmsg` that sent them, so the receiver queues every descriptor it
 gets and gives each line the next n. Both sides import this module; it is stdlib only.
 
-    supervisor -> template: Settings (a worker's, first), {"type": "fork", "tag": ..., "fds": 3}
+    supervisor -> template: Settings (a worker's, first), {"type": "fork", "tag": ..., "fds": 3},
+                            {"type": "retire"} (replaced: exit once the workers forked are gone)
     template -> supervisor: {"type": "hello", "pid", "threads", "preloaded", "failed"},
-                            {"type": "forked", "pid", "fds": 1}, {"type": "exited", "pid", "returncode"}
+                            {"type": "forked", "pid", "fds": 1}, {"type": "refused", "error"},
+                            {"type": "exited", "pid", "returncode"}
 """
 
 from __future__ import annotations

@@ -281,8 +281,8 @@ HOSTILE = """
 import os, sys, time, json
 
 def _hostile():
-    if sys.argv[:1] != ["-m"] or not sys.argv[-1].isdigit():
-        return  # not a worker (python -P -m asgireload._worker CONTROL_FD)
+    if "asgireload._worker" not in sys.orig_argv or not sys.argv[-1].isdigit():
+        return  # not a worker (python -P -m asgireload._worker CONTROL_FD; not the fork server)
     try:
         os.close(os.open({marker!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:

@@ -180,6 +180,7 @@ class ForkServer:
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._launching: asyncio.Task[None] | None = None
+        self._retired: set[Template] = set()  # replaced, until the workers they forked are gone
 
     @property
     def started(self) -> bool:
@@ -286,7 +287,18 @@ class ForkServer:
             self._template = None
 
     def _retire(self, template: Template) -> None:
-        template.close()
+        """No more forks from it; it exits once the workers it forked have (it reaps them and
+        reports how they ended, and they are never orphaned)."""
+        if template.exited.done() or not template.ready:
+            template.close()
+            return
+        template.ready = False
+        self._retired.add(template)
+        template.exited.add_done_callback(lambda _: self._retired.discard(template))
+        try:
+            _forkwire.send(template.channel, {"type": "retire"})
+        except OSError:
+            template.close()
 
     def _run(self, work: Coroutine[object, object, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
@@ -364,14 +376,15 @@ class ForkServer:
             child.close()
         process = asyncio.subprocess.Process(transport, protocol_, loop)
         template = Template(process, protocol_.exited, parent, tag)
+        reading: asyncio.Task[None] | None = None
         if self._output is not None and process.stdout is not None:
             # forked workers write here too, for as long as they live: read until they are all gone
-            self._run(workers._read_output(process.stdout, self._output))
+            reading = self._run(workers._read_output(process.stdout, self._output))
         parent.setblocking(False)
         with contextlib.suppress(OSError):
             parent.sendall(protocol.encode(settings, protocol.TRUSTED_MAX_LINE))
         loop.add_reader(parent.fileno(), self._readable, template)
-        self._run(self._watch(template, transport))
+        self._run(self._watch(template, transport, reading))
         return template
 
     def _readable(self, template: Template) -> None:
@@ -405,14 +418,23 @@ class ForkServer:
                     logger.debug("The fork server sent %r; ending it.", message)
                     template.kill()
 
-    async def _watch(self, template: Template, transport: asyncio.SubprocessTransport) -> None:
-        """When a template exits: close it; replace it if it was the one in use and had been ready."""
+    async def _watch(
+        self, template: Template, transport: asyncio.SubprocessTransport, reading: asyncio.Task[None] | None
+    ) -> None:
+        """When a template exits: close it; replace it if it was the one in use and had been ready.
+
+        Its output pipe stays open until the workers it forked (which write to it too) are gone."""
         try:
             await asyncio.shield(template.exited)
-        finally:
-            was_ready = template.ready
-            template.close()
+        except asyncio.CancelledError:
             transport.close()
+            raise
+        was_ready = template.ready
+        template.close()
+        if reading is None:
+            transport.close()
+        else:
+            reading.add_done_callback(lambda _: transport.close())
         if self._closing or self._off is not None:
             return
         if template is self._next:
@@ -433,7 +455,7 @@ class ForkServer:
     async def aclose(self) -> None:
         """Kill the templates (the workers they forked are ended by their owners) and wait for them."""
         self._closing = True
-        templates = [t for t in (self._template, self._next) if t is not None]
+        templates = [t for t in (self._template, self._next, *self._retired) if t is not None]
         for template in templates:
             template.kill()
             # the supervisor is stopping: whatever still carries the template's tag goes too

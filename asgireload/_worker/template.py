@@ -114,6 +114,7 @@ class Template:
         self.poller = select.poll()
         self.poller.register(control, select.POLLIN)
         self.children: dict[int, int] = {}  # pidfd -> pid
+        self.retired = False
 
     def serve(self) -> NoReturn:
         while True:
@@ -132,6 +133,10 @@ class Template:
         if messages is None:
             os._exit(0)  # the supervisor is gone; its workers notice by themselves
         for message, fds in messages:
+            if message["type"] == "retire" and not fds:
+                self.retired = True  # replaced: exit once the workers forked from here are gone
+                self._exit_if_done()
+                continue
             tag = message.get("tag")
             if message["type"] != "fork" or len(fds) != 3 or not isinstance(tag, str):
                 print(
@@ -165,6 +170,11 @@ class Template:
         _, status = os.waitpid(pid, 0)
         returncode = os.waitstatus_to_exitcode(status)
         _forkwire.send(self.control, {"type": "exited", "pid": pid, "returncode": returncode})
+        self._exit_if_done()
+
+    def _exit_if_done(self) -> None:
+        if self.retired and not self.children:
+            os._exit(0)
 
 
 def main() -> None:

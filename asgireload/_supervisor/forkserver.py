@@ -393,7 +393,8 @@ class ForkServer:
         except BlockingIOError:
             return
         except (OSError, _forkwire.WireError) as exc:
-            logger.debug("The fork server's channel broke: %s.", exc)
+            if not self._closing:
+                logger.debug("The fork server's channel broke: %s.", exc)
             messages = None
         if messages is None:
             asyncio.get_running_loop().remove_reader(template.channel.fileno())

@@ -35,7 +35,7 @@ from .workers import Emit, SpawnError, WorkerProcess
 
 logger = logging.getLogger("asgireload")
 
-READY_WAIT = 15.0  # seconds a fork request waits for a template still importing, then spawns
+READY_WAIT = 2.0  # seconds a fork request waits for a template still importing, then spawns
 FORK_WAIT = 5.0  # seconds a fork request waits for the template's answer
 STATUS_WAIT = 1.0  # seconds to wait for the template's report of an exit status
 TAG_LENGTH = 64  # characters of the template's tag: room for any worker's tag
@@ -144,6 +144,7 @@ class Template:
         self.children: dict[int, ForkedProcess] = {}
         self.preloaded: frozenset[str] = frozenset()
         self.ready = False
+        self.settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()  # ready, or never
         self.tasks: list[asyncio.Task[None]] = []
 
     def kill(self) -> None:
@@ -162,6 +163,8 @@ class Template:
         self.answers.clear()
         if not self.hello.done():
             self.hello.set_exception(SpawnError("the fork server ended before it was ready"))
+        if not self.settled.done():
+            self.settled.set_result(False)
         for child in self.children.values():
             child.orphan()
 
@@ -246,30 +249,30 @@ class ForkServer:
         return await workers.attach(worker_id, process, tag, process.exited, (parent, handoff), wanted, emit)
 
     async def _usable(self) -> Template | None:
-        """The template to fork from: the ready one, else the one starting, once it is ready."""
-        while self._off is None and not self._closing:
-            template = self._template
-            if template is None:
-                if self._settings is None:
-                    return None
-                if self._launching is None or self._launching.done():
-                    self.start(self._settings)
-                assert self._launching is not None
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(READY_WAIT):
-                        await asyncio.shield(self._launching)
-                if self._template is None:
-                    return None
-                continue
-            if template.ready and not template.exited.done():
-                return template
-            try:
-                async with asyncio.timeout(READY_WAIT):
-                    await asyncio.shield(template.hello)
-            except (SpawnError, TimeoutError) as exc:
-                if template is self._template:
-                    self._give_up(str(exc) or "the fork server was not ready in time")
-                return None
+        """The template to fork from: the ready one, else the one starting once it is ready; None
+        if there is none by READY_WAIT (a slow or stuck import: this worker is spawned, a later
+        one may fork) or forking was given up."""
+        try:
+            async with asyncio.timeout(READY_WAIT):
+                while self._off is None and not self._closing:
+                    template = self._template
+                    if template is not None and template.ready and not template.exited.done():
+                        return template
+                    if template is not None:
+                        if not await asyncio.shield(template.settled):
+                            return None  # it died or has threads: _watch or _launch decided what next
+                        continue
+                    if self._settings is None:
+                        return None
+                    if self._launching is None or self._launching.done():
+                        self.start(self._settings)
+                    if self._launching is None:
+                        return None
+                    await asyncio.shield(self._launching)
+                    if self._template is None:
+                        return None
+        except TimeoutError:
+            logger.debug("The fork server is not ready yet; spawning this worker.")
         return None
 
     def _give_up(self, reason: str) -> None:
@@ -335,6 +338,7 @@ class ForkServer:
             logger.debug("The fork server could not import %s; workers will import them themselves.", failed)
         template.preloaded = frozenset(settings.preload) - frozenset(failed)
         template.ready = True
+        template.settled.set_result(True)
         if template is self._next:
             old, self._template, self._next = self._template, template, None
             if old is not None:

@@ -45,8 +45,8 @@ class Processes:
         self, worker: int, settings: Callable[[int, int], protocol.Settings], fork: bool = False
     ) -> events.WorkerStarted | events.SpawnFailed:
         """Start a worker process; the result is the machine's next event. With `fork`, it comes
-        from the fork server if there is one (the first is always spawned: the template starts
-        beside it, with the warm cache's preload list).
+        from the fork server if there is one (whose template starts with the first worker, with
+        the warm cache's preload list).
 
         Cancelled (by stop()), it finishes the spawn first, so that the process is known and
         stop() ends it, then lets CancelledError through."""
@@ -70,14 +70,15 @@ class Processes:
         forkserver = self.forkserver
         if forkserver is not None:
             self._memory.remember(settings(-1, -1))
-        if fork and forkserver is not None and forkserver.started:
+        if forkserver is not None and not forkserver.started:
+            # the first worker too comes from the template, which imports what the app imported
+            # last time meanwhile: one interpreter starting up, not two on the same cores
+            forkserver.start(warmcache.with_cached_preload(settings(-1, -1)))
+        if fork and forkserver is not None:
             forked = await forkserver.fork(worker, settings, self._emit)
             if forked is not None:
                 return forked
-        process = await workers.spawn(worker, settings, self._listener, self._emit, self._output)
-        if forkserver is not None and not forkserver.started:
-            forkserver.start(warmcache.with_cached_preload(settings(-1, -1)))
-        return process
+        return await workers.spawn(worker, settings, self._listener, self._emit, self._output)
 
     def send(self, worker: int, message: protocol.SupervisorMessage) -> None:
         process = self._by_id.get(worker)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Coroutine
 from .. import _forkwire, _reaper
 from .. import _protocol as protocol
 from ..config import Config
-from . import workers
+from . import events, workers
 from .workers import Emit, SpawnError, WorkerProcess
 
 logger = logging.getLogger("asgireload")
@@ -60,7 +60,7 @@ def unsafe_to_fork() -> str | None:
 
 
 def for_config(
-    config: Config, listener: socket.socket, output: Callable[[str], None] | None
+    config: Config, listener: socket.socket, output: Callable[[str], None] | None, emit: Emit
 ) -> ForkServer | None:
     """The fork server for this configuration, or None (and why, once, at debug level)."""
     if not (config.fork and config.standby and config.preload):
@@ -69,7 +69,7 @@ def for_config(
     if reason is not None:
         logger.debug("Spawning workers instead of forking them: %s.", reason)
         return None
-    return ForkServer(listener, output)
+    return ForkServer(listener, output, emit)
 
 
 class ForkedProcess:
@@ -144,6 +144,7 @@ class Template:
         self.children: dict[int, ForkedProcess] = {}
         self.preloaded: frozenset[str] = frozenset()
         self.ready = False
+        self.forked = False  # it forked a worker
         self.settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()  # ready, or never
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -172,9 +173,10 @@ class Template:
 class ForkServer:
     """Forks workers from a template, replacing the template when needed; or says it cannot."""
 
-    def __init__(self, listener: socket.socket, output: Callable[[str], None] | None) -> None:
+    def __init__(self, listener: socket.socket, output: Callable[[str], None] | None, emit: Emit) -> None:
         self._listener = listener
         self._output = output
+        self._emit = emit  # events for the machine
         self._template: Template | None = None
         self._next: Template | None = None  # a replacement, until it is ready
         self._settings: protocol.Settings | None = None  # the last template's (preload list)
@@ -246,6 +248,7 @@ class ForkServer:
             handoff_child.close()
         process = ForkedProcess(pid, pidfd)
         template.children[pid] = process
+        template.forked = True
         return await workers.attach(worker_id, process, tag, process.exited, (parent, handoff), wanted, emit)
 
     async def _usable(self) -> Template | None:
@@ -336,13 +339,17 @@ class ForkServer:
         failed = [str(name) for name in failed] if isinstance(failed, list) else []
         if failed:
             logger.debug("The fork server could not import %s; workers will import them themselves.", failed)
-        template.preloaded = frozenset(settings.preload) - frozenset(failed)
+        modules = hello.get("modules")
+        imported = frozenset(str(name) for name in modules) if isinstance(modules, list) else frozenset()
+        template.preloaded = imported | frozenset(failed)  # all it has, and what is no use trying again
         template.ready = True
         template.settled.set_result(True)
         if template is self._next:
             old, self._template, self._next = self._template, template, None
             if old is not None:
                 self._retire(old)
+                if old.forked:
+                    self._emit(events.StandbyStale())  # a standby from the new one shares its pages
         logger.debug(
             "The fork server is ready (pid %d, %s modules preloaded).", template.pid, hello.get("preloaded")
         )

@@ -188,7 +188,14 @@ def main() -> None:
     threads = threading.active_count()
     _forkwire.send(
         control,
-        {"type": "hello", "pid": os.getpid(), "threads": threads, "preloaded": imported, "failed": failed},
+        {
+            "type": "hello",
+            "pid": os.getpid(),
+            "threads": threads,
+            "preloaded": imported,
+            "failed": failed,
+            "modules": sorted(sys.modules),  # a fork needs none of these imported again
+        },
     )
     if threads > 1:
         os._exit(0)  # forking now could copy a lock some thread holds: the supervisor spawns instead

@@ -62,7 +62,8 @@ async def get_user(user_id: int) -> User:
 def router_app(counter: int) -> str:
     """The FastAPI app, with a router from a module of its own (routes.py)."""
     return fastapi_app(counter).replace(
-        'app = FastAPI(title="bench")', 'app = FastAPI(title="bench")\nfrom routes import router\napp.include_router(router)'
+        'app = FastAPI(title="bench")',
+        'app = FastAPI(title="bench")\nfrom routes import router\napp.include_router(router)',
     )
 
 
@@ -97,7 +98,9 @@ def _serve_once(reloader: Reloader, app_dir: Path, tmp: Path, body: str) -> None
 def _cold_starts(reloaders: Sequence[Reloader], tmp: Path, runs: int, raw: dict[str, StartupRaw]) -> None:
     apps: tuple[tuple[str, Callable[[int], str]], ...] = (("plain", plain_app), ("fastapi", fastapi_app))
     for app_key, source in apps:
-        dirs = {r.key: make_app_dir(tmp, f"cold-{app_key}-{r.key}", {"main.py": source(0)}) for r in reloaders}
+        dirs = {
+            r.key: make_app_dir(tmp, f"cold-{app_key}-{r.key}", {"main.py": source(0)}) for r in reloaders
+        }
         for reloader in reloaders:
             _serve_once(reloader, dirs[reloader.key], tmp, body_for(0))
         for _ in range(runs):
@@ -175,8 +178,12 @@ def run_startup(reloaders: Sequence[Reloader], tmp: Path, runs: int) -> tuple[li
         return median(values) * 1000 if values else None
 
     rows = [
-        Row("Cold start, plain ASGI app: p50 (ms)", {k: ms(d.cold_s.get("plain", [])) for k, d in raw.items()}),
-        Row("Cold start, FastAPI app: p50 (ms)", {k: ms(d.cold_s.get("fastapi", [])) for k, d in raw.items()}),
+        Row(
+            "Cold start, plain ASGI app: p50 (ms)", {k: ms(d.cold_s.get("plain", [])) for k, d in raw.items()}
+        ),
+        Row(
+            "Cold start, FastAPI app: p50 (ms)", {k: ms(d.cold_s.get("fastapi", [])) for k, d in raw.items()}
+        ),
         Row(
             "First edit 0.3 s after start-up, FastAPI with a router: p50 (ms)",
             {k: ms(d.first_edit_s) for k, d in raw.items()},
@@ -185,12 +192,17 @@ def run_startup(reloaders: Sequence[Reloader], tmp: Path, runs: int) -> tuple[li
         Row(
             "First edit / settled reload (same server), p50 of the ratios",
             {
-                k: median([f / s for f, s in zip(d.first_edit_s, d.settled_s, strict=True)]) if d.settled_s else None
+                k: median([f / s for f, s in zip(d.first_edit_s, d.settled_s, strict=True)])
+                if d.settled_s
+                else None
                 for k, d in raw.items()
             },
             fmt="{:.2f}",
         ),
-        Row("Second save 50 ms after the first, until served: p50 (ms)", {k: ms(d.second_save_s) for k, d in raw.items()}),
+        Row(
+            "Second save 50 ms after the first, until served: p50 (ms)",
+            {k: ms(d.second_save_s) for k, d in raw.items()},
+        ),
     ]
     if any(d.errors for d in raw.values()):
         for row in rows:

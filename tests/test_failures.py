@@ -281,8 +281,8 @@ HOSTILE = """
 import os, sys, time, json
 
 def _hostile():
-    if "asgireload._worker" not in sys.orig_argv or not sys.argv[-1].isdigit():
-        return  # not a worker (python -P -m asgireload._worker CONTROL_FD; not the fork server)
+    if sys.argv[:1] != ["-m"] or not sys.argv[-1].isdigit():
+        return  # not a worker (python -P -m asgireload._worker CONTROL_FD)
     try:
         os.close(os.open({marker!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
@@ -341,7 +341,8 @@ async def test_a_hostile_control_channel_ends_that_worker_only(
     write(site / "sitecustomize.py", HOSTILE.format(marker=str(tmp_path / "hostile-once"), mode=mode))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
     write(tmp_path / "app" / "main.py", PLAIN_APP)
-    async with Reloader("main:app", app_dir=tmp_path / "app") as server:
+    # spawned workers: the hostile code runs at an interpreter's start-up, which a forked one skips
+    async with Reloader("main:app", app_dir=tmp_path / "app", fork=False) as server:
         assert (tmp_path / "hostile-once").exists()
         if server.state != "ready":  # generation 1 was the hostile one; the backoff restarts it
             event = await server.wait_for_generation(2, timeout=RECOVER)

@@ -23,6 +23,7 @@ import collections
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
@@ -70,6 +71,20 @@ def for_config(
         logger.debug("Spawning workers instead of forking them: %s.", reason)
         return None
     return ForkServer(listener, output, emit)
+
+
+def _missing(wanted: tuple[str, ...], preloaded: frozenset[str]) -> list[str]:
+    """The installed packages' modules the workers need and the template lacks. Those of the
+    standard library a fork imports itself (a few milliseconds); the next start-up's template
+    has them (the warm cache lists them)."""
+    stdlib = sys.stdlib_module_names
+    return [
+        name
+        for name in wanted
+        if name not in preloaded
+        and name.partition(".")[0] not in stdlib
+        and not name.startswith("_sysconfigdata_")  # the stdlib's, named after the platform
+    ]
 
 
 class ForkedProcess:
@@ -140,7 +155,7 @@ class Template:
         self.tag = tag
         self.receiver = _forkwire.Receiver(channel)
         self.hello: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
-        self.answers: collections.deque[asyncio.Future[tuple[int, int]]] = collections.deque()
+        self.answers: collections.deque[asyncio.Future[ForkedProcess]] = collections.deque()
         self.children: dict[int, ForkedProcess] = {}
         self.preloaded: frozenset[str] = frozenset()
         self.ready = False
@@ -219,7 +234,8 @@ class ForkServer:
         if template is None:
             return None
         wanted = settings(-1, -1)
-        if not set(wanted.preload) <= template.preloaded and self._next is None:
+        if self._next is None and (missing := _missing(wanted.preload, template.preloaded)):
+            logger.debug("Starting a fork server that also imports %s.", ", ".join(missing[:5]))
             self._settings = wanted
             self._launching = self._run(self._launch(wanted))  # a fuller template, used once ready
         try:
@@ -228,27 +244,23 @@ class ForkServer:
             raise SpawnError(f"could not start a worker process: {exc.strerror or exc}") from exc
         (parent, child), (handoff, handoff_child) = pairs
         tag = _reaper.new_tag(worker_id)
-        answer: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[ForkedProcess] = asyncio.get_running_loop().create_future()
         try:
             template.answers.append(answer)
             fds = (child.fileno(), handoff_child.fileno(), self._listener.fileno())
             _forkwire.send(template.channel, {"type": "fork", "tag": tag}, fds)
             async with asyncio.timeout(FORK_WAIT):
-                pid, pidfd = await answer
+                process = await answer
         except (OSError, SpawnError, TimeoutError) as exc:
             for sock in (parent, handoff):
                 sock.close()
-            if answer in template.answers:
-                template.answers.remove(answer)
+            answer.cancel()  # its answer, if it still comes, kills the worker
             logger.debug("The fork server could not fork a worker (%s); spawning it.", exc or "no answer")
             self._template_failed(template)
             return None
         finally:
             child.close()
             handoff_child.close()
-        process = ForkedProcess(pid, pidfd)
-        template.children[pid] = process
-        template.forked = True
         return await workers.attach(worker_id, process, tag, process.exited, (parent, handoff), wanted, emit)
 
     async def _usable(self) -> Template | None:
@@ -417,9 +429,19 @@ class ForkServer:
                     if not template.hello.done():
                         template.hello.set_result(message)
                 case "forked", [pidfd] if template.answers and isinstance(message.get("pid"), int):
-                    template.answers.popleft().set_result((message["pid"], pidfd))
+                    # known at once, so that its exit status (maybe in this same read) finds it
+                    process = ForkedProcess(message["pid"], pidfd)
+                    template.children[process.pid] = process
+                    template.forked = True
+                    answer = template.answers.popleft()
+                    if answer.done():  # the request gave up waiting: this worker is not wanted
+                        with contextlib.suppress(OSError):
+                            os.kill(process.pid, signal.SIGKILL)
+                    else:
+                        answer.set_result(process)
                 case "refused", [] if template.answers:
-                    template.answers.popleft().set_exception(SpawnError(str(message.get("error"))))
+                    if not (answer := template.answers.popleft()).done():
+                        answer.set_exception(SpawnError(str(message.get("error"))))
                 case "exited", [] if isinstance(message.get("returncode"), int):
                     child = template.children.pop(message.get("pid"), None)  # type: ignore[arg-type]
                     if child is not None:

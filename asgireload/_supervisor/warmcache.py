@@ -37,8 +37,9 @@ def folder() -> str:
 
 
 def path_for(settings: Settings) -> str:
-    key = "\0".join((sys.executable, os.path.abspath(settings.app_dir), settings.app))
-    return os.path.join(folder(), hashlib.sha256(key.encode()).hexdigest()[:24] + ".json")
+    parts = (sys.executable, os.path.abspath(settings.app_dir), settings.app)
+    key = b"\0".join(os.fsencode(part) for part in parts)  # a folder's name need not be UTF-8
+    return os.path.join(folder(), hashlib.sha256(key).hexdigest()[:24] + ".json")
 
 
 def fingerprint() -> str:

@@ -49,34 +49,37 @@ def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | tuple[in
 class Receiver:
     """Lines and their descriptors, from whatever pieces the socket delivers them in."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, max_line: int = MAX_LINE) -> None:
         self.sock = sock
+        self.max_line = max_line
         self._buffer = b""
         self._fds: collections.deque[int] = collections.deque()
-
-    def feed(self, data: bytes) -> None:
-        """Bytes read from the socket before this receiver existed."""
-        self._buffer += data
 
     def receive(self) -> list[tuple[dict[str, Any], list[int]]] | None:
         """Read once: the complete lines so far, each with its descriptors; None at end of file.
         Raises WireError for garbage, BlockingIOError when a non-blocking socket has nothing."""
         space = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
-        data, ancillary, _flags, _address = self.sock.recvmsg(65536, space)
+        try:
+            data, ancillary, _flags, _address = self.sock.recvmsg(65536, space)
+        except BlockingIOError:
+            if b"\n" not in self._buffer:
+                raise
+            data, ancillary = b"", []  # lines fed before are complete: those
+        else:
+            if not data:
+                return None
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds = array.array("i")
                 fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
                 self._fds.extend(fds)
-        if not data:
-            return None
         self._buffer += data
         messages = []
         while b"\n" in self._buffer:
             line, _, self._buffer = self._buffer.partition(b"\n")
             messages.append(self._decode(line))
-        if len(self._buffer) > MAX_LINE:
-            raise WireError(f"a line longer than {MAX_LINE} bytes")
+        if len(self._buffer) > self.max_line:
+            raise WireError(f"a line longer than {self.max_line} bytes")
         return messages
 
     def _decode(self, line: bytes) -> tuple[dict[str, Any], list[int]]:

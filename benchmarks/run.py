@@ -1,6 +1,6 @@
 """Benchmark asgireload against ``uvicorn --reload``, side by side and interleaved.
 
-Usage: python benchmarks/run.py [--quick] [--only latency|startup|load|idle|memory] [--reloads N] [--json PATH]
+Usage: python benchmarks/run.py [--quick] [--only latency|startup|load|idle|memory] [--json PATH]
 
 See benchmarks/README.md for what each figure means.
 """

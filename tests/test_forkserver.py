@@ -123,7 +123,10 @@ async def test_no_fork_no_standby_and_no_preload_spawn_every_worker(plain_app: P
         assert all(parent_of(pid) == os.getpid() for pid in server.pids.values())
 
 
-async def test_a_killed_template_is_replaced_without_a_reload(plain_app: Path) -> None:
+async def test_a_killed_template_is_replaced_without_a_reload(
+    plain_app: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="asgireload")
     async with Reloader("main:app", app_dir=plain_app) as server, httpx.AsyncClient() as client:
         await until(lambda: "template" in server.pids, what="the template")
         killed = server.pids["template"]

@@ -40,7 +40,7 @@ READY_WAIT = 2.0  # seconds a fork request waits for a template still importing,
 FORK_WAIT = 5.0  # seconds a fork request waits for the template's answer
 STATUS_WAIT = 1.0  # seconds to wait for the template's report of an exit status
 TAG_LENGTH = 64  # characters of the template's tag: room for any worker's tag
-MAX_DEATHS = 3  # templates that die after being ready before forking is given up
+MAX_DEATHS = 3  # templates that die before forking is given up
 
 
 def unsafe_to_fork() -> str | None:
@@ -85,6 +85,11 @@ def _missing(wanted: tuple[str, ...], preloaded: frozenset[str]) -> list[str]:
         and name.partition(".")[0] not in stdlib
         and not name.startswith("_sysconfigdata_")  # the stdlib's, named after the platform
     ]
+
+
+def _modules(hello: dict[str, object]) -> frozenset[str]:
+    modules = hello.get("modules")
+    return frozenset(str(name) for name in modules) if isinstance(modules, list) else frozenset()
 
 
 class ForkedProcess:
@@ -155,6 +160,7 @@ class Template:
         self.tag = tag
         self.receiver = _forkwire.Receiver(channel)
         self.hello: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
+        self.warm: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
         self.answers: collections.deque[asyncio.Future[ForkedProcess]] = collections.deque()
         self.children: dict[int, ForkedProcess] = {}
         self.preloaded: frozenset[str] = frozenset()
@@ -177,8 +183,10 @@ class Template:
             if not answer.done():
                 answer.set_exception(SpawnError("the fork server ended"))
         self.answers.clear()
-        if not self.hello.done():
-            self.hello.set_exception(SpawnError("the fork server ended before it was ready"))
+        for stage in (self.hello, self.warm):
+            if not stage.done():
+                stage.set_exception(SpawnError("the fork server ended before it was ready"))
+                stage.exception()  # retrieved: nobody may be waiting for it any more
         if not self.settled.done():
             self.settled.set_result(False)
         for child in self.children.values():
@@ -245,13 +253,18 @@ class ForkServer:
         (parent, child), (handoff, handoff_child) = pairs
         tag = _reaper.new_tag(worker_id)
         answer: asyncio.Future[ForkedProcess] = asyncio.get_running_loop().create_future()
+        channel: protocol.Channel | None = None
         try:
+            # its settings wait in its channel before it exists: no round trip after the fork
+            channel = await workers.open_channel(parent, wanted)
             template.answers.append(answer)
             fds = (child.fileno(), handoff_child.fileno(), self._listener.fileno())
             _forkwire.send(template.channel, {"type": "fork", "tag": tag}, fds)
             async with asyncio.timeout(FORK_WAIT):
                 process = await answer
         except (OSError, SpawnError, TimeoutError) as exc:
+            if channel is not None:
+                channel.close()
             for sock in (parent, handoff):
                 sock.close()
             answer.cancel()  # its answer, if it still comes, kills the worker
@@ -261,7 +274,8 @@ class ForkServer:
         finally:
             child.close()
             handoff_child.close()
-        return await workers.attach(worker_id, process, tag, process.exited, (parent, handoff), wanted, emit)
+        assert channel is not None
+        return await workers.attach(worker_id, process, tag, process.exited, (parent, handoff), channel, emit)
 
     async def _usable(self) -> Template | None:
         """The template to fork from: the ready one, else the one starting once it is ready; None
@@ -272,6 +286,10 @@ class ForkServer:
                 while self._off is None and not self._closing:
                     template = self._template
                     if template is not None and template.ready and not template.exited.done():
+                        return template
+                    if template is not None and not template.hello.done() and not template.exited.done():
+                        # still importing uvicorn: the request waits in its channel and is
+                        # served first, before it imports the preload list
                         return template
                     if template is not None:
                         if not await asyncio.shield(template.settled):
@@ -296,18 +314,19 @@ class ForkServer:
             logger.debug("Spawning workers instead of forking them: %s.", reason)
         for template in (self._template, self._next):
             if template is not None:
-                template.close()
+                self._retire(template)  # one that forked workers waits for them; the rest end now
         self._template = self._next = None
 
     def _template_failed(self, template: Template) -> None:
+        """It did not fork (it died, or its channel broke): a new one forks the next worker."""
         if template is self._template:
-            self._retire(template)
-            self._template = None
+            self._deaths += 1
+            self.replace()
 
     def _retire(self, template: Template) -> None:
         """No more forks from it; it exits once the workers it forked have (it reaps them and
         reports how they ended, and they are never orphaned)."""
-        if template.exited.done() or not template.ready:
+        if template.exited.done() or not template.forked:
             template.close()
             return
         template.ready = False
@@ -325,7 +344,8 @@ class ForkServer:
         return task
 
     async def _launch(self, settings: protocol.Settings) -> None:
-        """Start a template; it becomes the one forked from once it says hello."""
+        """Start a template (the task ends once it runs); it becomes the one forked from once it
+        says hello, or, as a replacement, once it has imported everything."""
         try:
             template = await self._spawn(settings)
         except SpawnError as exc:
@@ -337,34 +357,51 @@ class ForkServer:
             if self._next is not None:
                 self._next.close()
             self._next = template
+        self._run(self._become_ready(template, settings))
+
+    async def _become_ready(self, template: Template, settings: protocol.Settings) -> None:
         try:
-            hello = await template.hello
+            hello = await template.hello  # it can fork: the first worker need not wait for the preload
+            if not self._threads_allow_forking(hello):
+                return
+            if template is not self._next:  # a replacement is used once it has all it is for
+                template.preloaded = _modules(hello) | frozenset(settings.preload)  # soon
+                self._mark_ready(template)
+            warm = await template.warm
         except SpawnError:
             if template is self._next:
                 self._next = None
             return
-        threads = hello.get("threads")
-        if isinstance(threads, int) and threads > 1:
-            self._give_up(f"{threads} threads were running in the fork server after its imports")
+        if not self._threads_allow_forking(warm):
             return
-        failed = hello.get("failed")
+        failed = warm.get("failed")
         failed = [str(name) for name in failed] if isinstance(failed, list) else []
         if failed:
             logger.debug("The fork server could not import %s; workers will import them themselves.", failed)
-        modules = hello.get("modules")
-        imported = frozenset(str(name) for name in modules) if isinstance(modules, list) else frozenset()
-        template.preloaded = imported | frozenset(failed)  # all it has, and what is no use trying again
-        template.ready = True
-        template.settled.set_result(True)
+        template.preloaded = _modules(warm) | frozenset(failed)  # all it has, and what is no use trying
         if template is self._next:
+            self._mark_ready(template)
             old, self._template, self._next = self._template, template, None
             if old is not None:
                 self._retire(old)
                 if old.forked:
                     self._emit(events.StandbyStale())  # a standby from the new one shares its pages
         logger.debug(
-            "The fork server is ready (pid %d, %s modules preloaded).", template.pid, hello.get("preloaded")
+            "The fork server is ready (pid %d, %s modules preloaded).", template.pid, warm.get("preloaded")
         )
+
+    def _threads_allow_forking(self, hello: dict[str, object]) -> bool:
+        threads = hello.get("threads")
+        if isinstance(threads, int) and threads > 1:
+            self._give_up(f"{threads} threads were running in the fork server after its imports")
+            return False
+        return True
+
+    @staticmethod
+    def _mark_ready(template: Template) -> None:
+        template.ready = True
+        if not template.settled.done():
+            template.settled.set_result(True)
 
     async def _spawn(self, settings: protocol.Settings) -> Template:
         try:
@@ -425,9 +462,12 @@ class ForkServer:
             return
         for message, fds in messages:
             match message.get("type"), fds:
-                case "hello", []:
-                    if not template.hello.done():
-                        template.hello.set_result(message)
+                case "hello" | "warm", []:
+                    for stage in (
+                        (template.hello, template.warm) if message["type"] == "warm" else [template.hello]
+                    ):
+                        if not stage.done():
+                            stage.set_result(message)
                 case "forked", [pidfd] if template.answers and isinstance(message.get("pid"), int):
                     # known at once, so that its exit status (maybe in this same read) finds it
                     process = ForkedProcess(message["pid"], pidfd)
@@ -455,7 +495,7 @@ class ForkServer:
     async def _watch(
         self, template: Template, transport: asyncio.SubprocessTransport, reading: asyncio.Task[None] | None
     ) -> None:
-        """When a template exits: close it; replace it if it was the one in use and had been ready.
+        """When a template exits: close it; replace it if it was the one in use (a few times).
 
         Its output pipe stays open until the workers it forked (which write to it too) are gone."""
         try:
@@ -475,12 +515,10 @@ class ForkServer:
             self._next = None
         elif template is self._template:
             self._template = None
-            if not was_ready:
-                self._give_up("the fork server exited before it was ready")
-                return
-            self._deaths += 1
+            self._deaths += 1  # killed, or crashed at import (then it would again): a few times
             if self._deaths >= MAX_DEATHS:
-                self._give_up(f"the fork server died {self._deaths} times")
+                how = "after it was ready" if was_ready else "before it was ready"
+                self._give_up(f"the fork server died {self._deaths} times, the last {how}")
                 return
             logger.debug("The fork server (pid %d) exited; starting another.", template.pid)
             if self._settings is not None:

@@ -261,20 +261,20 @@ async def attach(
     tag: str,
     exited: asyncio.Future[None],
     sockets: tuple[socket.socket, socket.socket],
-    settings: protocol.Settings,
+    settings: protocol.Settings | protocol.Channel,
     emit: Emit,
     output: tuple[asyncio.StreamReader, Callable[[str], None]] | None = None,
 ) -> WorkerProcess:
     """Open the channel of a worker just started (spawned or forked: `sockets` are this side's
-    control and handoff ends) and send its settings; from then on, what it says and its exit
-    arrive through `emit`. If that fails, the worker is ended and SpawnError (or the exception)
-    raised."""
+    control and handoff ends) and send its settings (or take the channel they were sent on);
+    from then on, what it says and its exit arrive through `emit`. If that fails, the worker is
+    ended and SpawnError (or the exception) raised."""
     parent, handoff = sockets
     try:
-        channel = await protocol.Channel.open(
-            parent, protocol.WORKER_MESSAGES, send_limit=protocol.TRUSTED_MAX_LINE
-        )
-        channel.send(settings)
+        if isinstance(settings, protocol.Channel):
+            channel = settings  # opened already, the settings sent
+        else:
+            channel = await open_channel(parent, settings)
     except BaseException as exc:
         parent.close()
         handoff.close()
@@ -288,6 +288,16 @@ async def attach(
         worker.tasks.append(asyncio.create_task(_read_output(*output)))
     worker.tasks.append(asyncio.create_task(_watch_exit(worker, emit, list(worker.tasks))))
     return worker
+
+
+async def open_channel(parent: socket.socket, settings: protocol.Settings) -> protocol.Channel:
+    """This side of a worker's control channel, its settings sent first (buffered: the worker
+    may not be reading yet)."""
+    channel = await protocol.Channel.open(
+        parent, protocol.WORKER_MESSAGES, send_limit=protocol.TRUSTED_MAX_LINE
+    )
+    channel.send(settings)
+    return channel
 
 
 async def end_process(

@@ -28,7 +28,7 @@ import socket
 import sys
 import threading
 import traceback
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import uvicorn
 
@@ -37,25 +37,35 @@ from .. import _protocol as protocol
 from . import main as worker  # first: it sets PYTHONPATH aside and imports uvicorn, as a worker does
 
 
-def _read_settings(control: socket.socket) -> tuple[protocol.Settings, bytes]:
-    buffer = b""
-    while b"\n" not in buffer:
-        chunk = control.recv(1 << 20)
-        if not chunk:
+def _read_settings(
+    receiver: _forkwire.Receiver,
+) -> tuple[protocol.Settings, list[tuple[dict[str, Any], list[int]]]]:
+    """The settings, and the requests that came right behind them (with their descriptors)."""
+    received: list[tuple[dict[str, Any], list[int]]] = []
+    while not received:
+        messages = receiver.receive()
+        if messages is None:
             os._exit(0)
-        buffer += chunk
-    line, _, rest = buffer.partition(b"\n")
-    settings = protocol.decode(line, {protocol.Settings.TYPE: protocol.Settings})
-    assert isinstance(settings, protocol.Settings)
-    return settings, rest
+        received += messages
+    (first, _), rest = received[0], received[1:]
+    if first.get("type") != protocol.Settings.TYPE:
+        print("asgireload fork server: no settings first; exiting.", file=sys.stderr)
+        os._exit(1)
+    return protocol.Settings.from_json(first), rest
 
 
-def _warm_up(settings: protocol.Settings) -> tuple[int, list[str]]:
-    """Import what every worker will: the preload list (all that import; the failures are left
-    to the forked worker, which reports the first through its own hello as a spawned one does),
-    uvicorn's protocols for these options, and the event loop's module."""
+def _warm_up(settings: protocol.Settings) -> None:
+    """What every worker imports before the app: uvicorn's protocols for these options, and the
+    event loop's module. Enough to fork the first worker."""
+    worker._uvicorn_imports(settings)
+    uvicorn.Config(app="unused:app", loop=settings.uvicorn["loop"]).get_loop_factory()
+
+
+def _preload(names: tuple[str, ...]) -> tuple[int, list[str]]:
+    """The installed modules the app imported last time: all that import. The failures are left
+    to the forked worker, which reports the first through its own hello, as a spawned one does."""
     imported, failed = 0, []
-    for name in settings.preload:
+    for name in names:
         try:
             importlib.import_module(name)
             imported += 1
@@ -63,8 +73,6 @@ def _warm_up(settings: protocol.Settings) -> tuple[int, list[str]]:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             failed.append(name)
-    worker._uvicorn_imports(settings)
-    uvicorn.Config(app="unused:app", loop=settings.uvicorn["loop"]).get_loop_factory()
     return imported, failed
 
 
@@ -107,14 +115,31 @@ def _become_worker(tag: str, fds: list[int], control: socket.socket, pidfds: lis
 
 
 class Template:
-    def __init__(self, control: socket.socket, received: bytes) -> None:
+    def __init__(
+        self,
+        control: socket.socket,
+        receiver: _forkwire.Receiver,
+        received: list[tuple[dict[str, Any], list[int]]],
+    ) -> None:
         self.control = control
-        self.receiver = _forkwire.Receiver(control)
-        self.receiver.feed(received)
+        self.receiver = receiver
+        self.received = received  # requests read with the settings
         self.poller = select.poll()
         self.poller.register(control, select.POLLIN)
         self.children: dict[int, int] = {}  # pidfd -> pid
         self.retired = False
+
+    def serve_waiting(self) -> None:
+        """Fork for the requests already here (the first worker's), without waiting for more."""
+        received, self.received = self.received, []
+        self._handle(received)
+        self.control.setblocking(False)
+        try:
+            self._requests()
+        except BlockingIOError:
+            pass
+        finally:
+            self.control.setblocking(True)
 
     def serve(self) -> NoReturn:
         while True:
@@ -127,11 +152,16 @@ class Template:
     def _requests(self) -> None:
         try:
             messages = self.receiver.receive()
+        except BlockingIOError:
+            raise
         except (_forkwire.WireError, OSError) as exc:
             print(f"asgireload fork server: {exc}; exiting.", file=sys.stderr)
             os._exit(1)
         if messages is None:
             os._exit(0)  # the supervisor is gone; its workers notice by themselves
+        self._handle(messages)
+
+    def _handle(self, messages: list[tuple[dict[str, Any], list[int]]]) -> None:
         for message, fds in messages:
             if message["type"] == "retire" and not fds:
                 self.retired = True  # replaced: exit once the workers forked from here are gone
@@ -148,6 +178,8 @@ class Template:
 
     def _fork(self, tag: str, fds: list[int]) -> None:
         try:
+            if self.retired:
+                raise OSError("this fork server has stopped forking")
             pid = os.fork()
         except OSError as exc:  # out of memory or processes: the supervisor spawns this one
             pid = -1
@@ -181,27 +213,35 @@ def main() -> None:
     control_fd = int(sys.argv[1])
     os.set_inheritable(control_fd, False)
     control = socket.socket(fileno=control_fd)
-    settings, received = _read_settings(control)
+    receiver = _forkwire.Receiver(control, max_line=protocol.TRUSTED_MAX_LINE)  # the settings' size
+    settings, received = _read_settings(receiver)
     os.environ.update(settings.env)  # the env file, before anything is preloaded (as a worker)
     os.environ["ASGIRELOAD_WORKER"] = "1"
-    imported, failed = _warm_up(settings)
-    threads = threading.active_count()
-    _forkwire.send(
-        control,
-        {
-            "type": "hello",
-            "pid": os.getpid(),
-            "threads": threads,
-            "preloaded": imported,
-            "failed": failed,
-            "modules": sorted(sys.modules),  # a fork needs none of these imported again
-        },
-    )
-    if threads > 1:
-        os._exit(0)  # forking now could copy a lock some thread holds: the supervisor spawns instead
+    _warm_up(settings)
+    if threading.active_count() > 1:  # uvicorn's own imports started one: no forking at all
+        _say_hello(control, "warm")
+        os._exit(0)
+    # Two hellos: the first once a worker can be forked (it imports the app's packages itself,
+    # as a spawned one would), the second once the preload list is imported too. The requests
+    # that came in between are forked first, so preloading never delays the first generation.
+    _say_hello(control, "hello")
+    template = Template(control, receiver, received)
+    template.serve_waiting()
+    imported, failed = _preload(settings.preload)
+    _say_hello(control, "warm", preloaded=imported, failed=failed)
+    if threading.active_count() > 1:
+        template.retired = True  # forking now could copy a lock some thread holds: no more forks
+        template._exit_if_done()
     gc.collect()
     gc.freeze()  # what the template built stays untouched by the children's collections: shared
-    Template(control, received).serve()
+    template.serve()
+
+
+def _say_hello(control: socket.socket, kind: str, **more: object) -> None:
+    """`hello` (forking is possible) or `warm` (and the preload list is imported), with the
+    threads running (more than one: no forking) and every module imported so far."""
+    message = {"type": kind, "pid": os.getpid(), "threads": threading.active_count(), **more}
+    _forkwire.send(control, {**message, "modules": sorted(sys.modules)})
 
 
 if __name__ == "__main__":

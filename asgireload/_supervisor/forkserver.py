@@ -38,6 +38,7 @@ logger = logging.getLogger("asgireload")
 
 READY_WAIT = 2.0  # seconds a fork request waits for a template still importing, then spawns
 FORK_WAIT = 5.0  # seconds a fork request waits for the template's answer
+WARM_WAIT = 60.0  # seconds a fork waits for a template importing the preload list, then spawns
 STATUS_WAIT = 1.0  # seconds to wait for the template's report of an exit status
 TAG_LENGTH = 64  # characters of the template's tag: room for any worker's tag
 MAX_DEATHS = 3  # templates that die before forking is given up
@@ -234,14 +235,22 @@ class ForkServer:
                 self._template = None
             self.start(self._settings)
 
-    async def fork(
-        self, worker_id: int, settings: Callable[[int, int], protocol.Settings], emit: Emit
-    ) -> WorkerProcess | None:
-        """A worker forked from the template; None when it must be spawned instead."""
+    async def fork(self, worker_id: int, wanted: protocol.Settings, emit: Emit) -> WorkerProcess | None:
+        """A worker forked from the template, with these settings; None when it must be spawned
+        instead (SpawnError if the OS has no sockets left for it)."""
         template = await self._usable()
         if template is None:
             return None
-        wanted = settings(-1, -1)
+        if template.hello.done() and not template.warm.done():
+            # importing the preload list: a request now is served after it, so wait for that
+            # here, not against FORK_WAIT (a reload meanwhile starts a worker of its own)
+            try:
+                async with asyncio.timeout(WARM_WAIT):
+                    await asyncio.shield(template.warm)
+            except (TimeoutError, SpawnError):
+                return None
+            if self._off is not None or template.exited.done():
+                return None  # what it imported started a thread: no more forking
         if self._next is None and (missing := _missing(wanted.preload, template.preloaded)):
             logger.debug("Starting a fork server that also imports %s.", ", ".join(missing[:5]))
             self._settings = wanted

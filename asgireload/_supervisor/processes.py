@@ -69,14 +69,13 @@ class Processes:
     ) -> WorkerProcess:
         forkserver = self.forkserver
         if forkserver is not None:
-            self._memory.remember(settings(-1, -1))
-        if forkserver is not None and not forkserver.started:
-            # the first worker too comes from the template, which imports what the app imported
-            # last time meanwhile: one interpreter starting up, not two on the same cores
-            forkserver.start(warmcache.with_cached_preload(settings(-1, -1)))
-        if fork and forkserver is not None:
-            forked = await forkserver.fork(worker, settings, self._emit)
-            if forked is not None:
+            wanted = settings(-1, -1)  # a forked worker's descriptors are the template's to tell
+            self._memory.remember(wanted)
+            if not forkserver.started:
+                # the first worker too comes from the template, which imports what the app
+                # imported last time after forking it: one interpreter starting up, not two
+                forkserver.start(warmcache.with_cached_preload(wanted))
+            if fork and (forked := await forkserver.fork(worker, wanted, self._emit)) is not None:
                 return forked
         return await workers.spawn(worker, settings, self._listener, self._emit, self._output)
 

@@ -143,6 +143,25 @@ async def test_a_killed_template_is_replaced_without_a_reload(
     assert not our_processes()
 
 
+async def test_an_upgraded_package_replaces_the_template_and_the_standby(
+    tmp_path: Path, installed: Path
+) -> None:
+    log = tmp_path / "imports.log"
+    install(installed, "upgraded", log)
+    write(tmp_path / "app" / "main.py", app_importing("upgraded"))
+    async with Reloader("main:app", app_dir=tmp_path / "app") as server, httpx.AsyncClient() as client:
+        await until(lambda: server.pids.get("template") in importers(log), what="the template to import it")
+        await until(lambda: "standby" in server.pids, what="a standby")
+        template, standby = server.pids["template"], server.pids["standby"]
+        install(installed, "upgraded", log, "VERSION = 2")  # pip upgraded it
+        await until(lambda: server.pids.get("template") not in (None, template), what="a new template")
+        await until(lambda: server.pids.get("standby") not in (None, standby), what="a new standby")
+        assert server.generation == 1  # no reload
+        await until(lambda: parent_of(server.pids["standby"]) == server.pids["template"], what="a fresh fork")
+        assert server.pids["template"] in importers(log)  # the new template imported the new version
+        assert (await client.get(server.url)).text == "v1"
+
+
 async def test_a_thread_started_at_import_makes_it_spawn_instead(
     tmp_path: Path, installed: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

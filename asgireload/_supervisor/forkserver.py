@@ -10,10 +10,12 @@ template, which reaps it.
 
 When forking is not possible (not Linux, a tracer or debugger in the supervisor, a thread in
 the template, a template that dies before it is ready), workers are spawned as before, and the
-reason is logged once at debug level. A template that dies later is replaced without a reload;
-one whose preload list is behind the app's, or whose installed packages changed, is replaced
-once the new one is ready. The template's own tag is long enough that a forked worker can
-write its own over it (see template._retag), so `_reaper` finds forked workers' descendants.
+reason is logged once at debug level. A template that dies is replaced without a reload (a few
+times); one whose installed packages changed is replaced, and the old one exits once the
+workers it forked have; one that lacks installed modules the app turned out to import imports
+them on request, before the next fork. The template's own tag is long enough that a forked
+worker can write its own over it (see template._retag), so `_reaper` finds forked workers'
+descendants.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -251,10 +254,13 @@ class ForkServer:
                 return None
             if self._off is not None or template.exited.done():
                 return None  # what it imported started a thread: no more forking
-        if self._next is None and (missing := _missing(wanted.preload, template.preloaded)):
-            logger.debug("Starting a fork server that also imports %s.", ", ".join(missing[:5]))
-            self._settings = wanted
-            self._launching = self._run(self._launch(wanted))  # a fuller template, used once ready
+        if missing := _missing(wanted.preload, template.preloaded):
+            # the app imports more than the template has: it imports them too, before this fork
+            logger.debug("The fork server imports %s too.", ", ".join(missing[:5]))
+            self._settings = dataclasses.replace(self._settings or wanted, preload=wanted.preload)
+            template.preloaded |= frozenset(missing)
+            with contextlib.suppress(OSError):  # if it is gone, the fork request below finds out
+                _forkwire.send(template.channel, {"type": "preload", "modules": missing})
         try:
             pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
         except OSError as exc:
@@ -269,7 +275,7 @@ class ForkServer:
             template.answers.append(answer)
             fds = (child.fileno(), handoff_child.fileno(), self._listener.fileno())
             _forkwire.send(template.channel, {"type": "fork", "tag": tag}, fds)
-            async with asyncio.timeout(FORK_WAIT):
+            async with asyncio.timeout(WARM_WAIT if missing else FORK_WAIT):  # imports first?
                 process = await answer
         except (OSError, SpawnError, TimeoutError) as exc:
             if channel is not None:
@@ -399,6 +405,19 @@ class ForkServer:
             "The fork server is ready (pid %d, %s modules preloaded).", template.pid, warm.get("preloaded")
         )
 
+    def _warmer(self, template: Template, warm: dict[str, object]) -> None:
+        """A template imported more modules: what it has now, or no forking if a thread started."""
+        if not self._threads_allow_forking(warm):
+            return
+        failed = warm.get("failed")
+        failed = [str(name) for name in failed] if isinstance(failed, list) else []
+        if failed:
+            logger.debug("The fork server could not import %s; workers will import them themselves.", failed)
+        template.preloaded |= _modules(warm) | frozenset(failed)
+        logger.debug(
+            "The fork server is ready (pid %d, %s modules preloaded).", template.pid, warm.get("preloaded")
+        )
+
     def _threads_allow_forking(self, hello: dict[str, object]) -> bool:
         threads = hello.get("threads")
         if isinstance(threads, int) and threads > 1:
@@ -471,6 +490,8 @@ class ForkServer:
             return
         for message, fds in messages:
             match message.get("type"), fds:
+                case "warm", [] if template.warm.done():
+                    self._warmer(template, message)  # it imported more, on request
                 case "hello" | "warm", []:
                     for stage in (
                         (template.hello, template.warm) if message["type"] == "warm" else [template.hello]

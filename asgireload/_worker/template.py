@@ -141,6 +141,17 @@ class Template:
         finally:
             self.control.setblocking(True)
 
+    def warm_up(self, names: list[str]) -> None:
+        """Import these installed modules and say `warm`; with a thread running after that, stop
+        forking (it could copy a lock the thread holds) and exit once the workers have."""
+        imported, failed = _preload(tuple(names))
+        _say_hello(self.control, "warm", preloaded=imported, failed=failed)
+        if threading.active_count() > 1:
+            self.retired = True
+            self._exit_if_done()
+        gc.collect()
+        gc.freeze()  # what the template built stays untouched by the children's collections: shared
+
     def serve(self) -> NoReturn:
         while True:
             for fd, _events in self.poller.poll():
@@ -166,6 +177,10 @@ class Template:
             if message["type"] == "retire" and not fds:
                 self.retired = True  # replaced: exit once the workers forked from here are gone
                 self._exit_if_done()
+                continue
+            modules = message.get("modules")
+            if message["type"] == "preload" and not fds and isinstance(modules, list):
+                self.warm_up([str(name) for name in modules])  # what the app turned out to import
                 continue
             tag = message.get("tag")
             if message["type"] != "fork" or len(fds) != 3 or not isinstance(tag, str):
@@ -227,13 +242,7 @@ def main() -> None:
     _say_hello(control, "hello")
     template = Template(control, receiver, received)
     template.serve_waiting()
-    imported, failed = _preload(settings.preload)
-    _say_hello(control, "warm", preloaded=imported, failed=failed)
-    if threading.active_count() > 1:
-        template.retired = True  # forking now could copy a lock some thread holds: no more forks
-        template._exit_if_done()
-    gc.collect()
-    gc.freeze()  # what the template built stays untouched by the children's collections: shared
+    template.warm_up(list(settings.preload))
     template.serve()
 
 

@@ -170,6 +170,8 @@ class Template:
         self.preloaded: frozenset[str] = frozenset()
         self.ready = False
         self.forked = False  # it forked a worker
+        self.env: dict[str, str] = {}  # the env file's values it imported with
+        self.sending: asyncio.Task[None] | None = None  # the last long line on its way
         self.settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()  # ready, or never
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -242,6 +244,12 @@ class ForkServer:
         """A worker forked from the template, with these settings; None when it must be spawned
         instead (SpawnError if the OS has no sockets left for it)."""
         template = await self._usable()
+        if template is not None and template.env != wanted.env:
+            # the env file changed: what the template imported may have read the old values
+            logger.debug("The env file changed; starting a fork server with its new values.")
+            self._settings = wanted
+            self.replace()
+            template = await self._usable()
         if template is None:
             return None
         if template.hello.done() and not template.warm.done():
@@ -259,8 +267,8 @@ class ForkServer:
             logger.debug("The fork server imports %s too.", ", ".join(missing[:5]))
             self._settings = dataclasses.replace(self._settings or wanted, preload=wanted.preload)
             template.preloaded |= frozenset(missing)
-            with contextlib.suppress(OSError):  # if it is gone, the fork request below finds out
-                _forkwire.send(template.channel, {"type": "preload", "modules": missing})
+            line = _forkwire.encode({"type": "preload", "modules": missing})
+            template.sending = self._run(self._send(template, line, after=template.sending))
         try:
             pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
         except OSError as exc:
@@ -272,6 +280,8 @@ class ForkServer:
         try:
             # its settings wait in its channel before it exists: no round trip after the fork
             channel = await workers.open_channel(parent, wanted)
+            if template.sending is not None:
+                await asyncio.shield(template.sending)  # the lines before it are all out
             template.answers.append(answer)
             fds = (child.fileno(), handoff_child.fileno(), self._listener.fileno())
             _forkwire.send(template.channel, {"type": "fork", "tag": tag}, fds)
@@ -405,6 +415,14 @@ class ForkServer:
             "The fork server is ready (pid %d, %s modules preloaded).", template.pid, warm.get("preloaded")
         )
 
+    @staticmethod
+    async def _send(template: Template, line: bytes, after: asyncio.Task[None] | None = None) -> None:
+        """Send a line to the template, after the one being sent; if it is gone, its exit says so."""
+        if after is not None:
+            await asyncio.gather(after, return_exceptions=True)
+        with contextlib.suppress(OSError):
+            await asyncio.get_running_loop().sock_sendall(template.channel, line)
+
     def _warmer(self, template: Template, warm: dict[str, object]) -> None:
         """A template imported more modules: what it has now, or no forking if a thread started."""
         if not self._threads_allow_forking(warm):
@@ -464,15 +482,18 @@ class ForkServer:
             child.close()
         process = asyncio.subprocess.Process(transport, protocol_, loop)
         template = Template(process, protocol_.exited, parent, tag)
+        template.env = dict(settings.env)
         reading: asyncio.Task[None] | None = None
         if self._output is not None and process.stdout is not None:
             # forked workers write here too, for as long as they live: read until they are all gone
             reading = self._run(workers._read_output(process.stdout, self._output))
         parent.setblocking(False)
-        with contextlib.suppress(OSError):
-            parent.sendall(protocol.encode(settings, protocol.TRUSTED_MAX_LINE))
         loop.add_reader(parent.fileno(), self._readable, template)
         self._run(self._watch(template, transport, reading))
+        # whole lines, however long (the preload list): a fork request may only follow a line
+        template.sending = self._run(
+            self._send(template, protocol.encode(settings, protocol.TRUSTED_MAX_LINE))
+        )
         return template
 
     def _readable(self, template: Template) -> None:

@@ -297,11 +297,6 @@ SCENARIOS: dict[str, list[Step]] = {
         (e.PackagesChanged(("/venv/site-packages/fastapi/__init__.py",)), ["kill 2", "spawn 3 preloading"]),
         (exited(2, -9), []),
     ],
-    "a stale standby (its fork server template was replaced) is replaced quietly": [
-        *STARTED,
-        (e.StandbyStale(), ["kill 2", "spawn 3 preloading"]),
-        (exited(2, -9), []),
-    ],
     "a standby that dies is replaced; one that dies preloading, without preloading": [
         *STARTED,
         (exited(2, -9), ["spawn 3 preloading"]),

@@ -38,12 +38,6 @@ class PackagesChanged:
 
 
 @dataclasses.dataclass(frozen=True)
-class StandbyStale:
-    """The standby came from a fork server template that has been replaced: a fresh one from
-    the new template has the app's installed modules and shares its pages (no reload)."""
-
-
-@dataclasses.dataclass(frozen=True)
 class Stop:
     """Stop: drain what serves, kill the rest (everything at once with `force`). Nothing follows."""
 
@@ -153,4 +147,4 @@ WorkerEvent = (
     | ChannelBroken
     | TimerFired
 )
-Event = FileChanged | ReloadRequested | PackagesChanged | StandbyStale | Stop | WorkerEvent
+Event = FileChanged | ReloadRequested | PackagesChanged | Stop | WorkerEvent

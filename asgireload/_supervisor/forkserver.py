@@ -34,7 +34,7 @@ from collections.abc import Callable, Coroutine
 from .. import _forkwire, _reaper
 from .. import _protocol as protocol
 from ..config import Config
-from . import events, workers
+from . import workers
 from .workers import Emit, SpawnError, WorkerProcess
 
 logger = logging.getLogger("asgireload")
@@ -65,7 +65,7 @@ def unsafe_to_fork() -> str | None:
 
 
 def for_config(
-    config: Config, listener: socket.socket, output: Callable[[str], None] | None, emit: Emit
+    config: Config, listener: socket.socket, output: Callable[[str], None] | None
 ) -> ForkServer | None:
     """The fork server for this configuration, or None (and why, once, at debug level)."""
     if not (config.fork and config.standby and config.preload):
@@ -74,7 +74,7 @@ def for_config(
     if reason is not None:
         logger.debug("Spawning workers instead of forking them: %s.", reason)
         return None
-    return ForkServer(listener, output, emit)
+    return ForkServer(listener, output)
 
 
 def _missing(wanted: tuple[str, ...], preloaded: frozenset[str]) -> list[str]:
@@ -202,12 +202,10 @@ class Template:
 class ForkServer:
     """Forks workers from a template, replacing the template when needed; or says it cannot."""
 
-    def __init__(self, listener: socket.socket, output: Callable[[str], None] | None, emit: Emit) -> None:
+    def __init__(self, listener: socket.socket, output: Callable[[str], None] | None) -> None:
         self._listener = listener
         self._output = output
-        self._emit = emit  # events for the machine
         self._template: Template | None = None
-        self._next: Template | None = None  # a replacement, until it is ready
         self._settings: protocol.Settings | None = None  # the last template's (preload list)
         self._off: str | None = None  # why forking was given up
         self._deaths = 0
@@ -337,10 +335,9 @@ class ForkServer:
         if self._off is None:
             self._off = reason
             logger.debug("Spawning workers instead of forking them: %s.", reason)
-        for template in (self._template, self._next):
-            if template is not None:
-                self._retire(template)  # one that forked workers waits for them; the rest end now
-        self._template = self._next = None
+        if self._template is not None:
+            self._retire(self._template)  # one that forked workers waits for them; else it ends now
+        self._template = None
 
     def _template_failed(self, template: Template) -> None:
         """It did not fork (it died, or its channel broke): a new one forks the next worker."""
@@ -369,19 +366,13 @@ class ForkServer:
         return task
 
     async def _launch(self, settings: protocol.Settings) -> None:
-        """Start a template (the task ends once it runs); it becomes the one forked from once it
-        says hello, or, as a replacement, once it has imported everything."""
+        """Start a template (the task ends once it runs); it is forked from once it says hello."""
         try:
             template = await self._spawn(settings)
         except SpawnError as exc:
             self._give_up(str(exc))
             return
-        if self._template is None:
-            self._template = template
-        else:
-            if self._next is not None:
-                self._next.close()
-            self._next = template
+        self._template = template
         self._run(self._become_ready(template, settings))
 
     async def _become_ready(self, template: Template, settings: protocol.Settings) -> None:
@@ -389,13 +380,10 @@ class ForkServer:
             hello = await template.hello  # it can fork: the first worker need not wait for the preload
             if not self._threads_allow_forking(hello):
                 return
-            if template is not self._next:  # a replacement is used once it has all it is for
-                template.preloaded = _modules(hello) | frozenset(settings.preload)  # soon
-                self._mark_ready(template)
+            template.preloaded = _modules(hello) | frozenset(settings.preload)  # soon
+            self._mark_ready(template)
             warm = await template.warm
         except SpawnError:
-            if template is self._next:
-                self._next = None
             return
         if not self._threads_allow_forking(warm):
             return
@@ -404,13 +392,6 @@ class ForkServer:
         if failed:
             logger.debug("The fork server could not import %s; workers will import them themselves.", failed)
         template.preloaded = _modules(warm) | frozenset(failed)  # all it has, and what is no use trying
-        if template is self._next:
-            self._mark_ready(template)
-            old, self._template, self._next = self._template, template, None
-            if old is not None:
-                self._retire(old)
-                if old.forked:
-                    self._emit(events.StandbyStale())  # a standby from the new one shares its pages
         logger.debug(
             "The fork server is ready (pid %d, %s modules preloaded).", template.pid, warm.get("preloaded")
         )
@@ -562,9 +543,7 @@ class ForkServer:
             reading.add_done_callback(lambda _: transport.close())
         if self._closing or self._off is not None:
             return
-        if template is self._next:
-            self._next = None
-        elif template is self._template:
+        if template is self._template:
             self._template = None
             self._deaths += 1  # killed, or crashed at import (then it would again): a few times
             if self._deaths >= MAX_DEATHS:
@@ -578,7 +557,7 @@ class ForkServer:
     async def aclose(self) -> None:
         """Kill the templates (the workers they forked are ended by their owners) and wait for them."""
         self._closing = True
-        templates = [t for t in (self._template, self._next, *self._retired) if t is not None]
+        templates = [t for t in (self._template, *self._retired) if t is not None]
         for template in templates:
             template.kill()
             # the supervisor is stopping: whatever still carries the template's tag goes too
@@ -591,4 +570,4 @@ class ForkServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for template in templates:
             template.close()
-        self._template = self._next = None
+        self._template = None

@@ -48,8 +48,6 @@ class Machine(Generations):
             names = ", ".join(self._relative(p) for p in event.paths[:3])
             self._log(logging.INFO, f"Installed packages changed ({names}); replacing the warm worker.")
             self._replace_standby()
-        elif isinstance(event, e.StandbyStale):
-            self._replace_standby()
         elif isinstance(event, e.Stop):
             self._stop(event.force)
         else:

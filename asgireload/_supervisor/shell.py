@@ -159,7 +159,7 @@ class Supervisor:
             self._queue.put_nowait,
             output,
             serving,
-            forkserver.for_config(self.config, self._listener, output, self._queue.put_nowait),
+            forkserver.for_config(self.config, self._listener, output),
         )
         self._broken = asyncio.get_running_loop().create_future()
         self._broken.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved here

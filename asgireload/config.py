@@ -134,6 +134,12 @@ class Config:
         "Let the warm worker import the third-party modules the app used last time, ahead of the reload.",
         negatable=True,
     )
+    fork: bool = _option(
+        True,
+        "On Linux, fork warm workers from a template process that has imported uvicorn and the "
+        "app's installed packages once, instead of starting a new interpreter for each.",
+        negatable=True,
+    )
     force_polling: bool = _option(
         False,
         "Find changes by polling every watched file, never by file events (for mounts that deliver "

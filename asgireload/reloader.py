@@ -102,7 +102,8 @@ class Reloader:
     @property
     def pids(self) -> dict[str, int]:
         """Process ids of the workers by role, for diagnostics: "serving", "loading", "standby", and
-        "draining" for an older generation until its exit has been handled."""
+        "draining" for an older generation until its exit has been handled; "template" for the
+        fork server's template process, which forks the workers, while it runs (Linux)."""
         return self._running.pids
 
     def is_watching(self, path: str | os.PathLike[str]) -> bool:

@@ -214,11 +214,12 @@ def _rows(raw: dict[str, LoadRaw]) -> list[Row]:
     gap50: dict[str, float | None] = {}
     gap90: dict[str, float | None] = {}
     lat50: dict[str, float | None] = {}
+    steady: dict[str, float | None] = {}
     lat_notes: dict[str, str] = {}
     for key, data in raw.items():
         samples = data.reloads
         if not samples:
-            failed[key] = cut[key] = gap50[key] = gap90[key] = lat50[key] = None
+            failed[key] = cut[key] = gap50[key] = gap90[key] = lat50[key] = steady[key] = None
             if data.error:
                 failed_notes[key] = "failed, see stderr"
             continue
@@ -234,6 +235,7 @@ def _rows(raw: dict[str, LoadRaw]) -> list[Row]:
         gaps = [s.max_gap_s * 1000 for s in samples]
         gap50[key] = median(gaps)
         gap90[key] = percentile(gaps, 90)
+        steady[key] = max(s.baseline_gap_s * 1000 for s in samples)
         lats = [s.latency_s * 1000 for s in samples if s.latency_s is not None]
         lat50[key] = median(lats) if lats else None
         missing = len(samples) - len(lats)
@@ -250,5 +252,6 @@ def _rows(raw: dict[str, LoadRaw]) -> list[Row]:
         Row("Under load: /slow requests cut, total", cut, notes=cut_notes),
         Row("Under load: longest gap without a successful response, p50 (ms)", gap50),
         Row("Under load: longest gap without a successful response, p90 (ms)", gap90),
+        Row("Under load: longest gap in steady state (before each save), max (ms)", steady),
         Row("Under load: reload latency, p50 (ms)", lat50, notes=lat_notes),
     ]

@@ -1,6 +1,6 @@
 """Benchmark asgireload against ``uvicorn --reload``, side by side and interleaved.
 
-Usage: python benchmarks/run.py [--quick] [--only latency|load|idle|memory] [--reloads N] [--json PATH]
+Usage: python benchmarks/run.py [--quick] [--only latency|startup|load|idle|memory] [--json PATH]
 
 See benchmarks/README.md for what each figure means.
 """
@@ -36,8 +36,9 @@ from bench_idle import run_idle
 from bench_latency import run_latency
 from bench_load import run_load
 from bench_memory import run_memory
+from bench_startup import run_startup
 
-MEASUREMENTS = ("latency", "load", "idle", "memory")
+MEASUREMENTS = ("latency", "startup", "load", "idle", "memory")
 Measure = Callable[[Sequence[Reloader], Path], tuple[list[Row], dict[str, object]]]
 
 
@@ -55,6 +56,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reloads", type=int, help="reloads per app for the latency figure (20; quick 5)")
     parser.add_argument("--load-reloads", type=int, help="reloads for the under-load figure (10; quick 3)")
     parser.add_argument("--idle-seconds", type=float, help="idle CPU sampling time (20; quick 5)")
+    parser.add_argument(
+        "--startup-runs", type=int, help="cold starts and first edits per app and reloader (5; quick 3)"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also save raw numbers as JSON")
     parser.add_argument(
         "--asgireload-arg",
@@ -67,7 +71,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.reloads = args.reloads or (5 if args.quick else 20)
     args.load_reloads = args.load_reloads or (3 if args.quick else 10)
     args.idle_seconds = args.idle_seconds or (5.0 if args.quick else 20.0)
-    for name in ("reloads", "load_reloads"):
+    args.startup_runs = args.startup_runs or (3 if args.quick else 5)
+    for name in ("reloads", "load_reloads", "startup_runs"):
         if not 1 <= getattr(args, name) <= 1000:
             parser.error(f"--{name.replace('_', '-')} must be between 1 and 1000")
     if not 1 <= args.idle_seconds <= 600:
@@ -104,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load": lambda rs, tmp: run_load(rs, tmp, args.load_reloads),
         "idle": lambda rs, tmp: run_idle(rs, tmp, args.idle_seconds),
         "memory": run_memory,
+        "startup": lambda rs, tmp: run_startup(rs, tmp, args.startup_runs),
     }
     started = time.perf_counter()
     rows: list[Row] = []
@@ -111,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="asgireload-bench-") as tmp_name:
         tmp = Path(tmp_name)
+        # asgireload's warm cache goes here, not to ~/.cache (the servers inherit the variable)
+        os.environ["XDG_CACHE_HOME"] = str(tmp / "cache")
         asgireload_ok, asgireload_info = probe_asgireload(tmp)
         reloaders: list[Reloader] = [ASGIRELOAD, UVICORN] if asgireload_ok else [UVICORN]
         if not asgireload_ok:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sysconfig
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +37,23 @@ def write(path: Path, source: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(source).lstrip())
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _warm_cache_outside_home() -> Iterator[Path]:
+    """The warm cache (the modules an app imported last time) goes to a folder of the session's,
+    never to the real ~/.cache; the workers and CLI processes the tests start inherit it."""
+    folder = Path(tempfile.mkdtemp(prefix="asgireload-cache-"))
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    try:
+        yield folder
+    finally:
+        if before is None:
+            del os.environ["XDG_CACHE_HOME"]
+        else:
+            os.environ["XDG_CACHE_HOME"] = before
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -107,6 +107,18 @@ def children_of(pid: int) -> set[ProcStat]:
     return {p for p in all_processes() if p.ppid == pid and p.running}
 
 
+def workers_of(pid: int) -> tuple[set[ProcStat], set[ProcStat]]:
+    """The supervisor's workers (spawned, or forked by a fork server template), and its templates."""
+    children = children_of(pid)
+    templates = set()
+    for child in children:
+        with contextlib.suppress(OSError):
+            if b"asgireload._worker.template" in Path(f"/proc/{child.pid}/cmdline").read_bytes():
+                templates.add(child)
+    forked = {worker for template in templates for worker in children_of(template.pid)}
+    return (children - templates) | forked, templates
+
+
 def still_running(processes: set[ProcStat]) -> set[ProcStat]:
     """Those of `processes` that have not exited (same pid and start time, not a zombie)."""
     alive = set()
@@ -288,13 +300,15 @@ class Cli:
         return self.port
 
     async def collect_workers(self, count: int = 2) -> set[ProcStat]:
-        """Wait until the supervisor has `count` children (the serving worker and the standby)."""
+        """Wait until the supervisor has `count` workers (the serving worker and the standby): its
+        children, or on Linux the children of its fork server's template, which comes with them."""
         async with asyncio.timeout(DEADLINE):
             # /proc has no event to wait for: poll the condition, under the deadline.
-            while len(found := children_of(self.pid)) < count:  # noqa: ASYNC110
+            while len((found := workers_of(self.pid))[0]) < count:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
-        self.workers |= found
-        return found
+        workers, templates = found
+        self.workers |= workers | templates
+        return workers
 
     async def exited(self, within: float = DEADLINE) -> int:
         """Wait for the exit and for the end of its output (every process holding the pipes gone)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import itertools
 import json
 import os
@@ -25,8 +26,10 @@ import pytest
 
 from .test_cli import DEADLINE, client, free_port, kill_group, port_is_free, write_atomically
 
-if os.environ.get("CI") != "true":
-    pytest.importorskip("debugpy", reason="debugpy (the test extra) is not installed")
+# Never imported here: a supervisor in this process (the other tests' Reloader) would take the
+# test run for a debugging session, and stop forking workers and killing them at the deadline.
+if os.environ.get("CI") != "true" and importlib.util.find_spec("debugpy") is None:
+    pytest.skip("debugpy (the test extra) is not installed", allow_module_level=True)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

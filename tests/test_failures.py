@@ -341,7 +341,8 @@ async def test_a_hostile_control_channel_ends_that_worker_only(
     write(site / "sitecustomize.py", HOSTILE.format(marker=str(tmp_path / "hostile-once"), mode=mode))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
     write(tmp_path / "app" / "main.py", PLAIN_APP)
-    async with Reloader("main:app", app_dir=tmp_path / "app") as server:
+    # spawned workers: the hostile code runs at an interpreter's start-up, which a forked one skips
+    async with Reloader("main:app", app_dir=tmp_path / "app", fork=False) as server:
         assert (tmp_path / "hostile-once").exists()
         if server.state != "ready":  # generation 1 was the hostile one; the backoff restarts it
             event = await server.wait_for_generation(2, timeout=RECOVER)

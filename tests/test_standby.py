@@ -1,5 +1,8 @@
 """The warm standby: replaced when it dies or its packages change, never waited on forever,
-and a package that cannot be preloaded is reported once and imported with the app instead."""
+and a package that cannot be preloaded is reported once and imported with the app instead.
+
+The tests that count who imported a package spawn their workers (fork=False): with the fork
+server, the template imports it too (see test_forkserver.py)."""
 
 from __future__ import annotations
 
@@ -60,7 +63,10 @@ async def test_the_standby_preloads_installed_packages(tmp_path: Path, installed
     log = tmp_path / "imports.log"
     install_fakepkg(installed, log, "pass")
     app_using_fakepkg(tmp_path / "app")
-    async with Reloader("main:app", app_dir=tmp_path / "app") as server, httpx.AsyncClient() as client:
+    async with (
+        Reloader("main:app", app_dir=tmp_path / "app", fork=False) as server,
+        httpx.AsyncClient() as client,
+    ):
         await until(
             lambda: "standby" in server.pids and len(imports(log)) == 2, what="the standby to preload"
         )
@@ -76,7 +82,7 @@ async def test_a_changed_package_replaces_the_standby(tmp_path: Path, installed:
     log = tmp_path / "imports.log"
     install_fakepkg(installed, log, "pass")
     app_using_fakepkg(tmp_path / "app")
-    async with Reloader("main:app", app_dir=tmp_path / "app") as server:
+    async with Reloader("main:app", app_dir=tmp_path / "app", fork=False) as server:
         await until(lambda: len(imports(log)) == 2, what="the standby to preload")
         standby = server.pids["standby"]
         install_fakepkg(installed, log, "pass", extra="VERSION = 2\n")
@@ -108,7 +114,10 @@ async def test_a_standby_stuck_preloading_is_not_waited_on(
     log = tmp_path / "imports.log"
     install_fakepkg(installed, log, "import time; time.sleep(60)")
     app_using_fakepkg(tmp_path / "app")
-    async with Reloader("main:app", app_dir=tmp_path / "app") as server, httpx.AsyncClient() as client:
+    async with (
+        Reloader("main:app", app_dir=tmp_path / "app", fork=False) as server,
+        httpx.AsyncClient() as client,
+    ):
         await until(lambda: len(imports(log)) == 2, what="the standby to hang in its preload")
         stuck = server.pids["standby"]
         event = await server.edit(tmp_path / "app" / "main.py", fakepkg_app("v2"))

@@ -30,7 +30,6 @@ from .test_cli import (
     all_readable,
     app_source,
     asgireload_processes_in,
-    children_of,
     client,
     free_port,
     kill_group,
@@ -38,6 +37,7 @@ from .test_cli import (
     port_is_free,
     proc_stat,
     still_running,
+    workers_of,
     write_atomically,
 )
 
@@ -156,11 +156,12 @@ async def terminal_session(folder: Path, *to_reap: set[ProcStat]) -> AsyncIterat
 
 
 async def wait_for_children(pid: int, count: int) -> set[ProcStat]:
+    """`count` workers of the supervisor `pid`; with the fork server's templates that forked them."""
     async with asyncio.timeout(DEADLINE):
         # /proc has no event to wait for: poll the condition, under the deadline.
-        while len(found := children_of(pid)) < count:  # noqa: ASYNC110
+        while len((found := workers_of(pid))[0]) < count:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
-    return found
+    return found[0] | found[1]
 
 
 async def all_exit(processes: set[ProcStat], what: str) -> None:
@@ -277,7 +278,7 @@ async def test_a_background_job_is_not_stopped_by_the_shell_reading_the_terminal
         async with client() as http:
             assert (await http.get(f"http://127.0.0.1:{port}/")).text == "second"
 
-        workers |= children_of(job.pid)
+        workers |= set().union(*workers_of(job.pid))
         terminal.type("kill %1\n")
         await all_exit({job}, "after kill %1")
         await all_exit(workers, "after kill %1")
@@ -301,7 +302,7 @@ async def test_fg_brings_back_the_reload_key(project: Path) -> None:
         await terminal.wait_for(
             r"Reloaded in \d+ ms \(generation 2\): reload requested from the terminal", after
         )
-        workers |= children_of(job.pid)
+        workers |= set().union(*workers_of(job.pid))
         terminal.type("\x03")  # CTRL+C, to the foreground job
         await terminal.wait_for(r"Shutting down \(CTRL\+C\)", after)
         await all_exit({job}, "after CTRL+C")

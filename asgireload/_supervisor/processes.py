@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterator
 
 from .. import _handoff
 from .. import _protocol as protocol
-from . import events, workers
+from . import events, warmcache, workers
 from .debugging import DebugTerminal
+from .forkserver import ForkServer
 from .workers import WorkerProcess
 
 logger = logging.getLogger("asgireload")
@@ -25,6 +26,7 @@ class Processes:
         output: Callable[[str], None] | None,
         serving: Callable[[], int | None],
         terminal: DebugTerminal | None = None,
+        forkserver: ForkServer | None = None,
     ) -> None:
         self._listener = listener
         self._emit = emit  # what they say, and their exits, as the machine's events
@@ -33,6 +35,8 @@ class Processes:
         self._terminal = terminal  # lent to a worker stopped at breakpoint(), if asgireload has one
         self._by_id: dict[int, WorkerProcess] = {}
         self._held = _handoff.Held()  # handed-over connections waiting for a generation to serve them
+        self.forkserver = forkserver  # where warm workers come from, if forking is possible
+        self._memory = warmcache.Memory()  # the preload list, for the next start-up's template
 
     def __iter__(self) -> Iterator[WorkerProcess]:
         return iter(list(self._by_id.values()))
@@ -41,15 +45,15 @@ class Processes:
         return self._by_id.get(worker) if worker is not None else None
 
     async def spawn(
-        self, worker: int, settings: Callable[[int, int, int], protocol.Settings]
+        self, worker: int, settings: Callable[[int, int, int], protocol.Settings], fork: bool = False
     ) -> events.WorkerStarted | events.SpawnFailed:
-        """Start a worker process; the result is the machine's next event.
+        """Start a worker process; the result is the machine's next event. With `fork`, it comes
+        from the fork server if there is one (whose template starts with the first worker, with
+        the warm cache's preload list).
 
         Cancelled (by stop()), it finishes the spawn first, so that the process is known and
         stop() ends it, then lets CancelledError through."""
-        spawning = asyncio.ensure_future(
-            workers.spawn(worker, settings, self._listener, self._emit, self._output, self._terminal)
-        )
+        spawning = asyncio.ensure_future(self._start(worker, settings, fork))
         try:
             process = await asyncio.shield(spawning)
         except workers.SpawnError as exc:
@@ -62,6 +66,22 @@ class Processes:
         self._by_id[process.id] = process
         process.stop_relaying = _handoff.listen(process.handoff, lambda fds: self.relay(process, fds))
         return events.WorkerStarted(worker, process.pid)
+
+    async def _start(
+        self, worker: int, settings: Callable[[int, int, int], protocol.Settings], fork: bool
+    ) -> WorkerProcess:
+        forkserver = self.forkserver
+        if forkserver is not None:
+            wanted = settings(-1, -1, -1)  # a forked worker's descriptors are the template's to tell
+            self._memory.remember(wanted)
+            if not forkserver.started:
+                # the first worker too comes from the template, which imports what the app
+                # imported last time after forking it: one interpreter starting up, not two
+                forkserver.start(warmcache.with_cached_preload(wanted))
+            forked = await forkserver.fork(worker, wanted, self._emit, self._terminal) if fork else None
+            if forked is not None:
+                return forked
+        return await workers.spawn(worker, settings, self._listener, self._emit, self._output, self._terminal)
 
     def send(self, worker: int, message: protocol.SupervisorMessage) -> None:
         process = self._by_id.get(worker)
@@ -111,3 +131,5 @@ class Processes:
         finally:
             self._by_id.clear()
             self._held.close()
+            if self.forkserver is not None:
+                await self.forkserver.aclose()

@@ -31,7 +31,7 @@ from ..config import Config
 from ..errors import AsgireloadError, ReloadTimeout, StartupError
 from ..events import EventStream, ReloadEvent, State
 from . import commands as c
-from . import editable, settings, sockets
+from . import editable, forkserver, settings, sockets
 from . import events as e
 from .assets import LiveAssets, is_stylesheet_change, log_line
 from .debugging import DebugTerminal, coverage_misses_workers
@@ -118,6 +118,8 @@ class Supervisor:
             process = self._processes.get(worker.id if worker is not None else None)
             if process is not None and process.alive:
                 pids[role] = process.pid
+        if self._processes.forkserver is not None and (template := self._processes.forkserver.pid):
+            pids["template"] = template
         for worker in machine.workers.values():  # until its exit is handled, and all it started has ended
             process = self._processes.get(worker.id)
             if worker.role is Role.DRAINING and process is not None:
@@ -164,7 +166,12 @@ class Supervisor:
         output = self._capture if self.config.capture_output else None
         serving = lambda: machine.serving.id if machine.serving is not None else None  # noqa: E731
         self._processes = Processes(
-            self._listener, self._queue.put_nowait, output, serving, self.debug_terminal
+            self._listener,
+            self._queue.put_nowait,
+            output,
+            serving,
+            self.debug_terminal,
+            forkserver.for_config(self.config, self._listener, output),
         )
         self._broken = asyncio.get_running_loop().create_future()
         self._broken.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved here
@@ -273,6 +280,8 @@ class Supervisor:
             processes.send(serving.id, protocol.Assets(tuple(assets), restyle))
 
     def _on_packages_change(self, paths: list[str], since: float) -> None:
+        if self._processes is not None and self._processes.forkserver is not None:
+            self._processes.forkserver.replace()  # before the machine asks for a new standby
         self._queue.put_nowait(e.PackagesChanged(tuple(paths)))
 
     async def _run(self) -> None:
@@ -323,11 +332,13 @@ class Supervisor:
         match command:
             case c.Spawn(worker, preload):
                 roots = self.project.roots
+                record = self._machine.workers.get(worker) if self._machine is not None else None
                 return await processes.spawn(
                     worker,
                     functools.partial(
                         settings.worker_settings, self.config, roots, preload, self._fd_limit, self.live.run
                     ),
+                    fork=record is not None and not record.cold,
                 )
             case c.Load(worker, generation, env, failure):
                 processes.send(worker, protocol.Load(generation, dict(env), failure))

@@ -18,6 +18,7 @@ import os
 import socket
 import sys
 import time
+import typing
 from collections.abc import Callable
 
 from .. import _protocol as protocol
@@ -36,6 +37,18 @@ NO_TERMINAL = DebugTerminal.none(
 )
 
 Emit = Callable[[events.Event], None]
+
+
+class Process(typing.Protocol):
+    """What is needed of a worker's process: asyncio's, or a forked one (see forkserver.py)."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait(self) -> int | None: ...
 
 
 class SpawnError(Exception):
@@ -65,7 +78,7 @@ class WorkerProcess:
     def __init__(
         self,
         worker_id: int,
-        process: asyncio.subprocess.Process,
+        process: Process,
         channel: protocol.Channel,
         handoff: socket.socket,
         tag: str | None = None,
@@ -95,6 +108,8 @@ class WorkerProcess:
 
     @property
     def alive(self) -> bool:
+        if self._exited is not None:
+            return not self._exited.done()
         return self.process.returncode is None
 
     async def wait_exit(self) -> int | None:
@@ -193,15 +208,7 @@ async def spawn(
     The settings travel over the control channel, not argv: they grow with the app (the preload
     list) and argv has a per-string limit. Raises SpawnError if the OS will not start it.
     """
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(3):
-            sockets.extend(socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
-    except OSError as exc:  # out of descriptors, most likely
-        for sock in sockets:
-            sock.close()
-        raise SpawnError(f"could not start a worker process: {exc.strerror or exc}") from exc
-    parent, child, handoff, handoff_child, debug, debug_child = sockets
+    parent, child, handoff, handoff_child, debug, debug_child = socketpairs()
     handoff_child_fd, debug_child_fd = handoff_child.fileno(), debug_child.fileno()
     tag = _reaper.new_tag(worker_id)
     environment = dict(os.environ)
@@ -233,24 +240,69 @@ async def spawn(
             sock.close()
         raise
     finally:
-        child.close()
-        handoff_child.close()
-        debug_child.close()
-    try:
-        channel = await protocol.Channel.open(
-            parent, protocol.WORKER_MESSAGES, send_limit=protocol.TRUSTED_MAX_LINE
-        )
-        channel.send(settings(handoff_child_fd, listener.fileno(), debug_child_fd))
-    except BaseException as exc:
-        for sock in (parent, handoff, debug):
+        for sock in (child, handoff_child, debug_child):
             sock.close()
-        await end_process(process, tag, 0, protocol_.exited)
+    try:
+        worker = await attach(
+            worker_id,
+            process,
+            tag,
+            protocol_.exited,
+            (parent, handoff, debug),
+            settings(handoff_child_fd, listener.fileno(), debug_child_fd),
+            emit,
+            (process.stdout, output) if output is not None and process.stdout is not None else None,
+            terminal,
+        )
+    except BaseException:
         transport.close()
+        raise
+    worker.transport = transport
+    return worker
+
+
+def socketpairs() -> tuple[socket.socket, ...]:
+    """A new worker's three socketpairs, this side's end first in each: control, handoff, debug."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(3):
+            sockets.extend(socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
+    except OSError as exc:  # out of descriptors, most likely
+        for sock in sockets:
+            sock.close()
+        raise SpawnError(f"could not start a worker process: {exc.strerror or exc}") from exc
+    return tuple(sockets)
+
+
+async def attach(
+    worker_id: int,
+    process: Process,
+    tag: str,
+    exited: asyncio.Future[None],
+    sockets: tuple[socket.socket, socket.socket, socket.socket],
+    settings: protocol.Settings | protocol.Channel,
+    emit: Emit,
+    output: tuple[asyncio.StreamReader, Callable[[str], None]] | None = None,
+    terminal: DebugTerminal | None = None,
+) -> WorkerProcess:
+    """Open the channel of a worker just started (spawned or forked: `sockets` are this side's
+    control, handoff and debug ends) and send its settings (or take the channel they were sent
+    on); from then on, what it says and its exit arrive through `emit`, and its breakpoint()s
+    ask `terminal`. If that fails, the worker is ended and SpawnError (or the exception) raised."""
+    parent, handoff, debug = sockets
+    try:
+        if isinstance(settings, protocol.Channel):
+            channel = settings  # opened already, the settings sent
+        else:
+            channel = await open_channel(parent, settings)
+    except BaseException as exc:
+        for sock in sockets:
+            sock.close()
+        await end_process(process, tag, 0, exited)
         if isinstance(exc, OSError):
             raise SpawnError(f"could not talk to a new worker process: {exc.strerror or exc}") from exc
         raise
-    worker = WorkerProcess(worker_id, process, channel, handoff, tag, protocol_.exited)
-    worker.transport = transport
+    worker = WorkerProcess(worker_id, process, channel, handoff, tag, exited)
     worker.stop_debugging = (terminal or NO_TERMINAL).attach(
         lambda: f"generation {worker.generation or '?'} (pid {worker.pid})",
         worker.pid,
@@ -260,16 +312,25 @@ async def spawn(
         ),
     )
     worker.debug = debug
-    reading = asyncio.create_task(_read_channel(worker, emit))
-    worker.tasks.append(reading)
-    if output is not None and process.stdout is not None:
-        worker.tasks.append(asyncio.create_task(_read_output(process.stdout, output)))
+    worker.tasks.append(asyncio.create_task(_read_channel(worker, emit)))
+    if output is not None:
+        worker.tasks.append(asyncio.create_task(_read_output(*output)))
     worker.tasks.append(asyncio.create_task(_watch_exit(worker, emit, list(worker.tasks))))
     return worker
 
 
+async def open_channel(parent: socket.socket, settings: protocol.Settings) -> protocol.Channel:
+    """This side of a worker's control channel, its settings sent first (buffered: the worker
+    may not be reading yet)."""
+    channel = await protocol.Channel.open(
+        parent, protocol.WORKER_MESSAGES, send_limit=protocol.TRUSTED_MAX_LINE
+    )
+    channel.send(settings)
+    return channel
+
+
 async def end_process(
-    process: asyncio.subprocess.Process, tag: str | None, wait: float, exited: asyncio.Future[None] | None
+    process: Process, tag: str | None, wait: float, exited: asyncio.Future[None] | None
 ) -> bool:
     """The one way a worker process ends: `wait` seconds to exit by itself, then SIGKILL for it,
     its process group and its tagged descendants (even if it exited: what the app started goes
@@ -283,12 +344,15 @@ async def end_process(
         else:
             await process.wait()
 
+    def running() -> bool:
+        return not exited.done() if exited is not None else process.returncode is None
+
     try:
-        if process.returncode is None and wait > 0:
+        if running() and wait > 0:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await exit_of_process()
-        return process.returncode is None
+        return running()
     finally:
         _reaper.kill_generation(process.pid, tag)
         with contextlib.suppress(TimeoutError):

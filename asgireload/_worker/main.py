@@ -38,6 +38,7 @@ _UVICORN = frozenset(sys.modules)
 
 import asyncio  # noqa: E402
 import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import importlib  # noqa: E402
 import importlib.machinery  # noqa: E402
 import json  # noqa: E402
@@ -381,10 +382,21 @@ def _report_chunks(files: list[Any], modules: list[str]) -> Iterator[tuple[list[
 
 
 def main() -> None:
-    control_fd = int(sys.argv[1])
+    run(int(sys.argv[1]))
+
+
+def run(control_fd: int, descriptors: tuple[int, int, int] | None = None) -> None:
+    """Be a worker on this control socket. A worker forked by the template (template.py) passes
+    `descriptors`: where its handoff, listening and debug sockets landed, which the supervisor
+    cannot know."""
     _watch_for_hangup(control_fd)
     with socket.socket(fileno=os.dup(control_fd)) as control:
         settings, received = _read_settings(control)
+    if descriptors is not None:  # forked: the template tells what they are in this process
+        handoff_fd, listen_fd, debug_fd = descriptors
+        settings = dataclasses.replace(
+            settings, handoff_fd=handoff_fd, listen_fd=listen_fd, debug_fd=debug_fd
+        )
     for fd in (control_fd, settings.handoff_fd, settings.listen_fd, settings.debug_fd):
         if fd is not None:
             os.set_inheritable(fd, False)  # the app's children must not hold the port or our channels

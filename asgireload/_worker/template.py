@@ -1,0 +1,257 @@
+"""The fork server's template: `python -P -m asgireload._worker.template CONTROL_FD` (Linux).
+
+It starts like a worker (the same module, so the same imports: uvicorn, the protocols its
+options choose, and the installed modules in the preload list of the Settings it reads first),
+then, instead of loading an app, waits on its channel and forks a worker for each request. A
+forked child is a worker from the line after `fork()`: it leads a session of its own, carries its
+own generation tag, and runs `main.run()` on the control socket it was handed, exactly as a
+spawned worker would, minus the interpreter's start-up and the imports, which it shares with
+the template page for page until it writes to them.
+
+Fork is only safe with one thread: if anything imported started a thread, the template says
+so in its hello and exits, and the supervisor spawns workers instead. It never starts an
+event loop either. It reaps its children (through pidfds, in one poll with its channel) and
+tells the supervisor how each ended; the supervisor knows of their exit from a pidfd of its
+own, sent with the answer to the fork request. At end of file on its channel it exits: the
+workers it forked end by themselves when their own channels close.
+"""
+
+from __future__ import annotations
+
+import ctypes  # loaded here, so that a forked worker finds it loaded
+import gc
+import importlib
+import json
+import os
+import select
+import socket
+import sys
+import threading
+import traceback
+from typing import Any, NoReturn
+
+import uvicorn
+
+from .. import _forkwire, _reaper
+from .. import _protocol as protocol
+from . import main as worker  # first: it sets PYTHONPATH aside and imports uvicorn, as a worker does
+
+
+def _read_settings(
+    receiver: _forkwire.Receiver,
+) -> tuple[protocol.Settings, list[tuple[dict[str, Any], list[int]]]]:
+    """The settings, and the requests that came right behind them (with their descriptors)."""
+    received: list[tuple[dict[str, Any], list[int]]] = []
+    while not received:
+        messages = receiver.receive()
+        if messages is None:
+            os._exit(0)
+        received += messages
+    (first, _), rest = received[0], received[1:]
+    if first.get("type") != protocol.Settings.TYPE:
+        print("asgireload fork server: no settings first; exiting.", file=sys.stderr)
+        os._exit(1)
+    return protocol.Settings.from_json(first), rest
+
+
+def _warm_up(settings: protocol.Settings) -> None:
+    """What every worker imports before the app: uvicorn's protocols for these options, and the
+    event loop's module. Enough to fork the first worker."""
+    worker._uvicorn_imports(settings)
+    uvicorn.Config(app="unused:app", loop=settings.uvicorn["loop"]).get_loop_factory()
+
+
+def _preload(names: tuple[str, ...]) -> tuple[int, list[str]]:
+    """The installed modules the app imported last time: all that import. The failures are left
+    to the forked worker, which reports the first through its own hello, as a spawned one does."""
+    imported, failed = 0, []
+    for name in names:
+        try:
+            importlib.import_module(name)
+            imported += 1
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            failed.append(name)
+    return imported, failed
+
+
+def _retag(tag: str) -> None:
+    """Carry `tag` as a spawned worker does, also where `_reaper` looks: /proc/PID/environ shows
+    the environment block the process started with, which a forked child shares with the
+    template. The template was started with a tag at least as long as any worker's, so the
+    new one is written over it in place (padded with NULs); its children inherit both."""
+    value = tag.encode()
+    libc = ctypes.CDLL(None)
+    libc.getenv.restype = ctypes.c_void_p
+    address = libc.getenv(_reaper.TAG_VARIABLE.encode())
+    if address:
+        old = ctypes.string_at(address)
+        if len(value) <= len(old):
+            ctypes.memmove(address, value + b"\0" * (len(old) - len(value)), len(old))
+    os.environ[_reaper.TAG_VARIABLE] = tag
+
+
+def _become_worker(tag: str, fds: list[int], control: socket.socket, pidfds: list[int]) -> NoReturn:
+    """The forked child: a worker from here on, never back into the template's loop."""
+    code = 1
+    try:
+        os.setsid()  # its own session and process group, as a spawned worker has
+        control.close()  # the template's channel and its children's pidfds are not the worker's
+        for fd in pidfds:
+            os.close(fd)
+        _retag(tag)
+        control_fd, handoff_fd, listen_fd, debug_fd = fds
+        worker.run(control_fd, (handoff_fd, listen_fd, debug_fd))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+class Template:
+    def __init__(
+        self,
+        control: socket.socket,
+        receiver: _forkwire.Receiver,
+        received: list[tuple[dict[str, Any], list[int]]],
+    ) -> None:
+        self.control = control
+        self.receiver = receiver
+        self.received = received  # requests read with the settings
+        self.poller = select.poll()
+        self.poller.register(control, select.POLLIN)
+        self.children: dict[int, int] = {}  # pidfd -> pid
+        self.retired = False
+
+    def serve_waiting(self) -> None:
+        """Fork for the requests already here (the first worker's), without waiting for more."""
+        received, self.received = self.received, []
+        self._handle(received)
+        self.control.setblocking(False)
+        try:
+            self._requests()
+        except BlockingIOError:
+            pass
+        finally:
+            self.control.setblocking(True)
+
+    def warm_up(self, names: list[str]) -> None:
+        """Import these installed modules and say `warm`; with a thread running after that, stop
+        forking (it could copy a lock the thread holds) and exit once the workers have."""
+        imported, failed = _preload(tuple(names))
+        _say_hello(self.control, "warm", preloaded=imported, failed=failed)
+        if threading.active_count() > 1:
+            self.retired = True
+            self._exit_if_done()
+        gc.collect()
+        gc.freeze()  # what the template built stays untouched by the children's collections: shared
+
+    def serve(self) -> NoReturn:
+        while True:
+            for fd, _events in self.poller.poll():
+                if fd == self.control.fileno():
+                    self._requests()
+                else:
+                    self._reap(fd)
+
+    def _requests(self) -> None:
+        try:
+            messages = self.receiver.receive()
+        except BlockingIOError:
+            raise
+        except (_forkwire.WireError, OSError) as exc:
+            print(f"asgireload fork server: {exc}; exiting.", file=sys.stderr)
+            os._exit(1)
+        if messages is None:
+            os._exit(0)  # the supervisor is gone; its workers notice by themselves
+        self._handle(messages)
+
+    def _handle(self, messages: list[tuple[dict[str, Any], list[int]]]) -> None:
+        for message, fds in messages:
+            if message["type"] == "retire" and not fds:
+                self.retired = True  # replaced: exit once the workers forked from here are gone
+                self._exit_if_done()
+                continue
+            modules = message.get("modules")
+            if message["type"] == "preload" and not fds and isinstance(modules, list):
+                self.warm_up([str(name) for name in modules])  # what the app turned out to import
+                continue
+            tag = message.get("tag")
+            if message["type"] != "fork" or len(fds) != 4 or not isinstance(tag, str):
+                print(
+                    f"asgireload fork server: unexpected {json.dumps(message)[:80]}; exiting.",
+                    file=sys.stderr,
+                )
+                os._exit(1)
+            self._fork(tag, fds)
+
+    def _fork(self, tag: str, fds: list[int]) -> None:
+        try:
+            if self.retired:
+                raise OSError("this fork server has stopped forking")
+            pid = os.fork()
+        except OSError as exc:  # out of memory or processes: the supervisor spawns this one
+            pid = -1
+            _forkwire.send(self.control, {"type": "refused", "error": str(exc)})
+        if pid == 0:
+            _become_worker(tag, fds, self.control, list(self.children))
+        for fd in fds:
+            os.close(fd)
+        if pid < 0:
+            return
+        pidfd = os.pidfd_open(pid)
+        self.children[pidfd] = pid
+        self.poller.register(pidfd, select.POLLIN)
+        _forkwire.send(self.control, {"type": "forked", "pid": pid}, [pidfd])
+
+    def _reap(self, pidfd: int) -> None:
+        pid = self.children.pop(pidfd)
+        self.poller.unregister(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(pid, 0)
+        returncode = os.waitstatus_to_exitcode(status)
+        _forkwire.send(self.control, {"type": "exited", "pid": pid, "returncode": returncode})
+        self._exit_if_done()
+
+    def _exit_if_done(self) -> None:
+        if self.retired and not self.children:
+            os._exit(0)
+
+
+def main() -> None:
+    control_fd = int(sys.argv[1])
+    os.set_inheritable(control_fd, False)
+    control = socket.socket(fileno=control_fd)
+    receiver = _forkwire.Receiver(control, max_line=protocol.TRUSTED_MAX_LINE)  # the settings' size
+    settings, received = _read_settings(receiver)
+    os.environ.update(settings.env)  # the env file, before anything is preloaded (as a worker)
+    os.environ["ASGIRELOAD_WORKER"] = "1"
+    _warm_up(settings)
+    if threading.active_count() > 1:  # uvicorn's own imports started one: no forking at all
+        _say_hello(control, "warm")
+        os._exit(0)
+    # Two hellos: the first once a worker can be forked (it imports the app's packages itself,
+    # as a spawned one would), the second once the preload list is imported too. The requests
+    # that came in between are forked first, so preloading never delays the first generation.
+    _say_hello(control, "hello")
+    template = Template(control, receiver, received)
+    template.serve_waiting()
+    template.warm_up(list(settings.preload))
+    template.serve()
+
+
+def _say_hello(control: socket.socket, kind: str, **more: object) -> None:
+    """`hello` (forking is possible) or `warm` (and the preload list is imported), with the
+    threads running (more than one: no forking) and every module imported so far."""
+    message = {"type": kind, "pid": os.getpid(), "threads": threading.active_count(), **more}
+    _forkwire.send(control, {**message, "modules": sorted(sys.modules)})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,354 @@
+"""The fork server (Linux): workers forked from a template, its fall-backs, and the warm cache.
+
+End to end on real processes: which process is whose child is read from /proc, what a package
+imported where from a log the package itself writes, and what the template did from its
+debug lines. The cache lives in the session's XDG_CACHE_HOME (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from asgireload import Reloader, _forkwire
+from asgireload._supervisor import forkserver
+
+from .conftest import PLAIN_APP, until, write
+from .test_lifecycle import our_processes
+
+pytestmark = pytest.mark.skipif(forkserver.unsafe_to_fork() is not None, reason="the fork server needs Linux")
+
+# An installed package that logs which process imported it (and may do more at import).
+LOGGING_PACKAGE = """
+import os
+with open({log!r}, "a") as log:
+    log.write(f"{{os.getpid()}}\\n")
+{extra}
+"""
+
+
+def install(site: Path, name: str, log: Path, extra: str = "") -> None:
+    write(site / f"{name}.py", LOGGING_PACKAGE.format(log=str(log), extra=extra))
+
+
+def app_importing(name: str, body: str = "v1", before: str = "") -> str:
+    return PLAIN_APP.replace('BODY = "v1"', f"{before}\nimport {name}\nBODY = {body!r}")
+
+
+def importers(log: Path) -> list[int]:
+    return [int(line) for line in log.read_text().split()] if log.exists() else []
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as file:
+        return int(file.read().rsplit(")", 1)[1].split()[1])
+
+
+def tag_of(pid: int) -> str:
+    with open(f"/proc/{pid}/environ", "rb") as file:
+        for entry in file.read().split(b"\0"):
+            if entry.startswith(b"ASGIRELOAD_TAG="):
+                return entry.split(b"=", 1)[1].decode()
+    return ""
+
+
+def cache_file(app_dir: Path) -> Path | None:
+    """The warm cache file of the project in `app_dir`, if one was written."""
+    folder = Path(os.environ["XDG_CACHE_HOME"]) / "asgireload"
+    for path in folder.glob("*.json") if folder.is_dir() else ():
+        try:
+            if json.loads(path.read_text()).get("app_dir") == str(app_dir):
+                return path
+        except ValueError:
+            continue
+    return None
+
+
+def cached_modules(app_dir: Path) -> list[str]:
+    path = cache_file(app_dir)
+    try:
+        return list(json.loads(path.read_text())["modules"]) if path is not None else []
+    except (ValueError, KeyError):
+        return []
+
+
+def ready_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("The fork server is ready")]
+
+
+# ------------------------------------------------------------------ forked workers
+
+
+async def test_workers_are_forked_from_the_template(plain_app: Path) -> None:
+    async with Reloader("main:app", app_dir=plain_app) as server, httpx.AsyncClient() as client:
+        await until(lambda: {"standby", "template"} <= set(server.pids), what="a standby and a template")
+        first = server.pids["serving"]
+        assert parent_of(first) != os.getpid()  # even the first worker is forked
+        for number in range(2, 5):
+            event = await server.edit(plain_app / "main.py", PLAIN_APP.replace('"v1"', f'"v{number}"'))
+            assert event.outcome == "ready"
+            assert (await client.get(server.url)).text == f"v{number}"
+        serving, template = server.pids["serving"], server.pids["template"]
+        assert parent_of(serving) in (template, *our_processes())  # forked (by this or a retired template)
+        assert parent_of(serving) != os.getpid()
+        # each forked worker carries its own generation tag where the reaper looks for it
+        tags = {tag_of(serving), tag_of(template)}
+        assert len(tags) == 2
+        assert all(tag.startswith(f"{os.getpid()}-") for tag in tags)
+        workers = set(server.pids.values())
+    assert not (workers & our_processes()), "a worker or the template outlived the Reloader"
+    assert not our_processes()
+
+
+@pytest.mark.parametrize("option", ["fork", "standby", "preload"])
+async def test_no_fork_no_standby_and_no_preload_spawn_every_worker(plain_app: Path, option: str) -> None:
+    async with (
+        Reloader("main:app", app_dir=plain_app, **{option: False}) as server,
+        httpx.AsyncClient() as client,
+    ):
+        event = await server.edit(plain_app / "main.py", PLAIN_APP.replace('"v1"', '"v2"'))
+        assert event.outcome == "ready"
+        assert (await client.get(server.url)).text == "v2"
+        if option != "standby":
+            await until(lambda: "standby" in server.pids, what="a standby")
+        assert "template" not in server.pids
+        assert all(parent_of(pid) == os.getpid() for pid in server.pids.values())
+
+
+async def test_a_killed_template_is_replaced_without_a_reload(
+    plain_app: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="asgireload")
+    async with Reloader("main:app", app_dir=plain_app) as server, httpx.AsyncClient() as client:
+        await until(lambda: "template" in server.pids, what="the template")
+        killed = server.pids["template"]
+        os.kill(killed, signal.SIGKILL)
+        await until(lambda: server.pids.get("template") not in (None, killed), what="a new template")
+        assert server.generation == 1
+        assert (await client.get(server.url)).text == "v1"
+        for number in (2, 3):  # the standby forked by the killed one serves; the next comes from the new one
+            event = await server.edit(plain_app / "main.py", PLAIN_APP.replace('"v1"', f'"v{number}"'))
+            assert event.outcome == "ready"
+            assert (await client.get(server.url)).text == f"v{number}"
+        await until(lambda: "standby" in server.pids, what="a standby")
+        assert parent_of(server.pids["standby"]) == server.pids["template"]
+    assert not our_processes()
+
+
+async def test_an_upgraded_package_replaces_the_template_and_the_standby(
+    tmp_path: Path, installed: Path
+) -> None:
+    log = tmp_path / "imports.log"
+    install(installed, "upgraded", log)
+    write(tmp_path / "app" / "main.py", app_importing("upgraded"))
+    async with Reloader("main:app", app_dir=tmp_path / "app") as server, httpx.AsyncClient() as client:
+        await until(lambda: server.pids.get("template") in importers(log), what="the template to import it")
+        await until(lambda: "standby" in server.pids, what="a standby")
+        template, standby = server.pids["template"], server.pids["standby"]
+        install(installed, "upgraded", log, "VERSION = 2")  # pip upgraded it
+        await until(lambda: server.pids.get("template") not in (None, template), what="a new template")
+        await until(lambda: server.pids.get("standby") not in (None, standby), what="a new standby")
+        assert server.generation == 1  # no reload
+        await until(lambda: parent_of(server.pids["standby"]) == server.pids["template"], what="a fresh fork")
+        assert server.pids["template"] in importers(log)  # the new template imported the new version
+        assert (await client.get(server.url)).text == "v1"
+
+
+async def test_a_thread_started_at_import_makes_it_spawn_instead(
+    tmp_path: Path, installed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="asgireload")
+    log = tmp_path / "imports.log"
+    install(
+        installed,
+        "threadpkg",
+        log,
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(600,), daemon=True).start()",
+    )
+    write(tmp_path / "app" / "main.py", app_importing("threadpkg"))
+    async with Reloader("main:app", app_dir=tmp_path / "app") as server, httpx.AsyncClient() as client:
+        # the template that preloads threadpkg finds a thread running: no more forking
+        await until(
+            lambda: any("threads were running in the fork server" in r.getMessage() for r in caplog.records),
+            what="the fall-back",
+        )
+        await until(lambda: "template" not in server.pids, what="the template to go")
+        for number in (2, 3):
+            event = await server.edit(tmp_path / "app" / "main.py", app_importing("threadpkg", f"v{number}"))
+            assert event.outcome == "ready"
+            assert (await client.get(server.url)).text == f"v{number}"
+        await until(lambda: "standby" in server.pids, what="a standby")
+        assert parent_of(server.pids["standby"]) == os.getpid()  # spawned
+    said = [r for r in caplog.records if "Spawning workers instead of forking them" in r.getMessage()]
+    assert len(said) == 1
+    assert said[0].levelno == logging.DEBUG
+    assert not our_processes()
+
+
+async def test_a_package_failing_in_the_template_is_imported_by_the_app(
+    tmp_path: Path, installed: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="asgireload")
+    log = tmp_path / "imports.log"
+    # it imports only once the app has set this variable: never in the template, always in the app
+    install(
+        installed, "needy", log, "if not os.environ.get('APP_SETS_THIS'):\n    raise RuntimeError('unset')"
+    )
+    setup = 'import os\nos.environ["APP_SETS_THIS"] = "1"'
+    write(tmp_path / "app" / "main.py", app_importing("needy", before=setup))
+    async with Reloader("main:app", app_dir=tmp_path / "app") as server, httpx.AsyncClient() as client:
+        for number in (2, 3, 4):
+            event = await server.edit(
+                tmp_path / "app" / "main.py", app_importing("needy", f"v{number}", setup)
+            )
+            assert event.outcome == "ready"
+            assert (await client.get(server.url)).text == f"v{number}"
+        # the template that preloads the app's modules fails on this one, and forks on
+        await until(lambda: len(ready_lines(caplog)) == 2, what="the second template")
+        event = await server.edit(tmp_path / "app" / "main.py", app_importing("needy", "v5", setup))
+        assert (await client.get(server.url)).text == "v5"
+        assert "template" in server.pids
+    failed = [r.getMessage() for r in caplog.records if "Preloading 'needy' failed" in r.getMessage()]
+    assert len(failed) == 1, failed
+    assert any("could not import ['needy']" in r.getMessage() for r in caplog.records)
+
+
+async def test_no_connection_is_refused_while_the_template_forks_and_is_killed(plain_app: Path) -> None:
+    async with Reloader("main:app", app_dir=plain_app) as server, httpx.AsyncClient() as client:
+        errors: list[str] = []
+
+        async def ask() -> None:
+            try:
+                response = await client.get(server.url)
+                if response.status_code != 200:
+                    errors.append(f"{response.status_code}")
+            except httpx.HTTPError as exc:
+                errors.append(repr(exc))
+
+        await until(lambda: "template" in server.pids, what="the template")
+        for number in range(2, 8):
+            if number == 4:
+                os.kill(server.pids["template"], signal.SIGKILL)
+            await ask()
+            event = await server.edit(plain_app / "main.py", PLAIN_APP.replace('"v1"', f'"v{number}"'))
+            assert event.outcome == "ready"
+            await ask()
+        assert errors == []
+        assert (await client.get(server.url)).text == "v7"
+    assert not our_processes()
+
+
+# ------------------------------------------------------------------ the warm cache
+
+
+async def test_the_template_preloads_what_the_app_imported_last_time(tmp_path: Path, installed: Path) -> None:
+    log = tmp_path / "imports.log"
+    install(installed, "warmpkg", log)
+    app = tmp_path / "app"
+    write(app / "main.py", app_importing("warmpkg"))
+    async with Reloader("main:app", app_dir=app):
+        await until(lambda: "warmpkg" in cached_modules(app), what="the cache to be written")
+    log.unlink()
+    async with Reloader("main:app", app_dir=app) as server:
+        await until(lambda: "standby" in server.pids, what="a standby")
+        template, standby = server.pids["template"], server.pids["standby"]
+        assert parent_of(standby) == template
+        # the template imported it at start-up; the standby forked from it did not import it again
+        assert template in importers(log)
+        assert standby not in importers(log)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "other-python", "packages-changed"])
+async def test_an_unusable_cache_is_ignored_and_rewritten(
+    tmp_path: Path, installed: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="asgireload")
+    log = tmp_path / "imports.log"
+    install(installed, "warmpkg", log)
+    app = tmp_path / "app"
+    write(app / "main.py", app_importing("warmpkg"))
+    async with Reloader("main:app", app_dir=app):
+        await until(lambda: "warmpkg" in cached_modules(app), what="the cache to be written")
+    path = cache_file(app)
+    assert path is not None
+    written = json.loads(path.read_text())
+    if damage == "garbage":
+        path.write_bytes(b"\x00{not json")
+    elif damage == "other-python":
+        path.write_text(json.dumps({**written, "python": "2.7.18 (default)"}))
+    else:
+        install(installed, "anotherpkg", log)  # pip installed something: the site folder changed
+    caplog.clear()
+    async with Reloader("main:app", app_dir=app) as server, httpx.AsyncClient() as client:
+        assert (await client.get(server.url)).text == "v1"
+        await until(lambda: bool(ready_lines(caplog)), what="the template")
+        assert ready_lines(caplog)[0].endswith(", 0 modules preloaded).")  # the cache was not used
+        await until(lambda: "warmpkg" in cached_modules(app), what="the cache to be rewritten")
+    rewritten = json.loads(path.read_text())
+    assert rewritten["python"] == sys.version
+    if damage == "packages-changed":
+        assert rewritten["fingerprint"] != written["fingerprint"]
+
+
+# ------------------------------------------------------------------ units
+
+
+def test_the_wire_carries_lines_and_their_descriptors() -> None:
+    left, right = socket.socketpair()
+    passed, kept = socket.socketpair()
+    try:
+        _forkwire.send(left, {"type": "fork", "tag": "t"}, [passed.fileno(), passed.fileno()])
+        _forkwire.send(left, {"type": "retire"})
+        receiver = _forkwire.Receiver(right)
+        messages: list[tuple[dict[str, object], list[int]]] = []
+        while len(messages) < 2:
+            received = receiver.receive()
+            assert received is not None
+            messages += received
+        (fork, fds), (retire, none) = messages
+        assert fork == {"type": "fork", "tag": "t", "fds": 2}
+        assert retire == {"type": "retire"}
+        assert none == []
+        with socket.socket(fileno=fds[0]) as copy:  # a working descriptor of the same socket
+            copy.sendall(b"x")
+            assert kept.recv(1) == b"x"
+        os.close(fds[1])
+    finally:
+        for sock in (left, right, passed, kept):
+            sock.close()
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (b"not json\n", "not JSON"),
+        (b"[1]\n", "not a message"),
+        (b'{"type": "forked", "fds": 1}\n', "descriptors"),
+    ],
+)
+def test_the_wire_rejects_garbage(line: bytes, problem: str) -> None:
+    left, right = socket.socketpair()
+    try:
+        left.sendall(line)
+        with pytest.raises(_forkwire.WireError, match=problem):
+            _forkwire.Receiver(right).receive()
+    finally:
+        left.close()
+        right.close()
+
+
+def test_a_tracer_in_the_supervisor_turns_forking_off() -> None:
+    previous = sys.gettrace()
+    sys.settrace(lambda *args: None)
+    try:
+        assert forkserver.unsafe_to_fork() == "a debugger, tracer or coverage follows the supervisor"
+    finally:
+        sys.settrace(previous)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -125,6 +126,11 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, discovery.Found | 
         if found is not None:
             options["app"] = found.app
             options["app_dir"] = found.app_dir
+            if found.interface is not None and options.get("interface", "auto") == "auto":
+                options["interface"] = found.interface  # a Flask app, served through uvicorn's WSGI
+            pyproject = configfile.find_pyproject()  # where the pin hint's app_dir would be read from
+            if pyproject is not None:
+                found = dataclasses.replace(found, config_dir=str(pyproject.parent))
         return Config(**options), found
     except ConfigError as exc:
         parser.error(str(exc).rstrip("."))
@@ -148,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     _logging.configure(config.log_level, config.use_colors)
     if config.log_config is not None:
         try:
-            _logging.apply_config_file(config.log_config, config.log_level)
+            _logging.apply_config_file(config.log_config, config.log_level, config.app_dir)
         except _logging.LogConfigError as exc:
             print(f"asgireload: error: {exc}", file=sys.stderr)
             sys.exit(2)

@@ -47,6 +47,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI_ONLY = {"app", "version", "reload"}  # not options of Config: the argument, --version, the no-op
 
 
+def write_atomically_in(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def uvicorn_params() -> list[Any]:
     importlib.import_module("uvicorn.main")
     main = sys.modules["uvicorn.main"].main  # the click command (uvicorn.main is also the module)
@@ -540,6 +545,105 @@ async def test_log_config_formats_every_line_the_supervisors_too(project: Path, 
     lines = [line for _, line in cli.lines if line.strip()]
     assert len(lines) >= 6, cli.transcript()
     assert all(line.startswith("CUSTOM|") for line in lines), cli.transcript()
+
+
+ROOT_ONLY = {  # no uvicorn logger handled: everything reaches the root handler, as with uvicorn
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"f": {"format": "ROOT|%(name)s|%(levelname)s|%(message)s"}},
+    "handlers": {"h": {"class": "logging.StreamHandler", "formatter": "f", "stream": "ext://sys.stderr"}},
+    "root": {"level": "INFO", "handlers": ["h"]},
+    "loggers": {"uvicorn.access": {"level": "INFO"}, "uvicorn.error": {"level": "WARNING"}},
+}
+
+
+async def test_a_root_only_log_config_is_all_there_is(project: Path) -> None:
+    """Only the user's file applies (not uvicorn's default set-up under it), and its levels stay:
+    no --log-level given means none overrides uvicorn.error's WARNING."""
+    (project / "log.json").write_text(json.dumps(ROOT_ONLY))
+    async with run_cli(project, "main:app", "--port", "0", "--log-config", "log.json") as cli:
+        match = await cli.wait_for_line(
+            r"^ROOT\|asgireload\|INFO\|Started main:app .* http://127\.0\.0\.1:(\d+)"
+        )
+        async with client() as http:
+            assert (await http.get(f"http://127.0.0.1:{match[1]}/")).text == "first"
+        await cli.wait_for_line(r"^ROOT\|uvicorn\.access\|INFO\|.*GET / HTTP/1\.1.* 200")
+        cli.send(2)
+        assert await cli.exited() == 0
+    lines = [line for _, line in cli.lines if line.strip()]
+    assert all(line.startswith("ROOT|") for line in lines), cli.transcript()  # no uvicorn default line
+    assert not any("Application startup complete" in line for line in lines), cli.transcript()
+
+
+async def test_log_level_given_overrides_the_files_levels(project: Path) -> None:
+    (project / "log.json").write_text(json.dumps(ROOT_ONLY))
+    args = ["main:app", "--port", "0", "--log-config", "log.json", "--log-level", "info"]
+    async with run_cli(project, *args) as cli:
+        await cli.wait_for_line(r"^ROOT\|uvicorn\.error\|INFO\|Application startup complete")
+        cli.send(2)
+        assert await cli.exited() == 0
+
+
+LOG_WITH_A_PROJECT_CLASS = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"mine": {"()": "mylog.Formatter"}},
+    "handlers": {"h": {"class": "logging.StreamHandler", "formatter": "mine", "stream": "ext://sys.stderr"}},
+    "root": {"level": "INFO", "handlers": ["h"]},
+}
+MYLOG = """
+import logging
+
+
+class Formatter(logging.Formatter):
+    def format(self, record):
+        return "MYLOG|" + record.name + "|" + record.getMessage()
+"""
+
+
+async def test_a_log_config_may_name_a_class_of_the_project(tmp_path: Path) -> None:
+    """uvicorn puts the app dir first on sys.path before it applies the file: so do we."""
+    write_atomically_in(tmp_path / "src" / "main.py", app_source("first"))
+    write_atomically_in(tmp_path / "src" / "mylog.py", MYLOG)
+    (tmp_path / "log.json").write_text(json.dumps(LOG_WITH_A_PROJECT_CLASS))
+    args = ["main:app", "--app-dir", "src", "--port", "0", "--log-config", "log.json"]
+    async with run_cli(tmp_path, *args) as cli:
+        match = await cli.wait_for_line(r"^MYLOG\|asgireload\|Started main:app .* http://127\.0\.0\.1:(\d+)")
+        async with client() as http:
+            assert (await http.get(f"http://127.0.0.1:{match[1]}/")).text == "first"
+        await cli.wait_for_line(r"^MYLOG\|uvicorn\.access\|.*GET / HTTP/1\.1.* 200")
+        cli.send(2)
+        assert await cli.exited() == 0
+
+
+async def test_a_log_config_class_that_fails_names_the_cause(tmp_path: Path) -> None:
+    write_atomically_in(tmp_path / "main.py", app_source("first"))
+    (tmp_path / "log.json").write_text(json.dumps(LOG_WITH_A_PROJECT_CLASS))  # no mylog.py
+    async with run_cli(tmp_path, "main:app", "--port", "0", "--log-config", "log.json") as cli:
+        await fails_with_one_line(cli, "cannot apply --log-config", "No module named 'mylog'")
+
+
+SERVE_WITHOUT_RELOAD = """
+import asyncio
+import sys
+
+import asgireload
+
+asyncio.run(asgireload.serve("main:app", reload=False, port=0, log_config=sys.argv[1]))
+"""
+
+
+async def test_serve_without_reload_applies_the_log_config(project: Path) -> None:
+    (project / "log.json").write_text(json.dumps(LOG_WITH_A_PROJECT_CLASS))
+    (project / "mylog.py").write_text(MYLOG)
+    (project / "serve_it.py").write_text(SERVE_WITHOUT_RELOAD)
+    async with run_cli(project, "log.json", command=("serve_it.py",)) as cli:
+        match = await cli.wait_for_line(r"^MYLOG\|asgireload\|Serving on http://127\.0\.0\.1:(\d+)")
+        async with client() as http:
+            assert (await http.get(f"http://127.0.0.1:{match[1]}/")).text == "first"
+        await cli.wait_for_line(r"^MYLOG\|uvicorn\.access\|.*GET / HTTP/1\.1.* 200")
+        cli.send(15)
+        await cli.exited()
 
 
 async def test_header_is_on_responses_of_every_generation(project: Path) -> None:

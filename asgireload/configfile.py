@@ -252,14 +252,31 @@ def layered(
         path = find_pyproject()
     elif pyproject is not False:
         path = Path(pyproject)
+    _FROM_FILE.clear()
     from_file = read_pyproject(path) if path is not None else {}
     from_environment = read_environment(environ)
     later = {**from_environment, **flags}
     options = {**from_file, **later}
     _drain_from_highest_layer(options, (from_file, from_environment, flags))
+    if path is not None:
+        for name in from_file.keys() - later.keys():
+            _FROM_FILE[name] = f"{path.resolve()} [{TABLE}] {name}"
     if path is not None and "app" in from_file and "app" not in later and "app_dir" not in options:
         options["app_dir"] = str(path.parent)  # the file's app is imported from the file's folder
     return options, (path if from_file else None)
+
+
+_FROM_FILE: dict[str, str] = {}  # option -> where the last layered() call took it from, in a file
+
+
+def name_the_file(error: ConfigError) -> ConfigError:
+    """A combination error (judged once the layers are merged) that names an option the file set,
+    with the file and key added, so that the user knows where to look."""
+    found = re.match(r"option (\w+) \(", str(error))
+    where = _FROM_FILE.get(found[1]) if found else None
+    if where is None:
+        return error
+    return ConfigError(f"{str(error).rstrip('.')} (set in {where}).")
 
 
 def _drain_from_highest_layer(options: dict[str, Any], layers: tuple[Mapping[str, Any], ...]) -> None:

@@ -116,13 +116,22 @@ def module_of(file: Path) -> tuple[str, Path]:
 def from_file(path: str | os.PathLike[str]) -> Found:
     """`asgireload path/to/main.py`: the module named after the file (and the packages around it,
     as far as they have an __init__.py), imported from the folder above them."""
-    file = Path(path).resolve()
+    text = os.fspath(path)
+    attribute = None
+    if ".py:" in text:  # path/to/main.py:app, fastapi dev's form: the file, and the name in it
+        text, _, attribute = text.rpartition(":")
+        if not all(part.isidentifier() for part in attribute.split(".")):
+            raise ConfigError(f"{path}: {attribute!r} is not a Python name; pass path/to/main.py:app.")
+    file = Path(text).resolve()
     if file.suffix != ".py" or not file.is_file():
         raise ConfigError(f"{path} is not a Python file; pass a .py file or module:attribute, e.g. main:app.")
     module, folder = module_of(file)
     if not all(part.isidentifier() for part in module.split(".")):
         raise ConfigError(f"{path} cannot be imported as a module (a name is not an identifier); rename it.")
     candidate = _read(file)
+    if attribute is not None:
+        interface = candidate[1] if candidate is not None and candidate[0] == attribute else None
+        return Found(f"{module}:{attribute}", str(folder), str(file), interface=interface)
     if candidate is None:
         raise ConfigError(
             f"found no app in {path} (no module-level app or application, nor a FastAPI, Starlette, "
@@ -133,7 +142,7 @@ def from_file(path: str | os.PathLike[str]) -> Found:
 
 
 def looks_like_a_file(app: str) -> bool:
-    return app.endswith(".py") or os.sep in app
+    return app.endswith(".py") or ".py:" in app or os.sep in app
 
 
 def _candidates(root: Path) -> list[Path]:

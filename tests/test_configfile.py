@@ -197,6 +197,20 @@ def test_the_drain_timeout_comes_from_the_highest_layer_that_sets_either_name(
     assert Config(app="main:app", **options).drain_timeout == drain
 
 
+def test_a_combination_error_names_the_file_and_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pyproject(tmp_path, 'ssl_keyfile = "key.pem"\n')
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.startswith("ASGIRELOAD_")]:
+        monkeypatch.delenv(name)
+    with pytest.raises(SystemExit):
+        parse_config(["main:app"])
+    error = capsys.readouterr().err
+    assert "needs --ssl-certfile" in error
+    assert f"set in {path} [tool.asgireload] ssl_keyfile" in error
+
+
 def test_an_empty_variable_is_unset_and_force_polling_is_read_leniently() -> None:
     empty = {f"ASGIRELOAD_{name}": "" for name in ("PORT", "FORCE_POLLING", "APP", "LOG_LEVEL", "HEADERS")}
     assert read_environment(empty) == {}

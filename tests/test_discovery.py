@@ -269,6 +269,15 @@ def test_the_pin_hint_is_relative_to_the_pyproject_folder(tmp_path: Path) -> Non
     assert "--app-dir web" in pinned  # the command line is read against the current folder
 
 
+def test_a_file_path_with_the_name_in_it(tmp_path: Path) -> None:
+    """`asgireload src/main.py:api` (fastapi dev's form) is the module main, name api."""
+    write(tmp_path / "src" / "main.py", STARLETTE_API)
+    found = from_file(f"{tmp_path}/src/main.py:api")
+    assert (found.app, found.app_dir) == ("main:api", str(tmp_path / "src"))
+    with pytest.raises(ConfigError, match="not a Python name"):
+        from_file(f"{tmp_path}/src/main.py:no-such")
+
+
 def test_a_file_path(tmp_path: Path) -> None:
     write(tmp_path / "web" / "server.py", STARLETTE_API)
     found = from_file(tmp_path / "web" / "server.py")

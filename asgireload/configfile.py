@@ -169,6 +169,12 @@ def _from_toml(field: dataclasses.Field[Any], value: Any, where: str) -> Any:
     kind = _kind(field)
     if kind == "tuple" and isinstance(value, str):
         value = [value]  # reload_dirs = "src" means one folder
+    if (
+        field.name == "forwarded_allow_ips"
+        and isinstance(value, list)
+        and all(isinstance(v, str) for v in value)
+    ):
+        value = ",".join(value)  # a list of addresses, as uvicorn.Config takes it
     ok = {
         "bool": isinstance(value, bool),
         "tuple": isinstance(value, list) and all(isinstance(v, str) for v in value),

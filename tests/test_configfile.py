@@ -211,6 +211,11 @@ def test_a_combination_error_names_the_file_and_key(
     assert f"set in {path} [tool.asgireload] ssl_keyfile" in error
 
 
+def test_forwarded_allow_ips_as_a_list(tmp_path: Path) -> None:
+    path = pyproject(tmp_path, 'forwarded_allow_ips = ["10.0.0.1", "10.0.0.2"]\n')
+    assert read_pyproject(path) == {"forwarded_allow_ips": "10.0.0.1,10.0.0.2"}
+
+
 def test_an_empty_variable_is_unset_and_force_polling_is_read_leniently() -> None:
     empty = {f"ASGIRELOAD_{name}": "" for name in ("PORT", "FORCE_POLLING", "APP", "LOG_LEVEL", "HEADERS")}
     assert read_environment(empty) == {}

@@ -41,7 +41,7 @@ class _Formatter(logging.Formatter):
         return prefix + text
 
 
-def configure(level: str, colour: bool | None = None) -> None:
+def configure(level: str | None, colour: bool | None = None) -> None:
     """uvicorn's look on stderr; `colour` None: coloured when stderr is a terminal (--use-colors)."""
     logger = logging.getLogger("asgireload")
     for handler in list(logger.handlers):
@@ -49,7 +49,7 @@ def configure(level: str, colour: bool | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(colour=sys.stderr.isatty() if colour is None else colour))
     logger.addHandler(handler)
-    logger.setLevel(LEVELS.get(level, logging.INFO))
+    logger.setLevel(LEVELS.get(level or "info", logging.INFO))
     logger.propagate = False
 
 
@@ -103,10 +103,15 @@ def read_config_file(path: str) -> dict[str, Any] | configparser.RawConfigParser
     return data
 
 
-def apply_config_file(path: str, level: str) -> None:
-    """Apply a --log-config file as uvicorn does, and send asgireload's own lines where it sends
-    uvicorn's (unless the file configures the asgireload logger itself)."""
-    config = read_config_file(path)
+def apply_config_file(path: str | dict[str, Any], level: str | None, app_dir: str | None = None) -> None:
+    """Apply a --log-config file (or a dictConfig mapping) as uvicorn does, and send asgireload's
+    own lines where it sends uvicorn's (unless the file configures the asgireload logger itself).
+
+    `level` None leaves the levels the file set (uvicorn's default); `app_dir` goes first on
+    sys.path, as uvicorn puts it there before the file names a project's formatter class."""
+    config = path if isinstance(path, dict) else read_config_file(path)
+    if app_dir is not None and app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
     logger = logging.getLogger("asgireload")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
@@ -118,11 +123,20 @@ def apply_config_file(path: str, level: str) -> None:
     except Exception as exc:  # logging.config raises ValueError, KeyError, ImportError, ...
         configure(level)
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise LogConfigError(f"cannot apply --log-config {path}: {reason}.") from None
+        cause = exc.__cause__
+        if cause is not None and str(cause) not in reason:  # "Unable to configure formatter": why
+            reason += f" ({type(cause).__name__}: {' '.join(str(cause).split())})"
+        name = "the log_config mapping" if isinstance(path, dict) else path
+        raise LogConfigError(f"cannot apply --log-config {name}: {reason}.") from None
     ours = [n for n in logging.Logger.manager.loggerDict if n.startswith("asgireload.")]
     for name in ("asgireload", *ours):
         logging.getLogger(name).disabled = False  # a dictConfig disables loggers it does not name
-    logger.setLevel(LEVELS.get(level, logging.INFO))
+    if level is not None:
+        logger.setLevel(LEVELS[level])
+        for name in ("uvicorn.error", "uvicorn.access", "uvicorn.asgi"):  # as uvicorn.Config does
+            logging.getLogger(name).setLevel(LEVELS[level])
+    elif logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
     if logger.handlers:
         return
     handlers = _effective_handlers(logging.getLogger("uvicorn.error"))

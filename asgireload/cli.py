@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ from typing import Any, NoReturn
 
 from . import _logging, configfile, discovery
 from .__about__ import __version__
+from ._uvicorn import NO_EFFECT, REFUSED
 from .config import Config, cli_flag, option_fields
 from .errors import ConfigError
 from .serving import check_standard_streams, run_with_signals, warn_about_reopened
@@ -34,7 +36,8 @@ closing the terminal (SIGHUP) stops it, a second CTRL+C stops it at once. Times 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"asgireload: error: {message} (see asgireload --help)\n")
+        hint = "" if "asgireload --help" in message else " (see asgireload --help)"
+        self.exit(2, f"asgireload: error: {message}{hint}\n")
 
 
 def _number(kind: type[int] | type[float], flag: str) -> Any:
@@ -46,6 +49,31 @@ def _number(kind: type[int] | type[float], flag: str) -> Any:
             raise argparse.ArgumentTypeError(f"{flag} takes {noun}, got {text!r}") from None
 
     return convert
+
+
+_GROUPS = ("asgireload", "server", "uvicorn protocol", "HTTPS", "accepted for compatibility with uvicorn")
+_SERVER = frozenset(
+    {"host", "port", "uds", "fd", "factory", "app_dir", "env_file", "lifespan", "log_level", "access_log"}
+    | {"log_config", "use_colors", "root_path", "proxy_headers", "forwarded_allow_ips", "interface"}
+    | {"timeout_graceful_shutdown"}
+)
+_PROTOCOL = frozenset(
+    {"http", "ws", "loop", "http2", "h11_max_incomplete_event_size", "headers", "server_header"}
+    | {"date_header", "timeout_keep_alive", "limit_concurrency", "backlog", "reset_contextvars"}
+)
+
+
+def _group_of(name: str) -> str:
+    """Where --help lists an option: asgireload's own first, then uvicorn's by topic."""
+    if name.startswith("ssl_"):
+        return "HTTPS"
+    if name in REFUSED or name in NO_EFFECT:
+        return "accepted for compatibility with uvicorn"
+    if name in _SERVER:
+        return "server"
+    if name in _PROTOCOL or name.startswith("ws_"):
+        return "uvicorn protocol"
+    return "asgireload"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Ignore [tool.asgireload] in the nearest pyproject.toml (ASGIRELOAD_* variables still apply).",
     )
-    parser.add_argument(
+    groups = {title: parser.add_argument_group(title) for title in _GROUPS}
+    groups["accepted for compatibility with uvicorn"].add_argument(
         "--reload",
         dest="reload",
         action="store_true",
@@ -98,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["metavar"] = meta["metavar"] or (None if meta["choices"] else "VALUE")
         if not annotation.startswith(("bool", "tuple")) and field.default not in (None, ""):
             kwargs["help"] += f" [default: {field.default}]"
-        parser.add_argument(flag, **kwargs)
+        groups[_group_of(field.name)].add_argument(flag, **kwargs)
     return parser
 
 
@@ -125,9 +154,14 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, discovery.Found | 
         if found is not None:
             options["app"] = found.app
             options["app_dir"] = found.app_dir
+            if found.interface is not None and options.get("interface", "auto") == "auto":
+                options["interface"] = found.interface  # a Flask app, served through uvicorn's WSGI
+            pyproject = configfile.find_pyproject()  # where the pin hint's app_dir would be read from
+            if pyproject is not None:
+                found = dataclasses.replace(found, config_dir=str(pyproject.parent))
         return Config(**options), found
     except ConfigError as exc:
-        parser.error(str(exc).rstrip("."))
+        parser.error(str(configfile.name_the_file(exc)).rstrip("."))
 
 
 def _find_app(options: dict[str, Any]) -> discovery.Found | None:
@@ -148,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     _logging.configure(config.log_level, config.use_colors)
     if config.log_config is not None:
         try:
-            _logging.apply_config_file(config.log_config, config.log_level)
+            _logging.apply_config_file(config.log_config, config.log_level, config.app_dir)
         except _logging.LogConfigError as exc:
             print(f"asgireload: error: {exc}", file=sys.stderr)
             sys.exit(2)

@@ -175,7 +175,11 @@ class Config:
     lifespan: Literal["auto", "on", "off"] = _option(
         "auto", "Run the app's lifespan start-up and shut-down.", choices=("auto", "on", "off")
     )
-    log_level: str = _option("info", "Log level of asgireload and uvicorn.", choices=LOG_LEVELS)
+    log_level: str | None = _option(
+        None,
+        "Log level of asgireload and uvicorn (default: info, or what --log-config sets).",
+        choices=LOG_LEVELS,
+    )
     access_log: bool = _option(True, "Log every request.", negatable=True)
     root_path: str = _option("", "Set the ASGI root_path for an app mounted below a path.", metavar="PATH")
     proxy_headers: bool = _option(
@@ -220,7 +224,7 @@ class Config:
     timeout_worker_healthcheck: int = _option(
         5, "Accepted and ignored: it only matters for uvicorn --workers.", metavar="SECONDS"
     )
-    log_config: str | None = _option(
+    log_config: str | dict[str, Any] | None = _option(
         None,
         "Logging configuration file (.json, .yaml/.yml with PyYAML, else ini), applied in every worker "
         "and to asgireload's own lines.",
@@ -275,11 +279,12 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 object.__setattr__(self, name, os.fspath(value))
-        for name in ("reload_dirs", "reload_includes", "reload_excludes", "live_includes"):
+        for name in ("reload_dirs", "reload_includes", "reload_excludes", "live_includes", "headers"):
             value = getattr(self, name)
             if isinstance(value, list | tuple):
                 items = tuple(os.fspath(v) if isinstance(v, os.PathLike) else v for v in value)
                 object.__setattr__(self, name, items)
+        _accept_uvicorn_forms(self)
         _validate(self)
         resolve = os.path.abspath
         object.__setattr__(self, "app_dir", resolve(self.app_dir))
@@ -289,7 +294,7 @@ class Config:
         if self.uds is not None:
             object.__setattr__(self, "uds", resolve(self.uds))
         for name in ("log_config", "ssl_keyfile", "ssl_certfile", "ssl_ca_certs"):
-            if getattr(self, name) is not None:
+            if isinstance(getattr(self, name), str):
                 object.__setattr__(self, name, resolve(getattr(self, name)))
         if self.timeout_graceful_shutdown is not None:  # uvicorn's name for it wins when given
             object.__setattr__(self, "drain_timeout", float(self.timeout_graceful_shutdown))
@@ -349,6 +354,26 @@ def _fail(name: str, problem: str) -> ConfigError:
     return ConfigError(f"option {name} ({cli_flag(field)}) {problem}")
 
 
+def _accept_uvicorn_forms(config: Config) -> None:
+    """The forms uvicorn.Config takes too: headers as (name, value) pairs, forwarded_allow_ips as
+    a list of addresses."""
+    if isinstance(config.headers, tuple):
+        pairs = tuple(
+            f"{h[0]}: {h[1]}"
+            if isinstance(h, list | tuple) and len(h) == 2 and all(isinstance(p, str) for p in h)
+            else h
+            for h in config.headers
+        )
+        object.__setattr__(config, "headers", pairs)
+    ips = config.forwarded_allow_ips
+    if isinstance(ips, list | tuple) and all(isinstance(ip, str) for ip in ips):
+        object.__setattr__(config, "forwarded_allow_ips", ",".join(ips))
+
+
+def _is_pair(header: object) -> bool:
+    return isinstance(header, list | tuple) and len(header) == 2 and all(isinstance(p, str) for p in header)
+
+
 def _validate(config: Config) -> None:
     """Check every value's type and range; raise one ConfigError naming the first bad option."""
     app = config.app
@@ -368,7 +393,7 @@ def _validate(config: Config) -> None:
         expected = field.type if isinstance(field.type, str) else str(field.type)
         _check_type(field.name, value, expected)
         choices = field.metadata.get("choices")
-        if choices and value not in choices:
+        if choices and value not in choices and value is not None:
             raise _fail(field.name, f"must be one of {', '.join(choices)}; got {value!r}.")
 
     if not 0 <= config.port <= 65535:
@@ -410,6 +435,10 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
         if optional:
             return
         raise _fail(name, "must not be None.")
+    if "dict" in annotation and isinstance(value, dict):  # log_config as a dictConfig mapping
+        if "version" not in value:
+            raise _fail(name, "as a mapping must be a logging dictConfig (with version: 1).")
+        return
     if annotation.startswith("tuple"):
         if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
             raise _fail(name, f"must be a tuple of strings, got {value!r}.")

@@ -112,6 +112,10 @@ def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]
         if not variable.startswith(ENV_PREFIX):
             continue
         key = variable[len(ENV_PREFIX) :].lower()
+        if not text.strip():  # VAR= (empty) is unset, as a shell user means it
+            continue
+        if key == "force_polling" and text.strip().lower() not in (*_TRUE, *_FALSE):
+            continue  # read leniently, as before it was an option: anything else is "not forced"
         if key == "app":
             options["app"] = _checked_app(text, f"{variable}={text!r}:")
             continue
@@ -165,6 +169,12 @@ def _from_toml(field: dataclasses.Field[Any], value: Any, where: str) -> Any:
     kind = _kind(field)
     if kind == "tuple" and isinstance(value, str):
         value = [value]  # reload_dirs = "src" means one folder
+    if (
+        field.name == "forwarded_allow_ips"
+        and isinstance(value, list)
+        and all(isinstance(v, str) for v in value)
+    ):
+        value = ",".join(value)  # a list of addresses, as uvicorn.Config takes it
     ok = {
         "bool": isinstance(value, bool),
         "tuple": isinstance(value, list) and all(isinstance(v, str) for v in value),
@@ -248,9 +258,40 @@ def layered(
         path = find_pyproject()
     elif pyproject is not False:
         path = Path(pyproject)
+    _FROM_FILE.clear()
     from_file = read_pyproject(path) if path is not None else {}
-    later = {**read_environment(environ), **flags}
+    from_environment = read_environment(environ)
+    later = {**from_environment, **flags}
     options = {**from_file, **later}
+    _drain_from_highest_layer(options, (from_file, from_environment, flags))
+    if path is not None:
+        for name in from_file.keys() - later.keys():
+            _FROM_FILE[name] = f"{path.resolve()} [{TABLE}] {name}"
     if path is not None and "app" in from_file and "app" not in later and "app_dir" not in options:
         options["app_dir"] = str(path.parent)  # the file's app is imported from the file's folder
     return options, (path if from_file else None)
+
+
+_FROM_FILE: dict[str, str] = {}  # option -> where the last layered() call took it from, in a file
+
+
+def name_the_file(error: ConfigError) -> ConfigError:
+    """A combination error (judged once the layers are merged) that names an option the file set,
+    with the file and key added, so that the user knows where to look."""
+    found = re.match(r"option (\w+) \(", str(error))
+    where = _FROM_FILE.get(found[1]) if found else None
+    if where is None:
+        return error
+    return ConfigError(f"{str(error).rstrip('.')} (set in {where}).")
+
+
+def _drain_from_highest_layer(options: dict[str, Any], layers: tuple[Mapping[str, Any], ...]) -> None:
+    """--drain-timeout and uvicorn's --timeout-graceful-shutdown set one thing: the highest layer
+    (flags over variables over the file) that sets either decides, not the uvicorn name."""
+    names = ("drain_timeout", "timeout_graceful_shutdown")
+    for layer in reversed(layers):
+        given = [name for name in names if layer.get(name) is not None]
+        if given:
+            if given == ["drain_timeout"]:
+                options.pop("timeout_graceful_shutdown", None)
+            return

@@ -2,11 +2,14 @@
 
 Nothing here imports or runs the project's code (the supervisor must never run it): each
 candidate file is parsed with `ast` and its module-level names are looked at. Looked at, in
-this order: main.py, app.py, api.py, asgi.py in the current folder, then in app/, then in each
-src/<package>/; a Django project's manage.py names its settings module, whose package's asgi.py
-holds `application`. In a file, `app` (then `application`) wins, assigned, imported or defined
-with def; else the one name bound to a FastAPI, Starlette, Litestar or Quart instance (or Django's
-get_asgi_application()). Whether it really is an app is known when the worker imports it.
+this order: main.py, app.py, api.py, asgi.py in the current folder, then in app/ (then
+app/__init__.py), then in each src/<package>/, each imported as the module it is within its
+packages (app/main.py in a package app/ is app.main); a Django project's manage.py names its
+settings module, whose package's asgi.py holds `application`. In a file, `app` (then
+`application`) wins, assigned, imported or defined with def; else the one name bound to a
+FastAPI, Starlette, Litestar or Quart instance (or Django's
+get_asgi_application()). A Flask, Bottle or Django WSGI app, or `def app(environ, start_response)`,
+is served with --interface wsgi. Whether it really is an app is known when the worker imports it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from .errors import ConfigError
 FILES = ("main.py", "app.py", "api.py", "asgi.py")
 NAMES = ("app", "application")
 FACTORIES = frozenset({"FastAPI", "Starlette", "Litestar", "Quart", "get_asgi_application"})
+WSGI_FACTORIES = frozenset({"Flask", "get_wsgi_application", "Bottle"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,24 +36,38 @@ class Found:
     file: str
     environment: dict[str, str] = dataclasses.field(default_factory=dict)
     others: tuple[str, ...] = ()  # other candidates, "module:name (file)"
+    interface: str | None = None  # "wsgi" for a Flask or Django WSGI app, else None (uvicorn decides)
+    note: str = ""  # why the name is a guess: the file does not parse
+    config_dir: str | None = None  # the folder of the pyproject.toml the pin hint is written for
 
     def message(self, cwd: str) -> str:
         """The one line that says what was chosen and how to pin it."""
         file = os.path.relpath(self.file, cwd)
-        text = f"Found the app {self.app} in {file}"
+        kind = "WSGI app" if self.interface == "wsgi" else "app"
+        text = f"Found the {kind} {self.app} in {file}"
         if self.environment:
             text += " with " + ", ".join(f"{k}={v}" for k, v in self.environment.items())
+        if self.interface == "wsgi":
+            text += " (served with --interface wsgi)"
+        if self.note:
+            text += f" ({self.note})"
         if self.others:
             text += f" (also saw {', '.join(self.others)})"
+        base = self.config_dir or cwd  # the file reads app_dir against its own folder
         pin = f'app = "{self.app}"'
-        if os.path.abspath(self.app_dir) != os.path.abspath(cwd):
-            pin += f', app_dir = "{os.path.relpath(self.app_dir, cwd)}"'
+        if os.path.abspath(self.app_dir) != os.path.abspath(base):
+            pin += f', app_dir = "{os.path.relpath(self.app_dir, base)}"'
+        if self.interface == "wsgi":
+            pin += ', interface = "wsgi"'
         return f"{text}; to pin it: asgireload {self._command(cwd)}, or {pin} under [tool.asgireload]."
 
     def _command(self, cwd: str) -> str:
-        if os.path.abspath(self.app_dir) == os.path.abspath(cwd):
-            return self.app
-        return f"{self.app} --app-dir {os.path.relpath(self.app_dir, cwd)}"
+        command = self.app
+        if os.path.abspath(self.app_dir) != os.path.abspath(cwd):
+            command += f" --app-dir {os.path.relpath(self.app_dir, cwd)}"
+        if self.interface == "wsgi":
+            command += " --interface wsgi"
+        return command
 
 
 def discover(folder: str | os.PathLike[str]) -> Found:
@@ -58,85 +76,130 @@ def discover(folder: str | os.PathLike[str]) -> Found:
     django = _django_app(root)
     if django is not None:
         return django
-    looked: list[Path] = []
-    found: list[tuple[str, str, Path]] = []  # (import string, app_dir, file)
-    for folder, package, files in _layouts(root):
-        for path in files:
-            looked.append(path)
-            name = _app_name(path)
-            if name is not None:
-                module = f"{package}.{path.stem}" if package else path.stem
-                found.append((f"{module}:{name}", str(folder), path))
+    found: list[Found] = []
+    candidates = _candidates(root)
+    for path in candidates:
+        candidate = _read(path)
+        if candidate is not None:
+            module, app_dir = module_of(path)
+            name, interface, note = candidate
+            found.append(Found(f"{module}:{name}", str(app_dir), str(path), interface=interface, note=note))
     if not found:
-        shown = ", ".join(os.path.relpath(p, root) for p in looked)
-        raise ConfigError(
-            f"no APP given and no app found in {root} (looked at {shown}, for a module-level app or "
-            'application); pass one, e.g. asgireload main:app, or set app = "main:app" under '
-            "[tool.asgireload] in pyproject.toml."
+        looked = ", ".join(os.path.relpath(p, root) for p in candidates)
+        searched = (
+            f"looked at {looked}, for a module-level app or application or one framework app"
+            if candidates
+            else f"looked for {', '.join(FILES)} in it, in app/ and in src/*/, and for a Django manage.py"
         )
-    app, app_dir, chosen = found[0]
-    others = tuple(f"{a} ({os.path.relpath(p, root)})" for a, _, p in found[1:])
-    return Found(app, app_dir, str(chosen), others=others)
+        raise ConfigError(
+            f"no APP given and no app found in {root} ({searched}); pass one, e.g. asgireload main:app, "
+            'or set app = "main:app" under [tool.asgireload] in pyproject.toml.'
+        )
+    others = tuple(f"{f.app} ({os.path.relpath(f.file, root)})" for f in found[1:])
+    return dataclasses.replace(found[0], others=others)
+
+
+def module_of(file: Path) -> tuple[str, Path]:
+    """The module `file` is (with the packages around it, as far as they have an __init__.py) and
+    the folder to import it from."""
+    parts = [] if file.name == "__init__.py" else [file.stem]
+    folder = file.parent
+    if file.name == "__init__.py":
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    while (folder / "__init__.py").is_file() and folder.parent != folder:
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    return ".".join(parts), folder
 
 
 def from_file(path: str | os.PathLike[str]) -> Found:
     """`asgireload path/to/main.py`: the module named after the file (and the packages around it,
     as far as they have an __init__.py), imported from the folder above them."""
-    file = Path(path).resolve()
+    text = os.fspath(path)
+    attribute = None
+    if ".py:" in text:  # path/to/main.py:app, fastapi dev's form: the file, and the name in it
+        text, _, attribute = text.rpartition(":")
+        if not all(part.isidentifier() for part in attribute.split(".")):
+            raise ConfigError(f"{path}: {attribute!r} is not a Python name; pass path/to/main.py:app.")
+    file = Path(text).resolve()
     if file.suffix != ".py" or not file.is_file():
         raise ConfigError(f"{path} is not a Python file; pass a .py file or module:attribute, e.g. main:app.")
-    parts = [file.stem]
-    folder = file.parent
-    while (folder / "__init__.py").is_file() and folder.parent != folder:
-        parts.insert(0, folder.name)
-        folder = folder.parent
-    if not all(part.isidentifier() for part in parts):
+    module, folder = module_of(file)
+    if not all(part.isidentifier() for part in module.split(".")):
         raise ConfigError(f"{path} cannot be imported as a module (a name is not an identifier); rename it.")
-    name = _app_name(file)
-    if name is None:
+    candidate = _read(file)
+    if attribute is not None:
+        interface = candidate[1] if candidate is not None and candidate[0] == attribute else None
+        return Found(f"{module}:{attribute}", str(folder), str(file), interface=interface)
+    if candidate is None:
         raise ConfigError(
             f"found no app in {path} (no module-level app or application, nor a FastAPI, Starlette, "
-            f"Litestar or Quart instance); pass {'.'.join(parts)}:NAME to name it."
+            f"Litestar, Quart, Flask or Django instance); pass {module}:NAME to name it."
         )
-    return Found(f"{'.'.join(parts)}:{name}", str(folder), str(file))
+    name, interface, note = candidate
+    return Found(f"{module}:{name}", str(folder), str(file), interface=interface, note=note)
 
 
 def looks_like_a_file(app: str) -> bool:
-    return app.endswith(".py") or os.sep in app
+    return app.endswith(".py") or ".py:" in app or os.sep in app
 
 
-def _layouts(root: Path) -> list[tuple[Path, str, list[Path]]]:
-    """(the folder to import from, the package, the candidate files in it), in order of preference."""
+def _candidates(root: Path) -> list[Path]:
+    """The files that may hold the app, in order of preference: main.py, app.py, api.py, asgi.py
+    here, then in app/ (then app/__init__.py), then in each src/<package>/."""
 
     def existing(folder: Path) -> list[Path]:
         return [folder / name for name in FILES if (folder / name).is_file()]
 
-    layouts = [(root, "", existing(root))]
+    files = existing(root)
     if (root / "app").is_dir():
-        layouts.append((root, "app", existing(root / "app")))
+        files += existing(root / "app")
+        if (root / "app" / "__init__.py").is_file():
+            files.append(root / "app" / "__init__.py")
     src = root / "src"
     if src.is_dir():
         for package in sorted(src.iterdir()):
             if package.is_dir() and package.name.isidentifier():
-                layouts.append((src, package.name, existing(package)))
-    return layouts
+                files += existing(package)
+    return files
+
+
+def _read(path: Path) -> tuple[str, str | None, str] | None:
+    """(the name holding the app, "wsgi" for a WSGI app, a note) read from the source, never run;
+    None when it holds none. A file that does not parse is kept, as `app`: the worker's import
+    shows the error with its traceback, where a skipped file would only say "no app found"."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except SyntaxError as exc:
+        return "app", None, f"it does not parse: line {exc.lineno}, {exc.msg}; the worker shows the error"
+    except (ValueError, OSError):
+        return None
+    bound: dict[str, str | None] = {}  # name -> "asgi" / "wsgi" when bound to a framework's app
+    for node in tree.body:
+        for name, kind in _kinds(node):
+            bound[name] = bound.get(name) or kind
+    for name in NAMES:
+        if name in bound:
+            return name, "wsgi" if bound[name] == "wsgi" else None, ""
+    framework = [name for name, kind in bound.items() if kind]
+    if len(framework) != 1:
+        return None
+    return framework[0], "wsgi" if bound[framework[0]] == "wsgi" else None, ""
 
 
 def _app_name(path: Path) -> str | None:
-    """The module-level name in `path` that holds the app, read from the source (never run)."""
-    try:
-        tree = ast.parse(path.read_bytes(), filename=str(path))
-    except (SyntaxError, ValueError, OSError):
-        return None  # the worker's import will report it, with the traceback
-    bound: dict[str, bool] = {}  # name -> bound to a framework's app
-    for node in tree.body:
-        for name, value in _bindings(node):
-            bound[name] = bound.get(name, False) or _is_framework_app(value)
-    for name in NAMES:
-        if name in bound:
-            return name
-    framework = [name for name, is_app in bound.items() if is_app]
-    return framework[0] if len(framework) == 1 else None
+    candidate = _read(path)
+    return candidate[0] if candidate is not None else None
+
+
+def _kinds(node: ast.stmt) -> list[tuple[str, str | None]]:
+    """The names `node` binds, each with the kind of app it is bound to (or None)."""
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in NAMES:
+        arguments = [a.arg for a in node.args.args]
+        wsgi = not isinstance(node, ast.AsyncFunctionDef) and arguments[-2:] == ["environ", "start_response"]
+        return [(node.name, "wsgi" if wsgi else None)]
+    return [(name, _app_kind(value)) for name, value in _bindings(node)]
 
 
 def _bindings(node: ast.stmt) -> list[tuple[str, ast.expr | None]]:
@@ -157,12 +220,17 @@ def _bindings(node: ast.stmt) -> list[tuple[str, ast.expr | None]]:
     return []
 
 
-def _is_framework_app(value: ast.expr | None) -> bool:
+def _app_kind(value: ast.expr | None) -> str | None:
+    """ "asgi" for a call that builds an ASGI framework's app, "wsgi" for a WSGI one, else None."""
     if not isinstance(value, ast.Call):
-        return False
+        return None
     func = value.func
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-    return name in FACTORIES
+    if name in FACTORIES:
+        return "asgi"
+    if name in WSGI_FACTORIES:
+        return "wsgi"
+    return None
 
 
 def _django_app(root: Path) -> Found | None:
@@ -177,7 +245,7 @@ def _django_app(root: Path) -> Found | None:
     for app_dir in (root, root / "src"):
         asgi = app_dir.joinpath(*package.split("."), "asgi.py")
         if asgi.is_file():
-            name = _app_name(asgi) or "application"
+            name = _app_name(asgi) or "application"  # an asgi.py that does not parse is still the one
             return Found(
                 f"{package}.asgi:{name}",
                 str(app_dir),

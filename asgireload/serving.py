@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import _logging
+from . import _logging, discovery
 from ._supervisor import terminal
 from .config import Config
 from .errors import AsgireloadError, ConfigError
@@ -82,6 +82,11 @@ def build_config(app: Any, reload: bool, options: dict[str, Any]) -> Config:
         given = dict(options, app=app) if app is not None else options
         options, _ = layered(given, pyproject=pyproject)
         app = options.pop("app", None)
+        if isinstance(app, str) and discovery.looks_like_a_file(app):  # app = "src/main.py", as the CLI
+            found = discovery.from_file(app)
+            app, options["app_dir"] = found.app, found.app_dir
+            if found.interface is not None and options.get("interface", "auto") == "auto":
+                options["interface"] = found.interface
     if reload:
         app, options = resolve_import_string(app, options)
     return Config(app=app, reload=reload, **options)
@@ -153,6 +158,11 @@ async def _serve_in_process(config: Config) -> None:
     from ._supervisor import sockets
     from ._worker.server import Server
 
+    if config.log_config is not None:  # as uvicorn.run() applies it: in this process, before the app
+        try:
+            _logging.apply_config_file(config.log_config, config.log_level, config.app_dir)
+        except _logging.LogConfigError as exc:
+            raise ConfigError(str(exc)) from None
     app = import_app(config)
     sock = sockets.bind(config)
     try:
@@ -180,7 +190,7 @@ def run(app: Any, *, reload: bool = True, **options: Any) -> None:
     _logging.configure(config.log_level, config.use_colors)
     if config.log_config is not None:
         try:
-            _logging.apply_config_file(config.log_config, config.log_level)
+            _logging.apply_config_file(config.log_config, config.log_level, config.app_dir)
         except _logging.LogConfigError as exc:
             raise ConfigError(str(exc)) from None
     warn_about_reopened(reopened)

@@ -10,8 +10,10 @@ import pytest
 
 from asgireload import Reloader
 from asgireload.cli import parse_config
+from asgireload.config import Config
 from asgireload.configfile import find_pyproject, layered, read_environment, read_pyproject
 from asgireload.errors import ConfigError
+from asgireload.serving import build_config
 
 from .conftest import PLAIN_APP, write
 from .test_cli import (
@@ -175,6 +177,65 @@ def test_flags_over_variables_over_the_file(tmp_path: Path) -> None:
     assert options == {"port": 3, "drain_timeout": 4.0, "sequential": True}
     options, source = layered({}, pyproject=False, environ={})
     assert (options, source) == ({}, None)
+
+
+@pytest.mark.parametrize(
+    ("file", "environ", "flags", "drain"),
+    [
+        ("", {"ASGIRELOAD_TIMEOUT_GRACEFUL_SHUTDOWN": "30"}, {"drain_timeout": 2.0}, 2.0),
+        ("drain_timeout = 3\n", {"ASGIRELOAD_TIMEOUT_GRACEFUL_SHUTDOWN": "30"}, {}, 30.0),
+        ("timeout_graceful_shutdown = 30\n", {"ASGIRELOAD_DRAIN_TIMEOUT": "4"}, {}, 4.0),
+        ("", {"ASGIRELOAD_DRAIN_TIMEOUT": "4"}, {"timeout_graceful_shutdown": 5.0}, 5.0),
+        ("drain_timeout = 3\ntimeout_graceful_shutdown = 6\n", {}, {}, 6.0),  # one layer: uvicorn's name
+    ],
+)
+def test_the_drain_timeout_comes_from_the_highest_layer_that_sets_either_name(
+    tmp_path: Path, file: str, environ: dict[str, str], flags: dict[str, float], drain: float
+) -> None:
+    path = pyproject(tmp_path, file)
+    options, _ = layered(flags, pyproject=path, environ=environ)
+    assert Config(app="main:app", **options).drain_timeout == drain
+
+
+def test_a_combination_error_names_the_file_and_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = pyproject(tmp_path, 'ssl_keyfile = "key.pem"\n')
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.startswith("ASGIRELOAD_")]:
+        monkeypatch.delenv(name)
+    with pytest.raises(SystemExit):
+        parse_config(["main:app"])
+    error = capsys.readouterr().err
+    assert "needs --ssl-certfile" in error
+    assert f"set in {path} [tool.asgireload] ssl_keyfile" in error
+
+
+def test_forwarded_allow_ips_as_a_list(tmp_path: Path) -> None:
+    path = pyproject(tmp_path, 'forwarded_allow_ips = ["10.0.0.1", "10.0.0.2"]\n')
+    assert read_pyproject(path) == {"forwarded_allow_ips": "10.0.0.1,10.0.0.2"}
+
+
+def test_an_empty_variable_is_unset_and_force_polling_is_read_leniently() -> None:
+    empty = {f"ASGIRELOAD_{name}": "" for name in ("PORT", "FORCE_POLLING", "APP", "LOG_LEVEL", "HEADERS")}
+    assert read_environment(empty) == {}
+    assert read_environment({"ASGIRELOAD_PORT": "  "}) == {}
+    assert read_environment({"ASGIRELOAD_FORCE_POLLING": "2"}) == {}  # as before: not "forced"
+    assert read_environment({"ASGIRELOAD_FORCE_POLLING": "1"}) == {"force_polling": True}
+
+
+def test_serve_takes_the_files_app_given_as_a_path_like_the_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path / "src" / "main.py", PLAIN_APP)
+    path = pyproject(tmp_path, 'app = "src/main.py"\n')
+    config = build_config(None, True, {"pyproject": path})
+    assert (config.app, config.app_dir) == ("main:app", str(tmp_path / "src"))
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.startswith("ASGIRELOAD_")]:
+        monkeypatch.delenv(name)
+    from_cli = parse_config([])
+    assert (from_cli.app, from_cli.app_dir) == (config.app, config.app_dir)
 
 
 def test_the_files_app_is_imported_from_the_files_folder(tmp_path: Path) -> None:

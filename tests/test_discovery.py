@@ -7,6 +7,7 @@ A module that writes a file when imported proves the supervisor never imports us
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -27,6 +28,12 @@ app = FastAPI()
 @app.get("/")
 def root() -> dict[str, str]:
     return {"from": __name__}
+"""
+
+WSGI_APP = """
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [("wsgi " + __name__).encode()]
 """
 
 STARLETTE_API = """
@@ -134,7 +141,6 @@ def test_what_counts_as_an_app(tmp_path: Path, source: str, name: str) -> None:
         "from fastapi import FastAPI\na = FastAPI()\nb = FastAPI()\n",  # two, neither app: ambiguous
         "def create_app():\n    pass\n",  # a factory needs --factory and a name
         "x = 1\n",
-        "def broken(:\n",
         "class app:\n    pass\n",
     ],
 )
@@ -194,6 +200,84 @@ def test_nothing_found_lists_what_was_looked_at(tmp_path: Path) -> None:
     assert "asgireload main:app" in text
 
 
+def test_a_file_that_does_not_parse_stays_the_candidate(tmp_path: Path) -> None:
+    """The worker's import shows the SyntaxError; skipping the file would only say "no app"."""
+    write(tmp_path / "main.py", "from fastapi import FastAPI\napp = FastAPI(\n")
+    write(tmp_path / "app.py", STARLETTE_API)
+    found = discover(tmp_path)
+    assert found.app == "main:app"
+    assert "does not parse: line 2" in found.message(str(tmp_path))
+
+
+def test_an_empty_folder_names_the_patterns_searched(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        discover(tmp_path)
+    text = str(caught.value)
+    assert "looked at ," not in text
+    for searched in ("main.py, app.py, api.py, asgi.py", "src/*/", "manage.py"):
+        assert searched in text
+
+
+def test_a_package_folder_is_imported_as_its_package(tmp_path: Path) -> None:
+    """`asgireload app` with app/__init__.py: app.main from the folder above, so that
+    `from .web import app` in main.py works."""
+    write(tmp_path / "app" / "__init__.py", "")
+    write(tmp_path / "app" / "main.py", "from .web import app\n")
+    found = discover(tmp_path / "app")
+    assert (found.app, found.app_dir) == ("app.main:app", str(tmp_path))
+
+
+def test_an_app_package_init_is_a_candidate(tmp_path: Path) -> None:
+    write(tmp_path / "app" / "__init__.py", "from .web import app\n")
+    write(tmp_path / "app" / "web.py", FASTAPI_APP)
+    found = discover(tmp_path)
+    assert (found.app, found.app_dir) == ("app:app", str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [
+        ("from flask import Flask\napp = Flask(__name__)\n", "app"),
+        ("from flask import Flask\nweb = Flask(__name__)\n", "web"),
+        (
+            "from django.core.wsgi import get_wsgi_application\napplication = get_wsgi_application()\n",
+            "application",
+        ),
+        ("def app(environ, start_response):\n    pass\n", "app"),
+    ],
+)
+def test_a_wsgi_app_is_served_as_wsgi(tmp_path: Path, source: str, name: str) -> None:
+    write(tmp_path / "main.py", source)
+    found = discover(tmp_path)
+    assert (found.app, found.interface) == (f"main:{name}", "wsgi")
+    message = found.message(str(tmp_path))
+    for said in ("WSGI app", "--interface wsgi", 'interface = "wsgi"'):
+        assert said in message
+
+
+def test_an_asgi_app_keeps_the_interface_open(tmp_path: Path) -> None:
+    write(tmp_path / "main.py", "async def app(scope, receive, send):\n    pass\n")
+    assert discover(tmp_path).interface is None
+
+
+def test_the_pin_hint_is_relative_to_the_pyproject_folder(tmp_path: Path) -> None:
+    write(tmp_path / "services" / "web" / "main.py", FASTAPI_APP)
+    found = discover(tmp_path / "services" / "web")
+    cwd = str(tmp_path / "services")
+    pinned = dataclasses.replace(found, config_dir=str(tmp_path)).message(cwd)
+    assert 'app_dir = "services/web"' in pinned
+    assert "--app-dir web" in pinned  # the command line is read against the current folder
+
+
+def test_a_file_path_with_the_name_in_it(tmp_path: Path) -> None:
+    """`asgireload src/main.py:api` (fastapi dev's form) is the module main, name api."""
+    write(tmp_path / "src" / "main.py", STARLETTE_API)
+    found = from_file(f"{tmp_path}/src/main.py:api")
+    assert (found.app, found.app_dir) == ("main:api", str(tmp_path / "src"))
+    with pytest.raises(ConfigError, match="not a Python name"):
+        from_file(f"{tmp_path}/src/main.py:no-such")
+
+
 def test_a_file_path(tmp_path: Path) -> None:
     write(tmp_path / "web" / "server.py", STARLETTE_API)
     found = from_file(tmp_path / "web" / "server.py")
@@ -227,7 +311,7 @@ SERVING = r"Started (\S+) in \d+ ms, serving on http://127\.0\.0\.1:(\d+) "
 
 async def serves(folder: Path, *args: str, expect_app: str) -> dict[str, str] | str:
     async with run_cli(folder, *args, "--port", "0", env={"IMPORT_LOG": str(folder / "imports.log")}) as cli:
-        found = await cli.wait_for_line(r"Found the app (\S+) in ")
+        found = await cli.wait_for_line(r"Found the (?:WSGI )?app (\S+) in ")
         assert found[1] == expect_app, cli.transcript()
         match = await cli.wait_for_line(SERVING)
         assert match[1] == expect_app, cli.transcript()
@@ -311,6 +395,19 @@ async def test_no_supervisor_import_even_when_the_candidate_fails(tmp_path: Path
     pids = [int(line.split()[1]) for line in (tmp_path / "imports.log").read_text().splitlines()]
     assert pids
     assert cli.pid not in pids
+
+
+async def test_a_package_folder_as_app(tmp_path: Path) -> None:
+    write(tmp_path / "app" / "__init__.py", "")
+    write(tmp_path / "app" / "web.py", FASTAPI_APP)
+    write(tmp_path / "app" / "main.py", "from .web import app\n")
+    assert await serves(tmp_path, "app", expect_app="app.main:app") == {"from": "app.web"}
+
+
+async def test_a_wsgi_app_is_served_through_wsgi(tmp_path: Path) -> None:
+    """Served as ASGI, every request would be a 500; uvicorn's WSGI interface serves it."""
+    write(tmp_path / "main.py", WSGI_APP)
+    assert await serves(tmp_path, expect_app="main:app") == "wsgi main"
 
 
 async def test_nothing_to_find_is_one_line(tmp_path: Path) -> None:

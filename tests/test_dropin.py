@@ -9,6 +9,8 @@ made in the test (a real handshake, across a reload), --log-config reformatting 
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import json
 import os
 import re
@@ -24,6 +26,7 @@ import pytest
 import trustme  # the [test] extra installs it (with cryptography), and PyYAML
 import yaml
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from asgireload._uvicorn import NO_EFFECT, REFUSED
 from asgireload.cli import build_parser, parse_config
@@ -44,7 +47,13 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI_ONLY = {"app", "version", "reload"}  # not options of Config: the argument, --version, the no-op
 
 
+def write_atomically_in(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def uvicorn_params() -> list[Any]:
+    importlib.import_module("uvicorn.main")
     main = sys.modules["uvicorn.main"].main  # the click command (uvicorn.main is also the module)
     return list(main.params)
 
@@ -78,7 +87,6 @@ def test_every_uvicorn_option_is_accepted_or_refused_with_a_reason() -> None:
 DIFFERENT_DEFAULTS = {
     "port": "same value",
     "reload_delay": "None means the adaptive debounce (4 ms, 50 ms in a burst), faster than 0.25 s",
-    "log_level": "uvicorn's None means info, which we name",
     "app_dir": "'.' and '' are both the current folder",
     "reload_dirs": "an empty tuple, not click's UNSET",
     "reload_includes": "an empty tuple",
@@ -140,6 +148,75 @@ def test_a_uvicorn_command_line_parses_into_uvicorns_meaning() -> None:
     import uvicorn
 
     uvicorn.Config(app="main:app", **options, log_config=None)  # every name is uvicorn.Config's too
+
+
+# Options the supervisor (or asgireload itself) handles: they never reach the worker's uvicorn.Config.
+SUPERVISOR_HANDLED = {
+    "host", "port", "uds", "fd", "factory", "env_file", "reload", "reload_dirs", "reload_includes",
+    "reload_excludes", "reload_delay", "timeout_graceful_shutdown", "workers", "limit_max_requests",
+    "limit_max_requests_jitter", "timeout_worker_healthcheck",
+}  # fmt: skip
+# A value other than the default for each option that needs one of a particular form.
+NON_DEFAULT: dict[str, Any] = {
+    "headers": ("X-A: 1",),
+    "log_level": "debug",
+    "forwarded_allow_ips": "10.0.0.1",
+    "root_path": "/api",
+    "ssl_ciphers": "ECDHE+AESGCM",
+    "ssl_cert_reqs": 1,
+}
+
+
+def _other_value(field: Any) -> Any:
+    if field.name in NON_DEFAULT:
+        return NON_DEFAULT[field.name]
+    choices = field.metadata["choices"]
+    if choices:
+        return next(c for c in choices if c != field.default and c not in ("zttp", "zuvloop"))
+    kind = str(field.type)
+    if kind.startswith("bool"):
+        return not field.default if field.default is not None else True
+    if kind.startswith("int"):
+        return (field.default or 0) + 7
+    if kind.startswith("float"):
+        return (field.default or 0) + 1.5
+    return f"/some/{field.name}.pem"
+
+
+def test_every_option_uvicorn_takes_reaches_it() -> None:
+    """Each Config field that is a uvicorn.Config parameter too, set to something else than its
+    default, is in uvicorn_options() with that value (or the supervisor handles it)."""
+    import inspect
+
+    import uvicorn
+
+    parameters = set(inspect.signature(uvicorn.Config).parameters) - {"app"}
+    shared = [f for f in option_fields() if f.name in parameters and f.name not in SUPERVISOR_HANDLED]
+    assert len(shared) > 30, [f.name for f in shared]
+    for field in shared:
+        value = _other_value(field)
+        extra = {"ssl_certfile": "/some/cert.pem"} if field.name.startswith("ssl_") else {}
+        if field.name == "http2":
+            extra = {"http": "zttp"}
+        options = Config(app="main:app", **{**extra, field.name: value}).uvicorn_options()
+        expected = [["X-A", "1"]] if field.name == "headers" else value
+        assert options.get(field.name, "missing") == expected, (field.name, value, options.get(field.name))
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({"headers": [("X-A", "1")]}, {"headers": [["X-A", "1"]]}),  # uvicorn.Config's own form
+        ({"headers": ["X-A: 1", ["X-B", "2"]]}, {"headers": [["X-A", "1"], ["X-B", "2"]]}),
+        ({"forwarded_allow_ips": ["10.0.0.1", "10.0.0.2"]}, {"forwarded_allow_ips": "10.0.0.1,10.0.0.2"}),
+        ({"log_config": {"version": 1}}, {"log_config": {"version": 1}}),
+        ({}, {"log_level": None}),  # uvicorn's default: info, unless a log config sets the levels
+    ],
+)
+def test_uvicorns_forms_of_values_are_accepted(given: dict[str, Any], expected: dict[str, Any]) -> None:
+    options = Config(app="main:app", **given).uvicorn_options()
+    for name, value in expected.items():
+        assert options[name] == value
 
 
 def test_only_changed_options_reach_uvicorn() -> None:
@@ -206,7 +283,14 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "other_key": folder / "other-key.pem",
         "garbage": folder / "garbage.pem",
         "encrypted_key": folder / "encrypted-key.pem",
+        "rsa_key": folder / "rsa-key.pem",
     }
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    paths["rsa_key"].write_bytes(  # PKCS#8, "BEGIN PRIVATE KEY": what OpenSSL cannot pair at all
+        rsa_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     ca.cert_pem.write_to_path(str(paths["ca"]))
     cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
     cert.private_key_pem.write_to_path(str(paths["key"]))
@@ -223,6 +307,13 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 BAD_INPUT = [
     pytest.param(["--http", "zttp"], ["--http zttp needs the zttp package"], id="zttp-missing"),
     pytest.param(["--http2"], ["--http2", "needs --http zttp"], id="http2-without-zttp"),
+    *[  # only where the package is missing: named before binding, not a traceback in every worker
+        pytest.param(
+            [flag, package], [f"{flag} {package} needs the {package} package"], id=f"{package}-missing"
+        )
+        for flag, package in (("--loop", "uvloop"), ("--ws", "wsproto"), ("--http", "httptools"))
+        if importlib.util.find_spec(package) is None
+    ],
     pytest.param(["--workers", "2"], ["--workers", "one worker per generation"], id="workers-2"),
     pytest.param(["--limit-max-requests", "10"], ["--limit-max-requests", "crash"], id="limit-max-requests"),
     pytest.param(["--header", "nocolon"], ["--header", "'nocolon'"], id="header-without-colon"),
@@ -245,6 +336,11 @@ BAD_INPUT = [
         ["--ssl-certfile", "{cert}", "--ssl-keyfile", "{other_key}"],
         ["does not match the certificate"],
         id="key-mismatch",
+    ),
+    pytest.param(  # OpenSSL says NO_CERTIFICATE_ASSIGNED here, which is no reason to doubt the PEM
+        ["--ssl-certfile", "{cert}", "--ssl-keyfile", "{rsa_key}"],  # trustme's certificate is EC
+        ["does not match the certificate", "rsa-key.pem", "each loads alone"],
+        id="ec-cert-rsa-key",
     ),
     pytest.param(
         ["--ssl-certfile", "{cert}", "--ssl-keyfile", "{encrypted_key}"],
@@ -449,6 +545,105 @@ async def test_log_config_formats_every_line_the_supervisors_too(project: Path, 
     lines = [line for _, line in cli.lines if line.strip()]
     assert len(lines) >= 6, cli.transcript()
     assert all(line.startswith("CUSTOM|") for line in lines), cli.transcript()
+
+
+ROOT_ONLY = {  # no uvicorn logger handled: everything reaches the root handler, as with uvicorn
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"f": {"format": "ROOT|%(name)s|%(levelname)s|%(message)s"}},
+    "handlers": {"h": {"class": "logging.StreamHandler", "formatter": "f", "stream": "ext://sys.stderr"}},
+    "root": {"level": "INFO", "handlers": ["h"]},
+    "loggers": {"uvicorn.access": {"level": "INFO"}, "uvicorn.error": {"level": "WARNING"}},
+}
+
+
+async def test_a_root_only_log_config_is_all_there_is(project: Path) -> None:
+    """Only the user's file applies (not uvicorn's default set-up under it), and its levels stay:
+    no --log-level given means none overrides uvicorn.error's WARNING."""
+    (project / "log.json").write_text(json.dumps(ROOT_ONLY))
+    async with run_cli(project, "main:app", "--port", "0", "--log-config", "log.json") as cli:
+        match = await cli.wait_for_line(
+            r"^ROOT\|asgireload\|INFO\|Started main:app .* http://127\.0\.0\.1:(\d+)"
+        )
+        async with client() as http:
+            assert (await http.get(f"http://127.0.0.1:{match[1]}/")).text == "first"
+        await cli.wait_for_line(r"^ROOT\|uvicorn\.access\|INFO\|.*GET / HTTP/1\.1.* 200")
+        cli.send(2)
+        assert await cli.exited() == 0
+    lines = [line for _, line in cli.lines if line.strip()]
+    assert all(line.startswith("ROOT|") for line in lines), cli.transcript()  # no uvicorn default line
+    assert not any("Application startup complete" in line for line in lines), cli.transcript()
+
+
+async def test_log_level_given_overrides_the_files_levels(project: Path) -> None:
+    (project / "log.json").write_text(json.dumps(ROOT_ONLY))
+    args = ["main:app", "--port", "0", "--log-config", "log.json", "--log-level", "info"]
+    async with run_cli(project, *args) as cli:
+        await cli.wait_for_line(r"^ROOT\|uvicorn\.error\|INFO\|Application startup complete")
+        cli.send(2)
+        assert await cli.exited() == 0
+
+
+LOG_WITH_A_PROJECT_CLASS = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"mine": {"()": "mylog.Formatter"}},
+    "handlers": {"h": {"class": "logging.StreamHandler", "formatter": "mine", "stream": "ext://sys.stderr"}},
+    "root": {"level": "INFO", "handlers": ["h"]},
+}
+MYLOG = """
+import logging
+
+
+class Formatter(logging.Formatter):
+    def format(self, record):
+        return "MYLOG|" + record.name + "|" + record.getMessage()
+"""
+
+
+async def test_a_log_config_may_name_a_class_of_the_project(tmp_path: Path) -> None:
+    """uvicorn puts the app dir first on sys.path before it applies the file: so do we."""
+    write_atomically_in(tmp_path / "src" / "main.py", app_source("first"))
+    write_atomically_in(tmp_path / "src" / "mylog.py", MYLOG)
+    (tmp_path / "log.json").write_text(json.dumps(LOG_WITH_A_PROJECT_CLASS))
+    args = ["main:app", "--app-dir", "src", "--port", "0", "--log-config", "log.json"]
+    async with run_cli(tmp_path, *args) as cli:
+        match = await cli.wait_for_line(r"^MYLOG\|asgireload\|Started main:app .* http://127\.0\.0\.1:(\d+)")
+        async with client() as http:
+            assert (await http.get(f"http://127.0.0.1:{match[1]}/")).text == "first"
+        await cli.wait_for_line(r"^MYLOG\|uvicorn\.access\|.*GET / HTTP/1\.1.* 200")
+        cli.send(2)
+        assert await cli.exited() == 0
+
+
+async def test_a_log_config_class_that_fails_names_the_cause(tmp_path: Path) -> None:
+    write_atomically_in(tmp_path / "main.py", app_source("first"))
+    (tmp_path / "log.json").write_text(json.dumps(LOG_WITH_A_PROJECT_CLASS))  # no mylog.py
+    async with run_cli(tmp_path, "main:app", "--port", "0", "--log-config", "log.json") as cli:
+        await fails_with_one_line(cli, "cannot apply --log-config", "No module named 'mylog'")
+
+
+SERVE_WITHOUT_RELOAD = """
+import asyncio
+import sys
+
+import asgireload
+
+asyncio.run(asgireload.serve("main:app", reload=False, port=0, log_config=sys.argv[1]))
+"""
+
+
+async def test_serve_without_reload_applies_the_log_config(project: Path) -> None:
+    (project / "log.json").write_text(json.dumps(LOG_WITH_A_PROJECT_CLASS))
+    (project / "mylog.py").write_text(MYLOG)
+    (project / "serve_it.py").write_text(SERVE_WITHOUT_RELOAD)
+    async with run_cli(project, "log.json", command=("serve_it.py",)) as cli:
+        match = await cli.wait_for_line(r"^MYLOG\|asgireload\|Serving on http://127\.0\.0\.1:(\d+)")
+        async with client() as http:
+            assert (await http.get(f"http://127.0.0.1:{match[1]}/")).text == "first"
+        await cli.wait_for_line(r"^MYLOG\|uvicorn\.access\|.*GET / HTTP/1\.1.* 200")
+        cli.send(15)
+        await cli.exited()
 
 
 async def test_header_is_on_responses_of_every_generation(project: Path) -> None:

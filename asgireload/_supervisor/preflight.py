@@ -59,9 +59,21 @@ def check_uvicorn_options(config: Config) -> None:
                 f"--{name} {getattr(config, name)} is not known to the installed uvicorn "
                 f"{uvicorn.__version__} (it knows {', '.join(k for k in known if k != 'none')})."
             )
-    if config.http == "zttp" and importlib.util.find_spec("zttp") is None:
-        raise StartupError("--http zttp needs the zttp package: pip install zttp.")
-    if config.log_config is not None:
+    needs = {  # the implementations uvicorn imports from a package of its own
+        ("http", "httptools"): "httptools",
+        ("http", "zttp"): "zttp",
+        ("ws", "websockets"): "websockets",
+        ("ws", "websockets-sansio"): "websockets",
+        ("ws", "wsproto"): "wsproto",
+        ("loop", "uvloop"): "uvloop",
+    }
+    for (name, value), package in needs.items():
+        if getattr(config, name) == value and importlib.util.find_spec(package) is None:
+            raise StartupError(
+                f"--{name} {value} needs the {package} package, which is not installed: "
+                f"pip install {package}."
+            )
+    if isinstance(config.log_config, str):
         try:
             _logging.read_config_file(config.log_config)
         except _logging.LogConfigError as exc:

@@ -75,7 +75,22 @@ def _problem(config: Config, key: str, encrypted: bool, exc: ssl.SSLError) -> st
         return f"--ssl-ciphers {config.ssl_ciphers!r} names no cipher OpenSSL knows."
     if config.ssl_ca_certs and not _loads(config.ssl_ca_certs):
         return f"cannot load --ssl-ca-certs {config.ssl_ca_certs}: {reason} (is it a PEM file?)."
+    if _loads_without_key(config) and _holds_a_private_key(key):  # each is fine alone: not a pair
+        return (
+            f"the key in --ssl-keyfile {key} does not match the certificate in --ssl-certfile {cert} "
+            f"(each loads alone; a key of another certificate, or of another type?): {reason}."
+        )
     return f"cannot load the certificate {cert} with the key {key}: {reason} (are they PEM files?)."
+
+
+def _holds_a_private_key(path: str) -> bool:
+    """Whether the file holds a PEM private key block (RSA, EC, PKCS#8, ...)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(1 << 16)
+    except OSError:
+        return False
+    return b"-----BEGIN " in head and b"PRIVATE KEY-----" in head
 
 
 def _loads_without_key(config: Config) -> bool:

@@ -410,10 +410,18 @@ def run(control_fd: int, descriptors: tuple[int, int, int] | None = None) -> Non
     worker = Worker(settings, control_fd)
     worker.imported_by_uvicorn = _uvicorn_imports(settings)
     worker.recorder.install()
-    loop_factory = uvicorn.Config(app="unused:app", loop=settings.uvicorn["loop"]).get_loop_factory()
-    if settings.uvicorn.get("log_config"):  # after uvicorn's own default set-up above, not under it
+    log_file = settings.uvicorn.get("log_config")
+    # with a file, only the file (as uvicorn does): uvicorn's default set-up would add its handlers
+    default = None if log_file else uvicorn.config.LOGGING_CONFIG
+    loop_factory = uvicorn.Config(
+        app="unused:app",
+        loop=settings.uvicorn["loop"],
+        log_config=default,
+        log_level=settings.uvicorn["log_level"],
+    ).get_loop_factory()
+    if log_file:
         try:
-            _logging.apply_config_file(settings.uvicorn["log_config"], settings.uvicorn["log_level"])
+            _logging.apply_config_file(log_file, settings.uvicorn["log_level"], settings.app_dir)
         except _logging.LogConfigError as exc:  # checked before binding: the file changed since
             print(f"asgireload worker: {exc}", file=sys.stderr)
     with asyncio.Runner(loop_factory=loop_factory) as runner:

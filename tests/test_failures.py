@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import logging
 import os
-import time
+import re
 from pathlib import Path
 
 import httpx
@@ -148,28 +148,33 @@ async def test_a_worker_that_dies_while_serving_is_restarted(tmp_path: Path) -> 
         assert (response.status_code, response.text) == (200, "v1")
 
 
-async def test_a_crash_loop_backs_off(tmp_path: Path) -> None:
+async def test_a_crash_loop_backs_off(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     write(tmp_path / "main.py", "import os\nos._exit(1)\n")
+    caplog.set_level(logging.INFO, logger="asgireload")
     async with Reloader("main:app", app_dir=tmp_path) as server, httpx.AsyncClient() as client:
         assert server.state == "failed"
         text = await error_response(client, server.url)
         assert "exited with code 1" in text
-        failures: list[float] = []
+        failures = 0
         cpu_before = sum(os.times()[:2])
         window = 2.5
 
         async def collect() -> None:
+            nonlocal failures
             async for event in server.events():
                 assert event.outcome == "failed"
-                failures.append(time.monotonic())
+                failures += 1
 
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(collect(), window)
         cpu = sum(os.times()[:2]) - cpu_before
-        # delays 0.1, 0.2, 0.4, 0.8, 1.6 s: a handful of restarts, never a hot loop
-        assert 2 <= len(failures) <= 6, failures
-        gaps = [b - a for a, b in itertools.pairwise(failures)]
-        assert all(later > earlier * 1.3 for earlier, later in itertools.pairwise(gaps)), gaps
+        # delays 0.1, 0.2, 0.4, 0.8, 1.6 s: a handful of restarts, never a hot loop. The gaps
+        # between failures also hold each worker's start-up, which a loaded machine stretches,
+        # so the doubling is read from what the supervisor announced, not from the clock.
+        assert 2 <= failures <= 6, failures
+        delays = [float(x) for x in re.findall(r"Restarting main:app in ([\d.]+) s", caplog.text)]
+        assert len(delays) >= failures, caplog.text
+        assert all(later == min(earlier * 2, 5.0) for earlier, later in itertools.pairwise(delays)), delays
         assert cpu < window * 0.5, f"the supervisor used {cpu:.2f} s of CPU in {window} s"
 
 

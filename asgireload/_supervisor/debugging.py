@@ -30,6 +30,8 @@ from .._paths import relative
 
 logger = logging.getLogger("asgireload")
 
+BACKGROUND = "asgireload runs in the background, where the terminal is the shell's (fg brings it)."
+
 # (paused, announce): the worker has the terminal (True) or gave it back (False); whether its
 # stop is the first after the app ran freely (not one step of many)
 Emit = Callable[[bool, bool], None]
@@ -194,16 +196,16 @@ class DebugTerminal:
             if self.fds is None:
                 self._answer(borrower, protocol.Lent(False, self.why_not))
             elif self._holder is None and not self._in_foreground():
-                why = "asgireload runs in the background, where the terminal is the shell's (fg brings it)."
-                self._answer(borrower, protocol.Lent(False, why))
+                self._answer(borrower, protocol.Lent(False, BACKGROUND))
             elif self._holder is None:
                 self._lend(borrower)
             else:
                 self._waiting.append(borrower)
                 borrower.announce = True  # the terminal was someone else's meanwhile
+                borrower.emit(True, False)  # paused while it waits: no drain deadline kills it
                 logger.warning(
                     "%s stopped at a breakpoint too (%s); it gets the terminal once %s continues.",
-                    borrower.name,
+                    borrower.name.capitalize(),
                     self._describe(borrower.where),
                     self._holder.name,
                 )
@@ -224,8 +226,9 @@ class DebugTerminal:
     def _announce(self, borrower: _Borrower) -> None:
         logger.warning(
             "%s is paused at a breakpoint (%s): the debugger has this terminal. Type c and Enter to "
-            "continue, q to fail the request; CTRL+C goes to the debugger until then (to stop the "
-            "server, continue, then CTRL+C). Reloads go on: a new generation serves new requests.",
+            "continue, q to quit there (a request fails; a generation starting up fails to start); "
+            "CTRL+C goes to the debugger until then (to stop the server, continue, then CTRL+C). "
+            "Reloads go on: a new generation serves new requests.",
             borrower.name.capitalize(),
             self._describe(borrower.where),
         )
@@ -235,8 +238,14 @@ class DebugTerminal:
         if holder is not None:
             holder.emit(False, holder.announce)
         while self._waiting:
-            self._lend(self._waiting.popleft())
-            if self._holder is not None:
+            borrower = self._waiting.popleft()
+            if self._in_foreground():
+                self._lend(borrower)
+            else:  # suspended and resumed with bg since it queued: the terminal is the shell's
+                self._answer(borrower, protocol.Lent(False, BACKGROUND))
+            if self._holder is None:
+                borrower.emit(False, False)  # it was marked paused when it queued
+            else:
                 return
         self._on_lend(False)
 

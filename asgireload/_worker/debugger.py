@@ -16,7 +16,9 @@ started or by the app later, is obeyed as the interpreter would.
 
 from __future__ import annotations
 
+import bdb
 import contextlib
+import logging
 import os
 import pdb
 import signal
@@ -28,6 +30,8 @@ from types import FrameType
 from typing import Any, TextIO
 
 from .. import _protocol as protocol
+
+PROMPT = "(Pdb) "
 
 
 class NoTerminal(RuntimeError):
@@ -65,17 +69,30 @@ class Debugger:
         self._channel = socket.socket(fileno=debug_fd)
         self._channel.setblocking(True)
         self._turn = threading.Lock()
+        self._counting = threading.Lock()
         self._holder: int | None = None  # the thread whose pdb has the terminal
         self._lease: _Lease | None = None
         self._buffer = b""
+        self._stopped = 0  # threads stopped at a breakpoint: at the prompt, or waiting their turn
 
     @property
     def paused(self) -> bool:
-        """Whether a pdb prompt has the terminal now (a draining server then waits for it)."""
-        return self._holder is not None
+        """Whether the app is stopped at a breakpoint, at the prompt or waiting its turn for the
+        terminal (a draining server then waits for it)."""
+        return self._stopped > 0
 
     def borrow(self, where: str, announce: bool = True) -> _Lease:
         """Ask for the terminal (waiting while another thread has it); NoTerminal if there is none."""
+        with self._counting:
+            self._stopped += 1
+        try:
+            return self._borrow(where, announce)
+        except BaseException:
+            with self._counting:
+                self._stopped -= 1
+            raise
+
+    def _borrow(self, where: str, announce: bool) -> _Lease:
         if not self._turn.acquire(blocking=False):
             self._say_waiting(where)
             self._turn.acquire()
@@ -103,7 +120,7 @@ class Debugger:
             with contextlib.suppress(OSError, ValueError):
                 lease.stdout.write(
                     f"\n*** Another request stopped at a breakpoint ({where}); it gets the prompt "
-                    "once this one continues.\n"
+                    f"once this one continues.\n{PROMPT}"
                 )
 
     def give_back(self, lease: _Lease | None) -> None:
@@ -113,6 +130,8 @@ class Debugger:
         try:
             lease.give_back()
         finally:
+            with self._counting:
+                self._stopped -= 1
             self._turn.release()
 
     def holds_terminal(self) -> bool:
@@ -150,10 +169,21 @@ class TerminalPdb(pdb.Pdb):
         # nosigint: Ctrl-C reaches a worker only while it has the terminal (the supervisor
         # forwards it); after `c` it stops the server, as everywhere else in asgireload.
         super().__init__(nosigint=True)
+        self.prompt = PROMPT
         self.use_rawinput = False
         self._debugger = debugger
         self._lease: _Lease | None = None
         self._stepping = False  # the last command was a step: the next stop is not announced
+
+    def do_interact(self, arg: str) -> None:
+        """`interact` reads and writes sys.stdin and sys.stdout (/dev/null here): the lent terminal
+        stands in for them while it runs."""
+        previous = sys.stdin, sys.stdout
+        sys.stdin, sys.stdout = self.stdin, self.stdout
+        try:
+            super().do_interact(arg)
+        finally:
+            sys.stdin, sys.stdout = previous
 
     def take_terminal(self, where: str) -> None:
         self._lease = self._debugger.borrow(where, announce=not self._stepping)
@@ -228,14 +258,30 @@ def install(debug_fd: int | None) -> None:
         # that arrives just after `c` must not reach asyncio's handler, which would end the worker.
         # (A handler, not SIG_IGN: the app's child processes get the default back at exec.)
         signal.signal(signal.SIGINT, _late_interrupt)
+        # a child forked by the app (multiprocessing's fork) gets Python's CTRL+C back
+        os.register_at_fork(after_in_child=_default_interrupt)
+    logging.getLogger("uvicorn.error").addFilter(_quit_in_one_line)
     if sys.breakpointhook is sys.__breakpointhook__:
         sys.breakpointhook = breakpointhook
     if pdb.set_trace is _original_set_trace:
         pdb.set_trace = set_trace
 
 
+def _default_interrupt() -> None:
+    if signal.getsignal(signal.SIGINT) is _late_interrupt:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _late_interrupt(signum: int, frame: FrameType | None) -> None:
     """A CTRL+C forwarded to a pdb prompt that had just been left: nothing to interrupt."""
+
+
+def _quit_in_one_line(record: logging.LogRecord) -> bool:
+    """`q` (or CTRL+D) at the prompt fails the request on purpose: one line, not a traceback."""
+    if record.exc_info and isinstance(record.exc_info[1], bdb.BdbQuit):
+        record.msg, record.args = f"{record.getMessage().strip()}: quit from the debugger (q).", ()
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def paused() -> bool:

@@ -264,6 +264,7 @@ class TerminalPdb(pdb.Pdb):
 
     def _interrupt_step(self, frame: FrameType | None) -> None:
         """CTRL+C during a step: stop where the app is, as pdb does."""
+        sys.settrace(None)  # the step traces every call: set_trace's own would stop in bdb
         self.message("\nProgram interrupted. (Use 'cont' to resume).")
         self.set_trace(frame)
 

@@ -57,7 +57,8 @@ async def app(scope, receive, send):
 
         pdb.set_trace()
         secret = "set-trace"
-    elif scope["path"] == "/step":
+    elif scope["path"] == "/step-while-draining":
+        await wait_for_go()  # in flight when its generation starts draining
         breakpoint()
         await asyncio.sleep(0.05)  # `n` over an await: the event loop (and a drain) runs meanwhile
         secret = "stepped"
@@ -70,6 +71,16 @@ async def app(scope, receive, send):
     body = f"{{VERSION}} {{secret}}".encode()
     await send({{"type": "http.response.start", "status": 200, "headers": []}})
     await send({{"type": "http.response.body", "body": body}})
+
+
+async def wait_for_go():
+    import pathlib, time
+
+    here = pathlib.Path(__file__).parent
+    (here / "waiting").touch()
+    deadline = time.monotonic() + 20
+    while not (here / "go").exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
 
 
 def wait_for_release():
@@ -242,22 +253,25 @@ async def test_keys_and_ctrl_c_typed_during_a_step_are_the_debuggers(project: Pa
         await stop_cli(terminal, process, workers, port)
 
 
-async def test_stepping_over_an_await_after_the_drain_timeout_keeps_the_request(project: Path) -> None:
+async def test_stepping_over_an_await_in_a_draining_generation_keeps_the_request(project: Path) -> None:
     workers: set[ProcStat] = set()
     async with terminal_session(project, workers) as terminal:
-        process, port = await start_cli(terminal, project, "--drain-timeout", "1")
+        process, port = await start_cli(terminal, project, "--drain-timeout", "3")
         workers |= await wait_for_children(process.pid, 2)
         async with client() as http:
-            paused = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/step"))
-            await terminal.wait_for(PROMPT)
+            paused = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/step-while-draining"))
+            await wait_for_file(project / "waiting")
             after = len(terminal.text)
             write_atomically(project / "main.py", app_source("two"))
+            # logged once generation 1 stopped accepting: its drain (and its deadline) runs
             await terminal.wait_for(r"Reloaded in \d+ ms \(generation 2\)", after)
-            # past the drain timeout of the worker (1 s) and of the supervisor (1 s later)
+            (project / "go").touch()  # now the request stops at its breakpoint, on the main thread
+            await terminal.wait_for(PROMPT, after)
+            # past the drain timeout of the worker (3 s) and of the supervisor (1 s later)
             await terminal.wait_for(r"Generation 1 is past its drain timeout, but paused", after)
             after = len(terminal.text)
             terminal.type("n\n")  # over the await: the worker's event loop, and its drain, run
-            await terminal.wait_for(r"secret = \"stepped\"", after)
+            await terminal.wait_for(r"-> secret = \"stepped\"", after)
             await terminal.wait_for(PROMPT, after)
             terminal.type("c\n")
             response = await paused

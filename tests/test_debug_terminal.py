@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from asgireload import _protocol as protocol
-from asgireload._supervisor.debugging import DebugTerminal
+from asgireload._supervisor.debugging import DebugTerminal, warn_about_breakpoint_hook
 
 DEADLINE = 10.0
 
@@ -187,3 +187,16 @@ async def test_garbage_closes_the_channel_so_the_worker_stops_waiting(
     finally:
         with contextlib.suppress(OSError):
             worker.close()
+
+
+@pytest.mark.parametrize("hook", ["ipdb.set_trace", "pudb.set_trace", " IPython.embed "])
+def test_a_breakpoint_hook_that_needs_its_own_terminal_is_warned_about(hook: str) -> None:
+    message = warn_about_breakpoint_hook({"PYTHONBREAKPOINT": hook})
+    assert message is not None
+    assert f"PYTHONBREAKPOINT={hook.strip()} is set" in message
+    assert "Unset it" in message
+
+
+@pytest.mark.parametrize("environ", [{}, {"PYTHONBREAKPOINT": "0"}, {"PYTHONBREAKPOINT": "pdb.set_trace"}])
+def test_pdb_and_no_hook_need_no_warning(environ: dict[str, str]) -> None:
+    assert warn_about_breakpoint_hook(environ) is None

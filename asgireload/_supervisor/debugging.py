@@ -67,6 +67,25 @@ def coverage_misses_workers() -> bool:
     return not (os.environ.get("COVERAGE_PROCESS_CONFIG") or os.environ.get("COVERAGE_PROCESS_START"))
 
 
+# hooks that debug over the terminal asgireload lends (the others, like debugpy's, need none)
+TERMINAL_HOOKS = {"", "0", "pdb.set_trace", "builtins.breakpoint"}
+
+
+def warn_about_breakpoint_hook(environ: dict[str, str] | None = None) -> str | None:
+    """A PYTHONBREAKPOINT such as ipdb.set_trace or pudb.set_trace reads the worker's own stdin,
+    which is not the terminal: its breakpoint() would quit at once. Said once, at start-up."""
+    hook = (os.environ if environ is None else environ).get("PYTHONBREAKPOINT", "").strip()
+    if hook in TERMINAL_HOOKS:
+        return None
+    message = (
+        f"PYTHONBREAKPOINT={hook} is set: a debugger that reads the terminal (ipdb, pudb) gets "
+        "the worker's input instead, which is not this terminal, so its breakpoint() quits at once. "
+        "Unset it to debug in this terminal with pdb (a remote debugger is fine as it is)."
+    )
+    logger.warning(message)
+    return message
+
+
 class _Borrower:
     """One worker's side of the debug socketpair, as the supervisor holds it."""
 
@@ -116,6 +135,7 @@ class DebugTerminal:
         """Stdin and stdout, if both are the terminal (not piped, not redirected)."""
         try:
             if os.isatty(0) and os.isatty(1):
+                warn_about_breakpoint_hook()
                 return cls((0, 1), on_lend=on_lend, in_foreground=in_foreground)
         except OSError:
             pass

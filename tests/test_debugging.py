@@ -317,6 +317,34 @@ async def test_a_breakpoint_waiting_its_turn_in_a_draining_generation_is_not_kil
         await stop_cli(terminal, process, workers, port)
 
 
+async def test_ctrl_z_is_refused_while_paused_and_ctrl_c_stops_at_once_once_stopping(project: Path) -> None:
+    workers: set[ProcStat] = set()
+    async with terminal_session(project, workers) as terminal:
+        process, port = await start_cli(terminal, project)
+        workers |= await wait_for_children(process.pid, 2)
+        async with client() as http:
+            paused = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/stop"))
+            await terminal.wait_for(PROMPT)
+            after = len(terminal.text)
+            terminal.type("\x1a")  # CTRL+Z: the paused worker would keep reading the shell's input
+            await terminal.wait_for(r"CTRL\+Z is ignored while a worker's debugger has the terminal", after)
+            after = len(terminal.text)
+            terminal.type("p VERSION\n")  # still pdb's, and asgireload was not suspended
+            await terminal.wait_for(r"'one'\n", after)
+
+            after = len(terminal.text)
+            process.send_signal(signal.SIGTERM)  # stopping: the paused request would hold it up
+            await terminal.wait_for(r"Shutting down \(SIGTERM\)", after)
+            terminal.type("\x03")  # not pdb's any more: it stops at once, as the line says
+            await terminal.wait_for(r"Stopping at once", after)
+            with pytest.raises(httpx.HTTPError):
+                await paused
+        await all_exit(workers, "after CTRL+C while stopping")
+        async with asyncio.timeout(20):
+            await process.wait()
+        assert port_is_free(port)
+
+
 async def test_pdb_set_trace_prompts_in_the_terminal_too(project: Path) -> None:
     workers: set[ProcStat] = set()
     async with terminal_session(project, workers) as terminal:

@@ -154,12 +154,12 @@ class Debugger:
 
 
 class TerminalPdb(pdb.Pdb):
-    """pdb on the lent terminal: it borrows it at each stop and gives it back when the app runs.
+    """pdb on the lent terminal: it borrows it at a stop and gives it back when the app runs free.
 
-    Each prompt borrows the terminal and gives it back when its command lets the app go on
-    (`c`, `q`, and `n`, `s`, `r` too, since the app runs until the next stop, which may never
-    come: a coroutine stepped off its end). Only the first stop after the app ran freely is
-    announced; the steps in between are not.
+    `c` and `q` give the terminal back at once. A step (`n`, `s`, `r`, `until`) keeps it until
+    the next stop, so keys typed during the step are pdb's, not asgireload's; but that stop may
+    never come (a coroutine stepped off its end), so STEP_GRACE without one gives it back too.
+    Only the first stop after the app ran freely is announced; the steps in between are not.
     """
 
     def __init__(self, debugger: Debugger) -> None:

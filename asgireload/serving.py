@@ -262,7 +262,8 @@ async def run_with_signals(config: Config) -> int:
             stop(reason, then="")
 
     def interrupt() -> None:
-        if not debug_terminal.interrupt():  # while a worker is paused, CTRL+C is its debugger's
+        # while a worker is paused, CTRL+C is its debugger's; once stopping, it stops at once
+        if stopping or not debug_terminal.interrupt():
             stop("CTRL+C")
 
     handlers: dict[int, Callable[[], None]] = {

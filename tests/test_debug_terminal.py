@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from asgireload import _protocol as protocol
-from asgireload._supervisor.debugging import DebugTerminal
+from asgireload._supervisor.debugging import DebugTerminal, warn_about_breakpoint_hook
 
 DEADLINE = 10.0
 
@@ -36,12 +36,28 @@ class FakeWorker:
     def send(self, message: protocol.Message) -> None:
         self.ours.sendall(protocol.encode(message))
 
-    async def answer(self) -> tuple[protocol.Message | None, list[int]]:
-        loop = asyncio.get_running_loop()
+    async def wait_for_states(self, expected: list[tuple[bool, bool]]) -> None:
         async with asyncio.timeout(DEADLINE):
-            data, fds, _flags, _address = await loop.run_in_executor(
-                None, lambda: socket.recv_fds(self.ours, 4096, 4)
-            )
+            while self.states != expected:
+                self.changed.clear()
+                await self.changed.wait()
+
+    async def answer(self) -> tuple[protocol.Message | None, list[int]]:
+        """The supervisor's next answer; non-blocking, so no thread is left waiting for one."""
+        loop = asyncio.get_running_loop()
+        self.ours.setblocking(False)
+        async with asyncio.timeout(DEADLINE):
+            while True:
+                try:
+                    data, fds, _flags, _address = socket.recv_fds(self.ours, 4096, 4)
+                    break
+                except BlockingIOError:
+                    readable = loop.create_future()
+                    loop.add_reader(self.ours.fileno(), readable.set_result, None)
+                    try:
+                        await readable
+                    finally:
+                        loop.remove_reader(self.ours.fileno())
         if not data:
             return None, fds
         return protocol.decode(data.rstrip(b"\n"), protocol.DEBUG_SUPERVISOR_MESSAGES), fds
@@ -82,19 +98,49 @@ async def test_one_worker_at_a_time_has_the_terminal_and_keys_stop_meanwhile(pip
         assert first.states == [(True, True)]
 
         second.send(protocol.Paused("/p/main.py:3"))  # waits: no answer until the first resumes
+        # it is paused while it waits its turn (no drain deadline kills it), announced once lent
+        await second.wait_for_states([(True, False)])
         first.send(protocol.Resumed())
         answer, fds = await second.answer()
         assert answer == protocol.Lent(True)
         for fd in fds:
             os.close(fd)
         assert first.states == [(True, True), (False, True)]
-        assert second.states == [(True, True)]
+        assert second.states == [(True, False), (True, True)]
         assert lent == [True, True]  # never given back to the keys in between
 
         second.close()  # it died at its prompt: the terminal comes back
         assert lent == [True, True, False]
         assert terminal.holder_pid is None
         assert not terminal.interrupt()  # CTRL+C is the server's again
+    finally:
+        first.close()
+        second.close()
+
+
+async def test_a_queued_worker_is_refused_if_asgireload_went_to_the_background_meanwhile(
+    pipe: tuple[int, int],
+) -> None:
+    lent: list[bool] = []
+    foreground = [True]
+    terminal = DebugTerminal(pipe, on_lend=lent.append, in_foreground=lambda: foreground[0])
+    first, second = FakeWorker(terminal, "generation 1"), FakeWorker(terminal, "generation 2")
+    try:
+        first.send(protocol.Paused("/p/main.py:3"))
+        _answer, fds = await first.answer()
+        for fd in fds:
+            os.close(fd)
+        second.send(protocol.Paused("/p/main.py:3"))
+        await second.wait_for_states([(True, False)])
+        foreground[0] = False  # suspended and put in the background (bg) since
+        first.send(protocol.Resumed())
+        answer, fds = await second.answer()
+        assert isinstance(answer, protocol.Lent)
+        assert (answer.granted, fds) == (False, [])
+        assert "background" in answer.reason
+        assert second.states == [(True, False), (False, False)]  # no longer paused
+        assert lent == [True, False]  # the keys are back (read again once in the foreground)
+        assert terminal.holder_pid is None
     finally:
         first.close()
         second.close()
@@ -141,3 +187,16 @@ async def test_garbage_closes_the_channel_so_the_worker_stops_waiting(
     finally:
         with contextlib.suppress(OSError):
             worker.close()
+
+
+@pytest.mark.parametrize("hook", ["ipdb.set_trace", "pudb.set_trace", " IPython.embed "])
+def test_a_breakpoint_hook_that_needs_its_own_terminal_is_warned_about(hook: str) -> None:
+    message = warn_about_breakpoint_hook({"PYTHONBREAKPOINT": hook})
+    assert message is not None
+    assert f"PYTHONBREAKPOINT={hook.strip()} is set" in message
+    assert "Unset it" in message
+
+
+@pytest.mark.parametrize("environ", [{}, {"PYTHONBREAKPOINT": "0"}, {"PYTHONBREAKPOINT": "pdb.set_trace"}])
+def test_pdb_and_no_hook_need_no_warning(environ: dict[str, str]) -> None:
+    assert warn_about_breakpoint_hook(environ) is None

@@ -57,11 +57,40 @@ async def app(scope, receive, send):
 
         pdb.set_trace()
         secret = "set-trace"
+    elif scope["path"] == "/step-while-draining":
+        await wait_for_go()  # in flight when its generation starts draining
+        breakpoint()
+        await asyncio.sleep(0.05)  # `n` over an await: the event loop (and a drain) runs meanwhile
+        secret = "stepped"
+    elif scope["path"] == "/slow-step":
+        breakpoint()
+        wait_for_release()  # `n` over this: the test types while the step runs
+        secret = "slow"
     else:
         secret = "forty-two"
     body = f"{{VERSION}} {{secret}}".encode()
     await send({{"type": "http.response.start", "status": 200, "headers": []}})
     await send({{"type": "http.response.body", "body": body}})
+
+
+async def wait_for_go():
+    import pathlib, time
+
+    here = pathlib.Path(__file__).parent
+    (here / "waiting").touch()
+    deadline = time.monotonic() + 20
+    while not (here / "go").exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def wait_for_release():
+    import pathlib, time
+
+    here = pathlib.Path(__file__).parent
+    (here / "stepping").touch()
+    deadline = time.monotonic() + 20
+    while not (here / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
 """
 BREAKPOINT = r"main\.py:8"
 
@@ -174,6 +203,146 @@ async def test_an_edit_while_paused_serves_new_requests_and_the_paused_one_finis
         assert "did not finish draining in time" not in terminal.text
         assert "Drain timeout reached" not in terminal.text
         await stop_cli(terminal, process, workers, port)
+
+
+async def wait_for_file(path: Path) -> None:
+    async with asyncio.timeout(20):
+        while not path.exists():  # noqa: ASYNC110, ASYNC240 (the app writes it: no event)
+            await asyncio.sleep(0.02)
+
+
+async def test_keys_and_ctrl_c_typed_during_a_step_are_the_debuggers(project: Path) -> None:
+    workers: set[ProcStat] = set()
+    async with terminal_session(project, workers) as terminal:
+        process, port = await start_cli(terminal, project)
+        workers |= await wait_for_children(process.pid, 2)
+        async with client() as http:
+            paused = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/slow-step"))
+            await terminal.wait_for(PROMPT)
+
+            # `r` + Enter typed while a step runs waits for pdb's next prompt (there it is pdb's
+            # return command: the request runs to its end), instead of reloading the server
+            after = len(terminal.text)
+            terminal.type("n\n")
+            await wait_for_file(project / "stepping")
+            terminal.type("r\n")
+            (project / "release").touch()
+            await terminal.wait_for(r"-> secret = \"slow\"\n\(Pdb\) ", after)
+            response = await paused
+            assert (response.status_code, response.text) == (200, "one slow")
+
+            # CTRL+C during a step interrupts the step, where the app is, as in pdb
+            (project / "stepping").unlink()
+            (project / "release").unlink()
+            paused = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/slow-step"))
+            after = len(terminal.text)
+            await terminal.wait_for(PROMPT, after)
+            after = len(terminal.text)
+            terminal.type("n\n")
+            await wait_for_file(project / "stepping")
+            terminal.type("\x03")
+            await terminal.wait_for(r"Program interrupted", after)
+            await terminal.wait_for(r"main\.py\(\d+\)wait_for_release\(\)", after)
+            await terminal.wait_for(PROMPT, after)
+            (project / "release").touch()
+            terminal.type("c\n")
+            response = await paused
+            assert (response.status_code, response.text) == (200, "one slow")
+        assert "reload requested from the terminal" not in terminal.text
+        assert "Shutting down" not in terminal.text
+        await stop_cli(terminal, process, workers, port)
+
+
+async def test_stepping_over_an_await_in_a_draining_generation_keeps_the_request(project: Path) -> None:
+    workers: set[ProcStat] = set()
+    async with terminal_session(project, workers) as terminal:
+        process, port = await start_cli(terminal, project, "--drain-timeout", "3")
+        workers |= await wait_for_children(process.pid, 2)
+        async with client() as http:
+            paused = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/step-while-draining"))
+            await wait_for_file(project / "waiting")
+            after = len(terminal.text)
+            write_atomically(project / "main.py", app_source("two"))
+            # logged once generation 1 stopped accepting: its drain (and its deadline) runs
+            await terminal.wait_for(r"Reloaded in \d+ ms \(generation 2\)", after)
+            (project / "go").touch()  # now the request stops at its breakpoint, on the main thread
+            await terminal.wait_for(PROMPT, after)
+            # past the drain timeout of the worker (3 s) and of the supervisor (1 s later)
+            await terminal.wait_for(r"Generation 1 is past its drain timeout, but paused", after)
+            after = len(terminal.text)
+            terminal.type("n\n")  # over the await: the worker's event loop, and its drain, run
+            await terminal.wait_for(r"-> secret = \"stepped\"", after)
+            await terminal.wait_for(PROMPT, after)
+            terminal.type("c\n")
+            response = await paused
+            assert (response.status_code, response.text) == (200, "one stepped")
+        workers |= set(await wait_for_children(process.pid, 2))
+        assert "Drain timeout reached" not in terminal.text
+        assert "did not finish draining in time" not in terminal.text
+        await stop_cli(terminal, process, workers, port)
+
+
+async def test_a_breakpoint_waiting_its_turn_in_a_draining_generation_is_not_killed(project: Path) -> None:
+    workers: set[ProcStat] = set()
+    async with terminal_session(project, workers) as terminal:
+        process, port = await start_cli(terminal, project, "--drain-timeout", "1")
+        workers |= await wait_for_children(process.pid, 2)
+        async with client() as http:
+            first = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/stop"))
+            await terminal.wait_for(PROMPT)
+            after = len(terminal.text)
+            write_atomically(project / "main.py", app_source("two"))
+            await terminal.wait_for(r"Reloaded in \d+ ms \(generation 2\)", after)
+            second = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/stop"))
+            await terminal.wait_for(r"Generation 2 \(pid \d+\) stopped at a breakpoint too", after)
+            after = len(terminal.text)
+            write_atomically(project / "main.py", app_source("three"))
+            await terminal.wait_for(r"Reloaded in \d+ ms \(generation 3\)", after)
+            # generation 2 drains while it waits for the terminal: paused, so never killed
+            await terminal.wait_for(r"Generation 2 is past its drain timeout, but paused", after)
+            assert not second.done()
+
+            after = len(terminal.text)
+            terminal.type("c\n")
+            assert (await first).text == "one forty-two"
+            await terminal.wait_for(r"Generation 2 \(pid \d+\) is paused at a breakpoint", after)
+            await terminal.wait_for(PROMPT, after)
+            terminal.type("c\n")
+            response = await second
+            assert (response.status_code, response.text) == (200, "two forty-two")
+            assert (await http.get(f"http://127.0.0.1:{port}/")).text == "three forty-two"
+        workers |= set(await wait_for_children(process.pid, 2))
+        assert "did not finish draining in time" not in terminal.text
+        assert "Drain timeout reached" not in terminal.text
+        await stop_cli(terminal, process, workers, port)
+
+
+async def test_ctrl_z_is_refused_while_paused_and_ctrl_c_stops_at_once_once_stopping(project: Path) -> None:
+    workers: set[ProcStat] = set()
+    async with terminal_session(project, workers) as terminal:
+        process, port = await start_cli(terminal, project)
+        workers |= await wait_for_children(process.pid, 2)
+        async with client() as http:
+            paused = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/stop"))
+            await terminal.wait_for(PROMPT)
+            after = len(terminal.text)
+            terminal.type("\x1a")  # CTRL+Z: the paused worker would keep reading the shell's input
+            await terminal.wait_for(r"CTRL\+Z is ignored while a worker's debugger has the terminal", after)
+            after = len(terminal.text)
+            terminal.type("p VERSION\n")  # still pdb's, and asgireload was not suspended
+            await terminal.wait_for(r"'one'\n", after)
+
+            after = len(terminal.text)
+            process.send_signal(signal.SIGTERM)  # stopping: the paused request would hold it up
+            await terminal.wait_for(r"Shutting down \(SIGTERM\)", after)
+            terminal.type("\x03")  # not pdb's any more: it stops at once, as the line says
+            await terminal.wait_for(r"Stopping at once", after)
+            with pytest.raises(httpx.HTTPError):
+                await paused
+        await all_exit(workers, "after CTRL+C while stopping")
+        async with asyncio.timeout(20):
+            await process.wait()
+        assert port_is_free(port)
 
 
 async def test_pdb_set_trace_prompts_in_the_terminal_too(project: Path) -> None:

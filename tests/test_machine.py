@@ -528,6 +528,27 @@ def test_a_paused_drain_says_once_what_happens_to_the_paused_request() -> None:
     assert not [line for line in run.logs() if "killing" in line]
 
 
+def test_a_start_up_breakpoint_superseded_by_a_change_says_its_session_ended() -> None:
+    run = Harness()
+    run.run(RELOADING)
+    run.feed(e.WorkerPaused(2))  # generation 2 stopped at a breakpoint while importing
+    run.feed(changed("other.py"))
+    assert "Generation 2 is superseded by a newer change; its debugger session was ended." in run.logs()
+
+
+def test_time_at_a_breakpoint_is_not_counted_as_reload_time() -> None:
+    run = Harness(app="main:app")
+    run.run(RELOADING)
+    run.feed(Advance(0.01))
+    run.feed(e.WorkerPaused(2))  # a breakpoint in lifespan start-up
+    run.feed(Advance(8.0))
+    run.feed(e.WorkerResumed(2))
+    run.feed(Advance(0.02))
+    run.feed(ready(2))
+    run.feed(e.WorkerDraining(1))
+    assert "Reloaded in 30 ms (generation 2): main.py changed" in run.logs(logging.INFO)
+
+
 # ---------------------------------------------------------------- illegal events
 
 

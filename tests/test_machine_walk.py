@@ -4,7 +4,9 @@ The scenarios in test_machine.py pin down chosen paths; these walks try the orde
 wrote down. A small world carries out the machine's commands the way real workers would (a
 spawn is greeted, a load ends ready or failed depending on the code on disk, a drain ends in an
 exit, a kill ends in an exit with SIGKILL, a worker may crash at any time, timers fire whenever
-they are armed) and delivers their events in a random but causal order. Whenever the world
+they are armed, an app may stop at a breakpoint and say nothing until it is continued) and
+delivers their events in a random but causal order. A paused worker is never killed by a
+deadline (a timer). Whenever the world
 settles, the machine must serve exactly one generation, loaded after the last change (never
 stale code), showing the app when the code works and the error page when it does not; and a
 stop must leave no worker unaccounted for.
@@ -41,6 +43,8 @@ class Process:
     error_page: bool = False  # it shows the error page instead of the app
     broken: bool = False  # the code it loaded does not start
     changes_seen: int = 0  # how many changes had been handled when it was told to load
+    paused: bool = False  # stopped at a breakpoint: it says nothing until resumed
+    killed: bool = False
 
 
 class World:
@@ -56,6 +60,7 @@ class World:
         self.conflict = False  # whether its failure looks like a held resource
         self.env_broken = False  # whether the env file cannot be read
         self.trace: list[str] = []
+        self.cause: e.Event | None = None  # the event the machine is handling now
 
     def read_env(self) -> tuple[dict[str, str], Failure | None]:
         if self.env_broken:
@@ -65,6 +70,7 @@ class World:
     # ------------------------------------------------------------------ feeding the machine
     def feed(self, event: e.Event) -> None:
         """As the shell does: what a spawn reports is handled next, before any other event."""
+        self.cause = event
         results = collections.deque([event])
         while results:
             event = results.popleft()
@@ -113,9 +119,14 @@ class World:
             case c.Kill(worker):
                 self.serving.discard(worker)
                 process = self.processes[worker]
+                if process.paused:
+                    assert not isinstance(self.cause, e.TimerFired), (
+                        f"worker {worker}, paused at a breakpoint, killed because {self.cause}"
+                    )
                 if not process.gone:
                     process.queue = collections.deque([e.WorkerExited(worker, -9)])
-                    process.exiting = True
+                    process.exiting = process.killed = True
+                    process.paused = False  # SIGKILL ends a paused process too
             case c.ArmTimer(_, event):
                 self.timers.add(event)
         return None
@@ -123,7 +134,7 @@ class World:
     # ------------------------------------------------------------------ the world moves
     def deliver_one(self) -> bool:
         """Deliver the next event of one random process; False if none has anything to say."""
-        talking = [p for p in self.processes.values() if p.queue]
+        talking = [p for p in self.processes.values() if p.queue and not p.paused]
         if not talking:
             return False
         process = self.rng.choice(talking)
@@ -149,6 +160,26 @@ class World:
                 process.queue.append(e.WorkerExited(process.id, 1))
                 process.exiting = True
 
+    def pause_or_resume(self) -> None:
+        """A request (or the app's start-up) stops at a breakpoint, or the developer continues one."""
+        paused = [p for p in self.processes.values() if p.paused]
+        if paused and self.rng.random() < 0.5:
+            self.resume(self.rng.choice(paused))
+            return
+        running_app = [
+            p
+            for p in self.processes.values()
+            if p.generation is not None and not (p.gone or p.killed or p.paused)
+        ]
+        if running_app:
+            process = self.rng.choice(running_app)
+            process.paused = True
+            self.feed(e.WorkerPaused(process.id, announce=self.rng.random() < 0.7))
+
+    def resume(self, process: Process) -> None:
+        process.paused = False
+        self.feed(e.WorkerResumed(process.id))
+
     def change(self) -> None:
         self.broken = self.rng.random() < 0.3
         self.conflict = self.rng.random() < 0.3
@@ -171,6 +202,8 @@ class World:
             self.crash_one()
         elif roll < 0.17:
             self.feed(e.PackagesChanged(("/venv/site-packages/fastapi/__init__.py",)))
+        elif roll < 0.21:
+            self.pause_or_resume()
         elif roll < 0.30:
             self.fire_one() or self.deliver_one()
         else:
@@ -179,10 +212,16 @@ class World:
         assert len(running) <= MAX_RUNNING, f"workers {running} all run, none told to exit"
 
     def settle(self) -> None:
-        """Let every process say everything and every timer fire, until nothing happens."""
+        """Let every process say everything and every timer fire, until nothing happens; the
+        developer continues every paused worker along the way."""
         for _ in range(10_000):
-            if not (self.deliver_one() or self.fire_one()):
-                return
+            paused = [p for p in self.processes.values() if p.paused]
+            if paused and self.rng.random() < 0.1:
+                self.resume(self.rng.choice(paused))
+            elif not (self.deliver_one() or self.fire_one()):
+                if not paused:
+                    return
+                self.resume(paused[0])
         raise AssertionError("the world never settled: something re-arms itself forever")
 
     # ------------------------------------------------------------------ what must hold

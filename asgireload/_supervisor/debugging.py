@@ -30,6 +30,8 @@ from .._paths import relative
 
 logger = logging.getLogger("asgireload")
 
+BACKGROUND = "asgireload runs in the background, where the terminal is the shell's (fg brings it)."
+
 # (paused, announce): the worker has the terminal (True) or gave it back (False); whether its
 # stop is the first after the app ran freely (not one step of many)
 Emit = Callable[[bool, bool], None]
@@ -63,6 +65,25 @@ def coverage_misses_workers() -> bool:
     if coverage is None or getattr(coverage.Coverage, "current", lambda: None)() is None:
         return False
     return not (os.environ.get("COVERAGE_PROCESS_CONFIG") or os.environ.get("COVERAGE_PROCESS_START"))
+
+
+# hooks that debug over the terminal asgireload lends (the others, like debugpy's, need none)
+TERMINAL_HOOKS = {"", "0", "pdb.set_trace", "builtins.breakpoint"}
+
+
+def warn_about_breakpoint_hook(environ: dict[str, str] | None = None) -> str | None:
+    """A PYTHONBREAKPOINT such as ipdb.set_trace or pudb.set_trace reads the worker's own stdin,
+    which is not the terminal: its breakpoint() would quit at once. Said once, at start-up."""
+    hook = (os.environ if environ is None else environ).get("PYTHONBREAKPOINT", "").strip()
+    if hook in TERMINAL_HOOKS:
+        return None
+    message = (
+        f"PYTHONBREAKPOINT={hook} is set: a debugger that reads the terminal (ipdb, pudb) gets "
+        "the worker's input instead, which is not this terminal, so its breakpoint() quits at once. "
+        "Unset it to debug in this terminal with pdb (a remote debugger is fine as it is)."
+    )
+    logger.warning(message)
+    return message
 
 
 class _Borrower:
@@ -114,6 +135,7 @@ class DebugTerminal:
         """Stdin and stdout, if both are the terminal (not piped, not redirected)."""
         try:
             if os.isatty(0) and os.isatty(1):
+                warn_about_breakpoint_hook()
                 return cls((0, 1), on_lend=on_lend, in_foreground=in_foreground)
         except OSError:
             pass
@@ -194,16 +216,16 @@ class DebugTerminal:
             if self.fds is None:
                 self._answer(borrower, protocol.Lent(False, self.why_not))
             elif self._holder is None and not self._in_foreground():
-                why = "asgireload runs in the background, where the terminal is the shell's (fg brings it)."
-                self._answer(borrower, protocol.Lent(False, why))
+                self._answer(borrower, protocol.Lent(False, BACKGROUND))
             elif self._holder is None:
                 self._lend(borrower)
             else:
                 self._waiting.append(borrower)
                 borrower.announce = True  # the terminal was someone else's meanwhile
+                borrower.emit(True, False)  # paused while it waits: no drain deadline kills it
                 logger.warning(
                     "%s stopped at a breakpoint too (%s); it gets the terminal once %s continues.",
-                    borrower.name,
+                    borrower.name.capitalize(),
                     self._describe(borrower.where),
                     self._holder.name,
                 )
@@ -224,8 +246,9 @@ class DebugTerminal:
     def _announce(self, borrower: _Borrower) -> None:
         logger.warning(
             "%s is paused at a breakpoint (%s): the debugger has this terminal. Type c and Enter to "
-            "continue, q to fail the request; CTRL+C goes to the debugger until then (to stop the "
-            "server, continue, then CTRL+C). Reloads go on: a new generation serves new requests.",
+            "continue, q to quit there (a request fails; a generation starting up fails to start); "
+            "CTRL+C goes to the debugger until then (to stop the server, continue, then CTRL+C). "
+            "Reloads go on: a new generation serves new requests.",
             borrower.name.capitalize(),
             self._describe(borrower.where),
         )
@@ -235,8 +258,14 @@ class DebugTerminal:
         if holder is not None:
             holder.emit(False, holder.announce)
         while self._waiting:
-            self._lend(self._waiting.popleft())
-            if self._holder is not None:
+            borrower = self._waiting.popleft()
+            if self._in_foreground():
+                self._lend(borrower)
+            else:  # suspended and resumed with bg since it queued: the terminal is the shell's
+                self._answer(borrower, protocol.Lent(False, BACKGROUND))
+            if self._holder is None:
+                borrower.emit(False, False)  # it was marked paused when it queued
+            else:
                 return
         self._on_lend(False)
 

@@ -173,7 +173,8 @@ class Generations:
             return
         stale = self.loading
         if stale is not None:
-            self._log(logging.INFO, f"Generation {stale.generation} is superseded by a newer change.")
+            ended = "; its debugger session was ended" if stale.paused else ""
+            self._log(logging.INFO, f"Generation {stale.generation} is superseded by a newer change{ended}.")
             self._kill(stale)  # it was never told to serve, so it has accepted nothing
             self._settle_failure()  # a superseded generation that had failed did fail
             if self._cause is not None:
@@ -351,7 +352,7 @@ class Generations:
     def _log_ready(self, worker: Worker, cause: Cause) -> None:
         now = self._clock()
         cause.mark("old generation stopped", now)
-        took = (now - cause.since) * 1000
+        took = (now - cause.since - worker.time_paused) * 1000  # time at a breakpoint is not start-up
         steps = ", ".join(f"{step} +{(t - cause.since) * 1000:.1f} ms" for step, t in cause.steps.items())
         self._log(logging.DEBUG, f"Generation {worker.generation}: changed at 0 ms, {steps}")
         if cause.reason == "start":

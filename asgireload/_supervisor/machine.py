@@ -227,11 +227,15 @@ class Machine(Generations):
         del self.workers[worker.id]
 
     def _on_paused(self, worker: Worker, announce: bool) -> None:
+        if not worker.paused:
+            worker.paused_since = self._clock()
         worker.paused = True
         if worker.role is Role.DRAINING and announce:
             self._log_paused_drain(worker)
 
     def _on_resumed(self, worker: Worker) -> None:
+        if worker.paused:
+            worker.time_paused += self._clock() - worker.paused_since
         worker.paused = False
         if worker.role is Role.DRAINING:
             # the worker gives its requests the drain timeout again from now: so does its deadline

@@ -79,6 +79,8 @@ class Worker:
     reported_files: bool = False  # it finished importing the app (or failed to)
     after_drain: Announcement | None = None
     paused: bool = False  # stopped at a breakpoint, its debugger has the terminal: not killed by a deadline
+    paused_since: float = 0.0  # when it last paused
+    time_paused: float = 0.0  # seconds spent at breakpoints before now (not start-up time)
 
     @property
     def holds_app(self) -> bool:

@@ -19,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import select
 import signal
 import stat
 import sys
 from collections.abc import Callable, Iterator
+
+logger = logging.getLogger("asgireload")
 
 RECHECK_INTERVAL = 1.0  # seconds between looks at the foreground while in the background
 STREAM_NAMES = {0: "stdin", 1: "stdout", 2: "stderr"}
@@ -49,6 +52,7 @@ class TerminalKeys:
         self._reading = False
         self._lent = False  # a worker's debugger has the terminal: no key is read meanwhile
         self._recheck: asyncio.TimerHandle | None = None
+        self._refusing = False  # CTRL+Z is refused while lent
 
     def start(self) -> bool:
         """Start listening if stdin is a terminal; returns whether it is."""
@@ -70,8 +74,25 @@ class TerminalKeys:
             self._pause()
         else:
             self._check()
+        self._refuse_suspend(lent)
+
+    def _refuse_suspend(self, refuse: bool) -> None:
+        """CTRL+Z while a worker's debugger has the terminal is refused, with a log line.
+
+        The worker leads its own session, so a suspended asgireload would leave it reading the
+        shell's input (every other line going to pdb). Only a default disposition is replaced.
+        """
+        if refuse and signal.getsignal(signal.SIGTSTP) is signal.SIG_DFL:
+            with contextlib.suppress(ValueError, RuntimeError):
+                self._loop.add_signal_handler(signal.SIGTSTP, _suspend_refused)
+                self._refusing = True
+        elif not refuse and self._refusing:
+            self._refusing = False
+            with contextlib.suppress(ValueError, RuntimeError):
+                self._loop.remove_signal_handler(signal.SIGTSTP)
 
     def close(self) -> None:
+        self._refuse_suspend(False)
         if not self._active:
             return
         self._active = False
@@ -133,6 +154,13 @@ class TerminalKeys:
             self.close()
         elif data.strip().lower() == b"r":
             self._on_reload()
+
+
+def _suspend_refused() -> None:
+    logger.warning(
+        "CTRL+Z is ignored while a worker's debugger has the terminal: continue it (c and Enter) "
+        "first, then CTRL+Z suspends asgireload."
+    )
 
 
 def in_foreground() -> bool:

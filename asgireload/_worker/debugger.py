@@ -16,7 +16,9 @@ started or by the app later, is obeyed as the interpreter would.
 
 from __future__ import annotations
 
+import bdb
 import contextlib
+import logging
 import os
 import pdb
 import signal
@@ -28,6 +30,9 @@ from types import FrameType
 from typing import Any, TextIO
 
 from .. import _protocol as protocol
+
+PROMPT = "(Pdb) "
+STEP_GRACE = 1.0  # seconds a step keeps the terminal while the app runs, waiting for its next stop
 
 
 class NoTerminal(RuntimeError):
@@ -41,16 +46,8 @@ class _Lease:
         self._channel = channel
         self.stdin: TextIO = open(reading, encoding="utf-8", errors="replace")  # noqa: SIM115
         self.stdout: TextIO = open(writing, "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
-        self._previous_sigint: Any = None
-        if threading.current_thread() is threading.main_thread():
-            # A Ctrl-C forwarded by the supervisor interrupts the prompt, as in pdb anywhere; the
-            # event loop's own handler (it would cancel the worker's main task) comes back after.
-            self._previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def give_back(self) -> None:
-        if self._previous_sigint is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
         for stream in (self.stdout, self.stdin):
             with contextlib.suppress(OSError, ValueError):
                 stream.close()
@@ -65,17 +62,34 @@ class Debugger:
         self._channel = socket.socket(fileno=debug_fd)
         self._channel.setblocking(True)
         self._turn = threading.Lock()
+        self._counting = threading.Lock()
         self._holder: int | None = None  # the thread whose pdb has the terminal
         self._lease: _Lease | None = None
         self._buffer = b""
+        # what a CTRL+C forwarded by the supervisor does now (main thread only): interrupt the
+        # prompt, interrupt a step, or nothing once the terminal is given back
+        self.on_interrupt: Callable[[FrameType | None], None] | None = None
+        self.session: TerminalPdb | None = None  # the latest pdb session (to end a kept step)
+        self._stopped = 0  # threads stopped at a breakpoint: at the prompt, or waiting their turn
 
     @property
     def paused(self) -> bool:
-        """Whether a pdb prompt has the terminal now (a draining server then waits for it)."""
-        return self._holder is not None
+        """Whether the app is stopped at a breakpoint, at the prompt or waiting its turn for the
+        terminal (a draining server then waits for it)."""
+        return self._stopped > 0
 
     def borrow(self, where: str, announce: bool = True) -> _Lease:
         """Ask for the terminal (waiting while another thread has it); NoTerminal if there is none."""
+        with self._counting:
+            self._stopped += 1
+        try:
+            return self._borrow(where, announce)
+        except BaseException:
+            with self._counting:
+                self._stopped -= 1
+            raise
+
+    def _borrow(self, where: str, announce: bool) -> _Lease:
         if not self._turn.acquire(blocking=False):
             self._say_waiting(where)
             self._turn.acquire()
@@ -103,16 +117,18 @@ class Debugger:
             with contextlib.suppress(OSError, ValueError):
                 lease.stdout.write(
                     f"\n*** Another request stopped at a breakpoint ({where}); it gets the prompt "
-                    "once this one continues.\n"
+                    f"once this one continues.\n{PROMPT}"
                 )
 
     def give_back(self, lease: _Lease | None) -> None:
         if lease is None:
             return
-        self._holder, self._lease = None, None
+        self._holder, self._lease, self.on_interrupt = None, None, None
         try:
             lease.give_back()
         finally:
+            with self._counting:
+                self._stopped -= 1
             self._turn.release()
 
     def holds_terminal(self) -> bool:
@@ -138,22 +154,36 @@ class Debugger:
 
 
 class TerminalPdb(pdb.Pdb):
-    """pdb on the lent terminal: it borrows it at each stop and gives it back when the app runs.
+    """pdb on the lent terminal: it borrows it at a stop and gives it back when the app runs free.
 
-    Each prompt borrows the terminal and gives it back when its command lets the app go on
-    (`c`, `q`, and `n`, `s`, `r` too, since the app runs until the next stop, which may never
-    come: a coroutine stepped off its end). Only the first stop after the app ran freely is
-    announced; the steps in between are not.
+    `c` and `q` give the terminal back at once. A step (`n`, `s`, `r`, `until`) keeps it until
+    the next stop, so keys typed during the step are pdb's, not asgireload's; but that stop may
+    never come (a coroutine stepped off its end), so STEP_GRACE without one gives it back too.
+    Only the first stop after the app ran freely is announced; the steps in between are not.
     """
 
     def __init__(self, debugger: Debugger) -> None:
         # nosigint: Ctrl-C reaches a worker only while it has the terminal (the supervisor
         # forwards it); after `c` it stops the server, as everywhere else in asgireload.
         super().__init__(nosigint=True)
+        self.prompt = PROMPT
         self.use_rawinput = False
         self._debugger = debugger
         self._lease: _Lease | None = None
         self._stepping = False  # the last command was a step: the next stop is not announced
+        self._keeping = threading.Lock()  # the stop and the grace timer, one at a time
+        self._grace: threading.Timer | None = None  # running while a step keeps the terminal
+        debugger.session = self
+
+    def do_interact(self, arg: str) -> None:
+        """`interact` reads and writes sys.stdin and sys.stdout (/dev/null here): the lent terminal
+        stands in for them while it runs."""
+        previous = sys.stdin, sys.stdout
+        sys.stdin, sys.stdout = self.stdin, self.stdout
+        try:
+            super().do_interact(arg)
+        finally:
+            sys.stdin, sys.stdout = previous
 
     def take_terminal(self, where: str) -> None:
         self._lease = self._debugger.borrow(where, announce=not self._stepping)
@@ -174,17 +204,69 @@ class TerminalPdb(pdb.Pdb):
             self._with_terminal(frame, super().user_call, frame, argument_list)
 
     def _with_terminal(self, frame: FrameType, stop: Callable[..., None], *args: Any) -> None:
-        if self._lease is None:
-            try:
-                self.take_terminal(_where(frame))
-            except NoTerminal:
-                self.set_continue()  # a breakpoint set earlier, hit with no terminal: go on
-                return
+        with self._keeping:
+            self._end_grace()
+            if self._lease is None:
+                try:
+                    self.take_terminal(_where(frame))
+                except NoTerminal:
+                    self.set_continue()  # a breakpoint set earlier, hit with no terminal: go on
+                    return
+        self._set_interrupt(_interrupt_prompt)  # CTRL+C at the prompt: --KeyboardInterrupt--
+        keep = False
         try:
             stop(*args)
+            keep = self._stepping
         finally:
-            lease, self._lease = self._lease, None
-            self._debugger.give_back(lease)
+            with self._keeping:
+                if keep:
+                    self._keep_for_step()
+                else:
+                    self._give_back()
+
+    def _keep_for_step(self) -> None:
+        """A step (n, s, r, until) keeps the terminal while the app runs to the next stop: keys
+        typed meanwhile are pdb's and CTRL+C interrupts the step. If no stop comes within
+        STEP_GRACE (the app ran off the traced code), the terminal goes back to asgireload."""
+        self._set_interrupt(self._interrupt_step)
+        self._grace = threading.Timer(STEP_GRACE, self._grace_over)
+        self._grace.daemon = True
+        self._grace.start()
+
+    def _grace_over(self) -> None:
+        with self._keeping:
+            if self._grace is threading.current_thread():
+                self._grace = None
+                self._give_back()
+
+    def _end_grace(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+
+    def in_grace(self) -> bool:
+        """Whether the app runs one step with the terminal kept (not at the prompt)."""
+        return self._grace is not None
+
+    def release(self) -> None:
+        """Give the kept terminal back now (a new breakpoint() in the thread takes over)."""
+        with self._keeping:
+            self._end_grace()
+            self._give_back()
+
+    def _give_back(self) -> None:
+        lease, self._lease = self._lease, None
+        self._debugger.give_back(lease)
+
+    def _set_interrupt(self, handler: Callable[[FrameType | None], None]) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._debugger.on_interrupt = handler
+
+    def _interrupt_step(self, frame: FrameType | None) -> None:
+        """CTRL+C during a step: stop where the app is, as pdb does."""
+        sys.settrace(None)  # the step traces every call: set_trace's own would stop in bdb
+        self.message("\nProgram interrupted. (Use 'cont' to resume).")
+        self.set_trace(frame)
 
     def set_step(self) -> None:
         self._stepping = True
@@ -227,15 +309,39 @@ def install(debug_fd: int | None) -> None:
         # SIGINT reaches a worker only from the supervisor, forwarding CTRL+C to a paused pdb; one
         # that arrives just after `c` must not reach asyncio's handler, which would end the worker.
         # (A handler, not SIG_IGN: the app's child processes get the default back at exec.)
-        signal.signal(signal.SIGINT, _late_interrupt)
+        signal.signal(signal.SIGINT, _interrupted)
+        # a child forked by the app (multiprocessing's fork) gets Python's CTRL+C back
+        os.register_at_fork(after_in_child=_default_interrupt)
+    logging.getLogger("uvicorn.error").addFilter(_quit_in_one_line)
     if sys.breakpointhook is sys.__breakpointhook__:
         sys.breakpointhook = breakpointhook
     if pdb.set_trace is _original_set_trace:
         pdb.set_trace = set_trace
 
 
-def _late_interrupt(signum: int, frame: FrameType | None) -> None:
-    """A CTRL+C forwarded to a pdb prompt that had just been left: nothing to interrupt."""
+def _default_interrupt() -> None:
+    if signal.getsignal(signal.SIGINT) is _interrupted:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    """CTRL+C, forwarded by the supervisor while this worker has the terminal; one that arrives
+    just after the terminal went back has nothing to interrupt."""
+    handler = _debugger.on_interrupt if _debugger is not None else None
+    if handler is not None:
+        handler(frame)
+
+
+def _interrupt_prompt(frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _quit_in_one_line(record: logging.LogRecord) -> bool:
+    """`q` (or CTRL+D) at the prompt fails the request on purpose: one line, not a traceback."""
+    if record.exc_info and isinstance(record.exc_info[1], bdb.BdbQuit):
+        record.msg, record.args = f"{record.getMessage().strip()}: quit from the debugger (q).", ()
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def paused() -> bool:
@@ -265,7 +371,10 @@ def _stop_in(frame: FrameType, header: str | None = None) -> None:
         _original_set_trace(header=header)
         return
     if debugger.holds_terminal():
-        return  # a breakpoint() reached while stepping in the debugger: it is stopped already
+        kept = debugger.session
+        if kept is None or not kept.in_grace():
+            return  # a breakpoint() reached in code run at the prompt: it is stopped already
+        kept.release()  # a step ran on to this breakpoint(): it starts the next session
     session = TerminalPdb(debugger)
     try:
         session.take_terminal(_where(frame))

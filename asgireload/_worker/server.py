@@ -31,6 +31,7 @@ from .protocols import HandOff
 logger = logging.getLogger("asgireload")
 
 DRAIN_POLL = 0.005  # seconds between looks at the connections of a draining server
+STALL = 0.5  # a gap between two looks longer than this: the loop was stopped by a debugger
 
 
 class Server(uvicorn.Server):
@@ -126,7 +127,8 @@ class Server(uvicorn.Server):
         start here: from then on this server only finishes what it has.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        last_look = loop.time()
+        deadline = last_look + timeout
         for server in self.servers:
             server.close()
         self._draining.start(hand_off)  # connections that arrive from now on drain at once
@@ -145,9 +147,15 @@ class Server(uvicorn.Server):
                 on_stopped = None
             if not (self.server_state.connections or self.server_state.tasks):
                 break
+            now = loop.time()
+            if now - last_look > STALL:
+                # the loop itself was stopped (pdb on the main thread, a debugpy stop): that time
+                # was the debugger's, not the requests'
+                deadline += now - last_look
+            last_look = now
             if debugger.paused():  # a request stopped at a breakpoint gets its full time once resumed
-                deadline = loop.time() + timeout
-            elif loop.time() >= deadline:
+                deadline = now + timeout
+            elif now >= deadline:
                 self._cut_remaining()
                 break
             await asyncio.sleep(DRAIN_POLL)

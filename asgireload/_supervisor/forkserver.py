@@ -71,6 +71,15 @@ def for_config(
     return ForkServer(listener, output)
 
 
+def _failed_imports(warm: dict[str, object]) -> list[str]:
+    """The modules a template could not import (said once, at debug level): workers import them."""
+    failed = warm.get("failed")
+    names = [str(name) for name in failed] if isinstance(failed, list) else []
+    if names:
+        logger.debug("The fork server could not import %s; workers will import them themselves.", names)
+    return names
+
+
 def _missing(wanted: tuple[str, ...], preloaded: frozenset[str]) -> list[str]:
     """The installed packages' modules the workers need and the template lacks. Those of the
     standard library a fork imports itself (a few milliseconds); the next start-up's template
@@ -383,10 +392,7 @@ class ForkServer:
             return
         if not self._threads_allow_forking(warm):
             return
-        failed = warm.get("failed")
-        failed = [str(name) for name in failed] if isinstance(failed, list) else []
-        if failed:
-            logger.debug("The fork server could not import %s; workers will import them themselves.", failed)
+        failed = _failed_imports(warm)
         template.preloaded = _modules(warm) | frozenset(failed)  # all it has, and what is no use trying
         logger.debug(
             "The fork server is ready (pid %d, %s modules preloaded).", template.pid, warm.get("preloaded")
@@ -404,10 +410,7 @@ class ForkServer:
         """A template imported more modules: what it has now, or no forking if a thread started."""
         if not self._threads_allow_forking(warm):
             return
-        failed = warm.get("failed")
-        failed = [str(name) for name in failed] if isinstance(failed, list) else []
-        if failed:
-            logger.debug("The fork server could not import %s; workers will import them themselves.", failed)
+        failed = _failed_imports(warm)
         template.preloaded |= _modules(warm) | frozenset(failed)
         logger.debug(
             "The fork server is ready (pid %d, %s modules preloaded).", template.pid, warm.get("preloaded")

@@ -58,7 +58,9 @@ def _warm_up(settings: protocol.Settings) -> None:
     """What every worker imports before the app: uvicorn's protocols for these options, and the
     event loop's module. Enough to fork the first worker."""
     worker._uvicorn_imports(settings)
-    uvicorn.Config(app="unused:app", loop=settings.uvicorn["loop"]).get_loop_factory()
+    # no logging set-up here: a forked worker applies its own (uvicorn's default, or --log-config,
+    # which must find uvicorn's loggers as a fresh interpreter has them)
+    uvicorn.Config(app="unused:app", loop=settings.uvicorn["loop"], log_config=None).get_loop_factory()
 
 
 def _preload(names: tuple[str, ...]) -> tuple[int, list[str]]:

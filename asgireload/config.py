@@ -25,7 +25,7 @@ ASGIApp = Callable[
 ]
 
 _PATH_OPTIONS = ("app_dir", "uds", "env_file", "log_config", "ssl_keyfile", "ssl_certfile", "ssl_ca_certs")
-_UVICORN_OPTIONS = (
+UVICORN_BASE_OPTIONS = (  # every supported uvicorn (pyproject's lower bound) has these
     "lifespan",
     "http",
     "ws",
@@ -308,7 +308,7 @@ class Config:
 
     def uvicorn_options(self) -> dict[str, Any]:
         """The options that are uvicorn.Config's too, under uvicorn's names."""
-        options = {name: getattr(self, name) for name in _UVICORN_OPTIONS}
+        options = {name: getattr(self, name) for name in UVICORN_BASE_OPTIONS}
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name in PASSED_WHEN_SET:
             value = getattr(self, name)

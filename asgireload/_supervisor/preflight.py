@@ -14,7 +14,7 @@ import os
 import sys
 
 from .. import _logging
-from ..config import Config, cli_flag, option_fields
+from ..config import UVICORN_BASE_OPTIONS, Config, cli_flag, option_fields
 from ..errors import ConfigError, StartupError
 from .envfile import EnvFileError, read_env_file
 from .tls import check_tls
@@ -40,6 +40,25 @@ def preflight(config: Config) -> None:
 def check_uvicorn_options(config: Config) -> None:
     """What uvicorn would only find out in every worker: an option this uvicorn lacks, the TLS
     files, the log config."""
+    if _needs_uvicorn(config):
+        _check_against_uvicorn(config)
+    if isinstance(config.log_config, str):
+        try:
+            _logging.read_config_file(config.log_config)
+        except _logging.LogConfigError as exc:
+            raise StartupError(str(exc)) from None
+    if config.ssl_certfile is not None:
+        check_tls(config)
+
+
+def _needs_uvicorn(config: Config) -> bool:
+    """Whether the options go beyond what every supported uvicorn has: only then is uvicorn
+    imported here (30 ms of a cold start, before the first worker could start)."""
+    beyond = set(config.uvicorn_options()) - set(UVICORN_BASE_OPTIONS)
+    return bool(beyond) or any(getattr(config, name) != "auto" for name in ("http", "ws", "loop"))
+
+
+def _check_against_uvicorn(config: Config) -> None:
     import uvicorn
     import uvicorn.config
 
@@ -73,13 +92,6 @@ def check_uvicorn_options(config: Config) -> None:
                 f"--{name} {value} needs the {package} package, which is not installed: "
                 f"pip install {package}."
             )
-    if isinstance(config.log_config, str):
-        try:
-            _logging.read_config_file(config.log_config)
-        except _logging.LogConfigError as exc:
-            raise StartupError(str(exc)) from None
-    if config.ssl_certfile is not None:
-        check_tls(config)
 
 
 def find_module(import_string: str, app_dir: str) -> None:

@@ -13,11 +13,13 @@ The public names are imported lazily, so a worker process (which imports
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
 from .__about__ import __version__ as __version__
 
+TYPE_CHECKING = False  # not typing's: importing typing here would delay the command's first step
 if TYPE_CHECKING:
+    from typing import Any
+
     from .config import Config as Config
     from .errors import AsgireloadError as AsgireloadError
     from .errors import ConfigError as ConfigError

@@ -9,7 +9,6 @@ import configparser
 import importlib
 import json
 import logging
-import logging.config
 import sys
 from typing import Any
 
@@ -109,6 +108,8 @@ def apply_config_file(path: str | dict[str, Any], level: str | None, app_dir: st
 
     `level` None leaves the levels the file set (uvicorn's default); `app_dir` goes first on
     sys.path, as uvicorn puts it there before the file names a project's formatter class."""
+    import logging.config  # here, not at the top: only a --log-config needs it (start-up time)
+
     config = path if isinstance(path, dict) else read_config_file(path)
     if app_dir is not None and app_dir not in sys.path:
         sys.path.insert(0, app_dir)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -22,6 +23,7 @@ from asgireload import Reloader, _forkwire
 from asgireload._supervisor import forkserver
 
 from .conftest import PLAIN_APP, until, write
+from .test_cli import app_source, asgireload_processes_in, run_cli, write_atomically
 from .test_lifecycle import our_processes
 
 pytestmark = pytest.mark.skipif(forkserver.unsafe_to_fork() is not None, reason="the fork server needs Linux")
@@ -352,3 +354,99 @@ def test_a_tracer_in_the_supervisor_turns_forking_off() -> None:
         assert forkserver.unsafe_to_fork() == "a debugger, tracer or coverage follows the supervisor"
     finally:
         sys.settrace(previous)
+
+
+# ------------------------------------------------------------------ the command's early template
+#
+# `asgireload` starts the template before it imports its own modules (templatespawn.start_early).
+# It must then be exactly the template a later start would have made, or be ended unused.
+
+EARLY = r"The fork server is the one the command started first \(pid (\d+)\)"
+STARTED_AGAIN = r"Starting the fork server again: the one the command started (.*)\."
+
+
+def templates_in(folder: Path) -> set[int]:
+    """Running templates (and workers they forked, which show the same command line) started in
+    `folder`, whose working folder they keep."""
+    return {p.pid for p in asgireload_processes_in(folder) if b"_worker.template" in cmdline_of(p.pid)}
+
+
+def cmdline_of(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+async def test_the_command_forks_every_worker_from_the_template_it_started_first(tmp_path: Path) -> None:
+    write(tmp_path / "main.py", app_source("first"))
+    async with run_cli(tmp_path, "--port", "0", "--log-level", "debug", "--no-live-reload") as cli:
+        early = int((await cli.wait_for_line(EARLY))[1])
+        port = await cli.started()
+        assert b"--early" in cmdline_of(early)
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://127.0.0.1:{port}/")).text == "first"
+            workers = await cli.collect_workers()
+            assert {parent_of(worker.pid) for worker in workers} == {early}
+            write_atomically(tmp_path / "main.py", app_source("second"))
+            await cli.wait_for_line(r"Reloaded in \d+ ms \(generation 2\)")
+            assert (await client.get(f"http://127.0.0.1:{port}/")).text == "second"
+        assert not any(re.search(STARTED_AGAIN, line) for _, line in cli.lines), cli.transcript()
+        cli.send(signal.SIGINT)
+        assert await cli.exited() == 0
+        cli.assert_nothing_left()
+
+
+# websockets reads WEBSOCKETS_* variables when it is imported, and uvicorn's default websocket
+# protocol imports it: the early template has, before any env file could be read.
+READS_WEBSOCKETS_ENV = """
+import websockets.http11
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = str(websockets.http11.MAX_NUM_HEADERS).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+async def test_an_env_file_value_that_uvicorns_protocols_read_at_import_reaches_every_worker(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path / "main.py", READS_WEBSOCKETS_ENV)
+    write(tmp_path / ".env", "WEBSOCKETS_MAX_NUM_HEADERS=77\n")
+    args = ("--port", "0", "--log-level", "debug", "--env-file", ".env", "--no-live-reload")
+    async with run_cli(tmp_path, *args) as cli:
+        port = await cli.started()
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://127.0.0.1:{port}/")).text == "77"
+            said = [m[1] for _, line in cli.lines if (m := re.search(STARTED_AGAIN, line))]
+            assert said == ["imported its modules before the env file's values were set"], cli.transcript()
+            write_atomically(tmp_path / "main.py", READS_WEBSOCKETS_ENV + "\n# edited\n")
+            await cli.wait_for_line(r"Reloaded in \d+ ms \(generation 2\)")
+            assert (await client.get(f"http://127.0.0.1:{port}/")).text == "77"  # a forked standby
+        workers = await cli.collect_workers()
+        assert all(parent_of(worker.pid) != cli.pid for worker in workers)  # forked still, by another
+
+
+@pytest.mark.parametrize(
+    ("where", "env"),
+    [
+        pytest.param("pyproject", {}, id="pyproject"),
+        pytest.param("environment", {"ASGIRELOAD_FORK": "false"}, id="environment"),
+    ],
+)
+async def test_a_command_told_not_to_fork_elsewhere_than_its_flags_keeps_no_template(
+    tmp_path: Path, where: str, env: dict[str, str]
+) -> None:
+    write(tmp_path / "main.py", app_source("first"))
+    if where == "pyproject":
+        write(tmp_path / "pyproject.toml", "[tool.asgireload]\nfork = false\n")
+    async with run_cli(tmp_path, "--port", "0", "--no-live-reload", env=env) as cli:
+        port = await cli.started()
+        workers = await cli.collect_workers()
+        assert {parent_of(worker.pid) for worker in workers} == {cli.pid}  # spawned
+        assert not templates_in(tmp_path), cli.transcript()
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://127.0.0.1:{port}/")).text == "first"

@@ -161,6 +161,29 @@ child = subprocess.Popen(
 
 
 @linux_only
+async def test_no_worker_inherits_a_descriptor_the_embedding_program_left_inheritable(
+    plain_app: Path,
+) -> None:
+    # A program embedding the Reloader may hold inheritable descriptors (a pipe for a child of
+    # its own, a pty): they are its business, not the app's, whichever way a worker was started.
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)
+    pipe = os.readlink(f"/proc/self/fd/{write_end}")
+    try:
+        async with Reloader("main:app", app_dir=plain_app) as server:
+            await until(lambda: "standby" in server.pids, what="a standby")
+            for role, pid in server.pids.items():
+                held = set()
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        held.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+                assert pipe not in held, f"the {role} process holds the embedding program's pipe"
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+@linux_only
 async def test_file_descriptors_and_processes_stay_flat_across_reloads(plain_app: Path) -> None:
     async with Reloader("main:app", app_dir=plain_app) as server, httpx.AsyncClient() as client:
 

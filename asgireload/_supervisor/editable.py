@@ -94,9 +94,7 @@ def _from_direct_url(path: str) -> Iterator[str]:
         return
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "file" and parts.netloc in ("", "localhost"):
-        from urllib.request import url2pathname  # here: it costs start-up ~15 ms (http, email)
-
-        yield url2pathname(parts.path)
+        yield urllib.parse.unquote(parts.path)  # what url2pathname does on POSIX, without its imports
 
 
 def _from_pth(path: str) -> Iterator[str]:

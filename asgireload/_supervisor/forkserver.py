@@ -15,7 +15,8 @@ times); one whose installed packages changed is replaced, and the old one exits 
 workers it forked have; one that lacks installed modules the app turned out to import imports
 them on request, before the next fork. The template's own tag is long enough that a forked
 worker can write its own over it (see template._retag), so `_reaper` finds forked workers'
-descendants.
+descendants. The first template of the `asgireload` command was started before the supervisor
+imported anything (templatespawn.py); it is used if it is the template that would start now.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from collections.abc import Callable, Coroutine
 from .. import _forkwire, _reaper
 from .. import _protocol as protocol
 from ..config import Config
-from . import debugging, workers
+from . import debugging, templatespawn, workers
 from .debugging import DebugTerminal
 from .workers import Emit, SpawnError, WorkerProcess
 
@@ -44,7 +45,6 @@ READY_WAIT = 2.0  # seconds a fork request waits for a template still importing,
 FORK_WAIT = 5.0  # seconds a fork request waits for the template's answer
 WARM_WAIT = 60.0  # seconds a fork waits for a template importing the preload list, then spawns
 STATUS_WAIT = 1.0  # seconds to wait for the template's report of an exit status
-TAG_LENGTH = 64  # characters of the template's tag: room for any worker's tag
 MAX_DEATHS = 3  # templates that die before forking is given up
 
 
@@ -63,9 +63,11 @@ def for_config(
 ) -> ForkServer | None:
     """The fork server for this configuration, or None (and why, once, at debug level)."""
     if not (config.fork and config.standby and config.preload):
+        templatespawn.discard_early()
         return None  # asked not to: --no-fork, or no warm worker to fork at all
     reason = unsafe_to_fork()
     if reason is not None:
+        templatespawn.discard_early()
         logger.debug("Spawning workers instead of forking them: %s.", reason)
         return None
     return ForkServer(listener, output)
@@ -153,18 +155,13 @@ class ForkedProcess:
 class Template:
     """One template process and its channel."""
 
-    def __init__(
-        self,
-        process: asyncio.subprocess.Process,
-        exited: asyncio.Future[None],
-        channel: socket.socket,
-        tag: str,
-    ) -> None:
+    def __init__(self, process: templatespawn.TemplateProcess) -> None:
         self.process = process
         self.pid = process.pid
-        self.exited = exited
-        self.channel = channel
-        self.tag = tag
+        self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.returncode: int | None = None
+        self.channel = channel = process.channel
+        self.tag = process.tag
         self.receiver = _forkwire.Receiver(channel)
         self.hello: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
         self.warm: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
@@ -180,7 +177,24 @@ class Template:
 
     def kill(self) -> None:
         """End the template alone: the workers it forked live on (they lead sessions of their own)."""
-        _reaper.kill_generation(self.pid, None)
+        self.process.kill()
+
+    def on_exit(self) -> None:
+        """Its pidfd is readable: it has exited (reaped here; asyncio does not know of it)."""
+        returncode = self.process.reap()
+        if returncode is None:
+            return
+        self.returncode = returncode
+        self._stop_watching()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def _stop_watching(self) -> None:
+        if self.process.pidfd >= 0:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self.process.pidfd)
+            os.close(self.process.pidfd)
+            self.process.pidfd = -1
 
     def close(self) -> None:
         self.kill()
@@ -430,46 +444,34 @@ class ForkServer:
             template.settled.set_result(True)
 
     async def _spawn(self, settings: protocol.Settings) -> Template:
+        capture = self._output is not None
+        early = templatespawn.take_early()
+        if early is not None and (why := templatespawn.unlike_now(early, capture, settings.env)):
+            logger.debug("Starting the fork server again: the one the command started %s.", why)
+            templatespawn.close(early)
+            early = None
+        elif early is not None:
+            logger.debug("The fork server is the one the command started first (pid %d).", early.pid)
         try:
-            parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            process = early or templatespawn.spawn(capture)
         except OSError as exc:
             raise SpawnError(f"could not start the fork server: {exc.strerror or exc}") from exc
-        tag = _reaper.new_tag(0)
-        tag = tag + "-" + "0" * (TAG_LENGTH - len(tag) - 1)
-        environment = dict(os.environ)
-        environment[_reaper.TAG_VARIABLE] = tag
         loop = asyncio.get_running_loop()
-        try:
-            pipe = asyncio.subprocess.PIPE if self._output is not None else None
-            transport, protocol_ = await loop.subprocess_exec(
-                lambda: workers._Protocol(limit=workers.OUTPUT_CHUNK, loop=loop),
-                sys.executable,
-                "-P",
-                "-m",
-                "asgireload._worker.template",
-                str(child.fileno()),
-                pass_fds=(child.fileno(),),
-                start_new_session=True,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=pipe,
-                stderr=asyncio.subprocess.STDOUT if pipe else None,
-                env=environment,
-            )
-        except OSError as exc:
-            parent.close()
-            raise SpawnError(f"could not start the fork server: {exc.strerror or exc}") from exc
-        finally:
-            child.close()
-        process = asyncio.subprocess.Process(transport, protocol_, loop)
-        template = Template(process, protocol_.exited, parent, tag)
+        template = Template(process)
         template.env = dict(settings.env)
+        loop.add_reader(process.pidfd, template.on_exit)
         reading: asyncio.Task[None] | None = None
-        if self._output is not None and process.stdout is not None:
+        pipe: asyncio.BaseTransport | None = None
+        if self._output is not None and process.output is not None:
             # forked workers write here too, for as long as they live: read until they are all gone
-            reading = self._run(workers._read_output(process.stdout, self._output))
-        parent.setblocking(False)
-        loop.add_reader(parent.fileno(), self._readable, template)
-        self._run(self._watch(template, transport, reading))
+            stream = asyncio.StreamReader(limit=workers.OUTPUT_CHUNK, loop=loop)
+            file = os.fdopen(process.output, "rb", buffering=0)
+            process.output = None  # the transport owns it now
+            pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream), file)
+            reading = self._run(workers._read_output(stream, self._output))
+        template.channel.setblocking(False)
+        loop.add_reader(template.channel.fileno(), self._readable, template)
+        self._run(self._watch(template, pipe, reading))
         # whole lines, however long (the preload list): a fork request may only follow a line
         template.sending = self._run(
             self._send(template, protocol.encode(settings, protocol.TRUSTED_MAX_LINE))
@@ -524,7 +526,7 @@ class ForkServer:
                     template.kill()
 
     async def _watch(
-        self, template: Template, transport: asyncio.SubprocessTransport, reading: asyncio.Task[None] | None
+        self, template: Template, pipe: asyncio.BaseTransport | None, reading: asyncio.Task[None] | None
     ) -> None:
         """When a template exits: close it; replace it if it was the one in use (a few times).
 
@@ -532,14 +534,13 @@ class ForkServer:
         try:
             await asyncio.shield(template.exited)
         except asyncio.CancelledError:
-            transport.close()
+            if pipe is not None:
+                pipe.close()
             raise
         was_ready = template.ready
         template.close()
-        if reading is None:
-            transport.close()
-        else:
-            reading.add_done_callback(lambda _: transport.close())
+        if pipe is not None and reading is not None:
+            reading.add_done_callback(lambda _: pipe.close())
         if self._closing or self._off is not None:
             return
         if template is self._template:
@@ -556,6 +557,7 @@ class ForkServer:
     async def aclose(self) -> None:
         """Kill the templates (the workers they forked are ended by their owners) and wait for them."""
         self._closing = True
+        templatespawn.discard_early()  # stopped before its first fork
         templates = [t for t in (self._template, *self._retired) if t is not None]
         for template in templates:
             template.kill()

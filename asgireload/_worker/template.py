@@ -1,4 +1,4 @@
-"""The fork server's template: `python -P -m asgireload._worker.template CONTROL_FD` (Linux).
+"""The fork server's template: `python -P -m asgireload._worker.template CONTROL_FD [--early]` (Linux).
 
 It starts like a worker (the same module, so the same imports: uvicorn, the protocols its
 options choose, and the installed modules in the preload list of the Settings it reads first),
@@ -61,6 +61,16 @@ def _warm_up(settings: protocol.Settings) -> None:
     # no logging set-up here: a forked worker applies its own (uvicorn's default, or --log-config,
     # which must find uvicorn's loggers as a fresh interpreter has them)
     uvicorn.Config(app="unused:app", loop=settings.uvicorn["loop"], log_config=None).get_loop_factory()
+
+
+def _warm_up_defaults() -> None:
+    """`_warm_up` for uvicorn's default options, before the settings arrive: a template started
+    early (`--early`) waits for them until the supervisor has imported its own modules, so this is
+    done by then. The supervisor only forks from it when there is no env file value it should
+    have imported with. Other options import their own modules in `_warm_up`; what is imported
+    here and not used is no different from a preloaded module the app no longer uses."""
+    uvicorn.Config(worker._placeholder_app, loop="none", log_config=None).load()
+    uvicorn.Config(app="unused:app", log_config=None).get_loop_factory()
 
 
 def _preload(names: tuple[str, ...]) -> tuple[int, list[str]]:
@@ -228,9 +238,15 @@ class Template:
 
 def main() -> None:
     control_fd = int(sys.argv[1])
+    # Started with posix_spawn, it inherited every inheritable descriptor of the process that
+    # started it (an embedding program's, a test runner's): none may reach the workers it forks.
+    os.closerange(3, control_fd)
+    os.closerange(control_fd + 1, os.sysconf("SC_OPEN_MAX"))
     os.set_inheritable(control_fd, False)
     control = socket.socket(fileno=control_fd)
     receiver = _forkwire.Receiver(control, max_line=protocol.TRUSTED_MAX_LINE)  # the settings' size
+    if sys.argv[2:] == ["--early"]:
+        _warm_up_defaults()
     settings, received = _read_settings(receiver)
     os.environ.update(settings.env)  # the env file, before anything is preloaded (as a worker)
     os.environ["ASGIRELOAD_WORKER"] = "1"

@@ -1,0 +1,194 @@
+"""Starting the fork server's template process, as early as the command line can.
+
+A cold start is mostly two imports: the supervisor's own modules and asyncio, and, in the
+template, an interpreter importing uvicorn; each takes about as long as the other. Done one
+after the other, they make a cold start slower than uvicorn's. So the `asgireload` command
+starts the template first (`start_early`, before it imports anything else), and the two
+imports run on two cores at once; the template then waits for its settings. The fork server
+takes that process (`take_early`) when it needs its first template, if nothing the template
+inherited has changed since (the environment, where its output goes, no env file values), and
+otherwise ends it and starts its own. Every template is started here, early or not, the same
+way: posix_spawn, and a pidfd to learn of its exit (asyncio's child watcher does not know it).
+
+Stdlib only, and no asyncio: this runs before those modules are imported. Linux only, as
+forking is (see forkserver.unsafe_to_fork).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import socket
+import sys
+
+from .. import _reaper
+
+TAG_LENGTH = 64  # characters of a template's tag: room for any worker's tag (template._retag)
+
+_TRACERS = ("debugpy", "pydevd", "coverage")  # loaded before us: they follow spawned processes
+# the command line's flags that turn forking off, or say the command ends before serving
+_NO_TEMPLATE_FLAGS = frozenset({"-h", "--help", "--version", "--no-fork", "--no-standby", "--no-preload"})
+
+
+class TemplateProcess:
+    """A started template: its pid, a pidfd to learn of its exit, its channel, and the read end
+    of its output when that is captured (else it writes where the supervisor does)."""
+
+    def __init__(
+        self,
+        pid: int,
+        pidfd: int,
+        channel: socket.socket,
+        output: int | None,
+        tag: str,
+        environment: dict[str, str],
+    ) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.channel = channel
+        self.output = output
+        self.tag = tag
+        self.environment = environment  # what it was started with, its tag included
+
+    def kill(self) -> None:
+        """End the template alone: the workers it forked lead sessions of their own."""
+        _reaper.kill_generation(self.pid, None)
+
+    def reap(self) -> int | None:
+        """Its exit code once it has exited (its pidfd is readable), else None."""
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return -1  # reaped already
+        return os.waitstatus_to_exitcode(status) if pid else None
+
+
+def new_tag() -> str:
+    """A template's tag: a worker's, padded to TAG_LENGTH."""
+    tag = _reaper.new_tag(0)
+    return tag + "-" + "0" * (TAG_LENGTH - len(tag) - 1)
+
+
+def spawn(capture_output: bool, early: bool = False) -> TemplateProcess:
+    """Start `python -P -m asgireload._worker.template FD` in a session of its own, stdin on
+    /dev/null; raises OSError when the system refuses. An `early` one imports what uvicorn's
+    default options need before its settings arrive (it has time while the supervisor starts)."""
+    tag = new_tag()
+    environment = dict(os.environ)
+    environment[_reaper.TAG_VARIABLE] = tag
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    read_end = write_end = None
+    try:
+        actions: list[tuple[object, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+        if capture_output:
+            read_end, write_end = os.pipe()
+            actions += [(os.POSIX_SPAWN_DUP2, write_end, 1), (os.POSIX_SPAWN_DUP2, write_end, 2)]
+        os.set_inheritable(child.fileno(), True)
+        command = [sys.executable, "-P", "-m", "asgireload._worker.template", str(child.fileno())]
+        if early:
+            command.append("--early")
+        pid = os.posix_spawn(
+            sys.executable,
+            command,
+            environment,
+            file_actions=actions,
+            setsid=True,
+            # as subprocess does: what Python ignores for itself is a default again in the child
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+        )
+    except BaseException:
+        parent.close()
+        if read_end is not None:
+            os.close(read_end)
+        raise
+    finally:
+        child.close()
+        if write_end is not None:
+            os.close(write_end)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        _end(pid)
+        parent.close()
+        if read_end is not None:
+            os.close(read_end)
+        raise
+    return TemplateProcess(pid, pidfd, parent, read_end, tag, environment)
+
+
+def _end(pid: int) -> None:
+    for kill in (os.killpg, os.kill):  # its session, and itself should a wrapper have spawned it
+        with contextlib.suppress(OSError):
+            kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def close(process: TemplateProcess) -> None:
+    """Kill it, wait for it, and close what the supervisor holds of it."""
+    process.channel.close()  # first: at end of file it exits by itself too
+    _end(process.pid)
+    with contextlib.suppress(OSError):
+        os.close(process.pidfd)
+    if process.output is not None:
+        with contextlib.suppress(OSError):
+            os.close(process.output)
+
+
+# ------------------------------------------------------------------ the early start
+
+_early: TemplateProcess | None = None
+
+
+def start_early(argv: list[str]) -> None:
+    """Start a template now, for the fork server to take later; nothing when this command will
+    not fork (or cannot tell yet cheaply: then the fork server ends it)."""
+    global _early
+    if _early is not None or _NO_TEMPLATE_FLAGS.intersection(argv):
+        return
+    if not sys.platform.startswith("linux") or not hasattr(os, "pidfd_open"):
+        return
+    if sys.gettrace() is not None or any(name in sys.modules for name in _TRACERS):
+        return  # workers are spawned, for the tracer to follow (see debugging.tracer_active)
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            return  # a closed standard stream: it is reopened first, before any socket
+    try:
+        _early = spawn(capture_output=False, early=True)
+    except OSError:
+        return  # the fork server starts one when it needs it, and reports what fails then
+    atexit.register(discard_early)  # the command ended before a fork server took it
+
+
+def take_early() -> TemplateProcess | None:
+    """The early template, if there is one (once): the fork server then checks `unlike_now`."""
+    global _early
+    early, _early = _early, None
+    return early
+
+
+def unlike_now(early: TemplateProcess, capture_output: bool, env_file_values: dict[str, str]) -> str | None:
+    """Why the early template is not the one that would be started now, or None if it is."""
+    if capture_output:
+        return "writes to the terminal, and the output is captured"
+    if env_file_values:
+        # it imported uvicorn's protocols before they could be set, and a library may read them
+        return "imported its modules before the env file's values were set"
+    now = dict(os.environ)
+    now[_reaper.TAG_VARIABLE] = early.tag
+    if now != early.environment:
+        changed = sorted(set(now.items()) ^ set(early.environment.items()))
+        return f"has an older environment ({changed[0][0]} changed)"
+    return None
+
+
+def discard_early() -> None:
+    """End the early template if no fork server took it."""
+    global _early
+    early, _early = _early, None
+    if early is not None:
+        close(early)

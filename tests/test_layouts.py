@@ -240,6 +240,27 @@ async def test_a_template_matched_by_reload_include(tmp_path: Path) -> None:
         )
 
 
+async def test_a_project_module_that_shadows_a_preloaded_installed_one_is_watched(
+    tmp_path: Path, installed: Path
+) -> None:
+    # The standby preloads the installed module the app imported; once the project has a module
+    # of that name, the app imports the project's (as under uvicorn), which must be watched too.
+    write(installed / "asgireload_test_shadowed.py", 'VALUE = "installed"\n')
+    main = app_serving("shadowed.VALUE", "import asgireload_test_shadowed as shadowed")
+    write(tmp_path / "main.py", main)
+    async with Reloader("main:app", app_dir=tmp_path) as server:
+        assert await served(server) == "installed"
+        await until(lambda: "standby" in server.pids, what="a standby, which preloaded it")
+        write(tmp_path / "asgireload_test_shadowed.py", 'VALUE = "project"\n')
+        await edit_and_check(server, tmp_path / "main.py", main + "\n", "project", by_hand=False)
+        for number in (2, 3):
+            await until(lambda: "standby" in server.pids, what="a standby")
+            module = tmp_path / "asgireload_test_shadowed.py"
+            await edit_and_check(
+                server, module, f'VALUE = "project {number}"\n', f"project {number}", by_hand=False
+            )
+
+
 ENVLIB = 'import os\nVALUE = os.environ.get("GREETING", "unset")\n'
 
 

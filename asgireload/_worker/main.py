@@ -148,7 +148,7 @@ class Worker:
         self.settings = settings
         self.control_fd = control_fd
         self.project = WatchFilter(settings.roots, settings.includes, settings.excludes)
-        self.recorder = ImportRecorder(self.project)
+        self.recorder = ImportRecorder(self.project, known=settings.preload)
         self.generation = 0
         self.shown: dict[str, Any] = {}  # the failure the error page shows (it follows updates)
         self.server: Server | None = None

@@ -208,7 +208,7 @@ class Config:
     reload_delay: float | None = _option(
         None,
         "Wait until the watched files have been quiet this long before reloading (uvicorn's name; "
-        "default: 4 ms, 50 ms once several files changed, at most 0.5 s).",
+        "default: 2 ms, 50 ms once several files changed, at most 0.5 s).",
         metavar="SECONDS",
     )
     timeout_graceful_shutdown: float | None = _option(

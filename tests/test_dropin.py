@@ -86,7 +86,7 @@ def test_every_uvicorn_option_is_accepted_or_refused_with_a_reason() -> None:
 # Where our default differs from uvicorn's, and why (everything else must match).
 DIFFERENT_DEFAULTS = {
     "port": "same value",
-    "reload_delay": "None means the adaptive debounce (4 ms, 50 ms in a burst), faster than 0.25 s",
+    "reload_delay": "None means the adaptive debounce (2 ms, 50 ms in a burst), faster than 0.25 s",
     "app_dir": "'.' and '' are both the current folder",
     "reload_dirs": "an empty tuple, not click's UNSET",
     "reload_includes": "an empty tuple",

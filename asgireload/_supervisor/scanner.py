@@ -41,7 +41,7 @@ ChangeHandler = Callable[[list[str], float], None]
 
 logger = logging.getLogger("asgireload")
 
-QUIET_GAP = 0.004  # seconds without new changes that end a burst (file events arrive in <1 ms)
+QUIET_GAP = 0.002  # seconds without new changes that end a burst (file events arrive in <1 ms)
 BURST_QUIET_GAP = 0.05  # once more than one file changed, wait longer: a checkout is under way
 MAX_DEBOUNCE = 0.5  # a burst never delays the reload more than this
 THREAD_THRESHOLD = 256  # stat more files than this in a worker thread, off the event loop

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from asgireload import Reloader, _forkwire
-from asgireload._supervisor import forkserver
+from asgireload._supervisor import forkserver, templatespawn
 
 from .conftest import PLAIN_APP, until, write
 from .test_cli import app_source, asgireload_processes_in, run_cli, write_atomically
@@ -450,3 +450,54 @@ async def test_a_command_told_not_to_fork_elsewhere_than_its_flags_keeps_no_temp
         assert not templates_in(tmp_path), cli.transcript()
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"http://127.0.0.1:{port}/")).text == "first"
+
+
+async def test_the_commands_first_template_imports_the_warm_cache_before_the_first_worker(
+    tmp_path: Path, installed: Path
+) -> None:
+    log = tmp_path / "imports.log"
+    install(installed, "earlywarmpkg", log)
+    install(installed, "earlybrokenpkg", tmp_path / "broken.log", extra="raise RuntimeError('gone')")
+    project = tmp_path / "project"
+    write(project / "main.py", app_importing("earlywarmpkg", body="warm"))
+    args = ("main:app", "--port", "0", "--log-level", "debug", "--no-live-reload")
+    async with run_cli(project, *args) as cli:
+        await cli.started()
+        await until(lambda: "earlywarmpkg" in cached_modules(project), what="the cache to be written")
+        cli.send(signal.SIGINT)
+        assert await cli.exited() == 0
+    # a module that no longer imports, in the cache: it costs the template that attempt only
+    cache = cache_file(project)
+    assert cache is not None
+    data = json.loads(cache.read_text())
+    cache.write_text(json.dumps({**data, "modules": ["earlybrokenpkg", *data["modules"]]}))
+    log.unlink()
+    async with run_cli(project, *args) as cli:
+        early = int((await cli.wait_for_line(EARLY))[1])
+        port = await cli.started()
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://127.0.0.1:{port}/")).text == "warm"
+        workers = await cli.collect_workers()
+        assert {parent_of(worker.pid) for worker in workers} == {early}
+        # imported once, by the template, before it forked the first worker: no worker imports it
+        assert importers(log) == [early]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["main:app"], (".", "main:app")),
+        (["--port", "8000", "pkg.web:make_app", "--factory"], (".", "pkg.web:make_app")),
+        (["--app-dir", "src", "main:app"], ("src", "main:app")),
+        (["main:app", "--app-dir=src"], ("src", "main:app")),
+        (["--host", "::1", "main:app"], (".", "main:app")),  # an address is no import string
+        (["--port", "8000"], None),  # found in the project or its pyproject.toml: not guessed
+        (["main.py"], None),
+    ],
+)
+def test_the_early_template_reads_the_app_off_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], expected: tuple[str, str] | None
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    found = templatespawn._app_of(argv)
+    assert found == (() if expected is None else (os.path.abspath(expected[0]), expected[1]))

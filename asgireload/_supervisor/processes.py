@@ -8,9 +8,9 @@ import logging
 import socket
 from collections.abc import Callable, Iterator
 
-from .. import _handoff
+from .. import _handoff, _warmcache
 from .. import _protocol as protocol
-from . import events, warmcache, workers
+from . import events, workers
 from .debugging import DebugTerminal
 from .forkserver import ForkServer
 from .workers import WorkerProcess
@@ -36,7 +36,7 @@ class Processes:
         self._by_id: dict[int, WorkerProcess] = {}
         self._held = _handoff.Held()  # handed-over connections waiting for a generation to serve them
         self.forkserver = forkserver  # where warm workers come from, if forking is possible
-        self._memory = warmcache.Memory()  # the preload list, for the next start-up's template
+        self._memory = _warmcache.Memory()  # the preload list, for the next start-up's template
 
     def __iter__(self) -> Iterator[WorkerProcess]:
         return iter(list(self._by_id.values()))
@@ -77,7 +77,7 @@ class Processes:
             if not forkserver.started:
                 # the first worker too comes from the template, which imports what the app
                 # imported last time after forking it: one interpreter starting up, not two
-                forkserver.start(warmcache.with_cached_preload(wanted))
+                forkserver.start(_warmcache.with_cached_preload(wanted))
             forked = await forkserver.fork(worker, wanted, self._emit, self._terminal) if fork else None
             if forked is not None:
                 return forked

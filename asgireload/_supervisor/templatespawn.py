@@ -71,10 +71,11 @@ def new_tag() -> str:
     return tag + "-" + "0" * (TAG_LENGTH - len(tag) - 1)
 
 
-def spawn(capture_output: bool, early: bool = False) -> TemplateProcess:
+def spawn(capture_output: bool, early: tuple[str, ...] | None = None) -> TemplateProcess:
     """Start `python -P -m asgireload._worker.template FD` in a session of its own, stdin on
-    /dev/null; raises OSError when the system refuses. An `early` one imports what uvicorn's
-    default options need before its settings arrive (it has time while the supervisor starts)."""
+    /dev/null; raises OSError when the system refuses. An `early` one (given the app's folder
+    and name when the command line says them, see `_app_of`) imports what uvicorn's default
+    options need, and the app's warm cache, before its settings arrive."""
     tag = new_tag()
     environment = dict(os.environ)
     environment[_reaper.TAG_VARIABLE] = tag
@@ -87,8 +88,8 @@ def spawn(capture_output: bool, early: bool = False) -> TemplateProcess:
             actions += [(os.POSIX_SPAWN_DUP2, write_end, 1), (os.POSIX_SPAWN_DUP2, write_end, 2)]
         os.set_inheritable(child.fileno(), True)
         command = [sys.executable, "-P", "-m", "asgireload._worker.template", str(child.fileno())]
-        if early:
-            command.append("--early")
+        if early is not None:
+            command += ["--early", *early]
         pid = os.posix_spawn(
             sys.executable,
             command,
@@ -158,10 +159,32 @@ def start_early(argv: list[str]) -> None:
         except OSError:
             return  # a closed standard stream: it is reopened first, before any socket
     try:
-        _early = spawn(capture_output=False, early=True)
+        _early = spawn(capture_output=False, early=_app_of(argv))
     except OSError:
         return  # the fork server starts one when it needs it, and reports what fails then
     atexit.register(discard_early)  # the command ended before a fork server took it
+
+
+def _app_of(argv: list[str]) -> tuple[str, ...]:
+    """The app's folder and import string, if the command line has them as `uvicorn`'s does (no
+    argparse here: it is not imported yet). A wrong guess names no cache file, or another; the
+    cost is then an import the template did not need, as with a stale cache."""
+    app, app_dir = None, os.getcwd()
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--app-dir":
+            app_dir = next(tokens, app_dir)
+        elif token.startswith("--app-dir="):
+            app_dir = token.partition("=")[2]
+        elif app is None and _is_import_string(token):
+            app = token
+    return (os.path.abspath(app_dir), app) if app is not None else ()
+
+
+def _is_import_string(token: str) -> bool:
+    module, colon, attribute = token.partition(":")
+    names = [*module.split("."), *attribute.split(".")]
+    return bool(colon) and all(name.isidentifier() for name in names)
 
 
 def take_early() -> TemplateProcess | None:

@@ -1,4 +1,4 @@
-"""The fork server's template: `python -P -m asgireload._worker.template CONTROL_FD [--early]` (Linux).
+"""The fork server's template: `python -P -m asgireload._worker.template CONTROL_FD` (Linux).
 
 It starts like a worker (the same module, so the same imports: uvicorn, the protocols its
 options choose, and the installed modules in the preload list of the Settings it reads first),
@@ -14,6 +14,10 @@ event loop either. It reaps its children (through pidfds, in one poll with its c
 tells the supervisor how each ended; the supervisor knows of their exit from a pidfd of its
 own, sent with the answer to the fork request. At end of file on its channel it exits: the
 workers it forked end by themselves when their own channels close.
+
+The one the `asgireload` command starts first (`--early [APP_DIR APP]`, see
+_supervisor/templatespawn.py) has time before its settings come: it imports uvicorn's default
+protocols and, when the command line names the app, the modules of its warm cache.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any, NoReturn
 
 import uvicorn
 
-from .. import _forkwire, _reaper
+from .. import _forkwire, _reaper, _warmcache
 from .. import _protocol as protocol
 from . import main as worker  # first: it sets PYTHONPATH aside and imports uvicorn, as a worker does
 
@@ -245,8 +249,11 @@ def main() -> None:
     os.set_inheritable(control_fd, False)
     control = socket.socket(fileno=control_fd)
     receiver = _forkwire.Receiver(control, max_line=protocol.TRUSTED_MAX_LINE)  # the settings' size
-    if sys.argv[2:] == ["--early"]:
+    early = sys.argv[2:]
+    if early[:1] == ["--early"]:
         _warm_up_defaults()
+        if len(early) == 3:  # the app's folder and name: what it imported last time, now
+            _preload(_warmcache.load_path(_warmcache.path_for_app(early[1], early[2])))
     settings, received = _read_settings(receiver)
     os.environ.update(settings.env)  # the env file, before anything is preloaded (as a worker)
     os.environ["ASGIRELOAD_WORKER"] = "1"

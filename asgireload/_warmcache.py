@@ -2,8 +2,11 @@
 
 At start-up the fork server's template preloads them while the first generation imports the
 app, so the first reload finds a warm standby at once instead of one that imports everything
-again. One small JSON file per project (the interpreter, the app and its folder), kept outside
-the project under $XDG_CACHE_HOME/asgireload (or ~/.cache/asgireload).
+again; the template the `asgireload` command starts first reads it itself, with the app and
+folder its command line names, and imports them before the first worker is forked (see
+_worker/template.py). Shared by both sides, hence here. One small JSON file per project (the
+interpreter, the app and its folder), kept outside the project under
+$XDG_CACHE_HOME/asgireload (or ~/.cache/asgireload).
 
 It is only a hint: a file that is corrupt, from another Python or written before the installed
 packages changed (their folders' modification times) is ignored, and a module in it that no
@@ -23,7 +26,7 @@ import site
 import sys
 import tempfile
 
-from .._protocol import Settings
+from ._protocol import Settings
 
 logger = logging.getLogger("asgireload")
 
@@ -37,7 +40,11 @@ def folder() -> str:
 
 
 def path_for(settings: Settings) -> str:
-    parts = (sys.executable, os.path.abspath(settings.app_dir), settings.app)
+    return path_for_app(settings.app_dir, settings.app)
+
+
+def path_for_app(app_dir: str, app: str) -> str:
+    parts = (sys.executable, os.path.abspath(app_dir), app)
     key = b"\0".join(os.fsencode(part) for part in parts)  # a folder's name need not be UTF-8
     return os.path.join(folder(), hashlib.sha256(key).hexdigest()[:24] + ".json")
 
@@ -63,7 +70,10 @@ def _identity() -> dict[str, object]:
 
 def load(settings: Settings) -> tuple[str, ...]:
     """The modules remembered for this project, or () if there is no usable cache."""
-    path = path_for(settings)
+    return load_path(path_for(settings))
+
+
+def load_path(path: str) -> tuple[str, ...]:
     try:
         with open(path, "rb") as file:
             data = json.loads(file.read(MAX_BYTES + 1))

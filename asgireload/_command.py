@@ -9,9 +9,12 @@ import sys
 
 
 def main() -> None:
-    from ._supervisor import templatespawn
+    try:
+        from ._supervisor import templatespawn
 
-    templatespawn.start_early(sys.argv[1:])
-    from . import cli
+        templatespawn.start_early(sys.argv[1:])
+        from . import cli
 
-    cli.main()
+        cli.main()
+    except KeyboardInterrupt:  # CTRL+C while starting up: a stop, as later, not a traceback
+        raise SystemExit(130) from None

@@ -636,3 +636,19 @@ async def test_the_embedded_example_serves_beside_another_task(tmp_path: Path) -
         cli.send(signal.SIGINT)
         assert await cli.exited() == 0, cli.transcript()
         cli.assert_nothing_left()
+
+
+@pytest.mark.parametrize("after", [0.0, 0.02, 0.05, 0.1, 0.2])
+async def test_ctrl_c_at_any_moment_of_the_start_up_stops_cleanly(project: Path, after: float) -> None:
+    # Wherever the interrupt lands (importing, parsing, starting the template, binding, loading),
+    # the command ends without a traceback and leaves nothing behind. (While runpy is still
+    # finding the module to run, package import included, the traceback is the interpreter's.)
+    # The delay only picks the moment; nothing waits on it for a result.
+    async with run_cli(project, "--port", "0") as cli:
+        await asyncio.sleep(after)
+        cli.send(signal.SIGINT)
+        code = await cli.exited()
+        assert code in (0, 130, -signal.SIGINT), cli.transcript()
+        if "_get_module_details" not in cli.transcript():
+            assert "Traceback" not in cli.transcript(), cli.transcript()
+        cli.assert_nothing_left()

@@ -7,6 +7,7 @@ debug lines. The cache lives in the session's XDG_CACHE_HOME (see conftest.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,8 @@ import pytest
 
 from asgireload import Reloader, _forkwire
 from asgireload._supervisor import forkserver, templatespawn
+from asgireload._supervisor.settings import worker_settings
+from asgireload.config import Config
 
 from .conftest import PLAIN_APP, until, write
 from .test_cli import app_source, asgireload_processes_in, run_cli, write_atomically
@@ -411,18 +414,33 @@ async def app(scope, receive, send):
 """
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        # on the command line: no early template is started at all
+        pytest.param(("--env-file", ".env"), {}, [], id="flag"),
+        # elsewhere: the early template was started before the file was read, and is not used
+        pytest.param(
+            (),
+            {"ASGIRELOAD_ENV_FILE": ".env"},
+            ["imported its modules before the env file's values were set"],
+            id="environment",
+        ),
+    ],
+)
 async def test_an_env_file_value_that_uvicorns_protocols_read_at_import_reaches_every_worker(
-    tmp_path: Path,
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str], said: list[str]
 ) -> None:
     write(tmp_path / "main.py", READS_WEBSOCKETS_ENV)
     write(tmp_path / ".env", "WEBSOCKETS_MAX_NUM_HEADERS=77\n")
-    args = ("--port", "0", "--log-level", "debug", "--env-file", ".env", "--no-live-reload")
-    async with run_cli(tmp_path, *args) as cli:
+    args = ("--port", "0", "--log-level", "debug", "--no-live-reload", *args)
+    async with run_cli(tmp_path, *args, env=env) as cli:
         port = await cli.started()
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"http://127.0.0.1:{port}/")).text == "77"
-            said = [m[1] for _, line in cli.lines if (m := re.search(STARTED_AGAIN, line))]
-            assert said == ["imported its modules before the env file's values were set"], cli.transcript()
+            again = [m[1] for _, line in cli.lines if (m := re.search(STARTED_AGAIN, line))]
+            assert again == said, cli.transcript()
+            assert not any(re.search(EARLY, line) for _, line in cli.lines), cli.transcript()
             write_atomically(tmp_path / "main.py", READS_WEBSOCKETS_ENV + "\n# edited\n")
             await cli.wait_for_line(r"Reloaded in \d+ ms \(generation 2\)")
             assert (await client.get(f"http://127.0.0.1:{port}/")).text == "77"  # a forked standby
@@ -501,3 +519,126 @@ def test_the_early_template_reads_the_app_off_the_command_line(
     monkeypatch.chdir(tmp_path)
     found = templatespawn._app_of(argv)
     assert found == (() if expected is None else (os.path.abspath(expected[0]), expected[1]))
+
+
+# An app whose import starts a child that outlives the import (as a dev server's helper would).
+STARTS_A_CHILD = """
+import pathlib, subprocess
+child = subprocess.Popen(["sleep", "600"])
+(pathlib.Path(__file__).parent / "child.pid").write_text(str(child.pid))
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+# `asgireload ... &` in a script starts it with SIGINT ignored (`nohup` or a service manager may
+# ignore SIGTERM); the supervisor handles both anyway, so the templates it starts later get the
+# default, and so must the early one.
+WITH_SIGINT_IGNORED = (
+    "-c",
+    "import os, signal, sys; [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)]; "
+    "os.execv(sys.executable, [sys.executable, '-m', 'asgireload', *sys.argv[1:]])",
+)
+
+
+# glibc's posix_spawn leaves its two internal signals (32 and 33, for thread cancellation and
+# set*id) ignored in the child; glibc installs its own handlers whenever it needs them, and no
+# program can set them (sigaction refuses), so they are left out of the comparison.
+GLIBC_INTERNAL = (1 << 31) | (1 << 32)
+
+
+def signal_state(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("SigIgn", "SigBlk", "SigCgt"):
+            fields[name] = int(value, 16) & ~GLIBC_INTERNAL
+    return fields
+
+
+async def test_workers_and_their_children_get_the_same_signals_whichever_way_they_started(
+    tmp_path: Path,
+) -> None:
+    states, templates = {}, {}
+    for how, args, env in [
+        ("the early template", (), {}),
+        ("a template started later", (), {"ASGIRELOAD_ENV_FILE": ".env"}),
+        ("spawning", ("--no-fork",), {}),
+    ]:
+        project = tmp_path / how.replace(" ", "-")
+        write(project / "main.py", STARTS_A_CHILD)
+        write(project / ".env", "SOMETHING=1\n")
+        command_line = ("main:app", "--port", "0", "--log-level", "debug", "--no-live-reload", *args)
+        async with run_cli(project, *command_line, command=WITH_SIGINT_IGNORED, env=env) as cli:
+            await cli.started()
+            said = "\n".join(line for _, line in cli.lines)
+            assert ("the one the command started first" in said) == (how == "the early template"), said
+            await cli.collect_workers()
+            child = int((project / "child.pid").read_text())
+            serving = parent_of(child)
+            states[how] = (signal_state(serving), signal_state(child)["SigIgn"])
+            if how != "spawning":
+                templates[how] = signal_state(parent_of(serving))
+    assert states["the early template"] == states["a template started later"] == states["spawning"], states
+    assert templates["the early template"] == templates["a template started later"], templates
+
+
+def zombies_and_pidfds() -> tuple[list[int], list[str]]:
+    """This process's unreaped children, and the pidfds it holds."""
+    zombies = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                if fields[0] == "Z" and int(fields[1]) == os.getpid():
+                    zombies.append(int(entry))
+    pidfds = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if "pidfd" in (target := os.readlink(f"/proc/self/fd/{fd}")):
+                pidfds.append(f"{fd} -> {target}")
+    return zombies, pidfds
+
+
+@pytest.mark.parametrize("wait_for", ["nothing", "the new template"])
+async def test_stopping_as_a_template_is_replaced_leaves_no_zombie_and_no_pidfd(
+    tmp_path: Path, installed: Path, wait_for: str
+) -> None:
+    log = tmp_path / "imports.log"
+    install(installed, "replacedpkg", log)
+    write(tmp_path / "app" / "main.py", app_importing("replacedpkg"))
+    async with Reloader("main:app", app_dir=tmp_path / "app") as server:
+        await until(lambda: server.pids.get("template") in importers(log), what="the template to import it")
+        template = server.pids["template"]
+        install(installed, "replacedpkg", log, "VERSION = 2")  # pip upgraded it: a new template
+        if wait_for == "the new template":
+            await until(lambda: server.pids.get("template") not in (None, template), what="a new template")
+    assert zombies_and_pidfds() == ([], [])
+    assert not our_processes()
+
+
+@pytest.mark.parametrize("output", ["inherited", "captured"])
+async def test_closing_the_fork_server_right_after_a_replacement_reaps_every_template(
+    plain_app: Path, output: str
+) -> None:
+    # Driven directly: the window between a replacement and a stop is too short to hit with a
+    # Reloader. The replaced template never forked, so it is ended at once, not retired.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    lines: list[str] = []
+    server = forkserver.ForkServer(listener, lines.append if output == "captured" else None)
+    try:
+        config = Config(app="main:app", app_dir=str(plain_app))
+        server.start(worker_settings(config, (str(plain_app),), (), None, "run", -1, -1, -1))
+        await until(lambda: server.pid is not None, what="a template")
+        first = server.pid
+        server.replace()
+        await server.aclose()
+    finally:
+        listener.close()
+    assert zombies_and_pidfds() == ([], []), first
+    assert not our_processes()

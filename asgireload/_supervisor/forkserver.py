@@ -196,6 +196,17 @@ class Template:
             os.close(self.process.pidfd)
             self.process.pidfd = -1
 
+    def finish(self) -> None:
+        """The supervisor is done with it: killed, reaped if it can be within a second (see
+        templatespawn.close), and nothing of it left open here."""
+        with contextlib.suppress(ValueError, OSError):
+            if self.process.pidfd >= 0:
+                asyncio.get_running_loop().remove_reader(self.process.pidfd)
+        templatespawn.close(self.process)
+        if self.process.returncode is not None and not self.exited.done():
+            self.returncode = self.process.returncode
+            self.exited.set_result(None)
+
     def close(self) -> None:
         self.kill()
         with contextlib.suppress(ValueError, OSError):
@@ -230,6 +241,7 @@ class ForkServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._launching: asyncio.Task[None] | None = None
         self._retired: set[Template] = set()  # replaced, until the workers they forked are gone
+        self._alive: set[Template] = set()  # every template started and not yet reaped
 
     @property
     def started(self) -> bool:
@@ -386,6 +398,8 @@ class ForkServer:
 
     async def _launch(self, settings: protocol.Settings) -> None:
         """Start a template (the task ends once it runs); it is forked from once it says hello."""
+        if self._closing:  # a launch that only runs once aclose() has begun: nothing to start
+            return
         try:
             template = await self._spawn(settings)
         except SpawnError as exc:
@@ -459,6 +473,8 @@ class ForkServer:
         loop = asyncio.get_running_loop()
         template = Template(process)
         template.env = dict(settings.env)
+        self._alive.add(template)
+        template.exited.add_done_callback(lambda _: self._alive.discard(template))
         loop.add_reader(process.pidfd, template.on_exit)
         reading: asyncio.Task[None] | None = None
         pipe: asyncio.BaseTransport | None = None
@@ -467,7 +483,12 @@ class ForkServer:
             stream = asyncio.StreamReader(limit=workers.OUTPUT_CHUNK, loop=loop)
             file = os.fdopen(process.output, "rb", buffering=0)
             process.output = None  # the transport owns it now
-            pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream), file)
+            try:
+                pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream), file)
+            except BaseException:  # cancelled (stopping), or out of descriptors: it is nobody's
+                file.close()
+                template.finish()
+                raise
             reading = self._run(workers._read_output(stream, self._output))
         template.channel.setblocking(False)
         loop.add_reader(template.channel.fileno(), self._readable, template)
@@ -558,7 +579,7 @@ class ForkServer:
         """Kill the templates (the workers they forked are ended by their owners) and wait for them."""
         self._closing = True
         templatespawn.discard_early()  # stopped before its first fork
-        templates = [t for t in (self._template, *self._retired) if t is not None]
+        templates = list(self._alive)  # in use, retired, or ended and not yet gone
         for template in templates:
             template.kill()
             # the supervisor is stopping: whatever still carries the template's tag goes too
@@ -569,6 +590,7 @@ class ForkServer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for template in templates:
+        for template in {*templates, *self._alive}:
             template.close()
+            template.finish()
         self._template = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import select
 import signal
 import socket
 import sys
@@ -27,6 +28,7 @@ from .. import _reaper
 
 TAG_LENGTH = 64  # characters of a template's tag: room for any worker's tag (template._retag)
 
+_HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # by serving.run_with_signals
 _TRACERS = ("debugpy", "pydevd", "coverage")  # loaded before us: they follow spawned processes
 # the command line's flags that turn forking off, or say the command ends before serving
 _NO_TEMPLATE_FLAGS = frozenset({"-h", "--help", "--version", "--no-fork", "--no-standby", "--no-preload"})
@@ -51,18 +53,23 @@ class TemplateProcess:
         self.output = output
         self.tag = tag
         self.environment = environment  # what it was started with, its tag included
+        self.returncode: int | None = None  # once reaped: its pid may be another process's now
 
     def kill(self) -> None:
         """End the template alone: the workers it forked lead sessions of their own."""
-        _reaper.kill_generation(self.pid, None)
+        if self.returncode is None:
+            _reaper.kill_generation(self.pid, None)
 
     def reap(self) -> int | None:
         """Its exit code once it has exited (its pidfd is readable), else None."""
-        try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            return -1  # reaped already
-        return os.waitstatus_to_exitcode(status) if pid else None
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, 255 << 8  # reaped by someone else: the status is lost
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
 
 
 def new_tag() -> str:
@@ -71,7 +78,9 @@ def new_tag() -> str:
     return tag + "-" + "0" * (TAG_LENGTH - len(tag) - 1)
 
 
-def spawn(capture_output: bool, early: tuple[str, ...] | None = None) -> TemplateProcess:
+def spawn(
+    capture_output: bool, early: tuple[str, ...] | None = None, signals_to_default: tuple[int, ...] = ()
+) -> TemplateProcess:
     """Start `python -P -m asgireload._worker.template FD` in a session of its own, stdin on
     /dev/null; raises OSError when the system refuses. An `early` one (given the app's folder
     and name when the command line says them, see `_app_of`) imports what uvicorn's default
@@ -81,13 +90,18 @@ def spawn(capture_output: bool, early: tuple[str, ...] | None = None) -> Templat
     environment[_reaper.TAG_VARIABLE] = tag
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     read_end = write_end = None
+    # The channel reaches the child as a copy made in the child (dup2 clears close-on-exec
+    # there), never as a descriptor made inheritable here, where another thread could fork.
+    channel_fd = 3 if child.fileno() != 3 else 4
     try:
-        actions: list[tuple[object, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+        actions: list[tuple[object, ...]] = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, child.fileno(), channel_fd),
+        ]
         if capture_output:
             read_end, write_end = os.pipe()
             actions += [(os.POSIX_SPAWN_DUP2, write_end, 1), (os.POSIX_SPAWN_DUP2, write_end, 2)]
-        os.set_inheritable(child.fileno(), True)
-        command = [sys.executable, "-P", "-m", "asgireload._worker.template", str(child.fileno())]
+        command = [sys.executable, "-P", "-m", "asgireload._worker.template", str(channel_fd)]
         if early is not None:
             command += ["--early", *early]
         pid = os.posix_spawn(
@@ -97,7 +111,7 @@ def spawn(capture_output: bool, early: tuple[str, ...] | None = None) -> Templat
             file_actions=actions,
             setsid=True,
             # as subprocess does: what Python ignores for itself is a default again in the child
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, *signals_to_default),
         )
     except BaseException:
         parent.close()
@@ -111,7 +125,10 @@ def spawn(capture_output: bool, early: tuple[str, ...] | None = None) -> Templat
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
-        _end(pid)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)  # just killed, and not stopped in an import: it goes at once
         parent.close()
         if read_end is not None:
             os.close(read_end)
@@ -119,23 +136,23 @@ def spawn(capture_output: bool, early: tuple[str, ...] | None = None) -> Templat
     return TemplateProcess(pid, pidfd, parent, read_end, tag, environment)
 
 
-def _end(pid: int) -> None:
-    for kill in (os.killpg, os.kill):  # its session, and itself should a wrapper have spawned it
-        with contextlib.suppress(OSError):
-            kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
-
-
-def close(process: TemplateProcess) -> None:
-    """Kill it, wait for it, and close what the supervisor holds of it."""
+def close(process: TemplateProcess, wait: float = 1.0) -> None:
+    """Kill it, reap it (waiting `wait` seconds at most: a process stuck in an uninterruptible
+    read of a hung mount dies later, and is then the init process's to reap), and close what
+    the supervisor holds of it."""
     process.channel.close()  # first: at end of file it exits by itself too
-    _end(process.pid)
-    with contextlib.suppress(OSError):
+    if process.pidfd >= 0:
+        process.kill()
+        poller = select.poll()  # not select(): the supervisor's descriptors may number thousands
+        poller.register(process.pidfd, select.POLLIN)
+        if poller.poll(wait * 1000):
+            process.reap()
         os.close(process.pidfd)
+        process.pidfd = -1
     if process.output is not None:
         with contextlib.suppress(OSError):
             os.close(process.output)
+        process.output = None
 
 
 # ------------------------------------------------------------------ the early start
@@ -158,11 +175,19 @@ def start_early(argv: list[str]) -> None:
             os.fstat(fd)
         except OSError:
             return  # a closed standard stream: it is reopened first, before any socket
+    if any(token == "--env-file" or token.startswith("--env-file=") for token in argv):
+        return  # its values must be set before the template imports: see unlike_now
+    # Started as the supervisor starts its templates once it runs: the signals it handles then
+    # are a default in the child, and job control's are ignored (see terminal.job_control_ignored)
+    atexit.register(discard_early)  # the command ends before a fork server takes it
+    ignored = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGTTIN, signal.SIGTTOU)}
     try:
-        _early = spawn(capture_output=False, early=_app_of(argv))
+        _early = spawn(capture_output=False, early=_app_of(argv), signals_to_default=_HANDLED_SIGNALS)
     except OSError:
         return  # the fork server starts one when it needs it, and reports what fails then
-    atexit.register(discard_early)  # the command ended before a fork server took it
+    finally:
+        for signum, disposition in ignored.items():
+            signal.signal(signum, disposition)
 
 
 def _app_of(argv: list[str]) -> tuple[str, ...]:

@@ -53,13 +53,10 @@ class AppLoadError(Exception):
 class ImportRecorder:
     """Compiles non-installed modules from source and records the stat seen when each was read."""
 
-    def __init__(self, project: WatchFilter, known: Iterable[str] = ()) -> None:
+    def __init__(self, project: WatchFilter) -> None:
         self.project = project
         self.stats: dict[str, FileStat] = {}
-        # The supervisor's preload list: modules an earlier generation reported, with their files,
-        # and found preloadable. A standby imports them all; reporting them again would make
-        # every reload wait for hundreds of paths to be resolved and sent (~8 ms).
-        self._known = frozenset(known)
+        self._known: dict[str, ModuleType] = {}  # see note_preloaded
         self._reported_modules: set[str] = set()
         self._qualifies: dict[str, bool] = {}  # module name -> its own file may be preloaded
         self._blocked: set[str] = set()  # packages with a submodule that may not be preloaded
@@ -97,9 +94,7 @@ class ImportRecorder:
             if name in self._reported_modules:
                 continue
             self._reported_modules.add(name)
-            if name in self._known and getattr(module, "__file__", None) not in self.stats:
-                # installed code as before (a project module read from source, one shadowing it
-                # included, has its stat recorded, and is reported)
+            if module is not None and self._known.get(name) is module:
                 self._qualifies[name] = True  # for its submodules' sake (see _may_preload)
                 continue
             path = _module_file(module)
@@ -111,6 +106,14 @@ class ImportRecorder:
                 self._blocked.update(_parents(name))
             fresh.append(name)
         return files, [name for name in fresh if self._may_preload(name)]
+
+    def note_preloaded(self, names: Iterable[str]) -> None:
+        """The modules of the supervisor's preload list, as imported now: an earlier generation
+        reported each, with its file, and it was found preloadable. new_modules() leaves these
+        very module objects out: a standby imports hundreds, and reporting them again made every
+        reload wait for their paths to be resolved and sent (~8 ms). A module imported again
+        under the same name (a project module shadowing one) is another object, and reported."""
+        self._known = {name: module for name in names if (module := sys.modules.get(name)) is not None}
 
     def _module_qualifies(self, name: str, module: ModuleType | None, path: str | None) -> bool:
         if module is None:  # an import blocked on purpose

@@ -148,7 +148,7 @@ class Worker:
         self.settings = settings
         self.control_fd = control_fd
         self.project = WatchFilter(settings.roots, settings.includes, settings.excludes)
-        self.recorder = ImportRecorder(self.project, known=settings.preload)
+        self.recorder = ImportRecorder(self.project)
         self.generation = 0
         self.shown: dict[str, Any] = {}  # the failure the error page shows (it follows updates)
         self.server: Server | None = None
@@ -163,6 +163,7 @@ class Worker:
         )
         channel.feed(received)
         preload_failed = self._preload()
+        self.recorder.note_preloaded(self.settings.preload)
         channel.send(protocol.Hello(os.getpid(), protocol.PROTOCOL_VERSION, preload_failed))
         message = await self._receive()
         if not isinstance(message, protocol.Load):

@@ -159,7 +159,6 @@ class Template:
         self.process = process
         self.pid = process.pid
         self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.returncode: int | None = None
         self.channel = channel = process.channel
         self.tag = process.tag
         self.receiver = _forkwire.Receiver(channel)
@@ -181,30 +180,27 @@ class Template:
 
     def on_exit(self) -> None:
         """Its pidfd is readable: it has exited (reaped here; asyncio does not know of it)."""
-        returncode = self.process.reap()
-        if returncode is None:
-            return
-        self.returncode = returncode
-        self._stop_watching()
-        if not self.exited.done():
-            self.exited.set_result(None)
-
-    def _stop_watching(self) -> None:
-        if self.process.pidfd >= 0:
-            with contextlib.suppress(ValueError, OSError):
-                asyncio.get_running_loop().remove_reader(self.process.pidfd)
+        if self.process.reap() is not None:
+            self._unwatch()
             os.close(self.process.pidfd)
             self.process.pidfd = -1
+            self._set_exited()
 
     def finish(self) -> None:
         """The supervisor is done with it: killed, reaped if it can be within a second (see
         templatespawn.close), and nothing of it left open here."""
-        with contextlib.suppress(ValueError, OSError):
-            if self.process.pidfd >= 0:
-                asyncio.get_running_loop().remove_reader(self.process.pidfd)
+        self._unwatch()
         templatespawn.close(self.process)
-        if self.process.returncode is not None and not self.exited.done():
-            self.returncode = self.process.returncode
+        if self.process.returncode is not None:
+            self._set_exited()
+
+    def _unwatch(self) -> None:
+        if self.process.pidfd >= 0:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self.process.pidfd)
+
+    def _set_exited(self) -> None:
+        if not self.exited.done():
             self.exited.set_result(None)
 
     def close(self) -> None:

@@ -93,6 +93,7 @@ def spawn(
     # The channel reaches the child as a copy made in the child (dup2 clears close-on-exec
     # there), never as a descriptor made inheritable here, where another thread could fork.
     channel_fd = 3 if child.fileno() != 3 else 4
+    pid = None
     try:
         actions: list[tuple[object, ...]] = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
@@ -113,7 +114,13 @@ def spawn(
             # as subprocess does: what Python ignores for itself is a default again in the child
             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, *signals_to_default),
         )
+        pidfd = os.pidfd_open(pid)
     except BaseException:
+        if pid is not None:  # started, but no pidfd: ended now (just killed, it goes at once)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
         parent.close()
         if read_end is not None:
             os.close(read_end)
@@ -122,17 +129,6 @@ def spawn(
         child.close()
         if write_end is not None:
             os.close(write_end)
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)  # just killed, and not stopped in an import: it goes at once
-        parent.close()
-        if read_end is not None:
-            os.close(read_end)
-        raise
     return TemplateProcess(pid, pidfd, parent, read_end, tag, environment)
 
 

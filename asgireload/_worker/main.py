@@ -117,10 +117,10 @@ def _read_settings(control: socket.socket) -> tuple[protocol.Settings, bytes]:
     return settings, rest
 
 
-def _uvicorn_imports(settings: protocol.Settings) -> frozenset[str]:
+def _uvicorn_imports(options: dict[str, Any]) -> frozenset[str]:
     """What `uvicorn APP` has imported by the time it imports the app: uvicorn itself, and what
     its Config loads for these options (protocols, lifespan, loop)."""
-    config = uvicorn.Config(_placeholder_app, **dict(settings.uvicorn, loop="none", log_config=None))
+    config = uvicorn.Config(_placeholder_app, **dict(options, loop="none", log_config=None))
     before = frozenset(sys.modules)
     config.load()
     return _AT_START | _UVICORN | (frozenset(sys.modules) - before)
@@ -409,7 +409,7 @@ def run(control_fd: int, descriptors: tuple[int, int, int] | None = None) -> Non
     if settings.live_reload:
         quiet_access_log()
     worker = Worker(settings, control_fd)
-    worker.imported_by_uvicorn = _uvicorn_imports(settings)
+    worker.imported_by_uvicorn = _uvicorn_imports(settings.uvicorn)
     worker.recorder.install()
     log_file = settings.uvicorn.get("log_config")
     # with a file, only the file (as uvicorn does): uvicorn's default set-up would add its handlers

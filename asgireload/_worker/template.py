@@ -58,23 +58,13 @@ def _read_settings(
     return protocol.Settings.from_json(first), rest
 
 
-def _warm_up(settings: protocol.Settings) -> None:
-    """What every worker imports before the app: uvicorn's protocols for these options, and the
-    event loop's module. Enough to fork the first worker."""
-    worker._uvicorn_imports(settings)
+def _warm_up(options: dict[str, Any]) -> None:
+    """What every worker imports before the app: uvicorn's protocols for these options (the
+    defaults: {}), and the event loop's module. Enough to fork the first worker."""
+    worker._uvicorn_imports(options)
     # no logging set-up here: a forked worker applies its own (uvicorn's default, or --log-config,
     # which must find uvicorn's loggers as a fresh interpreter has them)
-    uvicorn.Config(app="unused:app", loop=settings.uvicorn["loop"], log_config=None).get_loop_factory()
-
-
-def _warm_up_defaults() -> None:
-    """`_warm_up` for uvicorn's default options, before the settings arrive: a template started
-    early (`--early`) waits for them until the supervisor has imported its own modules, so this is
-    done by then. The supervisor only forks from it when there is no env file value it should
-    have imported with. Other options import their own modules in `_warm_up`; what is imported
-    here and not used is no different from a preloaded module the app no longer uses."""
-    uvicorn.Config(worker._placeholder_app, loop="none", log_config=None).load()
-    uvicorn.Config(app="unused:app", log_config=None).get_loop_factory()
+    uvicorn.Config(app="unused:app", loop=options.get("loop", "auto"), log_config=None).get_loop_factory()
 
 
 def _preload(names: tuple[str, ...]) -> tuple[int, list[str]]:
@@ -251,13 +241,17 @@ def main() -> None:
     receiver = _forkwire.Receiver(control, max_line=protocol.TRUSTED_MAX_LINE)  # the settings' size
     early = sys.argv[2:]
     if early[:1] == ["--early"]:
-        _warm_up_defaults()
+        # It has time before its settings come (the supervisor is still importing): what the
+        # defaults need, and the app's warm cache. The supervisor forks from it only when no
+        # env file value should have been set first (templatespawn.unlike_now); other options
+        # import their own modules below, and one imported here unused is as a stale preload.
+        _warm_up({})
         if len(early) == 3:  # the app's folder and name: what it imported last time, now
             _preload(_warmcache.load_path(_warmcache.path_for_app(early[1], early[2])))
     settings, received = _read_settings(receiver)
     os.environ.update(settings.env)  # the env file, before anything is preloaded (as a worker)
     os.environ["ASGIRELOAD_WORKER"] = "1"
-    _warm_up(settings)
+    _warm_up(settings.uvicorn)
     if threading.active_count() > 1:  # uvicorn's own imports started one: no forking at all
         _say_hello(control, "warm")
         os._exit(0)

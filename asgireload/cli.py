@@ -25,8 +25,9 @@ from .serving import check_standard_streams, run_with_signals, warn_about_reopen
 DESCRIPTION = """\
 Serve an ASGI app with uvicorn and restart it when its code changes, without refusing a
 connection or cutting a request in flight. It takes uvicorn's options: replace `uvicorn` with
-`asgireload` in your command. Options also come from [tool.asgireload] in pyproject.toml and
-ASGIRELOAD_<OPTION> variables; the command line wins.
+`asgireload` in your command. Options also come from [tool.asgireload] in pyproject.toml,
+uvicorn's UVICORN_<OPTION> variables and ASGIRELOAD_<OPTION> ones; the command line wins over the
+variables, ASGIRELOAD_* over UVICORN_*, and any variable over the file.
 """
 EPILOG = """\
 While it runs: type r and Enter (or send SIGUSR1) to reload by hand; CTRL+C, SIGTERM or
@@ -148,7 +149,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, discovery.Found | 
         if isinstance(value, list):
             flags[name] = tuple(value)
     try:
-        options, _ = configfile.layered(flags, pyproject=use_file)
+        options, _ = configfile.layered(flags, pyproject=use_file, uvicorn_variables=True)
         options.setdefault("live_reload", True)  # on for the command line; Config turns it off off loopback
         found = _find_app(options)
         if found is not None:

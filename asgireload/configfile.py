@@ -1,11 +1,16 @@
-"""The settings under the command line: `[tool.asgireload]` in pyproject.toml, then ASGIRELOAD_*.
+"""The settings under the command line: `[tool.asgireload]` in pyproject.toml, UVICORN_*, ASGIRELOAD_*.
 
 Keys are the options' names (`port`, `reload_dirs`, `env_file`, ...); the long flag's name in
 snake case is accepted too (`reload_dir` for `--reload-dir`, `header` for `--header`). Paths in
 the file are relative to the file's folder. Every mistake is one ConfigError naming the file (or
 the variable), the key, what was expected and, for a misspelt key, the closest valid one.
 Nothing here reads a file or the environment unless asked: serve() and Reloader only with
-`pyproject=`, the command line unless `--no-config`.
+`pyproject=` (and never UVICORN_*, as uvicorn.run() reads none), the command line always, the
+file unless `--no-config`.
+
+From lowest to highest: the file, UVICORN_<OPTION> (uvicorn's command reads every option from
+those, so docker-compose files and .envrc set them), ASGIRELOAD_<OPTION> (meant for this tool
+alone, so it wins over uvicorn's), then the flags.
 """
 
 from __future__ import annotations
@@ -19,14 +24,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import _PATH_OPTIONS, Config, cli_flag, option_fields
+from ._uvicorn import UVICORN_COMMAND_OPTIONS
+from .config import _IMPORT_STRING, _PATH_OPTIONS, Config, cli_flag, option_fields
 from .discovery import looks_like_a_file
 from .errors import ConfigError
 
 TABLE = "tool.asgireload"
 ENV_PREFIX = "ASGIRELOAD_"
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
+UVICORN_PREFIX = "UVICORN_"
+_TRUE = ("1", "true", "t", "yes", "y", "on")  # click's words, which uvicorn's variables take
+_FALSE = ("0", "false", "f", "no", "n", "off")
 
 
 def _fields() -> dict[str, dataclasses.Field[Any]]:
@@ -102,28 +109,44 @@ def _where_in(message: str, text: str) -> str:
 def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The options set by ASGIRELOAD_<OPTION> variables (ASGIRELOAD_PORT=8001), checked.
 
-    Lists are split as uvicorn's UVICORN_* are: folders on the path separator, headers on new
-    lines, globs on white space. Other ASGIRELOAD_ variables (asgireload's own) are not options.
+    Lists are split as uvicorn's UVICORN_* are: folders on the path separator, globs on white
+    space; headers on new lines (a header's value may hold spaces). Other ASGIRELOAD_ variables
+    (asgireload's own) are not options.
     """
     environ = os.environ if environ is None else environ
     fields = _fields()
     options: dict[str, Any] = {}
     for variable, text in environ.items():
-        if not variable.startswith(ENV_PREFIX):
+        if not variable.startswith(ENV_PREFIX) or not text.strip():  # VAR= (empty) is unset
             continue
         key = variable[len(ENV_PREFIX) :].lower()
-        if not text.strip():  # VAR= (empty) is unset, as a shell user means it
-            continue
         if key == "force_polling" and text.strip().lower() not in (*_TRUE, *_FALSE):
             continue  # read leniently, as before it was an option: anything else is "not forced"
         if key == "app":
             options["app"] = _checked_app(text, f"{variable}={text!r}:")
-            continue
-        field = fields.get(key)
-        if field is None:
-            continue
-        options[field.name] = _from_text(field, text, variable)
+        elif (field := fields.get(key)) is not None:
+            options[field.name] = _from_text(field, text, variable)
     options.pop("reload", None)
+    return options
+
+
+def read_uvicorn_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The options set by UVICORN_<OPTION> variables, read as uvicorn's click command reads them
+    (`auto_envvar_prefix="UVICORN"`): only uvicorn's options, an empty variable is unset, lists
+    split on white space (folders on the path separator), and the words click takes for true."""
+    environ = os.environ if environ is None else environ
+    fields = {f.name: f for f in option_fields()}
+    options: dict[str, Any] = {}
+    for name in UVICORN_COMMAND_OPTIONS:
+        variable = UVICORN_PREFIX + name.upper()
+        text = environ.get(variable, "")
+        if not text:
+            continue
+        if name == "app":
+            options["app"] = _checked_app(text.strip(), f"{variable}={text!r}:")
+        else:
+            options[name] = _from_text(fields[name], text, variable, headers_on_lines=False)
+    options.pop("reload", None)  # accepted like --reload, and changes nothing
     return options
 
 
@@ -145,6 +168,8 @@ def _field_for(key: str, fields: dict[str, dataclasses.Field[Any]], where: str) 
 def _checked_app(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f'{where} app must be a string such as "main:app", got {value!r}.')
+    if not (looks_like_a_file(value) or os.path.isdir(value) or _IMPORT_STRING.match(value)):
+        raise ConfigError(f"{where} the app must look like module:attribute (for example main:app).")
     return value
 
 
@@ -189,7 +214,9 @@ def _from_toml(field: dataclasses.Field[Any], value: Any, where: str) -> Any:
     return value
 
 
-def _from_text(field: dataclasses.Field[Any], text: str, variable: str) -> Any:
+def _from_text(
+    field: dataclasses.Field[Any], text: str, variable: str, *, headers_on_lines: bool = True
+) -> Any:
     kind = _kind(field)
     where = f"{variable}={text!r}"
     value: Any
@@ -205,7 +232,7 @@ def _from_text(field: dataclasses.Field[Any], text: str, variable: str) -> Any:
         elif kind == "tuple":
             if field.name == "reload_dirs":
                 value = tuple(p for p in text.split(os.pathsep) if p)
-            elif field.name == "headers":
+            elif field.name == "headers" and headers_on_lines:
                 value = tuple(line for line in text.splitlines() if line.strip())
             else:
                 value = tuple(text.split())
@@ -249,10 +276,12 @@ def layered(
     *,
     pyproject: str | os.PathLike[str] | bool = True,
     environ: Mapping[str, str] | None = None,
+    uvicorn_variables: bool = False,
 ) -> tuple[dict[str, Any], Path | None]:
-    """The options from the file (the nearest, or the one given), the variables over it, the
-    flags over both; and the file they came from, if any. The file's `app`, when it is the one
-    used, is imported from the file's folder unless an `app_dir` says otherwise."""
+    """The options from the file (the nearest, or the one given), the variables over it (UVICORN_*
+    only when asked, under ASGIRELOAD_*), the flags over all; and the file they came from, if
+    any. The file's `app`, when it is the one used, is imported from the file's folder unless an
+    `app_dir` says otherwise."""
     path: Path | None = None
     if pyproject is True:
         path = find_pyproject()
@@ -260,10 +289,11 @@ def layered(
         path = Path(pyproject)
     _FROM_FILE.clear()
     from_file = read_pyproject(path) if path is not None else {}
-    from_environment = read_environment(environ)
-    later = {**from_environment, **flags}
+    from_uvicorn = read_uvicorn_environment(environ) if uvicorn_variables else {}
+    from_asgireload = read_environment(environ)
+    later = {**from_uvicorn, **from_asgireload, **flags}
     options = {**from_file, **later}
-    _drain_from_highest_layer(options, (from_file, from_environment, flags))
+    _drain_from_highest_layer(options, (from_file, from_uvicorn, from_asgireload, flags))
     if path is not None:
         for name in from_file.keys() - later.keys():
             _FROM_FILE[name] = f"{path.resolve()} [{TABLE}] {name}"
@@ -287,7 +317,7 @@ def name_the_file(error: ConfigError) -> ConfigError:
 
 def _drain_from_highest_layer(options: dict[str, Any], layers: tuple[Mapping[str, Any], ...]) -> None:
     """--drain-timeout and uvicorn's --timeout-graceful-shutdown set one thing: the highest layer
-    (flags over variables over the file) that sets either decides, not the uvicorn name."""
+    (flags over ASGIRELOAD_* over UVICORN_* over the file) that sets either decides."""
     names = ("drain_timeout", "timeout_graceful_shutdown")
     for layer in reversed(layers):
         given = [name for name in names if layer.get(name) is not None]

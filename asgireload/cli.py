@@ -185,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             _logging.apply_config_file(config.log_config, config.log_level, config.app_dir)
         except _logging.LogConfigError as exc:
-            print(f"asgireload: error: {exc}", file=sys.stderr)
+            print(f"asgireload: error: {configfile.with_source(str(exc), 'log_config')}", file=sys.stderr)
             sys.exit(2)
     if found is not None:
         for name, value in found.environment.items():  # DJANGO_SETTINGS_MODULE, for the workers

@@ -13,20 +13,27 @@ README's drop-in section.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import json
 import os
+import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
+import httpx
 import pytest
 
 from asgireload._uvicorn import UVICORN_COMMAND_OPTIONS
 from asgireload.cli import parse_config
 from asgireload.config import Config
+
+from .conftest import write
+from .test_cli import DEADLINE, run_cli
 
 
 def uvicorn_command() -> click.Command:
@@ -265,3 +272,160 @@ def test_a_bad_uvicorn_variable_is_one_line_naming_it(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
     assert message in lines[0]
+
+
+# --------------------------------------------------------------------- real processes, what the app sees
+
+PROBE_APP = """
+import json
+import logging
+import os
+
+STARTED = []
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                STARTED.append(True)
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    if scope["type"] != "http":
+        return
+    levels = {
+        name or "root": logging.getLevelName(logging.getLogger(name).getEffectiveLevel())
+        for name in ("uvicorn.error", "uvicorn.access", "uvicorn.asgi", "")
+    }
+    seen = {
+        "environment": {k: v for k, v in os.environ.items() if k.startswith("PROBE_")},
+        "root_path": scope.get("root_path"),
+        "path": scope["path"],
+        "scheme": scope["scheme"],
+        "server": scope.get("server"),
+        "client_host": (scope.get("client") or [None])[0],
+        "levels": levels,
+        "lifespan": bool(STARTED),
+        "loaded_from_src": os.path.basename(os.path.dirname(os.path.abspath(__file__))) == "src",
+    }
+    body = json.dumps(seen).encode()
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app():
+    return app
+"""
+READY = re.compile(r"(?:Uvicorn running on|serving on) (?:unix socket )?(\S+)")
+SHOWN_HEADERS = ("server", "date", "x-one", "x-two", "x-three")
+FORWARDED = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+
+
+async def what_the_app_sees(
+    folder: Path, server: str, args: list[str], env: dict[str, str], uds: bool
+) -> dict[str, Any]:
+    """Start `server` (uvicorn or asgireload) on these arguments, ask the probe, stop it."""
+    env = {"PROBE_SHELL": "from-the-shell", **env}
+    if server == "asgireload":  # one worker is enough to look at (no standby): the suite stays fast
+        env["ASGIRELOAD_STANDBY"] = "false"
+    async with run_cli(folder, *args, command=("-m", server), env=env) as cli:
+        if uds:  # no log line to wait for under --log-level warning: the socket answers
+            transport = httpx.AsyncHTTPTransport(uds=str(folder / "app.sock"))
+            url, printed = "http://localhost/probe", ""
+        else:
+            transport = httpx.AsyncHTTPTransport()
+            printed = (await cli.wait_for_line(READY))[1]
+            url = printed.rstrip("/") + "/probe"
+        async with httpx.AsyncClient(transport=transport, timeout=DEADLINE, trust_env=False) as http:
+            response = await _first_answer(http, url, cli)
+        assert response.status_code == 200, cli.transcript()
+        seen: dict[str, Any] = response.json()
+        seen["headers"] = {name: name in response.headers for name in ("server", "date")}
+        seen["headers"] |= {n: response.headers.get(n) for n in SHOWN_HEADERS[2:] if n in response.headers}
+        cli.send(signal.SIGINT)
+        await cli.exited()
+    if not uds and seen["server"] is not None:  # port 0: each server has its own port
+        seen["server"][1] = "the port it printed" if f":{seen['server'][1]}" in printed else seen["server"][1]
+    if uds and seen["server"][0] == str(folder / "app.sock"):  # README: asgireload binds the absolute path
+        seen["server"][0] = "app.sock"
+    return seen
+
+
+async def _first_answer(http: httpx.AsyncClient, url: str, cli: Any) -> httpx.Response:
+    """The first response once the server listens (connection refused or no socket until then)."""
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            try:
+                return await http.get(url, headers=FORWARDED)
+            except (httpx.ConnectError, FileNotFoundError):
+                if cli.process.returncode is not None:
+                    pytest.fail(f"the server exited\n{cli.transcript()}")
+                await asyncio.sleep(0.02)  # polling a condition under the deadline: no event for it
+
+
+ENV_FILE = r"""# python-dotenv's grammar, as uvicorn reads it
+PROBE_SHELL=from-the-file
+PROBE_NEW=new
+export PROBE_EXPORTED=exported
+PROBE_EXPANDED=${PROBE_SHELL}/and/${PROBE_NEW}
+PROBE_DEFAULT=${PROBE_NOT_SET:-fallback}
+PROBE_MULTI="first line
+second line"
+PROBE_ESCAPES="tab\there \"quoted\" back\\slash"
+PROBE_SINGLE='no ${PROBE_NEW} \n escapes'
+PROBE_COMMENT=value # a comment
+PROBE_HASH=a#b
+PROBE_EMPTY=
+PROBE_BARE
+"""
+
+CASES = [
+    pytest.param(["--env-file", ".env"], {}, True, id="env-file"),
+    pytest.param([], {"UVICORN_ENV_FILE": ".env"}, True, id="env-file-from-UVICORN_ENV_FILE"),
+    pytest.param(["--root-path", "/api"], {}, True, id="root-path"),
+    pytest.param([], {"UVICORN_ROOT_PATH": "/api"}, True, id="UVICORN_ROOT_PATH"),
+    pytest.param(["--header", "X-One:1", "--header", "X-Two: two"], {}, True, id="header"),
+    pytest.param([], {"UVICORN_HEADERS": "X-One:1 X-Three:3"}, True, id="UVICORN_HEADERS"),
+    pytest.param(["--no-server-header", "--no-date-header"], {}, True, id="no-server-no-date"),
+    pytest.param(
+        [], {"UVICORN_SERVER_HEADER": "false", "UVICORN_DATE_HEADER": "0"}, True, id="UVICORN_x_HEADER"
+    ),
+    pytest.param(["--log-level", "warning"], {}, True, id="log-level"),
+    pytest.param([], {"UVICORN_LOG_LEVEL": "debug"}, True, id="UVICORN_LOG_LEVEL"),
+    pytest.param(["--lifespan", "off"], {}, True, id="lifespan-off"),
+    pytest.param(
+        [], {"UVICORN_LIFESPAN": "off", "UVICORN_FACTORY": "yes"}, True, id="UVICORN_LIFESPAN-FACTORY"
+    ),
+    pytest.param(["--port", "0"], {}, False, id="proxy-headers-default"),
+    pytest.param(["--port", "0", "--forwarded-allow-ips", "*"], {}, False, id="forwarded-allow-ips"),
+    pytest.param(["--port", "0", "--no-proxy-headers"], {}, False, id="no-proxy-headers"),
+    pytest.param(
+        [], {"UVICORN_PORT": "0", "UVICORN_FORWARDED_ALLOW_IPS": "10.0.0.1"}, False, id="UVICORN_PORT"
+    ),
+    pytest.param([], {"UVICORN_PORT": "0", "UVICORN_PROXY_HEADERS": "f"}, False, id="UVICORN_PROXY_HEADERS"),
+    pytest.param(["--app-dir", "src"], {}, True, id="app-dir"),
+    pytest.param([], {"UVICORN_APP_DIR": "src", "UVICORN_ROOT_PATH": "/v2"}, True, id="UVICORN_APP_DIR"),
+]
+
+
+@pytest.mark.parametrize(("args", "env", "uds"), CASES)
+async def test_the_app_sees_what_it_sees_under_uvicorn(
+    tmp_path: Path, args: list[str], env: dict[str, str], uds: bool
+) -> None:
+    for server in ("uvicorn", "asgireload"):  # a folder each: the same project, run at once
+        write(tmp_path / server / "main.py", PROBE_APP)
+        write(tmp_path / server / "src" / "main.py", PROBE_APP)
+        (tmp_path / server / ".env").write_text(ENV_FILE)
+    app = [] if "UVICORN_APP" in env else ["main:create_app" if env.get("UVICORN_FACTORY") else "main:app"]
+    command = [*app, *args]
+    both = await asyncio.gather(  # at once: the suite's time is the slower server's, not the sum
+        *(
+            what_the_app_sees(tmp_path / server, server, [*command, *(["--uds", "app.sock"] * uds)], env, uds)
+            for server in ("uvicorn", "asgireload")
+        )
+    )
+    theirs, ours = both
+    assert ours == theirs, (command, env)

@@ -177,6 +177,19 @@ def _find_app(options: dict[str, Any]) -> discovery.Found | None:
     return None
 
 
+def _set_by_env_file(config: Config) -> set[str]:
+    """The names the env file would add to the environment (none if it is unreadable: the start
+    reports that)."""
+    if config.env_file is None:
+        return set()
+    from ._supervisor.envfile import EnvFileError, env_file_values
+
+    try:
+        return set(env_file_values(config.env_file))
+    except EnvFileError:
+        return set()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     reopened = check_standard_streams()  # first: before anything opens a file or a socket
     config, found = parse(argv)
@@ -188,8 +201,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"asgireload: error: {configfile.with_source(str(exc), 'log_config')}", file=sys.stderr)
             sys.exit(2)
     if found is not None:
+        from_file = _set_by_env_file(config)  # the env file's value is the user's, as under uvicorn
         for name, value in found.environment.items():  # DJANGO_SETTINGS_MODULE, for the workers
-            os.environ.setdefault(name, value)
+            if name not in from_file:
+                os.environ.setdefault(name, value)
         logging.getLogger("asgireload").info("%s", found.message(os.getcwd()))
     warn_about_reopened(reopened)
     try:

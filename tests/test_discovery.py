@@ -390,6 +390,16 @@ async def test_alone_in_a_django_project(tmp_path: Path) -> None:
     assert await serves(tmp_path, expect_app="mysite.asgi:application") == "mysite.settings"
 
 
+async def test_the_env_files_settings_module_wins_over_manage_pys(tmp_path: Path) -> None:
+    """As under uvicorn --env-file: the file sets it before asgi.py's setdefault runs."""
+    write(tmp_path / "manage.py", DJANGO_MANAGE)
+    write(tmp_path / "mysite" / "__init__.py", "")
+    write(tmp_path / "mysite" / "asgi.py", DJANGO_ASGI)
+    write(tmp_path / ".env", "DJANGO_SETTINGS_MODULE=mysite.settings_dev\n")
+    seen = await serves(tmp_path, "--env-file", ".env", expect_app="mysite.asgi:application")
+    assert seen == "mysite.settings_dev"
+
+
 async def test_alone_with_two_candidates_names_both(tmp_path: Path) -> None:
     write(tmp_path / "main.py", FASTAPI_APP)
     write(tmp_path / "api.py", MARKS_IMPORT + STARLETTE_API)  # the one not chosen: never imported

@@ -41,6 +41,19 @@ PASSED_WHEN_SET = (
     "ssl_ca_certs",
     "ssl_ciphers",
 )
+# What uvicorn's click command reads from UVICORN_<NAME> (auto_envvar_prefix), by parameter name:
+# the app and every option (tests/test_dropin.py checks it against the installed uvicorn).
+UVICORN_COMMAND_OPTIONS = (
+    "app", "host", "port", "uds", "fd", "reload", "reload_dirs", "reload_includes", "reload_excludes",
+    "reload_delay", "workers", "loop", "http", "http2", "ws", "ws_max_size", "ws_max_queue",
+    "ws_ping_interval", "ws_ping_timeout", "ws_per_message_deflate", "lifespan", "interface", "env_file",
+    "log_config", "log_level", "access_log", "use_colors", "proxy_headers", "server_header", "date_header",
+    "forwarded_allow_ips", "root_path", "limit_concurrency", "backlog", "limit_max_requests",
+    "limit_max_requests_jitter", "timeout_keep_alive", "timeout_graceful_shutdown",
+    "timeout_worker_healthcheck", "ssl_keyfile", "ssl_certfile", "ssl_keyfile_password", "ssl_version",
+    "ssl_cert_reqs", "ssl_ca_certs", "ssl_ciphers", "headers", "app_dir", "h11_max_incomplete_event_size",
+    "reset_contextvars", "factory",
+)  # fmt: skip
 # uvicorn's options that cannot apply to one reloading server, the value each must keep, and why.
 REFUSED: dict[str, tuple[tuple[object, ...], str]] = {
     "workers": (

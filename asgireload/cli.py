@@ -25,8 +25,9 @@ from .serving import check_standard_streams, run_with_signals, warn_about_reopen
 DESCRIPTION = """\
 Serve an ASGI app with uvicorn and restart it when its code changes, without refusing a
 connection or cutting a request in flight. It takes uvicorn's options: replace `uvicorn` with
-`asgireload` in your command. Options also come from [tool.asgireload] in pyproject.toml and
-ASGIRELOAD_<OPTION> variables; the command line wins.
+`asgireload` in your command. Options also come from [tool.asgireload] in pyproject.toml,
+uvicorn's UVICORN_<OPTION> variables and ASGIRELOAD_<OPTION> ones; the command line wins over the
+variables, ASGIRELOAD_* over UVICORN_*, and any variable over the file.
 """
 EPILOG = """\
 While it runs: type r and Enter (or send SIGUSR1) to reload by hand; CTRL+C, SIGTERM or
@@ -148,7 +149,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, discovery.Found | 
         if isinstance(value, list):
             flags[name] = tuple(value)
     try:
-        options, _ = configfile.layered(flags, pyproject=use_file)
+        options, _ = configfile.layered(flags, pyproject=use_file, uvicorn_variables=True)
         options.setdefault("live_reload", True)  # on for the command line; Config turns it off off loopback
         found = _find_app(options)
         if found is not None:
@@ -176,6 +177,19 @@ def _find_app(options: dict[str, Any]) -> discovery.Found | None:
     return None
 
 
+def _set_by_env_file(config: Config) -> set[str]:
+    """The names the env file would add to the environment (none if it is unreadable: the start
+    reports that)."""
+    if config.env_file is None:
+        return set()
+    from ._supervisor.envfile import EnvFileError, env_file_values
+
+    try:
+        return set(env_file_values(config.env_file))
+    except EnvFileError:
+        return set()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     reopened = check_standard_streams()  # first: before anything opens a file or a socket
     config, found = parse(argv)
@@ -184,11 +198,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             _logging.apply_config_file(config.log_config, config.log_level, config.app_dir)
         except _logging.LogConfigError as exc:
-            print(f"asgireload: error: {exc}", file=sys.stderr)
+            print(f"asgireload: error: {configfile.with_source(str(exc), 'log_config')}", file=sys.stderr)
             sys.exit(2)
     if found is not None:
+        from_file = _set_by_env_file(config)  # the env file's value is the user's, as under uvicorn
         for name, value in found.environment.items():  # DJANGO_SETTINGS_MODULE, for the workers
-            os.environ.setdefault(name, value)
+            if name not in from_file:
+                os.environ.setdefault(name, value)
         logging.getLogger("asgireload").info("%s", found.message(os.getcwd()))
     warn_about_reopened(reopened)
     try:

@@ -16,6 +16,7 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
+from ._loopback import bind_is_loopback
 from ._uvicorn import PASSED_WHEN_SET, check_uvicorn_options
 from .errors import ConfigError
 
@@ -324,11 +325,8 @@ class Config:
 
     @property
     def is_loopback(self) -> bool:
-        if self.uds is not None:
-            return True
-        if self.fd is not None:
-            return False
-        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+        """Only this machine can connect: judged by the address, also an inherited --fd's."""
+        return bind_is_loopback(self.host, self.uds, self.fd)
 
     @property
     def live_reload_active(self) -> bool:

@@ -27,6 +27,15 @@ FACTORIES = frozenset({"FastAPI", "Starlette", "Litestar", "Quart", "get_asgi_ap
 WSGI_FACTORIES = frozenset({"Flask", "get_wsgi_application", "Bottle"})
 
 
+class _SeveralApps(Exception):
+    """A file binds several framework apps and none is `app` or `application`: which one is meant
+    is the user's to say. Holds each as "name (Framework)"."""
+
+    def __init__(self, apps: list[str]) -> None:
+        super().__init__(", ".join(apps))
+        self.apps = apps
+
+
 @dataclasses.dataclass(frozen=True)
 class Found:
     """What was chosen: the import string, the folder to import it from, and why."""
@@ -77,11 +86,19 @@ def discover(folder: str | os.PathLike[str]) -> Found:
     if django is not None:
         return django
     found: list[Found] = []
+    several: list[str] = []  # "module:name (Framework)" of files that hold more than one
     candidates = _candidates(root)
     for path in candidates:
-        candidate = _read(path)
+        module, app_dir = module_of(path)
+        try:
+            candidate = _read(path)
+        except _SeveralApps as exc:
+            if not found:  # before any file with one app: the reader cannot choose either
+                raise _several_error(os.path.relpath(path, root), module, exc.apps) from None
+            names = (app.partition(" ")[0] for app in exc.apps)  # "web (Flask)" -> "web"
+            several += [f"{module}:{name} ({os.path.relpath(path, root)})" for name in names]
+            continue
         if candidate is not None:
-            module, app_dir = module_of(path)
             name, interface, note = candidate
             found.append(Found(f"{module}:{name}", str(app_dir), str(path), interface=interface, note=note))
     if not found:
@@ -95,8 +112,16 @@ def discover(folder: str | os.PathLike[str]) -> Found:
             f"no APP given and no app found in {root} ({searched}); pass one, e.g. asgireload main:app, "
             'or set app = "main:app" under [tool.asgireload] in pyproject.toml.'
         )
-    others = tuple(f"{f.app} ({os.path.relpath(f.file, root)})" for f in found[1:])
+    others = tuple(f"{f.app} ({os.path.relpath(f.file, root)})" for f in found[1:]) + tuple(several)
     return dataclasses.replace(found[0], others=others)
+
+
+def _several_error(file: str, module: str, apps: list[str]) -> ConfigError:
+    first = apps[0].partition(" ")[0]
+    return ConfigError(
+        f"{file} has several apps ({', '.join(f'{module}:{app}' for app in apps)}) and none is named app "
+        f"or application; pass the one to serve, e.g. asgireload {module}:{first}."
+    )
 
 
 def module_of(file: Path) -> tuple[str, Path]:
@@ -128,7 +153,12 @@ def from_file(path: str | os.PathLike[str]) -> Found:
     module, folder = module_of(file)
     if not all(part.isidentifier() for part in module.split(".")):
         raise ConfigError(f"{path} cannot be imported as a module (a name is not an identifier); rename it.")
-    candidate = _read(file)
+    try:
+        candidate = _read(file)
+    except _SeveralApps as exc:
+        if attribute is None:
+            raise _several_error(str(path), module, exc.apps) from None
+        candidate = None
     if attribute is not None:
         interface = candidate[1] if candidate is not None and candidate[0] == attribute else None
         return Found(f"{module}:{attribute}", str(folder), str(file), interface=interface)
@@ -175,30 +205,36 @@ def _read(path: Path) -> tuple[str, str | None, str] | None:
         return "app", None, f"it does not parse: line {exc.lineno}, {exc.msg}; the worker shows the error"
     except (ValueError, OSError):
         return None
-    bound: dict[str, str | None] = {}  # name -> "asgi" / "wsgi" when bound to a framework's app
+    bound: dict[str, tuple[str, str] | None] = {}  # name -> ("asgi"/"wsgi", the framework's call)
     for node in tree.body:
         for name, kind in _kinds(node):
             bound[name] = bound.get(name) or kind
     for name in NAMES:
         if name in bound:
-            return name, "wsgi" if bound[name] == "wsgi" else None, ""
-    framework = [name for name, kind in bound.items() if kind]
-    if len(framework) != 1:
-        return None
-    return framework[0], "wsgi" if bound[framework[0]] == "wsgi" else None, ""
+            named = bound[name]
+            return name, "wsgi" if named is not None and named[0] == "wsgi" else None, ""
+    framework = {name: kind for name, kind in bound.items() if kind is not None}
+    if len(framework) > 1:
+        raise _SeveralApps([f"{name} ({call})" for name, (_, call) in framework.items()])
+    for name, (interface, _) in framework.items():
+        return name, "wsgi" if interface == "wsgi" else None, ""
+    return None
 
 
 def _app_name(path: Path) -> str | None:
-    candidate = _read(path)
+    try:
+        candidate = _read(path)
+    except _SeveralApps:
+        return None
     return candidate[0] if candidate is not None else None
 
 
-def _kinds(node: ast.stmt) -> list[tuple[str, str | None]]:
-    """The names `node` binds, each with the kind of app it is bound to (or None)."""
+def _kinds(node: ast.stmt) -> list[tuple[str, tuple[str, str] | None]]:
+    """The names `node` binds, each with the kind of app it is bound to and the call (or None)."""
     if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in NAMES:
         arguments = [a.arg for a in node.args.args]
         wsgi = not isinstance(node, ast.AsyncFunctionDef) and arguments[-2:] == ["environ", "start_response"]
-        return [(node.name, "wsgi" if wsgi else None)]
+        return [(node.name, ("wsgi", "def") if wsgi else None)]
     return [(name, _app_kind(value)) for name, value in _bindings(node)]
 
 
@@ -220,16 +256,17 @@ def _bindings(node: ast.stmt) -> list[tuple[str, ast.expr | None]]:
     return []
 
 
-def _app_kind(value: ast.expr | None) -> str | None:
-    """ "asgi" for a call that builds an ASGI framework's app, "wsgi" for a WSGI one, else None."""
+def _app_kind(value: ast.expr | None) -> tuple[str, str] | None:
+    """("asgi", "FastAPI") for a call that builds an ASGI framework's app, ("wsgi", ...) for a WSGI
+    one, else None."""
     if not isinstance(value, ast.Call):
         return None
     func = value.func
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
     if name in FACTORIES:
-        return "asgi"
+        return "asgi", name
     if name in WSGI_FACTORIES:
-        return "wsgi"
+        return "wsgi", name
     return None
 
 

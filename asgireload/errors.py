@@ -20,7 +20,15 @@ class ConfigError(AsgireloadError, ValueError):
 
 
 class StartupError(AsgireloadError):
-    """The server cannot start: nothing is left bound or running when this is raised."""
+    """The server cannot start: nothing is left bound or running when this is raised.
+
+    `option` names the option whose value is the cause (the Config field, such as "env_file"),
+    so that the command line can say where that value was set.
+    """
+
+    def __init__(self, message: str, *, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class ReloadTimeout(AsgireloadError, TimeoutError):

@@ -283,7 +283,9 @@ async def run_with_signals(config: Config) -> int:
         if not stopping:
             raise
     except AsgireloadError as exc:
-        print(f"asgireload: error: {exc}", file=sys.stderr)
+        from .configfile import name_the_source  # where the culprit's value was set, if not a flag
+
+        print(f"asgireload: error: {name_the_source(exc)}", file=sys.stderr)
         return 1
     finally:
         keys.close()

@@ -354,7 +354,7 @@ async def run_cli(
     command: tuple[str, ...] = ("-m", "asgireload"),
     env: dict[str, str] | None = None,
 ) -> AsyncIterator[Cli]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASGIRELOAD")} | (env or {})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASGIRELOAD", "UVICORN_"))} | (env or {})
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         *command,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from asgireload import Reloader
 from asgireload.cli import parse_config
-from asgireload.config import Config
+from asgireload.config import _PATH_OPTIONS, Config, cli_flag, option_fields
 from asgireload.configfile import find_pyproject, layered, read_environment, read_pyproject
 from asgireload.errors import ConfigError
 from asgireload.serving import build_config
@@ -94,7 +95,7 @@ def test_the_nearest_file_at_or_above(tmp_path: Path) -> None:
         ("reload_dirs = [1, 2]\n", "reload_dirs must be a list of strings, got [1, 2]"),
         ("lifespan = 'maybe'\n", "lifespan must be one of auto, on, off"),
         ("workers = 4\n", "workers cannot be 4 here: asgireload runs one worker per generation"),
-        ("app = 3\n", 'app must be a string such as "main:app", got 3'),
+        ("app = 3\n", '[tool.asgireload] app must be a string such as "main:app", got 3'),
         ("port = 1\nport = 2\n", "is not valid TOML"),
         ("reload_dirs = ['a']\nreload_dir = ['b']\n", "sets reload_dirs twice"),
     ],
@@ -332,3 +333,80 @@ async def test_an_environment_variable_sits_between_file_and_flags(tmp_path: Pat
     async with run_cli(tmp_path, "main:app", env={"ASGIRELOAD_PORT": str(port)}) as cli:
         match = await cli.wait_for_line(r"serving on http://127\.0\.0\.1:(\d+) ")
         assert int(match[1]) == port, cli.transcript()
+
+
+# ------------------------------------------------------------------------ every key's error names it
+
+
+def _wrong_toml_value(field: Any) -> str:
+    """A TOML value of the wrong type for the option."""
+    kind = str(field.type)
+    if kind.startswith(("int", "float")):
+        return '"soon"'
+    if kind.startswith("bool"):
+        return '"maybe"'
+    return "[[1]]" if kind.startswith("tuple") else "3"
+
+
+FILE_KEYS = [f for f in option_fields() if f.metadata["cli"]]
+
+
+@pytest.mark.parametrize("field", FILE_KEYS, ids=[f.name for f in FILE_KEYS])
+@pytest.mark.parametrize("spelling", ["name", "flag"])
+def test_a_wrong_value_of_any_key_names_the_file_and_the_key(
+    tmp_path: Path, field: Any, spelling: str
+) -> None:
+    key = field.name if spelling == "name" else cli_flag(field)[2:].replace("-", "_")
+    path = pyproject(tmp_path, f"{key} = {_wrong_toml_value(field)}\n")
+    with pytest.raises(ConfigError) as excinfo:
+        read_pyproject(path)
+    assert str(excinfo.value).startswith(f"{path.resolve()}: [tool.asgireload] {key} must be ")
+
+
+PATH_KEYS = [*(name for name in _PATH_OPTIONS if name != "uds"), "reload_dirs"]
+
+
+@pytest.mark.parametrize("key", PATH_KEYS)
+def test_an_empty_path_names_the_file_and_the_key(tmp_path: Path, key: str) -> None:
+    value = '[""]' if key == "reload_dirs" else '""'
+    path = pyproject(tmp_path, f"{key} = {value}\n")
+    with pytest.raises(ConfigError, match=re.escape(f"[tool.asgireload] {key} must not be an empty path")):
+        read_pyproject(path)
+
+
+MISSING = [  # a key whose value is only found wrong when the server starts, and what it says
+    pytest.param('reload_dirs = ["nope"]', "reload_dirs", "--reload-dir", id="reload_dirs"),
+    pytest.param('reload_dir = "nope"', "reload_dir", "--reload-dir", id="reload_dir-alias"),
+    pytest.param('env_file = "missing.env"', "env_file", "missing.env does not exist", id="env_file"),
+    pytest.param('env_file = "bad.env"', "env_file", "bad.env, line 2", id="env_file-malformed"),
+    pytest.param('app_dir = "nodir"', "app_dir", "--app-dir", id="app_dir"),
+    pytest.param('log_config = "nolog.json"', "log_config", "--log-config", id="log_config"),
+    pytest.param('ssl_certfile = "no.pem"', "ssl_certfile", "--ssl-certfile", id="ssl_certfile"),
+    pytest.param('uds = "no/app.sock"', "uds", "cannot create the socket", id="uds"),
+    pytest.param('app = "nomod:app"', "app", "no module named 'nomod'", id="app"),
+    pytest.param('ssl_keyfile = "k.pem"', "ssl_keyfile", "needs --ssl-certfile", id="combination"),
+]
+
+
+@pytest.mark.parametrize(("table", "key", "said"), MISSING)
+async def test_a_value_found_wrong_at_start_names_the_file_and_the_key(
+    tmp_path: Path, table: str, key: str, said: str
+) -> None:
+    write(tmp_path / "main.py", app_source("first"))
+    write(tmp_path / "bad.env", "A=1\nB='open\n")
+    path = pyproject(tmp_path, table + "\n")
+    app = [] if key == "app" else ["main:app"]
+    async with run_cli(tmp_path, *app, "--port", "0") as cli:
+        await fails_with_one_line(cli, said, f"set in {path.resolve()} [tool.asgireload] {key}")
+
+
+async def test_a_value_found_wrong_at_start_names_the_variable(tmp_path: Path) -> None:
+    write(tmp_path / "main.py", app_source("first"))
+    env = {"UVICORN_ENV_FILE": "missing.env", "ASGIRELOAD_RELOAD_DIR": "nope"}
+    async with run_cli(tmp_path, "main:app", "--port", "0", env=env) as cli:
+        await fails_with_one_line(cli, "--reload-dir", "(set by ASGIRELOAD_RELOAD_DIR)")
+    async with run_cli(tmp_path, "main:app", "--port", "0", env={"UVICORN_ENV_FILE": "missing.env"}) as cli:
+        await fails_with_one_line(cli, "missing.env does not exist", "(set by UVICORN_ENV_FILE)")
+    async with run_cli(tmp_path, "main:app", "--port", "0", "--env-file", "missing.env") as cli:
+        line = await fails_with_one_line(cli, "missing.env does not exist")
+    assert "set " not in line  # a flag is where the user is looking already

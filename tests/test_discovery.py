@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -138,7 +139,6 @@ def test_what_counts_as_an_app(tmp_path: Path, source: str, name: str) -> None:
 @pytest.mark.parametrize(
     "source",
     [
-        "from fastapi import FastAPI\na = FastAPI()\nb = FastAPI()\n",  # two, neither app: ambiguous
         "def create_app():\n    pass\n",  # a factory needs --factory and a name
         "x = 1\n",
         "class app:\n    pass\n",
@@ -148,6 +148,45 @@ def test_what_does_not(tmp_path: Path, source: str) -> None:
     write(tmp_path / "main.py", source)
     with pytest.raises(ConfigError, match=r"no app found .* \(looked at main\.py"):
         discover(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("source", "named"),
+    [
+        (
+            "from flask import Flask\nfrom fastapi import FastAPI\nweb = Flask(__name__)\napi = FastAPI()\n",
+            "main:web (Flask), main:api (FastAPI)",
+        ),
+        ("from fastapi import FastAPI\na = FastAPI()\nb = FastAPI()\n", "main:a (FastAPI), main:b (FastAPI)"),
+        (
+            "import starlette.applications as s\nimport quart\nif True:\n    x = s.Starlette()\n"
+            "y = quart.Quart(__name__)\nfrom bottle import Bottle\nz = Bottle()\n",
+            "main:x (Starlette), main:y (Quart), main:z (Bottle)",
+        ),
+    ],
+)
+def test_several_apps_in_a_file_are_all_named(tmp_path: Path, source: str, named: str) -> None:
+    write(tmp_path / "main.py", source)
+    with pytest.raises(ConfigError) as excinfo:
+        discover(tmp_path)
+    message = str(excinfo.value)
+    assert f"main.py has several apps ({named})" in message
+    assert "asgireload main:" in message
+    with pytest.raises(ConfigError, match=re.escape(f"has several apps ({named})")):
+        from_file(tmp_path / "main.py")
+    first = named.partition(" ")[0]
+    assert from_file(f"{tmp_path / 'main.py'}:{first.partition(':')[2]}").app == first
+
+
+def test_several_apps_after_a_file_with_one_are_named_as_also_seen(tmp_path: Path) -> None:
+    write(tmp_path / "main.py", FASTAPI_APP)
+    write(
+        tmp_path / "api.py",
+        "from flask import Flask\nfrom fastapi import FastAPI\nw = Flask('x')\na = FastAPI()\n",
+    )
+    found = discover(tmp_path)
+    assert found.app == "main:app"
+    assert found.others == ("api:w (api.py)", "api:a (api.py)")
 
 
 def test_the_app_package_and_src_layouts(tmp_path: Path) -> None:
@@ -351,6 +390,16 @@ async def test_alone_in_a_django_project(tmp_path: Path) -> None:
     assert await serves(tmp_path, expect_app="mysite.asgi:application") == "mysite.settings"
 
 
+async def test_the_env_files_settings_module_wins_over_manage_pys(tmp_path: Path) -> None:
+    """As under uvicorn --env-file: the file sets it before asgi.py's setdefault runs."""
+    write(tmp_path / "manage.py", DJANGO_MANAGE)
+    write(tmp_path / "mysite" / "__init__.py", "")
+    write(tmp_path / "mysite" / "asgi.py", DJANGO_ASGI)
+    write(tmp_path / ".env", "DJANGO_SETTINGS_MODULE=mysite.settings_dev\n")
+    seen = await serves(tmp_path, "--env-file", ".env", expect_app="mysite.asgi:application")
+    assert seen == "mysite.settings_dev"
+
+
 async def test_alone_with_two_candidates_names_both(tmp_path: Path) -> None:
     write(tmp_path / "main.py", FASTAPI_APP)
     write(tmp_path / "api.py", MARKS_IMPORT + STARLETTE_API)  # the one not chosen: never imported
@@ -416,3 +465,13 @@ async def test_nothing_to_find_is_one_line(tmp_path: Path) -> None:
         line = await fails_with_one_line(cli, "no app found", "asgireload main:app")
     assert cli.process.returncode == 2
     assert os.fspath(tmp_path) in line
+
+
+async def test_a_flask_and_a_fastapi_app_in_one_file_are_both_named(tmp_path: Path) -> None:
+    write(
+        tmp_path / "main.py",
+        "from flask import Flask\nfrom fastapi import FastAPI\nweb = Flask(__name__)\napi = FastAPI()\n",
+    )
+    async with run_cli(tmp_path, "--port", "0") as cli:
+        await fails_with_one_line(cli, "main:web (Flask), main:api (FastAPI)", "asgireload main:web")
+    assert cli.process.returncode == 2

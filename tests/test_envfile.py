@@ -1,13 +1,19 @@
-"""Tests for the dependency-free .env parser."""
+"""--env-file: python-dotenv's grammar and uvicorn's no-override expansion, and clear errors.
+
+Each value is checked against python-dotenv's own `load_dotenv` (what uvicorn calls) on the same
+file and environment, so that a difference from uvicorn fails here first.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
+import dotenv
 import pytest
 
-from asgireload._supervisor.envfile import EnvFileError, read_env_file
+from asgireload._supervisor.envfile import EnvFileError, env_file_values, read_env_file
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -73,6 +79,8 @@ def test_unquoted_values(tmp_path: Path, line: str, value: str) -> None:
     ("line", "value"),
     [
         ("KEY='literal $HOME \\n # not a comment'", "literal $HOME \\n # not a comment"),
+        ("KEY='it\\'s'", "it's"),  # python-dotenv decodes \\' and \\\\ in single quotes
+        ("KEY='multi\nline'", "multi\nline"),
         ("KEY=''", ""),
         ("KEY='  padded  '", "  padded  "),
         ("KEY = 'spaced'  # comment", "spaced"),
@@ -96,6 +104,8 @@ def test_single_quoted_values_are_literal(tmp_path: Path, line: str, value: str)
         ('KEY="  padded # not a comment  "', "  padded # not a comment  "),
         ('KEY="x" # comment', "x"),
         ('KEY="it\'s"', "it's"),
+        ('KEY="multi\nline # not a comment"', "multi\nline # not a comment"),
+        ('KEY="bell\\a form\\f"', "bell\a form\f"),
     ],
 )
 def test_double_quoted_values_decode_escapes(tmp_path: Path, line: str, value: str) -> None:
@@ -106,6 +116,12 @@ def test_export_prefix_is_optional_and_export_is_a_valid_key(tmp_path: Path) -> 
     env = parse(tmp_path, "export   A=1\nexport=2\nexporter=3\n")
 
     assert env == {"A": "1", "export": "2", "exporter": "3"}
+
+
+def test_names_python_dotenv_takes_are_taken_and_a_bare_name_sets_nothing(tmp_path: Path) -> None:
+    env = parse(tmp_path, "MY-KEY=1\n1ABC=2\nJUST_A_WORD\nexport B\na.b=3\n")
+
+    assert env == {"MY-KEY": "1", "1ABC": "2", "a.b": "3"}
 
 
 def test_later_duplicates_win(tmp_path: Path) -> None:
@@ -152,12 +168,11 @@ def test_invalid_utf8(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "line", "reason"),
     [
-        ("A=1\nJUST_A_WORD\n", 2, "has no '='"),
-        ("A=1\n\n# c\nexport B\n", 4, "has no '='"),
+        ("A=1\nJUST A SENTENCE\n", 2, "neither a bare name nor has an '='"),
+        ("A=1\n\n\n# c\nexport B C\n", 5, "neither a bare name nor has an '='"),
         ("=value\n", 1, "variable name before '=' is empty"),
-        ("1ABC=x\n", 1, "'1ABC' is not a valid variable name"),
-        ("MY-KEY=x\n", 1, "'MY-KEY' is not a valid variable name"),
-        ("MY KEY=x\n", 1, "'MY KEY' is not a valid variable name"),
+        ("MY KEY=x\n", 1, "a variable name cannot contain spaces"),
+        ("A=1\r\n\r\nMY KEY=x\r\n", 3, "a variable name cannot contain spaces"),
         ("A=1\nB='open\n", 2, "single-quoted value of B is not terminated"),
         ('A="open\nB=2\n', 1, "double-quoted value of A is not terminated"),
         ('A="ends with escaped quote\\"\n', 1, "double-quoted value of A is not terminated"),
@@ -178,7 +193,7 @@ def test_malformed_lines_name_the_line(tmp_path: Path, text: str, line: int, rea
 
 
 def test_errors_do_not_echo_secret_values(tmp_path: Path) -> None:
-    path = write(tmp_path, "sk_live_SECRET\nTOKEN='abc' sk_live_OTHER\n")
+    path = write(tmp_path, "sk_live SECRET\nTOKEN='abc' sk_live_OTHER\n")
 
     with pytest.raises(EnvFileError) as excinfo:
         read_env_file(path)
@@ -209,3 +224,58 @@ def test_a_nul_byte_is_rejected_with_its_line(tmp_path: Path, data: bytes, line:
     message = str(excinfo.value)
     assert message.startswith(f"{path}, line {line}: a NUL byte")
     assert "UTF-8" in message
+
+
+# ------------------------------------------------------------------------ as uvicorn: load_dotenv
+
+
+def what_uvicorn_sets(path: Path, environ: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """What python-dotenv's load_dotenv (uvicorn's call: no override) adds to `environ`."""
+    patched = dict(environ)
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "environ", patched)
+        dotenv.load_dotenv(dotenv_path=path)
+    return {key: value for key, value in patched.items() if key not in environ}
+
+
+SHELL = {"HOME": "/home/me", "SET_IN_SHELL": "from-shell", "EMPTY_IN_SHELL": ""}
+AS_UVICORN = [
+    pytest.param("SET_IN_SHELL=from-file\nNEW=1\n", id="no-override"),
+    pytest.param("EMPTY_IN_SHELL=from-file\n", id="no-override-of-an-empty-value"),
+    pytest.param("A=${HOME}/x\nB=${NOPE}\nC=${NOPE:-fallback}\nD=${HOME:-unused}\n", id="expansion"),
+    pytest.param("SET_IN_SHELL=file\nA=${SET_IN_SHELL}\n", id="expansion-prefers-the-shell"),
+    pytest.param("A=1\nB=${A}2\nC='${B}3'\nD=\"${C}4\"\n", id="expansion-of-earlier-lines-any-quotes"),
+    pytest.param("A=$HOME\nB=\\${HOME}\nC=${EMPTY_IN_SHELL:-d}\n", id="expansion-only-with-braces"),
+    pytest.param('A="one\ntwo\n  three"\nB=after\n', id="multi-line-double-quoted"),
+    pytest.param("A='one\ntwo'\nB=after\n", id="multi-line-single-quoted"),
+    pytest.param("export A=1\n  export   B = 2 \n", id="export"),
+    pytest.param("# c\nA=1 # c\nB=x#y\nC= # only\nD='#' # c\n\n   # indented\n", id="comments"),
+    pytest.param(r'A="a\nb\tc\"d\\e\'f\x"' + "\n" + r"B='a\nb\'c\\d'" + "\n", id="escapes"),
+    pytest.param("A=1\nA=2\n", id="duplicates"),
+    pytest.param("\ufeffA=1\r\nB=2\rC=3\n", id="bom-and-line-ends"),
+    pytest.param("A\nB=\nC=''\nexport D\n", id="bare-and-empty"),
+    pytest.param("'QUOTED KEY'=1\nMY-KEY=2\n", id="unusual-keys"),
+]
+
+
+@pytest.mark.parametrize("text", AS_UVICORN)
+def test_the_variables_are_what_uvicorn_sets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    path = tmp_path / ".env"
+    path.write_text(text, encoding="utf-8", newline="")
+    assert env_file_values(path, SHELL) == what_uvicorn_sets(path, SHELL, monkeypatch)
+
+
+def test_a_variable_set_in_the_shell_keeps_its_value(tmp_path: Path) -> None:
+    path = write(tmp_path, "SET_IN_SHELL=from-file\nA=${SET_IN_SHELL}\n")
+
+    assert env_file_values(path, SHELL) == {"A": "from-shell"}
+    assert read_env_file(path) == {"SET_IN_SHELL": "from-file", "A": "from-file"}
+
+
+def test_python_dotenv_disabled_loads_nothing_as_in_uvicorn(tmp_path: Path) -> None:
+    path = write(tmp_path, "A=1\n")
+
+    assert env_file_values(path, {"PYTHON_DOTENV_DISABLED": "true"}) == {}
+    assert env_file_values(path, {"PYTHON_DOTENV_DISABLED": "0"}) == {"A": "1"}

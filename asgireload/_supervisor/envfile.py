@@ -1,30 +1,96 @@
-"""A small ``.env`` parser, so loading an env file needs no python-dotenv dependency.
+"""`--env-file`, read exactly as uvicorn reads it: python-dotenv's grammar, no override.
 
-It accepts the common subset that shells and python-dotenv agree on, and rejects anything else with
-the line number rather than guessing, because a silently mis-parsed secret is hard to debug.
+uvicorn loads the file with python-dotenv's `load_dotenv(path)`: a variable already set in the
+environment keeps its value, `${VAR}` and `${VAR:-default}` expand (against the environment
+first, then the file's earlier lines), values may be quoted over several lines. The parsing is
+python-dotenv's own (`dotenv.parser`), so that a file means here what it means to uvicorn and to
+whatever python-dotenv the project has installed, quirks included. What this module adds: a line
+python-dotenv cannot parse (which uvicorn skips with a warning) is an error naming the file and the
+line, and so are files that are not UTF-8 text or hold a NUL byte. No message ever quotes a value:
+the file usually holds secrets, and errors end up in logs.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["EnvFileError", "read_env_file"]
+__all__ = ["EnvFileError", "env_file_values", "read_env_file"]
 
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_EXPORT = re.compile(r"export\s+(?=\S)")
-_INLINE_COMMENT = re.compile(r"\s#")
-_DOUBLE_QUOTE_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
+_DISABLED = "PYTHON_DOTENV_DISABLED"  # python-dotenv's switch, which load_dotenv (and uvicorn) obey
+_TRUTHY = frozenset({"1", "true", "t", "yes", "y"})
+_LINE_END = re.compile(r"\r\n|\n|\r")
+_EXPORT = re.compile(r"^export\s+")
 
 
 class EnvFileError(Exception):
     """An env file is missing, unreadable or malformed; the message names the file and line."""
 
 
+def env_file_values(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables the file adds to `environ` (os.environ), as uvicorn's load_dotenv would:
+    expanded, and without those `environ` already sets."""
+    environ = os.environ if environ is None else environ
+    if environ.get(_DISABLED, "").casefold() in _TRUTHY:
+        return {}
+    resolved = _expand(_bindings(path), environ)
+    return {key: value for key, value in resolved.items() if key not in environ}
+
+
 def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Parse an env file into a dict; later duplicate keys win, as they would in a shell."""
+    """Every variable the file sets, expanded against the file alone (for checks and tests)."""
+    return _expand(_bindings(path), {})
+
+
+def _expand(bindings: list[tuple[str, str | None]], environ: Mapping[str, str]) -> dict[str, str]:
+    """python-dotenv's interpolation without override: the environment wins over the file's own
+    earlier values; a key without '=' sets nothing."""
+    from dotenv.variables import parse_variables
+
+    values: dict[str, str | None] = {}
+    for key, raw in bindings:
+        if raw is None:
+            values[key] = None
+            continue
+        scope: dict[str, str | None] = {**values, **environ}
+        values[key] = "".join(atom.resolve(scope) for atom in parse_variables(raw))
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _bindings(path: str | os.PathLike[str]) -> list[tuple[str, str | None]]:
+    """(key, raw value) for each assignment, in order; EnvFileError for the first bad line."""
+    from dotenv.parser import parse_stream
+
     name = os.fspath(path)
+    text = _read_text(name)
+    if "\0" in text:
+        line = _line_of(text, text.index("\0"))
+        raise EnvFileError(
+            f"{name}, line {line}: a NUL byte is not allowed (an environment variable cannot hold "
+            "one); is the file binary, or saved as UTF-16? Save it as UTF-8 text."
+        )
+    bindings: list[tuple[str, str | None]] = []
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            statement = binding.original.string
+            blank = len(statement) - len(statement.lstrip())  # blank lines before it are part of it
+            line = binding.original.line + _line_of(statement, blank) - 1
+            reason = _why_unparsable(statement)
+            raise EnvFileError(f"{name}, line {line}: {reason} (expected KEY=VALUE)")
+        if binding.key is not None:
+            bindings.append((binding.key, binding.value))
+    return bindings
+
+
+def _line_of(text: str, offset: int) -> int:
+    """The line number of `offset`, counting line ends as python-dotenv does (CR, LF or CRLF)."""
+    return len(_LINE_END.findall(text, 0, offset)) + 1
+
+
+def _read_text(name: str) -> str:
     try:
         data = Path(name).read_bytes()
     except FileNotFoundError:
@@ -34,87 +100,41 @@ def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
     except OSError as exc:
         raise EnvFileError(f"env file {name} could not be read ({exc.strerror or exc}).") from exc
     try:
-        # utf-8-sig: editors on Windows like to start files with a byte order mark.
-        text = data.decode("utf-8-sig")
+        # utf-8-sig: python-dotenv drops a byte order mark too (editors on Windows write one).
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise EnvFileError(
             f"env file {name} is not valid UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start})."
         ) from None
 
-    env: dict[str, str] = {}
-    # split("\n") rather than splitlines(): the latter also breaks on characters such as \x0c
-    # that may legitimately appear inside a value.
-    for number, raw_line in enumerate(text.split("\n"), start=1):
-        line = raw_line.removesuffix("\r")
-        if "\0" in line:
-            raise EnvFileError(
-                f"{name}, line {number}: a NUL byte is not allowed (an environment variable cannot hold "
-                "one); is the file binary, or saved as UTF-16? Save it as UTF-8 text."
-            )
-        try:
-            entry = _parse_line(line)
-        except ValueError as exc:
-            raise EnvFileError(f"{name}, line {number}: {exc} (expected KEY=VALUE)") from None
-        if entry is not None:
-            key, value = entry
-            env[key] = value
-    return env
 
-
-def _parse_line(line: str) -> tuple[str, str] | None:
-    """Parse one line; None for blank and comment lines, ValueError with a reason for bad ones.
-
-    Reasons name the key but never quote values: the file usually holds secrets and errors end up in logs.
-    """
-    stripped = line.strip()
-    if not stripped or stripped.startswith("#"):
-        return None
-    export = _EXPORT.match(stripped)
-    if export:
-        stripped = stripped[export.end() :]
-
-    key, equals, after = stripped.partition("=")
+def _why_unparsable(statement: str) -> str:
+    """A reason for a statement python-dotenv rejected, naming at most its key, never its value."""
+    key, equals, value = _EXPORT.sub("", statement.strip(), count=1).partition("=")
     key = key.strip()
     if not equals:
-        raise ValueError("the line has no '='")
+        return "the line is neither a bare name nor has an '='"
     if not key:
-        raise ValueError("the variable name before '=' is empty")
-    if not _KEY.fullmatch(key):
-        raise ValueError(f"{key!r} is not a valid variable name (use letters, digits and underscores)")
-
-    rest = after.lstrip()
-    if rest.startswith("'"):
-        end = rest.find("'", 1)
-        if end < 0:
-            raise ValueError(f"the single-quoted value of {key} is not terminated")
-        value, tail = rest[1:end], rest[end + 1 :]
-    elif rest.startswith('"'):
-        value, tail = _parse_double_quoted(key, rest)
-    else:
-        # Only a '#' after whitespace starts a comment, so URLs with fragments like a#b survive.
-        comment = _INLINE_COMMENT.search(after)
-        return key, (after[: comment.start()] if comment else after).strip()
-
-    tail = tail.strip()
-    if tail and not tail.startswith("#"):
-        raise ValueError(f"there is unexpected text after the closing quote of {key}")
-    return key, value
+        return "the variable name before '=' is empty"
+    if any(char.isspace() for char in key):
+        return "a variable name cannot contain spaces"
+    value = value.lstrip()
+    for quote, kind in (("'", "single"), ('"', "double")):
+        if value.startswith(quote):
+            if not _closed(value, quote):
+                return f"the {kind}-quoted value of {key} is not terminated"
+            return f"there is unexpected text after the closing quote of {key}"
+    return f"the value of {key} cannot be parsed"
 
 
-def _parse_double_quoted(key: str, rest: str) -> tuple[str, str]:
-    """Decode a double-quoted value; returns it and whatever follows the closing quote."""
-    chars: list[str] = []
+def _closed(value: str, quote: str) -> bool:
+    """Whether a quoted value has its closing quote (a backslash escapes the character after it)."""
     index = 1
-    while index < len(rest):
-        char = rest[index]
-        if char == '"':
-            return "".join(chars), rest[index + 1 :]
-        if char == "\\" and index + 1 < len(rest):
-            following = rest[index + 1]
-            # Unknown escapes such as "\d" keep their backslash, as they do in shells.
-            chars.append(_DOUBLE_QUOTE_ESCAPES.get(following, char + following))
+    while index < len(value):
+        if value[index] == "\\":
             index += 2
             continue
-        chars.append(char)
+        if value[index] == quote:
+            return True
         index += 1
-    raise ValueError(f"the double-quoted value of {key} is not terminated")
+    return False

@@ -24,15 +24,17 @@ def preflight(config: Config) -> None:
     if not isinstance(config.app, str):
         raise ConfigError("the supervisor needs the app as an import string such as 'main:app'.")
     if not os.path.isdir(config.app_dir):
-        raise StartupError(f"--app-dir {config.app_dir} does not exist or is not a folder.")
+        raise StartupError(f"--app-dir {config.app_dir} does not exist or is not a folder.", option="app_dir")
     for directory in config.reload_dirs:
         if not os.path.isdir(directory):
-            raise StartupError(f"--reload-dir {directory} does not exist or is not a folder.")
+            raise StartupError(
+                f"--reload-dir {directory} does not exist or is not a folder.", option="reload_dirs"
+            )
     if config.env_file is not None:
         try:
             read_env_file(config.env_file)
         except EnvFileError as exc:
-            raise StartupError(str(exc)) from None
+            raise StartupError(str(exc), option="env_file") from None
     find_module(config.app, config.app_dir)
     check_uvicorn_options(config)
 
@@ -46,7 +48,7 @@ def check_uvicorn_options(config: Config) -> None:
         try:
             _logging.read_config_file(config.log_config)
         except _logging.LogConfigError as exc:
-            raise StartupError(str(exc)) from None
+            raise StartupError(str(exc), option="log_config") from None
     if config.ssl_certfile is not None:
         check_tls(config)
 
@@ -90,7 +92,8 @@ def _check_against_uvicorn(config: Config) -> None:
         if getattr(config, name) == value and importlib.util.find_spec(package) is None:
             raise StartupError(
                 f"--{name} {value} needs the {package} package, which is not installed: "
-                f"pip install {package}."
+                f"pip install {package}.",
+                option=name,
             )
 
 
@@ -107,12 +110,14 @@ def find_module(import_string: str, app_dir: str) -> None:
         if spec is None:
             raise StartupError(
                 f"cannot import {import_string!r}: no module named {name!r} "
-                f"(looked in {app_dir}; pass --app-dir?)"
+                f"(looked in {app_dir}; pass --app-dir?)",
+                option="app",
             )
         locations = spec.submodule_search_locations
         search = list(locations) if locations is not None else None
         if search is None and name != module:
             raise StartupError(
                 f"cannot import {import_string!r}: {name!r} is a module, not a package, "
-                f"so it has no submodule {module[len(name) + 1 :]!r}."
+                f"so it has no submodule {module[len(name) + 1 :]!r}.",
+                option="app",
             )

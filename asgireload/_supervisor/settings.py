@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from .._protocol import Failure, Settings
 from ..config import Config
 from .debugging import debugger_attached
-from .envfile import EnvFileError, read_env_file
+from .envfile import EnvFileError, env_file_values
 from .records import Policy
 
 logger = logging.getLogger("asgireload")
@@ -31,11 +31,12 @@ def policy_for(config: Config, url: str) -> Policy:
 
 
 def read_env(config: Config) -> tuple[Mapping[str, str], Failure | None]:
-    """The env file's variables, or why it cannot be read (a failure to show, and to watch)."""
+    """The variables the env file adds to the environment (as uvicorn's load_dotenv: none that is
+    set already), or why it cannot be read (a failure to show, and to watch)."""
     if config.env_file is None:
         return {}, None
     try:
-        return read_env_file(config.env_file), None
+        return env_file_values(config.env_file), None
     except EnvFileError as exc:
         return {}, Failure(kind="env", summary=str(exc), files=(config.env_file,))
 

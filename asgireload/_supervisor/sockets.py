@@ -18,7 +18,10 @@ def bind(config: Config) -> socket.socket:
     if config.fd is not None:
         return _adopt_fd(config.fd)
     if config.uds is not None:
-        return _bind_unix(config.uds, config.backlog)
+        try:
+            return _bind_unix(config.uds, config.backlog)
+        except StartupError as exc:
+            raise StartupError(str(exc), option="uds") from None
     return _bind_tcp(config.host, config.port, config.backlog)
 
 
@@ -27,7 +30,7 @@ def _bind_tcp(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         raise StartupError(
-            f"cannot bind to host {host!r}: {exc.strerror}; pass --host with an address."
+            f"cannot bind to host {host!r}: {exc.strerror}; pass --host with an address.", option="host"
         ) from None
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
@@ -42,14 +45,16 @@ def _bind_tcp(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             raise StartupError(
                 f"port {port} on {host} is already in use: stop the other server, "
-                "or pass --port with another number (--port 0 picks a free one)."
+                "or pass --port with another number (--port 0 picks a free one).",
+                option="port",
             ) from None
         if exc.errno == errno.EACCES:
             raise StartupError(
                 f"no permission to bind port {port} on {host}: ports below 1024 need privileges; "
-                "pass --port 8000 or another port above 1023."
+                "pass --port 8000 or another port above 1023.",
+                option="port",
             ) from None
-        raise StartupError(f"cannot bind {host}:{port}: {exc.strerror}.") from None
+        raise StartupError(f"cannot bind {host}:{port}: {exc.strerror}.", option="host") from None
     return sock
 
 
@@ -85,6 +90,13 @@ def _remove_if_stale(path: str) -> None:
 
 
 def _adopt_fd(fd: int) -> socket.socket:
+    try:
+        return _adopted(fd)
+    except StartupError as exc:
+        raise StartupError(str(exc), option="fd") from None
+
+
+def _adopted(fd: int) -> socket.socket:
     try:
         sock = socket.socket(fileno=os.dup(fd))
     except OSError as exc:

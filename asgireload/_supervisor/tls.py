@@ -29,7 +29,8 @@ def check_tls(config: Config) -> None:
         ("--ssl-ca-certs", config.ssl_ca_certs),
     ):
         if path is not None and not os.path.isfile(path):
-            raise StartupError(f"{flag} {path} does not exist or is not a file.")
+            option = flag[2:].replace("-", "_")
+            raise StartupError(f"{flag} {path} does not exist or is not a file.", option=option)
     encrypted = _is_encrypted(key)
     if encrypted and config.ssl_keyfile_password is None:
         raise StartupError(f"the key {key} is encrypted: pass its password with --ssl-keyfile-password.")

@@ -35,6 +35,7 @@ from .includes import IncludeRules, Walk, is_skipped_folder, walk_includes
 from .includes import Stat as Stat
 from .includes import stat_key as stat_key
 from .inotify import directory_events as _directory_events  # (tests replace it)
+from .links import Links
 from .mounts import Mount, MountTable, forced_polling_reason, mount_polling_message, watch_limit_message
 
 ChangeHandler = Callable[[list[str], float], None]
@@ -44,6 +45,12 @@ logger = logging.getLogger("asgireload")
 QUIET_GAP = 0.002  # seconds without new changes that end a burst (file events arrive in <1 ms)
 BURST_QUIET_GAP = 0.05  # once more than one file changed, wait longer: a checkout is under way
 MAX_DEBOUNCE = 0.5  # a burst never delays the reload more than this
+# A save caught half-way (the file renamed away or deleted before its new version is put in
+# place, or truncated before it is written) is no change to load: it is held back until the file
+# is back or this long has passed. Editors take up to a few hundred ms between the steps of a
+# save on a busy machine; a real deletion is reported this much later than other changes.
+UNFINISHED_GRACE = 0.5
+HOLD_POLL = 0.01  # while a file is held, stat it this often (an event usually comes sooner)
 THREAD_THRESHOLD = 256  # stat more files than this in a worker thread, off the event loop
 # With file events as hints, the full scan is only a safety net: it may cost at most this
 # share of one core (2,000 files take ~4.5 ms to stat here, so they are scanned every ~4.5 s).
@@ -119,6 +126,7 @@ class Scanner:
         self._reenter: set[str] = set()  # covered folders an event named: watch them again
         self._ignored: set[str] = set()  # names known to match no include glob
         self._announced: set[str] = set()  # mount points (and "limit") already logged
+        self._links = Links()  # watched files that are symlinks, and where their content lives
 
     @property
     def uses_file_events(self) -> bool:
@@ -229,13 +237,27 @@ class Scanner:
                 self._polled_dirs.discard(folder)
 
     def _register(self, path: str) -> None:
-        """Count a watched file in its folder, covering the folder the first time."""
-        folder = os.path.dirname(path)
+        """Count a watched file in its folder (and, for a symlink, in its target's folder)."""
+        self._count_in(os.path.dirname(path), path)
+        self._follow_link(path)
+
+    def _count_in(self, folder: str, path: str) -> None:
+        """Count a watched file in a folder, covering the folder the first time."""
         if folder not in self._folder_files:
             self._apply_cover(folder, self._enter(folder))
         self._folder_files[folder].add(path)
         if folder in self._polled_dirs:
             self._polled_files.add(path)
+
+    def _follow_link(self, path: str) -> None:
+        """If a watched file is a symlink, cover the folder its content lives in (again, if re-pointed)."""
+        before, target = self._links.follow(path)
+        if before is not None and (folder := os.path.dirname(before)) != os.path.dirname(path):
+            self._folder_files.get(folder, set()).discard(path)
+            if os.path.dirname(path) not in self._polled_dirs:
+                self._polled_files.discard(path)
+        if target is not None:
+            self._count_in(os.path.dirname(target), path)
 
     def _heal(self, skip: Iterable[str] = ()) -> None:
         """Watch again the folders whose watch failed or was lost (deleted and re-created, moved)."""
@@ -281,8 +303,9 @@ class Scanner:
         if path is None:
             self._check_all = True
             self._walk_wanted = self._rules is not None
-        elif path in self._baseline:
-            self._suspects.add(path)
+        elif path in self._baseline or self._links.links_to(path):
+            self._suspects.add(path)  # (a link's target only: stat'ed, never reported itself)
+            self._suspects.update(self._links.links_to(path))
         else:
             if path in self._folder_files:
                 self._reenter.add(path)  # re-created or replaced: the old watch is gone
@@ -383,12 +406,29 @@ class Scanner:
         return {p: s for p, s in zip(paths, stats, strict=True) if self._baseline.get(p, s) != s}
 
     async def _settle(self, changed: dict[str, Stat]) -> None:
-        """Gather the rest of a burst, then report it once."""
+        """Gather the rest of a burst, wait for a save caught half-way to finish, report it once."""
         detected = time.time()
+        loop = asyncio.get_running_loop()
+        pending = dict(changed)
+        await self._gather(pending)
+        hold_until = loop.time() + UNFINISHED_GRACE
+        while self._unfinished(pending) and loop.time() < hold_until:
+            if await self._wait_for_return(pending, hold_until):
+                await self._gather(pending)
+        paths = list(pending)
+        now = dict(zip(paths, await self._stat(paths), strict=True))
+        changes = {p: s for p, s in now.items() if s != self._baseline.get(p)}  # (back as it was: none)
+        for path, stat_ in changes.items():
+            self._baseline[path] = stat_
+            self._follow_link(path)
+        if changes:
+            self._on_change(sorted(changes), _changed_at(changes, detected))
+
+    async def _gather(self, pending: dict[str, Stat]) -> None:
+        """Add the changes that follow until a quiet gap (bounded by MAX_DEBOUNCE)."""
         loop = asyncio.get_running_loop()
         fixed = self._quiet_gap
         deadline = loop.time() + (MAX_DEBOUNCE if fixed is None else max(MAX_DEBOUNCE, 4 * fixed))
-        pending = dict(changed)
         while loop.time() < deadline:
             gap = BURST_QUIET_GAP if len(pending) > 1 else QUIET_GAP
             if fixed is not None:
@@ -399,9 +439,30 @@ class Scanner:
             if not more:
                 break
             pending.update(more)
-        for path, stat_ in pending.items():
-            self._baseline[path] = stat_
-        self._on_change(sorted(pending), _changed_at(pending, detected))
+
+    def _unfinished(self, pending: dict[str, Stat]) -> list[str]:
+        """The files of a burst that look like a save caught half-way."""
+        return [p for p, s in pending.items() if looks_unfinished(self._baseline.get(p), s)]
+
+    async def _wait_for_return(self, pending: dict[str, Stat], hold_until: float) -> bool:
+        """Wait for an event (or HOLD_POLL), then look again; whether anything in the burst moved on."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(min(loop.time() + HOLD_POLL, hold_until)):
+                await self._wakeup.wait()
+        more = await self._scan(full=False, poll=False)
+        held = self._unfinished(pending)
+        more.update(zip(held, await self._stat(held), strict=True))
+        more = {p: s for p, s in more.items() if pending.get(p, "unset") != s}
+        pending.update(more)
+        return bool(more)
+
+
+def looks_unfinished(before: Stat, now: Stat) -> bool:
+    """A watched file gone, or emptied where it had content: a save is probably under way."""
+    if before is None:
+        return False
+    return now is None or (now[1] == 0 and before[1] > 0)
 
 
 def _changed_at(changes: dict[str, Stat], detected: float) -> float:

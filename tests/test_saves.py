@@ -213,38 +213,59 @@ def git(repo: Path, *args: str) -> None:
     )
 
 
-def write_project(repo: Path, value: int, helpers_in_package: bool) -> None:
-    """50 modules; main imports them all and a helper that moves into a package on the branch."""
+def write_branch(repo: Path, value: int, helper: str, extra: str | None = None) -> None:
+    """50 modules and a helper module (`helpers` or `pkg.helpers`); main imports them all, and
+    `extra` if given."""
     for i in range(MODULES):
         write(repo / "mods" / f"m{i:02}.py", f"VALUE = {value}  # {'#' * value}\n")
     write(repo / "mods" / "__init__.py", "")
-    helper = "pkg.helpers" if helpers_in_package else "helpers"
-    if helpers_in_package:
-        (repo / "helpers.py").unlink(missing_ok=True)
+    (repo / "helpers.py").unlink(missing_ok=True)
+    shutil.rmtree(repo / "pkg", ignore_errors=True)
+    if helper == "pkg.helpers":
         write(repo / "pkg" / "__init__.py", "")
-    else:
-        shutil.rmtree(repo / "pkg", ignore_errors=True)
     write(repo / (helper.replace(".", "/") + ".py"), f"NAME = {helper!r}\n")
     imports = "\n".join(f"from mods.m{i:02} import VALUE as V{i}" for i in range(MODULES))
+    imports += f"\nfrom {helper} import NAME"
+    if extra is not None:
+        write(repo / f"{extra}.py", f"NAME = {extra!r}\n")
+        imports += f"\nfrom {extra} import NAME"
     total = " + ".join(f"V{i}" for i in range(MODULES))
-    write(repo / "main.py", PLAIN_APP.replace('BODY = "v1"', f"{imports}\nfrom {helper} import NAME\nBODY = f'{{NAME}} {{{total}}}'"))
+    write(repo / "main.py", PLAIN_APP.replace('BODY = "v1"', f"{imports}\nBODY = f'{{NAME}} {{{total}}}'"))
+
+
+def make_repository(repo: Path) -> None:
+    """Branch main; branch `package`, where every module changes and the helper moves into a
+    package; branch `late`, where main imports a new module that git writes last, slowly (a
+    smudge filter, as git-lfs has: on a slow disk or a busy machine checkouts pause like this)."""
+    git(repo, "init", "-q")
+    git(repo, "config", "filter.slow.smudge", "sleep 0.1; cat")
+    git(repo, "config", "filter.slow.clean", "cat")
+    (repo / ".git" / "info" / "attributes").write_text("wordlist.py filter=slow\n")
+    for branch, value, helper, extra in (
+        ("main", 1, "helpers", None),
+        ("package", 2, "pkg.helpers", None),
+        ("late", 3, "helpers", "wordlist"),  # written after main.py and mods/ (in path order)
+    ):
+        if branch != "main":
+            git(repo, "checkout", "-q", "-b", branch, "main")
+        write_branch(repo, value, helper, extra)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", branch)
+    git(repo, "checkout", "-q", "main")
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 async def test_git_checkout_of_many_files(tmp_path: Path) -> None:
-    write_project(tmp_path, 1, helpers_in_package=False)
-    git(tmp_path, "init", "-q")
-    git(tmp_path, "add", "-A")
-    git(tmp_path, "commit", "-qm", "one")
-    git(tmp_path, "checkout", "-qb", "two")
-    write_project(tmp_path, 2, helpers_in_package=True)
-    git(tmp_path, "add", "-A")
-    git(tmp_path, "commit", "-qm", "two")
-    git(tmp_path, "checkout", "-q", "main")
+    make_repository(tmp_path)
     async with Reloader("main:app", app_dir=tmp_path) as server, polling(server.url) as poller:
         assert await served(server.url) == f"helpers {MODULES}"
         events = server.events()
-        for branch, expected in (("two", f"pkg.helpers {2 * MODULES}"), ("main", f"helpers {MODULES}")):
+        for branch, expected in (
+            ("package", f"pkg.helpers {2 * MODULES}"),
+            ("main", f"helpers {MODULES}"),
+            ("late", f"wordlist {3 * MODULES}"),
+            ("main", f"helpers {MODULES}"),
+        ):
             target = server.generation + 1
             await asyncio.to_thread(git, tmp_path, "checkout", "-q", branch)
             event = await server.wait_for_generation(target)

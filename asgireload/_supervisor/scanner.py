@@ -4,7 +4,11 @@ Each watched path has a baseline `(st_mtime_ns, st_size, st_ino)`, or None for "
 Any inequality is a change, so in-place writes, saves that rename a temp file over the
 original, deletes, re-creations and mtimes that go backwards after a `git checkout` are all
 seen. A burst of changes (a checkout of 200 files) is gathered into one report: after the
-first change the scanner waits for a quiet gap, with an upper bound.
+first change the scanner waits for a quiet gap, with an upper bound, and a file caught
+half-way through a save (gone, or emptied) is waited for (bursts.py).
+
+A watched file that is a symlink is watched where its content lives too (links.py): the
+folder of its target is covered, and an event there is a hint for the link.
 
 How a change is noticed, fastest first:
 
@@ -29,8 +33,9 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
+from .bursts import Bursts, ChangeHandler
 from .includes import IncludeRules, Walk, is_skipped_folder, walk_includes
 from .includes import Stat as Stat
 from .includes import stat_key as stat_key
@@ -38,19 +43,8 @@ from .inotify import directory_events as _directory_events  # (tests replace it)
 from .links import Links
 from .mounts import Mount, MountTable, forced_polling_reason, mount_polling_message, watch_limit_message
 
-ChangeHandler = Callable[[list[str], float], None]
-
 logger = logging.getLogger("asgireload")
 
-QUIET_GAP = 0.002  # seconds without new changes that end a burst (file events arrive in <1 ms)
-BURST_QUIET_GAP = 0.05  # once more than one file changed, wait longer: a checkout is under way
-MAX_DEBOUNCE = 0.5  # a burst never delays the reload more than this
-# A save caught half-way (the file renamed away or deleted before its new version is put in
-# place, or truncated before it is written) is no change to load: it is held back until the file
-# is back or this long has passed. Editors take up to a few hundred ms between the steps of a
-# save on a busy machine; a real deletion is reported this much later than other changes.
-UNFINISHED_GRACE = 0.5
-HOLD_POLL = 0.01  # while a file is held, stat it this often (an event usually comes sooner)
 THREAD_THRESHOLD = 256  # stat more files than this in a worker thread, off the event loop
 # With file events as hints, the full scan is only a safety net: it may cost at most this
 # share of one core (2,000 files take ~4.5 ms to stat here, so they are scanned every ~4.5 s).
@@ -79,7 +73,7 @@ class _Cover:
     no_events: tuple[Mount, str] | None
 
 
-class Scanner:
+class Scanner(Bursts):
     """Watches a growing set of files; calls `on_change(paths, changed_at)` once per burst.
 
     `includes` (the project's WatchFilter, when --reload-include is given) adds every file it
@@ -404,69 +398,3 @@ class Scanner:
         if poll and self._fast_poll is not None:
             self._next_poll = loop.time() + max(self._fast_poll, elapsed / POLL_SHARE)
         return {p: s for p, s in zip(paths, stats, strict=True) if self._baseline.get(p, s) != s}
-
-    async def _settle(self, changed: dict[str, Stat]) -> None:
-        """Gather the rest of a burst, wait for a save caught half-way to finish, report it once."""
-        detected = time.time()
-        loop = asyncio.get_running_loop()
-        pending = dict(changed)
-        await self._gather(pending)
-        hold_until = loop.time() + UNFINISHED_GRACE
-        while self._unfinished(pending) and loop.time() < hold_until:
-            if await self._wait_for_return(pending, hold_until):
-                await self._gather(pending)
-        paths = list(pending)
-        now = dict(zip(paths, await self._stat(paths), strict=True))
-        changes = {p: s for p, s in now.items() if s != self._baseline.get(p)}  # (back as it was: none)
-        for path, stat_ in changes.items():
-            self._baseline[path] = stat_
-            self._follow_link(path)
-        if changes:
-            self._on_change(sorted(changes), _changed_at(changes, detected))
-
-    async def _gather(self, pending: dict[str, Stat]) -> None:
-        """Add the changes that follow until a quiet gap (bounded by MAX_DEBOUNCE)."""
-        loop = asyncio.get_running_loop()
-        fixed = self._quiet_gap
-        deadline = loop.time() + (MAX_DEBOUNCE if fixed is None else max(MAX_DEBOUNCE, 4 * fixed))
-        while loop.time() < deadline:
-            gap = BURST_QUIET_GAP if len(pending) > 1 else QUIET_GAP
-            if fixed is not None:
-                gap = fixed
-            await asyncio.sleep(min(gap, max(0.0, deadline - loop.time())))
-            more = await self._scan(full=False, poll=bool(self._polled_dirs))
-            more = {p: s for p, s in more.items() if pending.get(p, "unset") != s}
-            if not more:
-                break
-            pending.update(more)
-
-    def _unfinished(self, pending: dict[str, Stat]) -> list[str]:
-        """The files of a burst that look like a save caught half-way."""
-        return [p for p, s in pending.items() if looks_unfinished(self._baseline.get(p), s)]
-
-    async def _wait_for_return(self, pending: dict[str, Stat], hold_until: float) -> bool:
-        """Wait for an event (or HOLD_POLL), then look again; whether anything in the burst moved on."""
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(min(loop.time() + HOLD_POLL, hold_until)):
-                await self._wakeup.wait()
-        more = await self._scan(full=False, poll=False)
-        held = self._unfinished(pending)
-        more.update(zip(held, await self._stat(held), strict=True))
-        more = {p: s for p, s in more.items() if pending.get(p, "unset") != s}
-        pending.update(more)
-        return bool(more)
-
-
-def looks_unfinished(before: Stat, now: Stat) -> bool:
-    """A watched file gone, or emptied where it had content: a save is probably under way."""
-    if before is None:
-        return False
-    return now is None or (now[1] == 0 and before[1] > 0)
-
-
-def _changed_at(changes: dict[str, Stat], detected: float) -> float:
-    """When the burst started: the oldest new mtime, if it is believable; else when we saw it."""
-    mtimes = [s[0] / 1e9 for s in changes.values() if s is not None]
-    earliest = min(mtimes, default=detected)
-    return earliest if detected - 5.0 <= earliest <= detected else detected

@@ -680,3 +680,25 @@ def test_a_merged_change_keeps_the_retry_and_a_healthy_generation_resets_the_bac
     run.feed(hello(3))
     run.feed(ready(3))
     assert sum("Reloading sequentially from now on" in line for line in run.logs()) == 1
+
+
+def test_a_failure_superseded_during_its_grace_is_never_reported() -> None:
+    run = Harness()
+    run.run(
+        SCENARIOS[
+            "a change during a failure's grace supersedes it: nothing failed, the healthy one serves on"
+        ]
+    )
+    run.feed(e.WorkerDraining(1))
+    assert run.logs(logging.WARNING) == []
+    assert [(o.generation, o.outcome) for o in run.outcomes()] == [(1, "ready"), (3, "ready")]
+    assert run.machine.failure is None
+    # the module the failed load did not find was watched as missing, so its creation is a change
+    run2 = Harness()
+    run2.run(RELOADING)
+    missing = Failure("import", "ModuleNotFoundError: No module named 'late'", missing=("/project/late.py",))
+    run2.feed(e.WorkerFailed(2, missing))
+    assert (
+        c.Watch(reported=(("/project/late.py", None, None, None),), paths=("/project/late.py",))
+        in run2.commands
+    )

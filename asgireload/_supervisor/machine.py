@@ -13,9 +13,9 @@ is ready, and only then is the old one told to drain; it is announced (ReportOut
 the error page (or, with --keep-last-good, leaves the old generation serving), except that one that
 failed beside an older generation is tried again, once, after every older generation has exited,
 and if that works every later reload is sequential; and that a reload started by a file change
-that fails while a healthy generation serves waits FAILURE_GRACE first, so that the rest of a save
-(a checkout still writing) supersedes it without an error page. A crash is shown, and only a backoff timer
-(0.1 s, doubling up to 5 s) starts the app again.
+that fails while a healthy generation serves waits FAILURE_GRACE first, so that the rest of a
+save (a checkout still writing) supersedes it without an error page. A crash is shown, and only
+a backoff timer (0.1 s, doubling up to 5 s) starts the app again.
 """
 
 from __future__ import annotations

@@ -169,6 +169,37 @@ async def test_each_save_is_one_reload_and_never_an_error(tmp_path: Path, editor
         assert poller.requests > 0
 
 
+def written_in_chunks(path: Path, text: str, delay: float) -> None:
+    """An in-place write that comes in three parts (a slow disk, a network mount): in between,
+    the file holds the start of the new code, cut in the middle of a line."""
+    cut = [len(text) // 3, 2 * len(text) // 3]
+    with open(path, "w") as file:
+        for start, end in zip([0, *cut], [*cut, len(text)], strict=True):
+            file.write(text[start:end])
+            file.flush()
+            time.sleep(delay)
+
+
+async def test_a_save_written_in_chunks_never_shows_an_error(tmp_path: Path) -> None:
+    # Each part may start a generation that fails (a SyntaxError in the half-written file): the
+    # next part supersedes it within the machine's grace, so the failure is never shown. Several
+    # generations per save are expected here; what is asserted is that none of them failed.
+    main = write(tmp_path / "main.py", with_body("v1"))
+    async with Reloader("main:app", app_dir=tmp_path) as server, polling(server.url) as poller:
+        events = server.events()
+        for version in range(2, 4):
+            body = f"v{version} " + "x" * version
+            await asyncio.to_thread(written_in_chunks, main, with_body(body), 0.1)
+            await one_more_plain_save(server, main, with_body(f"{body} end"))
+            assert await served(server.url) == f"{body} end"
+        outcomes = []  # every outcome up to the last one (a superseded generation has none)
+        while not outcomes or outcomes[-1][0] < server.generation:
+            event = await asyncio.wait_for(anext(events), 10)
+            outcomes.append((event.generation, event.outcome))
+        assert [o for o in outcomes if o[1] != "ready"] == [], outcomes
+        assert poller.errors == [], f"{len(poller.errors)} of {poller.requests} requests failed"
+
+
 async def test_a_save_of_a_module_the_app_imports(tmp_path: Path) -> None:
     # The module that goes missing is not the app's own: the import error would name it.
     write(tmp_path / "words.py", 'WORD = "one"\n')

@@ -5,8 +5,9 @@ writes a temp file and renames it over the original, or renames the original awa
 (JetBrains' safe write, vim's backup), or truncates the file and then writes it. After the first
 change the scanner therefore waits for a quiet gap (2 ms; 50 ms once several files changed;
 MAX_DEBOUNCE at most), and a watched file that is missing, or empty where it had content, at the
-end of that gap is a save caught half-way: the burst is held until the file is back (an event
-wakes it, or a stat every HOLD_POLL finds it), for at most UNFINISHED_GRACE. A file that comes
+end of that gap, or one that file events say a writer still has open (modified, not yet
+closed), is a save caught half-way: the burst is held until the file is back, or closed (an
+event wakes it, or a stat every HOLD_POLL finds it), for at most UNFINISHED_GRACE. A file that comes
 back exactly as it was is no change at all; one that stays gone is reported (a real deletion).
 
 `Bursts` is the Scanner's half that does this (scanner.py holds the state and the scans).
@@ -52,6 +53,9 @@ class Bursts:
     def _follow_link(self, path: str) -> None:
         raise NotImplementedError
 
+    def _is_being_written(self, path: str) -> bool:
+        raise NotImplementedError
+
     async def _settle(self, changed: dict[str, Stat]) -> None:
         """Gather the rest of a burst, wait for a save caught half-way to finish, report it once."""
         detected = time.time()
@@ -89,7 +93,11 @@ class Bursts:
 
     def _unfinished(self, pending: dict[str, Stat]) -> list[str]:
         """The files of a burst that look like a save caught half-way."""
-        return [p for p, s in pending.items() if looks_unfinished(self._baseline.get(p), s)]
+        return [
+            p
+            for p, s in pending.items()
+            if looks_unfinished(self._baseline.get(p), s) or self._is_being_written(p)
+        ]
 
     async def _wait_for_return(self, pending: dict[str, Stat], hold_until: float) -> bool:
         """Wait for an event (or HOLD_POLL), then look again; whether anything in the burst moved on."""

@@ -44,6 +44,10 @@ class Links:
             return before, target
         return before, None
 
+    def target_of(self, path: str) -> str | None:
+        """The real file a watched link points to (None: not a link)."""
+        return self._target.get(path)
+
     def links_to(self, real: str) -> set[str]:
         """The watched links whose content is `real` (an event for it is a hint for them)."""
         return self._links.get(real, set())

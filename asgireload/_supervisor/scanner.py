@@ -243,6 +243,15 @@ class Scanner(Bursts):
         if folder in self._polled_dirs:
             self._polled_files.add(path)
 
+    def _is_being_written(self, path: str) -> bool:
+        """Whether file events say a writer still has the file (or a link's target) open."""
+        if self._events is None:
+            return False
+        target = self._links.target_of(path)
+        return self._events.is_being_written(path) or (
+            target is not None and self._events.is_being_written(target)
+        )
+
     def _follow_link(self, path: str) -> None:
         """If a watched file is a symlink, cover the folder its content lives in (again, if re-pointed)."""
         before, target = self._links.follow(path)

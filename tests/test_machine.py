@@ -228,13 +228,13 @@ SCENARIOS: dict[str, list[Step]] = {
     ],
     "without --keep-last-good a code error replaces a healthy generation once its grace is over": [
         *RELOADING,
-        (failed(2), ["timer failure_grace(2) 0.3"]),  # the healthy one serves on meanwhile
+        (failed(2), ["timer failure_grace(2) 0.5"]),  # the healthy one serves on meanwhile
         (timer(T.FAILURE_GRACE, 2), ["serve 2", *drains(1), "spawn 3 preloading"]),
         (e.WorkerDraining(1), ["gen 2 failed"]),
     ],
     "a change during a failure's grace supersedes it: nothing failed, the healthy one serves on": [
         *RELOADING,
-        (failed(2), ["timer failure_grace(2) 0.3"]),
+        (failed(2), ["timer failure_grace(2) 0.5"]),
         (changed("late.py"), ["kill 2", "spawn 3 preloading"]),
         (timer(T.FAILURE_GRACE, 2), []),  # a stale timer
         (started(3), ["timer slow_start(3) 5"]),
@@ -243,7 +243,7 @@ SCENARIOS: dict[str, list[Step]] = {
     ],
     "a failure with the error page already serving is shown at once: nothing healthy to keep": [
         *RELOADING,
-        (failed(2), ["timer failure_grace(2) 0.3"]),
+        (failed(2), ["timer failure_grace(2) 0.5"]),
         (timer(T.FAILURE_GRACE, 2), ["serve 2", *drains(1), "spawn 3 preloading"]),
         (e.WorkerDraining(1), ["gen 2 failed"]),
         (started(3), []),
@@ -666,7 +666,7 @@ def test_only_failures_a_held_resource_can_cause_are_retried(kind: str, summary:
     run.run(RELOADING)
     answer = run.feed(failed(2, kind=kind, summary=summary))
     assert (answer[0] == "kill 2") is retried, answer
-    assert (answer[0] == "timer failure_grace(2) 0.3") is (not retried), answer  # then the page
+    assert (answer[0] == "timer failure_grace(2) 0.5") is (not retried), answer  # then the page
 
 
 def test_a_merged_change_keeps_the_retry_and_a_healthy_generation_resets_the_backoff() -> None:

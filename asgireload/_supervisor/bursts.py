@@ -29,8 +29,9 @@ BURST_QUIET_GAP = 0.05  # once more than one file changed, wait longer: a checko
 MAX_DEBOUNCE = 0.5  # a burst never delays the reload more than this
 # A save caught half-way (the file renamed away or deleted before its new version is put in
 # place, truncated before it is written, or still open for writing) is no change to load: it is
-# held back until the file is back (or closed) or this long has passed. Editors take up to a few hundred ms between the steps of a
-# save on a busy machine; a real deletion is reported this much later than other changes.
+# held back until the file is back (or closed) or this long has passed. Editors take up to a few
+# hundred ms between the steps of a save on a busy machine; a real deletion is reported this much
+# later than other changes.
 UNFINISHED_GRACE = 0.5
 HOLD_POLL = 0.01  # while a file is held, stat it this often (an event usually comes sooner)
 

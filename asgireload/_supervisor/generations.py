@@ -25,7 +25,7 @@ STANDBY_DEATHS = 3  # warm workers dying in a row before we stop replacing them 
 SLOW_START_REPORT = 5.0  # seconds between reports of a generation that has not said ready
 # seconds a failed reload waits, while a healthy generation serves, for a change that supersedes
 # it (the rest of a save or a checkout); then its failure is shown
-FAILURE_GRACE = 0.3
+FAILURE_GRACE = 0.5
 
 
 class Generations:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ import pytest
 
 from asgireload import Reloader
 
-from .conftest import PLAIN_APP, write
+from .conftest import PLAIN_APP, until, write
 
 Save = Callable[[Path, str, float], None]
 DELAYS = [0.0, 0.005, 0.1]  # seconds between two steps of a save
@@ -263,14 +264,17 @@ def write_branch(repo: Path, value: int, helper: str, extra: str | None = None) 
     write(repo / "main.py", PLAIN_APP.replace('BODY = "v1"', f"{imports}\nBODY = f'{{NAME}} {{{total}}}'"))
 
 
-def make_repository(repo: Path) -> None:
+def make_repository(repo: Path, go: Path) -> None:
     """Branch main; branch `package`, where every module changes and the helper moves into a
-    package; branch `late`, where main imports a new module that git writes last, slowly (a
-    smudge filter, as git-lfs has: on a slow disk or a busy machine checkouts pause like this)."""
+    package; branch `late`, where main imports a new module that git writes last, through a
+    smudge filter (as git-lfs has) that waits until the file `go` exists: a checkout that pauses
+    midway, as on a slow disk or a busy machine, for as long as the test wants."""
     git(repo, "init", "-q")
-    git(repo, "config", "filter.slow.smudge", "sleep 0.1; cat")
+    wait = f"for i in $(seq 2000); do [ -e '{go}' ] && break; sleep 0.01; done; cat"
+    git(repo, "config", "filter.slow.smudge", wait)
     git(repo, "config", "filter.slow.clean", "cat")
     (repo / ".git" / "info" / "attributes").write_text("wordlist.py filter=slow\n")
+    go.touch()  # (the commits below go through the filter too)
     for branch, value, helper, extra in (
         ("main", 1, "helpers", None),
         ("package", 2, "pkg.helpers", None),
@@ -282,12 +286,16 @@ def make_repository(repo: Path) -> None:
         git(repo, "add", "-A")
         git(repo, "commit", "-qm", branch)
     git(repo, "checkout", "-q", "main")
+    go.unlink()
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-async def test_git_checkout_of_many_files(tmp_path: Path) -> None:
-    make_repository(tmp_path)
-    async with Reloader("main:app", app_dir=tmp_path) as server, polling(server.url) as poller:
+async def test_git_checkout_of_many_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    repo, go = tmp_path / "repo", tmp_path / "go"
+    repo.mkdir()
+    make_repository(repo, go)
+    caplog.set_level(logging.DEBUG, logger="asgireload")
+    async with Reloader("main:app", app_dir=repo) as server, polling(server.url) as poller:
         assert await served(server.url) == f"helpers {MODULES}"
         events = server.events()
         for branch, expected in (
@@ -297,11 +305,18 @@ async def test_git_checkout_of_many_files(tmp_path: Path) -> None:
             ("main", f"helpers {MODULES}"),
         ):
             target = server.generation + 1
-            await asyncio.to_thread(git, tmp_path, "checkout", "-q", branch)
+            caplog.clear()
+            checkout = asyncio.create_task(asyncio.to_thread(git, repo, "checkout", "-q", branch))
+            if branch == "late":
+                # main.py, importing wordlist, is on disk and wordlist.py is not: the generation
+                # that loads it fails; git goes on only once that failure is being held back.
+                await until(lambda: "serves on for" in caplog.text, timeout=20, what="a failure held back")
+                go.touch()
+            await checkout
             event = await server.wait_for_generation(target)
             assert event.outcome == "ready", event.summary
             assert await served(server.url) == expected
-        await one_more_plain_save(server, tmp_path / "mods" / "m00.py", "VALUE = 100\n")
+        await one_more_plain_save(server, repo / "mods" / "m00.py", "VALUE = 100\n")
         outcomes = []  # every outcome up to the last one (a superseded generation has none)
         while not outcomes or outcomes[-1][0] < server.generation:
             event = await asyncio.wait_for(anext(events), 10)

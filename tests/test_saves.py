@@ -295,35 +295,44 @@ async def test_git_checkout_of_many_files(tmp_path: Path, caplog: pytest.LogCapt
     repo.mkdir()
     make_repository(repo, go)
     caplog.set_level(logging.DEBUG, logger="asgireload")
-    async with Reloader("main:app", app_dir=repo) as server, polling(server.url) as poller:
-        assert await served(server.url) == f"helpers {MODULES}"
-        events = server.events()
-        for branch, expected in (
-            ("package", f"pkg.helpers {2 * MODULES}"),
-            ("main", f"helpers {MODULES}"),
-            ("late", f"wordlist {3 * MODULES}"),
-            ("main", f"helpers {MODULES}"),
-        ):
-            target = server.generation + 1
-            caplog.clear()
-            checkout = asyncio.create_task(asyncio.to_thread(git, repo, "checkout", "-q", branch))
-            if branch == "late":
-                # main.py, importing wordlist, is on disk and wordlist.py is not: the generation
-                # that loads it fails; git goes on only once that failure is being held back.
-                await until(lambda: "serves on for" in caplog.text, timeout=20, what="a failure held back")
-                go.touch()
-            await checkout
-            event = await server.wait_for_generation(target)
-            assert event.outcome == "ready", event.summary
-            assert await served(server.url) == expected
-        await one_more_plain_save(server, repo / "mods" / "m00.py", "VALUE = 100\n")
-        outcomes = []  # every outcome up to the last one (a superseded generation has none)
-        while not outcomes or outcomes[-1][0] < server.generation:
-            event = await asyncio.wait_for(anext(events), 10)
-            outcomes.append((event.generation, event.outcome))
-        # a checkout may come as more than one burst on a loaded machine, but none of them fails
-        assert [o for o in outcomes if o[1] != "ready"] == [], outcomes
-        assert poller.errors == [], f"{len(poller.errors)} of {poller.requests} requests failed"
+    checkout: asyncio.Task[None] | None = None
+    try:
+        async with Reloader("main:app", app_dir=repo) as server, polling(server.url) as poller:
+            assert await served(server.url) == f"helpers {MODULES}"
+            events = server.events()
+            for branch, expected in (
+                ("package", f"pkg.helpers {2 * MODULES}"),
+                ("main", f"helpers {MODULES}"),
+                ("late", f"wordlist {3 * MODULES}"),
+                ("main", f"helpers {MODULES}"),
+            ):
+                target = server.generation + 1
+                caplog.clear()
+                checkout = asyncio.create_task(asyncio.to_thread(git, repo, "checkout", "-q", branch))
+                if branch == "late":
+                    # main.py, importing wordlist, is on disk and wordlist.py is not: the generation
+                    # that loads it fails; git goes on only once that failure is being held back.
+                    await until(
+                        lambda: "serves on for" in caplog.text, timeout=20, what="a failure held back"
+                    )
+                    go.touch()
+                await checkout
+                event = await server.wait_for_generation(target)
+                assert event.outcome == "ready", event.summary
+                assert await served(server.url) == expected
+            await one_more_plain_save(server, repo / "mods" / "m00.py", "VALUE = 100\n")
+            outcomes = []  # every outcome up to the last one (a superseded generation has none)
+            while not outcomes or outcomes[-1][0] < server.generation:
+                event = await asyncio.wait_for(anext(events), 10)
+                outcomes.append((event.generation, event.outcome))
+            # a checkout may come as more than one burst on a loaded machine, but none of them fails
+            assert [o for o in outcomes if o[1] != "ready"] == [], outcomes
+            assert poller.errors == [], f"{len(poller.errors)} of {poller.requests} requests failed"
+    finally:
+        go.touch()  # whatever happened, git finishes now
+        if checkout is not None:
+            with contextlib.suppress(Exception):
+                await checkout
 
 
 # ------------------------------------------------------------------ symlinks

@@ -279,3 +279,22 @@ def test_requires_running_loop() -> None:
     with pytest.raises(RuntimeError):
         DirectoryEvents(callback)
     assert inotify_fds() == before
+
+
+async def test_a_file_open_for_writing_is_being_written_until_closed(
+    tmp_path: Path, events: DirectoryEvents, queue: Reports
+) -> None:
+    target = tmp_path / "app.py"
+    write(target, "x = 1\n")
+    assert events.watch(str(tmp_path))
+    writer = open(target, "w")  # noqa: SIM115, ASYNC230 - kept open on purpose: a save under way
+    try:
+        writer.write("x = ")
+        writer.flush()
+        await reported(queue, str(target))
+        assert events.is_being_written(str(target))
+        assert not events.is_being_written(str(tmp_path / "other.py"))
+    finally:
+        writer.close()
+    await reported(queue, str(target))
+    assert not events.is_being_written(str(target))

@@ -226,10 +226,30 @@ SCENARIOS: dict[str, list[Step]] = {
         (hello(3), ["load 3 gen 3"]),
         (ready(3), replaces(1, by=3, then="spawn 4 preloading")),
     ],
-    "without --keep-last-good a code error replaces a healthy generation at once": [
+    "without --keep-last-good a code error replaces a healthy generation once its grace is over": [
         *RELOADING,
-        (failed(2), ["serve 2", *drains(1), "spawn 3 preloading"]),
+        (failed(2), ["timer failure_grace(2) 0.5"]),  # the healthy one serves on meanwhile
+        (timer(T.FAILURE_GRACE, 2), ["serve 2", *drains(1), "spawn 3 preloading"]),
         (e.WorkerDraining(1), ["gen 2 failed"]),
+    ],
+    "a change during a failure's grace supersedes it: nothing failed, the healthy one serves on": [
+        *RELOADING,
+        (failed(2), ["timer failure_grace(2) 0.5"]),
+        (changed("late.py"), ["kill 2", "spawn 3 preloading"]),
+        (timer(T.FAILURE_GRACE, 2), []),  # a stale timer
+        (started(3), ["timer slow_start(3) 5"]),
+        (hello(3), ["load 3 gen 3"]),
+        (ready(3), replaces(1, by=3, then="spawn 4 preloading")),
+    ],
+    "a failure with the error page already serving is shown at once: nothing healthy to keep": [
+        *RELOADING,
+        (failed(2), ["timer failure_grace(2) 0.5"]),
+        (timer(T.FAILURE_GRACE, 2), ["serve 2", *drains(1), "spawn 3 preloading"]),
+        (e.WorkerDraining(1), ["gen 2 failed"]),
+        (started(3), []),
+        (hello(3), []),
+        (changed("main.py"), ["load 3 gen 3", "timer slow_start(3) 5"]),
+        (failed(3), ["serve 3", *drains(2), "spawn 4 preloading"]),
     ],
     "a failure a held resource can cause is tried once more alone, then shown": [
         *RELOADING,
@@ -568,6 +588,7 @@ def event_for(trigger: Trigger, worker: int) -> e.WorkerEvent | None:
         Trigger.STANDBY_LATE: timer(T.STANDBY_LATE, worker),
         Trigger.DRAINING_DEADLINE: timer(T.DRAINING_DEADLINE, worker),
         Trigger.DRAIN_DEADLINE: timer(T.DRAIN_DEADLINE, worker),
+        Trigger.FAILURE_GRACE: timer(T.FAILURE_GRACE, worker),
         Trigger.PAUSED: e.WorkerPaused(worker),
         Trigger.RESUMED: e.WorkerResumed(worker),
     }
@@ -645,7 +666,7 @@ def test_only_failures_a_held_resource_can_cause_are_retried(kind: str, summary:
     run.run(RELOADING)
     answer = run.feed(failed(2, kind=kind, summary=summary))
     assert (answer[0] == "kill 2") is retried, answer
-    assert (answer[0] == "serve 2") is (not retried), answer
+    assert (answer[0] == "timer failure_grace(2) 0.5") is (not retried), answer  # then the page
 
 
 def test_a_merged_change_keeps_the_retry_and_a_healthy_generation_resets_the_backoff() -> None:
@@ -659,3 +680,25 @@ def test_a_merged_change_keeps_the_retry_and_a_healthy_generation_resets_the_bac
     run.feed(hello(3))
     run.feed(ready(3))
     assert sum("Reloading sequentially from now on" in line for line in run.logs()) == 1
+
+
+def test_a_failure_superseded_during_its_grace_is_never_reported() -> None:
+    run = Harness()
+    run.run(
+        SCENARIOS[
+            "a change during a failure's grace supersedes it: nothing failed, the healthy one serves on"
+        ]
+    )
+    run.feed(e.WorkerDraining(1))
+    assert run.logs(logging.WARNING) == []
+    assert [(o.generation, o.outcome) for o in run.outcomes()] == [(1, "ready"), (3, "ready")]
+    assert run.machine.failure is None
+    # the module the failed load did not find was watched as missing, so its creation is a change
+    run2 = Harness()
+    run2.run(RELOADING)
+    missing = Failure("import", "ModuleNotFoundError: No module named 'late'", missing=("/project/late.py",))
+    run2.feed(e.WorkerFailed(2, missing))
+    assert (
+        c.Watch(reported=(("/project/late.py", None, None, None),), paths=("/project/late.py",))
+        in run2.commands
+    )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from asgireload._supervisor import bursts as bursts_module
 from asgireload._supervisor import scanner as scanner_module
 from asgireload._supervisor.scanner import Scanner, stat_key
 from asgireload._watchfilter import WatchFilter
@@ -152,3 +153,84 @@ async def test_the_include_walk_is_paid_for_in_the_scan_budget(tmp_path: Path) -
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+# ---------------------------------------------------------------- saves caught half-way
+
+
+async def test_a_file_renamed_away_and_back_is_no_change(tmp_path: Path, watching: Watching) -> None:
+    main = make(tmp_path / "main.py", "a = 1\n")
+    other = make(tmp_path / "other.py", "b = 1\n")
+    watching.add(main, other)
+    os.rename(main, tmp_path / "main.py~")
+    await asyncio.sleep(0.05)  # part of the scenario: longer than any quiet gap
+    os.rename(tmp_path / "main.py~", main)
+    make(other, "b = 22\n")  # the next report says what changed: only this
+    assert await watching.next_report() == [str(other)]
+
+
+async def test_a_file_missing_midway_through_a_save_is_one_report(tmp_path: Path, watching: Watching) -> None:
+    main = make(tmp_path / "main.py", "a = 1\n")
+    watching.add(main)
+    os.rename(main, tmp_path / "main.py___jb_old___")
+    await asyncio.sleep(0.1)  # the IDE is busy
+    make(main, "a = 22\n")
+    assert await watching.next_report() == [str(main)]
+    assert watching.reports.empty()
+    assert watching.scanner._baseline[str(main)] == stat_key(str(main))
+
+
+async def test_an_emptied_file_waits_for_its_content(tmp_path: Path, watching: Watching) -> None:
+    main = make(tmp_path / "main.py", "a = 1\n")
+    watching.add(main)
+
+    def truncate_then_write() -> None:
+        with open(main, "w") as file:
+            file.flush()
+            time.sleep(0.1)  # truncated, not yet written
+            file.write("a = 22\n")
+
+    await asyncio.to_thread(truncate_then_write)
+    assert await watching.next_report() == [str(main)]
+    assert watching.scanner._baseline[str(main)] == stat_key(str(main))
+
+
+async def test_a_file_that_stays_gone_is_reported_after_the_grace(tmp_path: Path, watching: Watching) -> None:
+    main = make(tmp_path / "main.py", "a = 1\n")
+    watching.add(main)
+    deleted = time.monotonic()
+    main.unlink()
+    assert await watching.next_report() == [str(main)]
+    waited = time.monotonic() - deleted
+    assert bursts_module.UNFINISHED_GRACE <= waited < bursts_module.UNFINISHED_GRACE + 2.0
+
+
+# ---------------------------------------------------------------- symlinks
+
+
+async def test_an_edit_of_a_symlink_target_is_seen_by_file_events(tmp_path: Path) -> None:
+    # With no safety scan and file events on, only a watch of the target's folder can see it.
+    reports: asyncio.Queue[list[str]] = asyncio.Queue()
+    scanner = Scanner(lambda paths, since: reports.put_nowait(paths), interval=60.0)
+    if not scanner.uses_file_events:
+        pytest.skip("needs inotify")
+    watching = Watching(scanner, reports)
+    task = asyncio.create_task(scanner.run())
+    try:
+        (tmp_path / "app").mkdir()
+        target = make(tmp_path / "shared.py", "a = 1\n")
+        link = tmp_path / "app" / "helper.py"
+        link.symlink_to(target)
+        watching.add(link)
+        make(target, "a = 22\n")
+        assert await watching.next_report() == [str(link)]
+        other = make(tmp_path / "other.py", "b = 1\n")
+        link.unlink()
+        link.symlink_to(other)  # re-pointed: a change of the link, and the new target is followed
+        assert await watching.next_report() == [str(link)]
+        make(other, "b = 22\n")
+        assert await watching.next_report() == [str(link)]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

@@ -141,6 +141,7 @@ class TimerKind(enum.Enum):
     STANDBY_LATE = "the standby was not greeted in time"
     DRAINING_DEADLINE = "its draining deadline passed"
     DRAIN_DEADLINE = "its drain timeout passed"
+    FAILURE_GRACE = "its failure waited long enough for the rest of a save"
 
 
 @dataclasses.dataclass(frozen=True)

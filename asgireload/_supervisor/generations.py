@@ -23,6 +23,9 @@ DRAINING_DEADLINE = 1.0  # seconds an old generation has to stop answering befor
 STANDBY_WAIT = 2.0  # seconds a reload waits for a warm worker still preloading, then starts a cold one
 STANDBY_DEATHS = 3  # warm workers dying in a row before we stop replacing them (no hot loop)
 SLOW_START_REPORT = 5.0  # seconds between reports of a generation that has not said ready
+# seconds a failed reload waits, while a healthy generation serves, for a change that supersedes
+# it (the rest of a save or a checkout); then its failure is shown
+FAILURE_GRACE = 0.5
 
 
 class Generations:
@@ -375,8 +378,7 @@ class Generations:
 
     def _record_failure(self, worker: Worker, failure: Failure, old_running: bool = False) -> None:
         self.failure = failure
-        # the files in the traceback, and where a module that is not found would be created
-        self._emit(c.Watch(paths=(*failure.files, *failure.missing)))
+        self._watch_failure(failure)
         where = ", ".join(self._relative(p) for p in failure.files[-2:])
         traceback = failure.traceback.rstrip()
         self._log(
@@ -393,6 +395,13 @@ class Generations:
         )
         if worker.generation is not None:
             self._unreported = (worker.generation, self._cause or Cause((), self._clock(), "start"))
+
+    def _watch_failure(self, failure: Failure) -> None:
+        """Watch the files in the traceback, and where a module that was not found would be
+        created: in the project, as missing, which the worker saw, so that one created since is a
+        change at once."""
+        missing = tuple((path, None, None, None) for path in failure.missing)
+        self._emit(c.Watch(reported=missing, paths=(*failure.files, *failure.missing)))
 
     def _settle_failure(self) -> None:
         """Report the recorded failure once the error page (or the last good generation) serves."""

@@ -23,6 +23,7 @@ import os
 import struct
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from types import TracebackType
@@ -72,6 +73,10 @@ _READ_SIZE = 64 * 1024
 # otherwise keep us reading forever and starve the server; the fd is level-triggered, so anything
 # left over is picked up on the next loop iteration.
 _MAX_READS_PER_WAKEUP = 16
+# A file modified and not yet closed is being written; past this many seconds without a write
+# it no longer counts (a writer that keeps its file open, or a close whose event was lost).
+_WRITER_IDLE = 1.0
+_WRITERS_LIMIT = 1000  # files remembered as being written, at most
 
 
 class _Inotify:
@@ -156,6 +161,8 @@ class DirectoryEvents:
         # (a symlink, say) share a wd; keep every spelling so each caller's path gets reported.
         self._wd_paths: dict[int, list[str]] = {}
         self._path_wd: dict[str, int] = {}
+        # files modified and not closed since, with the monotonic time of their last write
+        self._writing: dict[str, float] = {}
         # Guards the fd and the two maps against a watch() from a worker thread.
         self._lock = threading.RLock()
         fd = inotify.init()
@@ -223,6 +230,20 @@ class DirectoryEvents:
     def is_watching(self, directory: str) -> bool:
         """Whether ``directory`` still has its watch (the kernel drops it when the folder goes)."""
         return directory in self._path_wd
+
+    def is_being_written(self, path: str) -> bool:
+        """Whether a file of a watched folder was modified, within _WRITER_IDLE, by a writer that
+        has not closed it yet: its content may be only the start of what is being saved."""
+        last = self._writing.get(path)
+        return last is not None and time.monotonic() - last < _WRITER_IDLE
+
+    def _note_writer(self, path: str, mask: int) -> None:
+        if mask & (_IN_CLOSE_WRITE | _IN_DELETE | _IN_MOVED_FROM):
+            self._writing.pop(path, None)
+        elif mask & _IN_MODIFY:
+            if len(self._writing) >= _WRITERS_LIMIT:
+                self._writing.clear()  # forgetting a writer only means not waiting for it
+            self._writing[path] = time.monotonic()
 
     def close(self) -> None:
         """Stop watching and release the fd (and with it every watch); idempotent."""
@@ -314,6 +335,7 @@ class DirectoryEvents:
             offset += name_len
             if mask & _IN_Q_OVERFLOW:
                 reports[None] = None
+                self._writing.clear()  # closes may have been lost
                 continue
             directories = self._wd_paths.get(wd)
             if directories is None:
@@ -323,7 +345,9 @@ class DirectoryEvents:
             if name:
                 entry = os.fsdecode(name)
                 for directory in directories:
-                    reports[os.path.join(directory, entry)] = None
+                    path = os.path.join(directory, entry)
+                    reports[path] = None
+                    self._note_writer(path, mask)
             else:
                 for directory in directories:
                     reports[directory] = None
@@ -342,6 +366,7 @@ class DirectoryEvents:
 class DirectoryEventsLike(Protocol):
     def try_watch(self, directory: str) -> int: ...
     def is_watching(self, directory: str) -> bool: ...
+    def is_being_written(self, path: str) -> bool: ...
     def close(self) -> None: ...
 
 

@@ -12,8 +12,10 @@ is ready, and only then is the old one told to drain; it is announced (ReportOut
 "Reloaded" line) once the old one said `draining`, or after DRAINING_DEADLINE. A failed load shows
 the error page (or, with --keep-last-good, leaves the old generation serving), except that one that
 failed beside an older generation is tried again, once, after every older generation has exited,
-and if that works every later reload is sequential. A crash is shown, and only a backoff timer
-(0.1 s, doubling up to 5 s) starts the app again.
+and if that works every later reload is sequential; and that a reload started by a file change
+that fails while a healthy generation serves waits FAILURE_GRACE first, so that the rest of a
+save (a checkout still writing) supersedes it without an error page. A crash is shown, and only
+a backoff timer (0.1 s, doubling up to 5 s) starts the app again.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import logging
 from .._protocol import Failure
 from . import commands as c
 from . import events as e
-from .generations import SLOW_START_REPORT, STANDBY_WAIT, Generations
+from .generations import FAILURE_GRACE, SLOW_START_REPORT, STANDBY_WAIT, Generations
 from .records import Cause, Worker, describe_exit
 from .table import IGNORED, IllegalTransition, Role, check, trigger_of
 
@@ -97,6 +99,8 @@ class Machine(Generations):
                 self._on_slow_start(worker)
             case e.TimerFired(kind=e.TimerKind.STANDBY_LATE):
                 self._on_standby_late(worker)
+            case e.TimerFired(kind=e.TimerKind.FAILURE_GRACE):
+                self._on_failure_grace(worker)
             case e.TimerFired(kind=e.TimerKind.DRAIN_DEADLINE) if worker.paused:
                 # it has its drain timeout again once resumed (see _on_resumed)
                 self._log(
@@ -182,6 +186,8 @@ class Machine(Generations):
         keep = self.policy.keep_last_good and current is not None and not current.error_page
         overlapping = self._apps_running_besides(worker)
         retry = not keep and not self._exclusive and not cause.retried and might_be_a_conflict(failure)
+        if not keep and not (overlapping and retry) and self._hold_failure(worker, failure, cause):
+            return
         if overlapping and retry:
             # It may have failed only because the old generation holds a port, a lock or a file
             # it needs: stop every older generation, and try once more alone.
@@ -206,6 +212,33 @@ class Machine(Generations):
             )
             return
         self._serve(worker, error_page=True)
+
+    def _hold_failure(self, worker: Worker, failure: Failure, cause: Cause) -> bool:
+        """Whether a failed load that a file change started waits FAILURE_GRACE before it is shown.
+
+        While a healthy generation serves, a failure may be that of a save still under way: a
+        checkout that writes the module the new code imports a moment later, a file put back
+        after the scanner's own grace. A change in the meantime supersedes this generation, and
+        nothing failed; otherwise the failure is shown when the grace ends.
+        """
+        current = self.serving
+        if worker.grace_given or not cause.changed or current is None or current.error_page:
+            return False
+        worker.grace_given, worker.held_failure = True, failure
+        self._watch_failure(failure)  # a module created meanwhile supersedes it
+        self._log(
+            logging.DEBUG,
+            f"Generation {worker.generation} failed ({failure.summary}); generation "
+            f"{current.generation} serves on for {FAILURE_GRACE:g} s in case the save is not over.",
+        )
+        self._later(FAILURE_GRACE, e.TimerKind.FAILURE_GRACE, worker)
+        return True
+
+    def _on_failure_grace(self, worker: Worker) -> None:
+        """No change came to supersede a failed load: its failure is handled now, as it would have been."""
+        failure, worker.held_failure = worker.held_failure, None
+        assert failure is not None, f"worker {worker.id} has no failure to show"
+        self._on_failed(worker, e.WorkerFailed(worker.id, failure))
 
     def _on_exited(self, worker: Worker, event: e.WorkerExited) -> None:
         role = worker.role

@@ -75,6 +75,8 @@ class Worker:
     loaded_at: float = 0.0
     error_page: bool = False
     failed: bool = False  # it reported a failure (so its crash is not a second one)
+    held_failure: Failure | None = None  # a failure waiting FAILURE_GRACE before it is shown
+    grace_given: bool = False  # its failure has waited once already
     said_ready: bool = False
     reported_files: bool = False  # it finished importing the app (or failed to)
     after_drain: Announcement | None = None

@@ -4,7 +4,11 @@ Each watched path has a baseline `(st_mtime_ns, st_size, st_ino)`, or None for "
 Any inequality is a change, so in-place writes, saves that rename a temp file over the
 original, deletes, re-creations and mtimes that go backwards after a `git checkout` are all
 seen. A burst of changes (a checkout of 200 files) is gathered into one report: after the
-first change the scanner waits for a quiet gap, with an upper bound.
+first change the scanner waits for a quiet gap, with an upper bound, and a file caught
+half-way through a save (gone, or emptied) is waited for (bursts.py).
+
+A watched file that is a symlink is watched where its content lives too (links.py): the
+folder of its target is covered, and an event there is a hint for the link.
 
 How a change is noticed, fastest first:
 
@@ -29,21 +33,18 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
+from .bursts import Bursts, ChangeHandler
 from .includes import IncludeRules, Walk, is_skipped_folder, walk_includes
 from .includes import Stat as Stat
 from .includes import stat_key as stat_key
 from .inotify import directory_events as _directory_events  # (tests replace it)
+from .links import Links
 from .mounts import Mount, MountTable, forced_polling_reason, mount_polling_message, watch_limit_message
-
-ChangeHandler = Callable[[list[str], float], None]
 
 logger = logging.getLogger("asgireload")
 
-QUIET_GAP = 0.002  # seconds without new changes that end a burst (file events arrive in <1 ms)
-BURST_QUIET_GAP = 0.05  # once more than one file changed, wait longer: a checkout is under way
-MAX_DEBOUNCE = 0.5  # a burst never delays the reload more than this
 THREAD_THRESHOLD = 256  # stat more files than this in a worker thread, off the event loop
 # With file events as hints, the full scan is only a safety net: it may cost at most this
 # share of one core (2,000 files take ~4.5 ms to stat here, so they are scanned every ~4.5 s).
@@ -72,7 +73,7 @@ class _Cover:
     no_events: tuple[Mount, str] | None
 
 
-class Scanner:
+class Scanner(Bursts):
     """Watches a growing set of files; calls `on_change(paths, changed_at)` once per burst.
 
     `includes` (the project's WatchFilter, when --reload-include is given) adds every file it
@@ -119,6 +120,7 @@ class Scanner:
         self._reenter: set[str] = set()  # covered folders an event named: watch them again
         self._ignored: set[str] = set()  # names known to match no include glob
         self._announced: set[str] = set()  # mount points (and "limit") already logged
+        self._links = Links()  # watched files that are symlinks, and where their content lives
 
     @property
     def uses_file_events(self) -> bool:
@@ -229,13 +231,36 @@ class Scanner:
                 self._polled_dirs.discard(folder)
 
     def _register(self, path: str) -> None:
-        """Count a watched file in its folder, covering the folder the first time."""
-        folder = os.path.dirname(path)
+        """Count a watched file in its folder (and, for a symlink, in its target's folder)."""
+        self._count_in(os.path.dirname(path), path)
+        self._follow_link(path)
+
+    def _count_in(self, folder: str, path: str) -> None:
+        """Count a watched file in a folder, covering the folder the first time."""
         if folder not in self._folder_files:
             self._apply_cover(folder, self._enter(folder))
         self._folder_files[folder].add(path)
         if folder in self._polled_dirs:
             self._polled_files.add(path)
+
+    def _is_being_written(self, path: str) -> bool:
+        """Whether file events say a writer still has the file (or a link's target) open."""
+        if self._events is None:
+            return False
+        target = self._links.target_of(path)
+        return self._events.is_being_written(path) or (
+            target is not None and self._events.is_being_written(target)
+        )
+
+    def _follow_link(self, path: str) -> None:
+        """If a watched file is a symlink, cover the folder its content lives in (again, if re-pointed)."""
+        before, target = self._links.follow(path)
+        if before is not None and (folder := os.path.dirname(before)) != os.path.dirname(path):
+            self._folder_files.get(folder, set()).discard(path)
+            if os.path.dirname(path) not in self._polled_dirs:
+                self._polled_files.discard(path)
+        if target is not None:
+            self._count_in(os.path.dirname(target), path)
 
     def _heal(self, skip: Iterable[str] = ()) -> None:
         """Watch again the folders whose watch failed or was lost (deleted and re-created, moved)."""
@@ -281,8 +306,9 @@ class Scanner:
         if path is None:
             self._check_all = True
             self._walk_wanted = self._rules is not None
-        elif path in self._baseline:
-            self._suspects.add(path)
+        elif path in self._baseline or self._links.links_to(path):
+            self._suspects.add(path)  # (a link's target only: stat'ed, never reported itself)
+            self._suspects.update(self._links.links_to(path))
         else:
             if path in self._folder_files:
                 self._reenter.add(path)  # re-created or replaced: the old watch is gone
@@ -381,31 +407,3 @@ class Scanner:
         if poll and self._fast_poll is not None:
             self._next_poll = loop.time() + max(self._fast_poll, elapsed / POLL_SHARE)
         return {p: s for p, s in zip(paths, stats, strict=True) if self._baseline.get(p, s) != s}
-
-    async def _settle(self, changed: dict[str, Stat]) -> None:
-        """Gather the rest of a burst, then report it once."""
-        detected = time.time()
-        loop = asyncio.get_running_loop()
-        fixed = self._quiet_gap
-        deadline = loop.time() + (MAX_DEBOUNCE if fixed is None else max(MAX_DEBOUNCE, 4 * fixed))
-        pending = dict(changed)
-        while loop.time() < deadline:
-            gap = BURST_QUIET_GAP if len(pending) > 1 else QUIET_GAP
-            if fixed is not None:
-                gap = fixed
-            await asyncio.sleep(min(gap, max(0.0, deadline - loop.time())))
-            more = await self._scan(full=False, poll=bool(self._polled_dirs))
-            more = {p: s for p, s in more.items() if pending.get(p, "unset") != s}
-            if not more:
-                break
-            pending.update(more)
-        for path, stat_ in pending.items():
-            self._baseline[path] = stat_
-        self._on_change(sorted(pending), _changed_at(pending, detected))
-
-
-def _changed_at(changes: dict[str, Stat], detected: float) -> float:
-    """When the burst started: the oldest new mtime, if it is believable; else when we saw it."""
-    mtimes = [s[0] / 1e9 for s in changes.values() if s is not None]
-    earliest = min(mtimes, default=detected)
-    return earliest if detected - 5.0 <= earliest <= detected else detected

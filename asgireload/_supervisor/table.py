@@ -65,6 +65,7 @@ class Trigger(enum.Enum):
     STANDBY_LATE = "its hello was late"
     DRAINING_DEADLINE = "its draining deadline passed"
     DRAIN_DEADLINE = "its drain timeout passed"
+    FAILURE_GRACE = "the grace before its failure is shown passed"
     # what the supervisor decided about it
     LOAD = "a reload chose it"
     SERVE = "it was told to serve"
@@ -94,7 +95,9 @@ TRANSITIONS: Final[dict[tuple[Role, Trigger], frozenset[Role]]] = {
     (L, T.HELLO): frozenset({L}),  # the load waiting for its hello goes out
     (L, T.FILES): frozenset({L}),
     (L, T.READY): frozenset({V}),
-    (L, T.FAILED): frozenset({V, K}),  # shows the error page; or killed (usage, kept, retried alone)
+    (L, T.FAILED): frozenset({V, K, L}),  # shows the error page; or killed (usage, kept, retried
+    # alone); or stays loading for FAILURE_GRACE, while a healthy generation serves: a change may follow
+    (L, T.FAILURE_GRACE): frozenset({V}),  # its failure is shown now
     (L, T.EXITED): frozenset({G}),  # a crash before ready
     (L, T.BROKE): frozenset({L}),
     (L, T.SLOW_START): frozenset({L}),
@@ -108,6 +111,7 @@ TRANSITIONS: Final[dict[tuple[Role, Trigger], frozenset[Role]]] = {
     (V, T.SLOW_START): IGNORED,
     (V, T.STANDBY_LATE): IGNORED,
     (V, T.DRAIN): frozenset({D}),
+    (V, T.FAILURE_GRACE): IGNORED,
     (V, T.STOP): frozenset({K}),  # killed when forced (else it is told to drain)
     (D, T.FILES): IGNORED,
     (D, T.DRAINING): frozenset({D}),  # the next generation is announced
@@ -117,6 +121,7 @@ TRANSITIONS: Final[dict[tuple[Role, Trigger], frozenset[Role]]] = {
     (D, T.STANDBY_LATE): IGNORED,
     (D, T.DRAINING_DEADLINE): frozenset({D}),  # announced anyway
     (D, T.DRAIN_DEADLINE): frozenset({D}),  # killed; still draining until its exit
+    (D, T.FAILURE_GRACE): IGNORED,
     (D, T.STOP): frozenset({K}),  # killed, unless it was ready: then it finishes its requests
     (K, T.STARTED): frozenset({K}),
     (K, T.SPAWN_FAILED): frozenset({G}),
@@ -131,6 +136,7 @@ TRANSITIONS: Final[dict[tuple[Role, Trigger], frozenset[Role]]] = {
     (K, T.STANDBY_LATE): IGNORED,
     (K, T.DRAINING_DEADLINE): IGNORED,
     (K, T.DRAIN_DEADLINE): IGNORED,
+    (K, T.FAILURE_GRACE): IGNORED,  # superseded by a newer change while its failure waited
     (K, T.STOP): frozenset({K}),
     # A breakpoint changes no role: a paused worker only escapes the drain deadline (Worker.paused).
     (S, T.PAUSED): frozenset({S}),
@@ -149,6 +155,7 @@ TRANSITIONS: Final[dict[tuple[Role, Trigger], frozenset[Role]]] = {
     (G, T.STANDBY_LATE): IGNORED,
     (G, T.DRAINING_DEADLINE): IGNORED,
     (G, T.DRAIN_DEADLINE): IGNORED,
+    (G, T.FAILURE_GRACE): IGNORED,
 }
 del S, L, V, D, K, G, T
 

@@ -195,14 +195,16 @@ def test_with_a_length_nothing_goes_until_it_is_decided() -> None:
     assert injector.feed(b"<body>one ", last=False) == b""
     assert not injector.done
     assert injector.feed(b"two</body>", last=False) == b"<body>one two" + TAG + b"</body>"
-    assert injector.done and injector.inserted
+    assert injector.done
+    assert injector.inserted
     assert injector.feed(b"</html>", last=True) == b"</html>"
 
 
 def test_an_unsafe_encoding_is_decided_at_once() -> None:
     injector = injection.BodyInjector(TAG, hold_all=True)
     assert injector.feed(b"\xff\xfe<\x00", last=False) == b"\xff\xfe<\x00"
-    assert injector.done and not injector.inserted
+    assert injector.done
+    assert not injector.inserted
     assert injector.feed(b"b\x00", last=True) == b"b\x00"
 
 

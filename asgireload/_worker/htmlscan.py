@@ -49,8 +49,10 @@ _INTEGRATION_POINTS = {
     b"math": frozenset({b"mi", b"mo", b"mn", b"ms", b"mtext"}),
 }
 _HTML_ENCODINGS = frozenset({b"text/html", b"application/xhtml+xml"})
+# Elements that never stay open (no end tag).
 _VOID = frozenset(
-    b"area base basefont bgsound br col embed frame hr img input keygen link meta param source track wbr".split()
+    b"area base basefont bgsound br col embed frame hr img input keygen link meta param source "
+    b"track wbr".split()
 )
 # Start tags that change the context or the state, in HTML; any other only matters in SVG or MathML.
 _CONTEXT_TAGS = frozenset(
@@ -73,7 +75,9 @@ _TEXT_ENDS = {
 # Outside any context element: text, lone `<`s, and whole tags that change nothing, at C speed.
 _SPECIAL_NAMES = b"|".join(sorted(_CONTEXT_TAGS | _READ_ATTRIBUTES | {b"/body"}))
 _NOTHING_CHANGES = re.compile(
-    rb"(?:[^<]++|<(?=[^a-zA-Z/!?])|<(?!(?i:" + _SPECIAL_NAMES + rb")[\t\n\f\r />])/?[a-zA-Z][^\t\n\f\r />]*"
+    rb"(?:[^<]++|<(?=[^a-zA-Z/!?])|<(?!(?i:"
+    + _SPECIAL_NAMES
+    + rb")[\t\n\f\r />])/?[a-zA-Z][^\t\n\f\r />]*"
     + _ATTRIBUTES
     + rb"[\t\n\f\r /]*>)*+"
 )

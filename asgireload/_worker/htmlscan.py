@@ -188,14 +188,34 @@ class ContextStack:
         return True
 
     def end(self, name: bytes) -> None:
-        """An end tag: it closes the nearest open element of that name, and all within it."""
+        """An end tag: the tree builder's walk down the open elements, for those followed here."""
         if self.foreign and name in (b"br", b"p"):
             while self.foreign:
                 self.open.pop()
             return
-        for index in range(len(self.open) - 1, -1, -1):
+        if name == b"template":  # always closes the nearest template, whatever is inside it
+            self._close_nearest(name, lambda frame: False)
+            return
+        index = len(self.open) - 1
+        while index >= 0 and self.open[index][1] != b"html":  # SVG or MathML: any of that name
             if self.open[index][0] == name:
                 del self.open[index:]
+                return
+            index -= 1
+        # HTML: the nearest HTML element of that name, unless a template or integration point is
+        # in the way (they are "special": the end tag is ignored)
+        self._close_nearest(name, lambda frame: frame[0] == b"template" or frame[2], below=index)
+
+    def _close_nearest(
+        self, name: bytes, stops: Callable[[tuple[bytes, bytes, bool]], bool], below: int | None = None
+    ) -> None:
+        start = len(self.open) - 1 if below is None else below
+        for index in range(start, -1, -1):
+            frame = self.open[index]
+            if frame[0] == name and frame[1] == b"html":
+                del self.open[index:]
+                return
+            if stops(frame):
                 return
 
     @staticmethod

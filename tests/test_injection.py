@@ -208,7 +208,7 @@ def test_an_unsafe_encoding_is_decided_at_once() -> None:
     assert injector.feed(b"b\x00", last=True) == b"b\x00"
 
 
-def test_a_long_page_is_scanned_quickly() -> None:
+def test_a_long_page_is_scanned_to_its_end_in_one_chunk() -> None:
     page = b"<body>" + b'<div class="row"><a href="/x?a=1&b=2">link</a> text</div>\n' * 20000 + b"</body>"
     scanner = HtmlScanner()
     assert scanner.feed(page) == len(page) - len(b"</body>")

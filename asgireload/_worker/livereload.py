@@ -193,7 +193,9 @@ class LiveReload:
         try:
             await self.app(scope, receive, page.send)
         finally:
-            await page.finish()
+            page.close()  # no await after the app, unless needed: pdb's `r` would stop at it
+            if page.held:
+                await page.send_held()
 
     def _tag(self, scope: Scope, place: injection.Placement) -> bytes:
         root = urllib.parse.quote(str(scope.get("root_path") or ""), safe="/")

@@ -27,7 +27,7 @@ STREAMING_NOTICE_SECONDS = 5.0
 
 
 class PageSend:
-    """Wraps the server's `send` for one response; `finish()` once the app has returned."""
+    """Wraps the server's `send` for one response; `close()` once the app has returned."""
 
     def __init__(
         self,
@@ -57,10 +57,18 @@ class PageSend:
             if self._injector is not None and self._injector.holding and self._held_start is None:
                 self._flusher = asyncio.ensure_future(self._flush_soon())
 
-    async def finish(self) -> None:
-        """The app returned (or failed): what is still held goes out as the app sent it."""
+    @property
+    def held(self) -> bool:
+        """Whether the headers are still held (the app ended before the body did)."""
+        return self._held_start is not None
+
+    def close(self) -> None:
+        """The app returned (or failed): no timer may send or say anything for it any more."""
         self._cancel_flush()
         self._cancel_notice()
+
+    async def send_held(self) -> None:
+        """What is still held goes out as the app sent it (after `close`, if `held`)."""
         start, self._held_start = self._held_start, None
         if start is None or self._injector is None:
             return

@@ -115,15 +115,15 @@ class Browser:
                 async with asyncio.timeout(10):
                     await self.driver.wait()
 
-    async def _call(self, method: str, path: str, body: Any = None) -> Any:
-        response = await self.client.request(method, self.base + path, json=body)
+    async def _call(self, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
+        response = await self.client.request(method, self.base + path, json=body, timeout=timeout)
         value = response.json().get("value")
         if response.status_code != 200:
             raise WebDriverError(f"{method} {path}: {value}")
         return value
 
-    async def _session(self, method: str, path: str, body: Any = None) -> Any:
-        return await self._call(method, f"/session/{self.session}{path}", body)
+    async def _session(self, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
+        return await self._call(method, f"/session/{self.session}{path}", body, timeout)
 
     async def open(self, url: str) -> None:
         await self._session("POST", "/url", {"url": url})
@@ -131,6 +131,12 @@ class Browser:
     async def run(self, script: str, *args: Any) -> Any:
         """Run `script` (a function body: use `return`) in the current tab."""
         return await self._session("POST", "/execute/sync", {"script": script, "args": list(args)})
+
+    async def run_async(self, script: str, *args: Any, timeout: float = 100.0) -> Any:
+        """Run `script` in the current tab until it calls its last argument with the result."""
+        await self._session("POST", "/timeouts", {"script": int(timeout * 1000)})
+        body = {"script": script, "args": list(args)}
+        return await self._session("POST", "/execute/async", body, timeout + 10)
 
     async def new_tab(self, url: str) -> str:
         handle: str = (await self._session("POST", "/window/new", {"type": "tab"}))["handle"]

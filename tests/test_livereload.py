@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,9 @@ from asgireload import Config, Reloader
 from asgireload import _protocol as protocol
 from asgireload._supervisor.assets import LiveAssets, is_stylesheet_change, log_line
 from asgireload._supervisor.settings import worker_settings
-from asgireload._worker import injection
+from asgireload._worker import injection, pagesend
 from asgireload._worker.errorreport import Report, render_html
-from asgireload._worker.livereload import Hub, LiveReload
+from asgireload._worker.livereload import Hub, LiveReload, channel_path
 from asgireload.cli import parse_config
 from asgireload.errors import AsgireloadError, ConfigError
 from asgireload.reloader import write_like_an_editor
@@ -68,26 +69,6 @@ def test_content_length_grows_by_the_script_and_validators_go() -> None:
     assert ok
     assert fixed == [(b"Content-Length", b"117"), (b"X-Other", b"z")]
     assert injection.fixed_headers([(b"content-length", b"ten")], 17) == ([], False)
-
-
-@pytest.mark.parametrize(
-    ("status", "headers", "reason"),
-    [
-        (200, [(b"content-type", b"application/json")], "not text/html"),
-        (200, [(b"content-type", b"text/html"), (b"content-encoding", b"gzip")], "compressed"),
-        (206, [(b"content-type", b"text/html")], "status 206"),
-        (304, [(b"content-type", b"text/html")], "status 304"),
-        (204, [(b"content-type", b"text/html")], "status 204"),
-        (101, [(b"content-type", b"text/html")], "status 101"),
-        (200, [], "no single content-type"),
-        (200, [(b"content-type", b"text/html; charset=UTF-16")], "charset UTF-16"),
-        (200, [(b"content-type", b"text/html"), (b"content-range", b"bytes 0-1/2")], "a range"),
-    ],
-)
-def test_responses_that_are_not_whole_pages_are_left_alone(
-    status: int, headers: list[tuple[bytes, bytes]], reason: str
-) -> None:
-    assert injection.why_not_html(status, headers) == reason
 
 
 def test_html_pages_of_any_final_status_get_it() -> None:
@@ -191,17 +172,18 @@ async def test_a_streamed_page_gets_the_script_and_loses_its_etag() -> None:
     assert (b"etag", b'"1"') not in start["headers"]
 
 
-async def test_head_post_foreign_hosts_and_blocking_policies_are_left_alone(
+async def test_post_foreign_hosts_and_blocking_policies_are_left_alone(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     app = LiveReload(page_app, Hub("run1", 3, error_page=False))
-    for kwargs in ({"host": b"attacker.example"}, {"method": "HEAD"}, {"method": "POST"}):
+    for kwargs in ({"host": b"attacker.example"}, {"method": "POST"}):
         _, body = await call(app, "/", **kwargs)  # type: ignore[arg-type]
         assert body == b"<body>one two</body>"
-    with caplog.at_level(logging.DEBUG, logger="asgireload"):
+    with caplog.at_level(logging.INFO, logger="asgireload"):
         _, body = await call(app, "/strict")
+        await call(app, "/strict")
     assert body == b"<body>one two</body>"
-    assert "Content-Security-Policy blocks the script" in caplog.text
+    assert caplog.text.count("Content-Security-Policy blocks the script") == 1  # said once
     start, _ = await call(app, "/__asgireload__/events", host=b"attacker.example")
     assert start["status"] == 200  # the app's own answer: the channel is not there for that Host
 
@@ -558,3 +540,215 @@ async def test_an_endless_stream_gets_a_held_back_tail_soon_and_the_script_at_it
         await LiveReload(streaming, Hub("run1", 3, error_page=False))(scope, receive, send)
     assert bodies[:2] == [b"<body>tick ", b"<"]  # the '<' went out by itself, without the next chunk
     assert bodies[2].startswith(b"/body><script ")  # the tag it began was given up: the script at the end
+
+
+# ---------------------------------------------------------------- pages left intact, and why not said once
+
+STARLETTE_PAGES = """
+import gzip
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.responses import FileResponse, HTMLResponse, Response
+from starlette.routing import Route
+
+HERE = Path(__file__).parent
+FILLER = "<p>" + "lorem ipsum " * 100 + "</p>"  # over GZipMiddleware's 500 bytes
+
+
+def page(request):
+    return HTMLResponse(f"<!doctype html><html><body>{FILLER}</body></html>")
+
+
+def in_script(request):
+    return HTMLResponse('<body><script>var s = "</body>";</script><!-- never closed')
+
+
+def download(request):
+    headers = {"content-disposition": 'attachment; filename="report.html"'}
+    return HTMLResponse("<html><body>report</body></html>", headers=headers)
+
+
+def zipped(request):  # compressed whatever the request says
+    body = gzip.compress(f"<html><body>{FILLER}</body></html>".encode())
+    return Response(body, media_type="text/html", headers={"content-encoding": "gzip"})
+
+
+routes = [
+    Route("/", page, methods=["GET", "HEAD"]),
+    Route("/in-script", in_script, methods=["GET", "HEAD"]),
+    Route("/download", download),
+    Route("/zipped", zipped),
+    Route("/file", lambda request: FileResponse(HERE / "page.html")),
+    Route("/utf16", lambda request: FileResponse(HERE / "utf16.html")),
+]
+app = Starlette(routes=routes, middleware=[Middleware(GZipMiddleware, minimum_size=500)])
+"""
+BROWSER = {
+    "accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "accept-encoding": "gzip, deflate, br, zstd",
+    "sec-fetch-dest": "document",
+}
+UTF16 = "\ufeff<html><body><p>\u65e5\u672c\u8a9e</p></body></html>".encode("utf-16-le")
+
+
+def starlette_project(folder: Path) -> Path:
+    write(folder / "main.py", STARLETTE_PAGES)
+    write(folder / "page.html", "<!doctype html><html><body><p>from a file</p></body></html>")
+    (folder / "utf16.html").write_bytes(UTF16)
+    return folder
+
+
+async def test_head_answers_the_length_get_answers(tmp_path: Path) -> None:
+    starlette_project(tmp_path)
+    async with (
+        Reloader("main:app", app_dir=tmp_path, live_reload=True) as server,
+        httpx.AsyncClient(headers=BROWSER) as client,
+    ):
+        base = f"http://localhost:{server.port}"
+        for path in ("/", "/in-script", "/file"):
+            got, head = await client.get(base + path), await client.head(base + path)
+            assert head.status_code == got.status_code == 200, path
+            assert head.headers["content-length"] == got.headers["content-length"], path
+            assert int(got.headers["content-length"]) == len(got.content), path
+            assert ("etag" in head.headers) is ("etag" in got.headers), path
+
+
+async def test_downloads_and_utf16_pages_pass_byte_for_byte(tmp_path: Path) -> None:
+    starlette_project(tmp_path)
+    async with (
+        Reloader("main:app", app_dir=tmp_path, live_reload=True) as server,
+        httpx.AsyncClient(headers=BROWSER) as client,
+    ):
+        base = f"http://localhost:{server.port}"
+        download = await client.get(base + "/download")
+        assert download.content == b"<html><body>report</body></html>"
+        utf16 = await client.get(base + "/utf16")
+        assert utf16.headers["content-type"] == "text/html; charset=utf-8"  # Starlette's label: wrong
+        assert utf16.content == UTF16
+        in_script = await client.get(base + "/in-script")
+        assert in_script.text == '<body><script>var s = "</body>";</script><!-- never closed'
+        assert "/__asgireload__/client.js" in (await client.get(base + "/file")).text
+
+
+async def test_a_gzipping_app_gives_a_browser_its_page_uncompressed_with_the_script(tmp_path: Path) -> None:
+    starlette_project(tmp_path)
+    async with (
+        Reloader("main:app", app_dir=tmp_path, live_reload=True) as server,
+        httpx.AsyncClient(headers=BROWSER) as client,
+    ):
+        base = f"http://localhost:{server.port}"
+        page = await client.get(base + "/")
+        assert "content-encoding" not in page.headers
+        assert page.text.count("/__asgireload__/client.js") == 1
+        assert page.text.endswith("</script></body></html>")
+        fetched = await client.get(base + "/", headers={"accept": "*/*", "sec-fetch-dest": "empty"})
+        assert fetched.headers["content-encoding"] == "gzip"  # not a page load: the app's own answer
+        assert "client.js" not in fetched.text
+
+
+async def test_a_page_that_cannot_get_the_script_says_why_once(tmp_path: Path) -> None:
+    starlette_project(tmp_path)
+    async with run_cli(tmp_path, "main:app", "--port", "0") as cli:
+        port = await cli.started()
+        async with httpx.AsyncClient(headers=BROWSER) as client:
+            for _ in range(2):
+                assert (await client.get(f"http://localhost:{port}/zipped")).status_code == 200
+                assert (await client.get(f"http://localhost:{port}/in-script")).status_code == 200
+            await client.get(f"http://localhost:{port}/utf16")  # said last: the lines before are in
+        await cli.wait_for_line(r"no script in GET /utf16: it starts with a UTF-16 byte-order mark")
+        lines = [line for _, line in cli.lines if "Live reload: no script" in line]
+        assert len(lines) == 3, lines
+        assert "no script in GET /zipped: it is compressed (Content-Encoding: gzip)" in lines[0]
+        assert "no script in GET /in-script: it ends inside a comment" in lines[1]
+
+
+ROOT_PATH_PAGE = """
+async def app(scope, receive, send):
+    body = f"<html><body>root_path={scope['root_path']} path={scope['path']}</body></html>".encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/html")]})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+async def test_under_a_root_path_the_script_and_its_stream_answer(tmp_path: Path) -> None:
+    write(tmp_path / "main.py", ROOT_PATH_PAGE)
+    async with (
+        Reloader("main:app", app_dir=tmp_path, live_reload=True, root_path="/api") as server,
+        httpx.AsyncClient() as client,
+    ):
+        base = f"http://localhost:{server.port}"
+        page = (await client.get(base + "/")).text
+        assert "root_path=/api path=/api/" in page
+        src = re.search(r'src="([^"]+)"', page)
+        assert src is not None
+        assert src[1].startswith("/api/__asgireload__/client.js?v=")
+        # the browser asks for that URL directly, or a proxy took /api off on its way
+        for url in (src[1], src[1].removeprefix("/api")):
+            script = await client.get(base + url)
+            assert script.status_code == 200, url
+            assert script.headers["content-type"].startswith("text/javascript")
+        for events in ("/api/__asgireload__/events", "/__asgireload__/events"):
+            async with client.stream("GET", base + events) as stream:
+                assert stream.status_code == 200
+                assert '"generation":1' in await anext(stream.aiter_lines())
+
+
+def test_the_channel_is_found_below_the_root_path() -> None:
+    def scope(path: str, root: str = "") -> dict[str, Any]:
+        return {"path": path, "root_path": root}
+
+    assert channel_path(scope("/__asgireload__/events")) == "/__asgireload__/events"
+    assert channel_path(scope("/api/__asgireload__/events", "/api")) == "/__asgireload__/events"
+    assert channel_path(scope("/api/api/__asgireload__/events", "/api")) == "/__asgireload__/events"
+    assert channel_path(scope("/api/page", "/api")) is None
+    assert channel_path(scope("/apix/__asgireload__/events", "/api")) is None
+    assert channel_path(scope("/api/__asgireload__/events")) is None  # no root path: the app's
+
+
+async def test_a_streamed_page_without_an_end_says_so_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pagesend, "STREAMING_NOTICE_SECONDS", 0.01)
+    said = asyncio.Event()
+
+    class Listener(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "streamed for" in record.getMessage():
+                said.set()
+
+    async def endless(scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/html")]}
+        )
+        await send({"type": "http.response.body", "body": b"<body><p>tick</p>", "more_body": True})
+        await said.wait()  # streams on until the log said it
+        await send({"type": "http.response.body", "body": b"<p>end</p>", "more_body": False})
+
+    listener = Listener()
+    logging.getLogger("asgireload").addHandler(listener)
+    try:
+        app = LiveReload(endless, Hub("run1", 3, error_page=False))
+        with caplog.at_level(logging.INFO, logger="asgireload"):
+            async with asyncio.timeout(10):
+                _, body = await call(app, "/feed")
+    finally:
+        logging.getLogger("asgireload").removeHandler(listener)
+    assert "no script in GET /feed: it has streamed for 0.01 s without a </body>" in caplog.text
+    assert body.startswith(b"<body><p>tick</p><p>end</p><script ")  # then at its end, where it is safe
+
+
+async def test_head_in_process_gets_the_length_of_get() -> None:
+    async def page(scope: Any, receive: Any, send: Any) -> None:
+        body = b"<html><body>x</body></html>"
+        headers = [(b"content-type", b"text/html"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body if scope["method"] == "GET" else b""})
+
+    app = LiveReload(page, Hub("run1", 3, error_page=False))
+    got, body = await call(app, "/")
+    head, _ = await call(app, "/", method="HEAD")
+    assert dict(got["headers"])[b"content-length"] == str(len(body)).encode()
+    assert dict(head["headers"])[b"content-length"] == dict(got["headers"])[b"content-length"]

@@ -1,13 +1,16 @@
 """Where the live-reload script goes in an HTML response, and in which form: pure functions.
 
-Two questions, answered without I/O so they can be tested on their own:
+Three questions, answered without I/O so they can be tested on their own:
 
-- May a response get the script, and as what tag? Only a complete `text/html` answer in an
-  encoding that keeps ASCII as it is, not compressed, not a range, not a HEAD or a 304; and only
+- Is a response a page a browser shows (`why_not_html`)? A final `text/html` answer, whole (not
+  a range, a 204 or a 304), not a download. Other responses pass untouched, without a word.
+- May that page get the script, and as what tag (`why_untouched`, `placement`)? Not if it is
+  compressed, in a charset that does not keep ASCII as it is, or marked `no-transform`; and only
   in a form its Content-Security-Policy allows: the nonce the policy names, else an external
-  script from the same origin if 'self' may run, else not at all (with the reason, for the log).
-- Where in the body? Before the first `</body>`, found while the body streams past (a tag split
-  across two chunks is found too), or at the very end if there is none.
+  script from the same origin if 'self' may run. Each refusal has a reason, for the log.
+- Where in the body (`BodyInjector`)? Where its first real `</body>` end tag begins, as a browser
+  reads it (never inside a script, a comment, an attribute...: see htmlscan.py), or at the end
+  if that is a place for a new element; else nowhere, with the reason.
 """
 
 from __future__ import annotations
@@ -17,13 +20,12 @@ import html
 import re
 from collections.abc import Iterable, Sequence
 
+from .htmlscan import UNSAFE_CHARSETS, HtmlScanner
+
 Headers = Sequence[tuple[bytes, bytes]]
 
-BODY_END = b"</body>"
 # Statuses whose body is never a whole page (or is not shown): no content, partial, not modified.
 _SKIPPED_STATUSES = frozenset({204, 205, 206, 304})
-# Charsets that write ASCII as one byte each, so inserting ASCII bytes keeps the text valid.
-_WIDE_CHARSETS = re.compile(r"utf-?(16|32)|ucs-?[24]|utf-?7", re.IGNORECASE)
 _SAME_ORIGIN = frozenset({"'self'", "*", "http:"})
 _NONCE = re.compile(r"'nonce-([A-Za-z0-9+/_=-]+)'", re.IGNORECASE)  # keywords ignore case; values not
 
@@ -133,23 +135,39 @@ def script_tag(placement: Placement, attributes: dict[str, str], src: str) -> by
 
 
 def why_not_html(status: int, headers: Headers) -> str | None:
-    """Why a response is not a page to inject into (None: it is one)."""
+    """Why a response is not a page that a browser shows (None: it is one)."""
     if status < 200 or status in _SKIPPED_STATUSES:
         return f"status {status}"
     content_types = header(headers, b"content-type")
     if len(content_types) != 1:
         return "no single content-type"
-    media_type, *params = (p.strip() for p in content_types[0].split(";"))
-    if media_type.lower() != "text/html":
+    if content_types[0].split(";")[0].strip().lower() != "text/html":
         return "not text/html"
-    for param in params:
-        key, _, value = param.partition("=")
-        if key.strip().lower() == "charset" and _WIDE_CHARSETS.search(value):
-            return f"charset {value.strip()}"
-    if any(v.strip().lower() not in ("", "identity") for v in header(headers, b"content-encoding")):
-        return "compressed"
+    for disposition in header(headers, b"content-disposition"):
+        kind = disposition.split(";")[0].strip().lower()
+        if kind != "inline":  # RFC 6266: a type it does not know is an attachment too
+            return f"a download (Content-Disposition: {kind})"
     if header(headers, b"content-range"):
         return "a range"
+    return None
+
+
+def why_untouched(headers: Headers) -> str | None:
+    """Why a page must pass as it is, bytes and headers (None: it may get the script)."""
+    _media_type, *params = (p.strip() for p in header(headers, b"content-type")[0].split(";"))
+    for param in params:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset" and UNSAFE_CHARSETS.search(value.encode("latin-1")):
+            return f"its Content-Type names charset {value.strip()}"
+    for coding in header(headers, b"content-encoding"):
+        if coding.strip().lower() not in ("", "identity"):
+            return f"it is compressed (Content-Encoding: {coding.strip()})"
+    for cache_control in header(headers, b"cache-control"):
+        if "no-transform" in (d.split("=")[0].strip().lower() for d in cache_control.split(",")):
+            return "its Cache-Control says no-transform"
+    lengths = header(headers, b"content-length")
+    if lengths and not fixed_headers(headers, 0)[1]:
+        return f"its Content-Length is not a number ({lengths[0]!r})"
     return None
 
 
@@ -178,52 +196,63 @@ def fixed_headers(headers: Headers, added: int) -> tuple[list[tuple[bytes, bytes
 
 
 class BodyInjector:
-    """Puts `snippet` before the first `</body>` of a body that arrives in chunks.
+    """Puts `snippet` where the body's first real `</body>` end tag begins (see htmlscan.py), or at
+    its end if that is a place for a new element; else nowhere, and `why_not` says why.
 
-    Each chunk goes out as soon as it comes, less a short tail (at most len("</body>") - 1 bytes)
-    that may be the start of the tag; the tail goes out with the next chunk, or by itself
-    (`release`) if that is slow to come. When the body ends without the tag, the snippet goes at
-    the end.
+    Streaming (`hold_all` False), each chunk goes out at once, less a short tail that may begin the
+    tag (at most `</body` and one byte more); the tail goes out with the next chunk, or by itself
+    (`release`) if that is slow to come. With `hold_all` (the response has a Content-Length, which
+    must be right before the first byte goes), nothing goes out until it is decided (`done`).
     """
 
-    def __init__(self, snippet: bytes) -> None:
+    def __init__(self, snippet: bytes, *, hold_all: bool = False) -> None:
         self.snippet = snippet
+        self.hold_all = hold_all
         self.done = False
-        self._tail = b""
+        self.inserted = False
+        self.why_not: str | None = None
+        self._scanner = HtmlScanner()
+        self._held = b""
+        self._held_from = 0  # the position in the body of the first held byte
 
     @property
     def holding(self) -> bool:
         """Whether bytes of the body are held back, waiting for the next chunk."""
-        return bool(self._tail)
+        return bool(self._held)
 
     def release(self) -> bytes:
-        """The held-back bytes, to send now; the tag they may have started is given up."""
-        tail, self._tail = self._tail, b""
-        return tail
+        """The held-back bytes, to send now; a `</body>` they may begin is given up."""
+        held, self._held = self._held, b""
+        self._held_from += len(held)
+        self._scanner.usable_from = self._held_from
+        return held
 
     def feed(self, chunk: bytes, *, last: bool) -> bytes:
         """The bytes to send for this chunk (the last one: `last`)."""
         if self.done:
             return chunk
-        data = self._tail + chunk
-        at = data.lower().find(BODY_END)
-        if at >= 0:
-            self.done = True
-            self._tail = b""
-            return data[:at] + self.snippet + data[at:]
+        self._held += chunk
+        found = self._scanner.feed(chunk)
+        if found is not None:
+            return self._finish(found - self._held_from)
         if last:
-            self.done = True
-            self._tail = b""
-            return data + self.snippet
-        keep = _partial_tag_length(data)
-        self._tail = data[len(data) - keep :] if keep else b""
-        return data[: len(data) - keep]
+            self.why_not = self._scanner.why_not_at_end()
+            return self._finish(len(self._held) if self.why_not is None else None)
+        if self._scanner.unsafe is not None:
+            self.why_not = self._scanner.unsafe
+            return self._finish(None)
+        if self.hold_all:
+            return b""
+        candidate = self._scanner.candidate
+        if candidate is None:
+            return self.release()
+        keep = candidate - self._held_from
+        sent, self._held = self._held[:keep], self._held[keep:]
+        self._held_from = candidate
+        return sent
 
-
-def _partial_tag_length(data: bytes) -> int:
-    """How many bytes at the end of `data` could be the start of `</body>`."""
-    lowered = data[-(len(BODY_END) - 1) :].lower()
-    for size in range(min(len(lowered), len(BODY_END) - 1), 0, -1):
-        if BODY_END.startswith(lowered[-size:]):
-            return size
-    return 0
+    def _finish(self, at: int | None) -> bytes:
+        """Everything held, with the snippet at `at` (None: without it)."""
+        self.done, self.inserted = True, at is not None
+        held, self._held = self._held, b""
+        return held if at is None else held[:at] + self.snippet + held[at:]

@@ -4,10 +4,12 @@
 bound to loopback and live reload is on. For requests addressed to a loopback Host name (the
 error page's rule, see `is_loopback_host`) it:
 
-- answers `/__asgireload__/` itself, before the app: the page script, the SharedWorker script,
-  and `events`, a stream of server-sent events whose first event says which run of asgireload
-  and which generation serve (and whether that is the error page);
-- adds one `<script>` tag to HTML responses (see injection.py for which, and where).
+- answers `/__asgireload__/` itself, before the app (below the root path, if there is one): the
+  page script, the SharedWorker script, and `events`, a stream of server-sent events whose first
+  event says which run of asgireload and which generation serve (and whether that is the error
+  page);
+- adds one `<script>` tag to the pages it serves to page loads (see pagesend.py and injection.py
+  for which, and where), asking the app for them uncompressed, and says once why a page gets none.
 
 `Hub` holds the open streams. The supervisor's `assets` message becomes an event on each; a
 drain ends them all at once, so they never hold an old generation up, and the pages reconnect to
@@ -22,12 +24,14 @@ import hashlib
 import itertools
 import json
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
 from importlib import resources
 from typing import Any
 
 from . import injection
 from .errorpage import is_loopback_host
+from .pagesend import PageSend
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -41,8 +45,6 @@ PREFIX = "/__asgireload__/"
 CLIENT_PATH = PREFIX + "client.js"
 WORKER_PATH = PREFIX + "worker.js"
 EVENTS_PATH = PREFIX + "events"
-# How long a tail that may start `</body>` waits for the app's next chunk before it goes out.
-HOLD_BACK_SECONDS = 0.05
 _UNSUPPORTED_EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
 
 
@@ -98,8 +100,8 @@ def quiet_access_log() -> None:
     """Keep the pages' own requests under /__asgireload__/ out of the access log."""
 
     def not_ours(record: logging.LogRecord) -> bool:
-        args = record.args
-        return not (isinstance(args, tuple) and len(args) >= 3 and str(args[2]).startswith(PREFIX))
+        args = record.args  # (client, method, path with the root path and query, ...)
+        return not (isinstance(args, tuple) and len(args) >= 3 and PREFIX in str(args[2]))
 
     logging.getLogger("uvicorn.access").addFilter(not_ours)
 
@@ -109,18 +111,52 @@ def _event(data: dict[str, Any]) -> bytes:
 
 
 def adds_script(scope: Scope) -> bool:
-    """Whether a response to this request may get the script (if it is HTML the policy allows).
+    """Whether a response to this request may get the script (if it is a page that can take it).
 
     Only requests addressed to a loopback Host (the error page's rule, see `is_loopback_host`),
-    and only page loads: GET (HEAD has no body; a page answering a POST would be posted again by
-    a reload), neither a fragment nor a fetch (see `injection.why_not_navigation`).
+    and only page loads: GET, and HEAD to answer what GET would (a page answering a POST would be
+    posted again by a reload), neither a fragment nor a fetch (see `injection.why_not_navigation`).
     """
-    if scope.get("type") != "http" or scope.get("method") != "GET":
+    if scope.get("type") != "http" or scope.get("method") not in ("GET", "HEAD"):
         return False
     if not is_loopback_host(_one_host(scope)):
         return False
     headers = [(bytes(k), bytes(v)) for k, v in scope.get("headers") or ()]
     return injection.why_not_navigation(headers) is None
+
+
+def channel_path(scope: Scope) -> str | None:
+    """The path under /__asgireload__/ that a request asks for (None: it is the app's).
+
+    Below a root path, uvicorn puts the root path before the path the request names, whether a
+    proxy took it off or the browser asked the server directly for the root path's URL: at most
+    two copies of it come before ours.
+    """
+    path, root = scope.get("path"), scope.get("root_path") or ""
+    if not isinstance(path, str) or not isinstance(root, str):
+        return None
+    for _ in range(3):
+        if path.startswith(PREFIX):
+            return path
+        if not root or not path.startswith(root + "/"):
+            return None
+        path = path[len(root) :]
+    return None
+
+
+def _uncompressed(scope: Scope) -> Scope:
+    """A browser's page load asks the app for its page uncompressed, so that the script can go in.
+
+    On loopback, compression gains nothing; a compressed page (GZipMiddleware compresses every
+    page over 500 bytes for a browser) would have to pass without the script.
+    """
+    headers = [(bytes(k), bytes(v)) for k, v in scope.get("headers") or ()]
+    if not any("text/html" in accept.lower() for accept in injection.header(headers, b"accept")):
+        return scope  # not a browser's page load: it gets the app's answer to what it asked
+    if not injection.header(headers, b"accept-encoding"):
+        return scope
+    kept = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
+    return {**scope, "headers": [*kept, (b"accept-encoding", b"identity")]}
 
 
 class LiveReload:
@@ -134,28 +170,43 @@ class LiveReload:
             "generation": str(hub.hello["generation"]),
             "error": str(int(bool(hub.hello["error_page"]))),
         }
+        self._said: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http" or not is_loopback_host(_one_host(scope)):
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
-        if isinstance(path, str) and path.startswith(PREFIX):
+        path = channel_path(scope)
+        if path is not None:
             await self._serve_channel(path, scope, receive, send)
             return
         if not adds_script(scope):
             await self.app(scope, receive, send)
             return
+        scope = _uncompressed(scope)
         extensions = scope.get("extensions")
         if isinstance(extensions, dict) and any(name in extensions for name in _UNSUPPORTED_EXTENSIONS):
             # A file sent by path could not be rewritten on its way: have the app send bytes.
             kept = {k: v for k, v in extensions.items() if k not in _UNSUPPORTED_EXTENSIONS}
             scope = {**scope, "extensions": kept}
-        injecting = _Injecting(send, self._attributes, path)
+        page = PageSend(send, lambda place: self._tag(scope, place), lambda why: self._say(scope, why))
         try:
-            await self.app(scope, receive, injecting.send)
+            await self.app(scope, receive, page.send)
         finally:
-            injecting.close()
+            page.close()  # no await after the app, unless needed: pdb's `r` would stop at it
+            if page.held:
+                await page.send_held()
+
+    def _tag(self, scope: Scope, place: injection.Placement) -> bytes:
+        root = urllib.parse.quote(str(scope.get("root_path") or ""), safe="/")
+        return injection.script_tag(place, self._attributes, f"{root}{CLIENT_PATH}?v={VERSION}")
+
+    def _say(self, scope: Scope, why: str) -> None:
+        """Why a page gets no script: once for each reason (a new generation says it again)."""
+        if why not in self._said:
+            self._said.add(why)
+            request = f"{scope.get('method')} {scope.get('path')}"
+            logger.info("Live reload: no script in %s: %s; it does not reload by itself.", request, why)
 
     async def _serve_channel(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
         if path == EVENTS_PATH and scope.get("method") == "GET":
@@ -225,74 +276,3 @@ async def _respond(
 def _one_host(scope: Scope) -> bytes | None:
     found = [bytes(v) for k, v in scope.get("headers") or () if bytes(k).lower() == b"host"]
     return found[0] if len(found) == 1 else None
-
-
-class _Injecting:
-    """The `send` of one response: adds the script on the way if the response is a page."""
-
-    def __init__(self, send: Send, attributes: dict[str, str], path: str) -> None:
-        self._send = send
-        self._attributes = attributes
-        self._path = path
-        self._injector: injection.BodyInjector | None = None
-        self._lock = asyncio.Lock()  # the app's sends and a late flush go out one at a time
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def send(self, message: Message) -> None:
-        self._cancel_flush()
-        async with self._lock:
-            kind = message.get("type")
-            if kind == "http.response.start":
-                message = self._start(message)
-            elif kind == "http.response.body" and self._injector is not None:
-                last = not message.get("more_body", False)
-                body = self._injector.feed(bytes(message.get("body", b"")), last=last)
-                message = {**message, "body": body}
-                if last:
-                    self._injector = None
-            await self._send(message)
-            if self._injector is not None and self._injector.holding:
-                self._flusher = asyncio.ensure_future(self._flush_soon())
-
-    async def _flush_soon(self) -> None:
-        """Send the held-back tail if the app sends nothing more for a moment (an endless stream).
-
-        The tail might have been the start of `</body>`; if it was, the script goes at the end.
-        """
-        await asyncio.sleep(HOLD_BACK_SECONDS)
-        await asyncio.shield(self._flush_now())  # once begun, a send is never cut in half
-
-    async def _flush_now(self) -> None:
-        async with self._lock:
-            if self._injector is not None and self._injector.holding:
-                tail = self._injector.release()
-                await self._send({"type": "http.response.body", "body": tail, "more_body": True})
-
-    def _cancel_flush(self) -> None:
-        if self._flusher is not None and not self._flusher.done():
-            self._flusher.cancel()
-        self._flusher = None
-
-    def close(self) -> None:
-        """The app returned (or failed): nothing may be sent for it any more."""
-        self._cancel_flush()
-
-    def _start(self, message: Message) -> Message:
-        headers = list(message.get("headers") or ())
-        status = int(message.get("status", 200))
-        if injection.why_not_html(status, headers) is not None:
-            return message
-        place, reason = injection.placement(injection.header(headers, b"content-security-policy"))
-        if place is None:
-            logger.debug(
-                "Live reload left %s alone: its Content-Security-Policy blocks the script (%s).",
-                self._path,
-                reason,
-            )
-            return message
-        tag = injection.script_tag(place, self._attributes, f"{CLIENT_PATH}?v={VERSION}")
-        fixed, ok = injection.fixed_headers(headers, len(tag))
-        if not ok:
-            return message
-        self._injector = injection.BodyInjector(tag)
-        return {**message, "headers": fixed}

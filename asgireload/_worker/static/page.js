@@ -14,7 +14,8 @@
   // The error page neither restores nor saves the scroll: the page it stands in for keeps it.
   var errorPage = me.getAttribute("data-error") === "1";
   var loadedAt = Date.now();
-  var base = "/__asgireload__/";
+  // The folder of this script's own URL: "/__asgireload__/", below the app's root path if any.
+  var base = new URL(".", me.src).pathname;
   var page = location.pathname + location.search;
   var storage = null;
   try { storage = window.sessionStorage; } catch (e) { storage = null; }

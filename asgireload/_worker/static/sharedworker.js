@@ -13,7 +13,8 @@ self.onconnect = function (connection) {
   port.start();
   if (asgireloadHello) { port.postMessage(asgireloadHello); }
 };
-asgireloadStream("/__asgireload__/events", function (event) {
+// Beside this script: "/__asgireload__/events", below the app's root path if any.
+asgireloadStream(new URL("events", self.location.href).pathname, function (event) {
   "use strict";
   if (event.type === "hello") { asgireloadHello = event; }
   asgireloadPorts.forEach(function (port) { port.postMessage(event); });

@@ -48,6 +48,7 @@ LOG.addHandler(logging.handlers.MemoryHandler(100, flushLevel=logging.CRITICAL +
 LOG.info("written at logging.shutdown")
 UNFLUSHED = open(f"{{OUT}}/buffered-{{PID}}", "w")
 UNFLUSHED.write("written when the file is closed at exit")
+sys.stdout.write(f"[unflushed output of {{PID}}]")  # a pipe: block-buffered, written at exit
 
 
 def at_exit():
@@ -138,7 +139,7 @@ async def probe_generations(
     out = tmp_path / ("forked" if fork else "spawned")
     out.mkdir()
     main = write(tmp_path / "app" / "main.py", PROBE.format(out=str(out)))
-    seen = []
+    seen: list[dict[str, object]] = []
     async with Reloader("main:app", app_dir=main.parent, fork=fork) as server, httpx.AsyncClient() as client:
         for number in range(1, count + 1):
             if number > 1:
@@ -148,6 +149,8 @@ async def probe_generations(
                 assert event.outcome == "ready"
             seen.append((await client.get(server.url)).json())
     assert not our_processes()
+    for generation in seen:
+        generation["stdout flushed at exit"] = f"[unflushed output of {generation['pid']}]" in server.output
     return seen
 
 
@@ -222,6 +225,7 @@ async def test_a_forked_worker_sees_and_leaves_what_a_spawned_one_does(
                 "open file flushed": "written when the file is closed at exit",
                 "temporary folder removed": True,
             }, how
+    assert [seen["stdout flushed at exit"] for seen in forked + spawned] == [True] * 6
     # random state: each generation draws its own, forked or not
     for generations in (forked, spawned):
         for key in ("random", "urandom"):

@@ -64,10 +64,14 @@ def leave(code: int, *, wait_for_threads: bool = True) -> NoReturn:
     except BaseException:
         traceback.print_exc()
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
+        flush_standard_streams()
         os._exit(code)
+
+
+def flush_standard_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # closed, or a pipe nobody reads any more
+            stream.flush()
 
 
 def _flush_open_files() -> None:

@@ -203,8 +203,7 @@ class Template:
         try:
             if self.retired:
                 raise OSError("this fork server has stopped forking")
-            for stream in (sys.stdout, sys.stderr):  # what is buffered is written once, not per child
-                stream.flush()
+            exiting.flush_standard_streams()  # what is buffered is written once, not once per child
             pid = os.fork()
         except OSError as exc:  # out of memory or processes: the supervisor spawns this one
             pid = -1

@@ -204,6 +204,7 @@ class Template:
             if self.retired:
                 raise OSError("this fork server has stopped forking")
             exiting.flush_standard_streams()  # what is buffered is written once, not once per child
+            gc.freeze()  # everything so far is the template's (see exiting._flush_open_files)
             pid = os.fork()
         except OSError as exc:  # out of memory or processes: the supervisor spawns this one
             pid = -1

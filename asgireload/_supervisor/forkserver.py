@@ -591,4 +591,6 @@ class ForkServer:
         for template in {*templates, *self._alive}:
             template.close()
             template.finish()
+            for child in template.children.values():  # killed by their owners by now: no status comes
+                child.close()
         self._template = None

@@ -126,17 +126,20 @@ class Hello:
     TYPE: ClassVar[str] = "hello"
     pid: int
     protocol: int = PROTOCOL_VERSION
-    preload_failed: tuple[str, str] | None = None  # (module, error) of the preload that failed
+    preload_failed: tuple[tuple[str, str], ...] = ()  # (module, error) of each preload that failed
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Hello:
         version = data.get("protocol")
         if version != PROTOCOL_VERSION:
             raise ProtocolError(f"protocol version {version!r}, expected {PROTOCOL_VERSION}")
-        failed = _field(data, "preload_failed", (list, type(None)), None)
-        if failed is not None and not (len(failed) == 2 and all(isinstance(v, str) for v in failed)):
+        failed = _field(data, "preload_failed", list, [])
+        if not all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, str) for v in pair)
+            for pair in failed
+        ):
             raise ProtocolError(f"a 'hello' message whose 'preload_failed' is {str(failed)[:80]!r}")
-        return cls(_field(data, "pid", int), version, None if failed is None else (failed[0], failed[1]))
+        return cls(_field(data, "pid", int), version, tuple((module, error) for module, error in failed))
 
 
 @dataclasses.dataclass(frozen=True)

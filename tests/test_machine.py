@@ -520,13 +520,36 @@ def test_a_preload_that_fails_is_dropped_and_said_once() -> None:
     run = Harness()
     run.run(STARTED[:5])
     run.feed(started(2))
-    run.feed(e.WorkerGreeted(2, ("fastapi", "RuntimeError: unset")))
+    run.feed(e.WorkerGreeted(2, (("fastapi", "RuntimeError: unset"),)))
     assert run.machine.preload == []
     run.feed(e.FilesReported(1, (), ("fastapi",)))  # learnt again: still not preloaded
     assert run.machine.preload == []
     assert [line for line in run.logs() if "Preloading 'fastapi' failed" in line] == [
         "Preloading 'fastapi' failed (RuntimeError: unset); it is imported with the app instead."
     ]
+
+
+def test_every_preload_that_failed_in_a_worker_is_dropped_in_one_warning_a_run() -> None:
+    """A framework whose models need its settings (Django's contrib apps) fails alike in many
+    modules: one warning for all of them, not one per reload naming the next."""
+    run = Harness()
+    run.run(STARTED[:5])
+    run.feed(e.FilesReported(1, (), ("django.contrib.auth.models", "django.contrib.admin.models", "six")))
+    run.feed(started(2))
+    failing = ("fastapi", *run.machine.preload[1:3])
+    errors = tuple((name, "ImproperlyConfigured: settings") for name in failing)
+    run.feed(e.WorkerGreeted(2, errors))
+    assert run.machine.preload == ["six"]
+    assert run.logs(logging.WARNING) == [
+        "Preloading 'fastapi' failed (ImproperlyConfigured: settings), and 2 more "
+        "('django.contrib.auth.models', 'django.contrib.admin.models'); they are imported with the app "
+        "instead."
+    ]
+    run.feed(e.FilesReported(1, (), ("jinja2",)))  # learnt later, and failing too: said at debug level
+    run.feed(e.WorkerGreeted(2, (("jinja2", "OSError: x"),)))
+    assert run.machine.preload == ["six"]
+    assert len(run.logs(logging.WARNING)) == 1
+    assert any(line.startswith("Preloading 'jinja2' failed") for line in run.logs())
 
 
 def test_a_paused_drain_says_once_what_happens_to_the_paused_request() -> None:

@@ -26,7 +26,7 @@ FAILURE = protocol.Failure("import", "RuntimeError: boom", "Traceback ...", ("/a
 @pytest.mark.parametrize(
     "message",
     [
-        protocol.Hello(pid=12, preload_failed=("fastapi", "ImportError: no")),
+        protocol.Hello(pid=12, preload_failed=(("fastapi", "ImportError: no"), ("jinja2", "OSError: x"))),
         protocol.Ready(3, error_page=True),
         protocol.Failed(3, FAILURE),
         protocol.Draining(),

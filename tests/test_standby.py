@@ -107,6 +107,44 @@ async def test_a_package_that_fails_to_preload_is_reported_once(
     assert "RuntimeError: unset" in warnings[0]
 
 
+# A framework whose modules all need its settings first, as Django's contrib apps' models do.
+FRAMEWORK_MODULE = """
+import os
+if not os.environ.get("APP_SETS_THIS"):
+    raise RuntimeError("settings are not configured")
+"""
+
+
+@pytest.mark.parametrize("fork", [True, False])
+async def test_many_packages_failing_to_preload_alike_are_reported_once(
+    tmp_path: Path, installed: Path, caplog: pytest.LogCaptureFixture, fork: bool
+) -> None:
+    caplog.set_level(logging.WARNING, logger="asgireload")
+    names = [f"fakefw.contrib{number}" for number in range(5)]
+    write(installed / "fakefw" / "__init__.py", "")
+    for name in names:
+        write(installed / "fakefw" / f"{name.split('.')[1]}.py", FRAMEWORK_MODULE)
+    main = tmp_path / "app" / "main.py"
+
+    def source(body: str) -> str:
+        imports = "\n".join(f"import {name}" for name in names)
+        setup = f'os.environ["APP_SETS_THIS"] = "1"\n{imports}'
+        return PLAIN_APP.replace('BODY = "v1"', f"{setup}\nBODY = {body!r}")
+
+    write(main, source("v1"))
+    async with (
+        Reloader("main:app", app_dir=tmp_path / "app", fork=fork) as server,
+        httpx.AsyncClient() as client,
+    ):
+        for number in range(2, 2 + len(names) + 1):
+            event = await server.edit(main, source(f"v{number}"))
+            assert event.outcome == "ready"
+            assert (await client.get(server.url)).text == f"v{number}"
+    warnings = [r.getMessage() for r in caplog.records if "Preloading" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "RuntimeError: settings are not configured), and 4 more" in warnings[0]
+
+
 async def test_a_standby_stuck_preloading_is_not_waited_on(
     tmp_path: Path, installed: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -65,10 +65,10 @@ class SpawnFailed:
 
 @dataclasses.dataclass(frozen=True)
 class WorkerGreeted:
-    """It said hello: it is warm. `preload_failed` is (module, error) if a preload failed."""
+    """It said hello: it is warm. `preload_failed`: (module, error) of each preload that failed."""
 
     worker: int
-    preload_failed: tuple[str, str] | None = None
+    preload_failed: tuple[tuple[str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

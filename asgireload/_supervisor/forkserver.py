@@ -270,9 +270,11 @@ class ForkServer:
         `terminal`); None when it must be spawned instead (SpawnError if the OS has no sockets
         left for it)."""
         template = await self._usable()
-        if template is not None and template.env != wanted.env:
-            # the env file changed: what the template imported may have read the old values
-            logger.debug("The env file changed; starting a fork server with its new values.")
+        changed = None if template is None else templatespawn.changed_variable(template.process)
+        if template is not None and (template.env != wanted.env or changed is not None):
+            # the env file or the environment changed: the template and what it imported have
+            # the old values, a worker spawned now would have the new ones
+            logger.debug("The environment changed (%s); starting a new fork server.", changed or "env file")
             self._settings = wanted
             self.replace()
             template = await self._usable()
@@ -589,4 +591,6 @@ class ForkServer:
         for template in {*templates, *self._alive}:
             template.close()
             template.finish()
+            for child in template.children.values():  # killed by their owners by now: no status comes
+                child.close()
         self._template = None

@@ -42,6 +42,7 @@ class Generations:
         self.workers: dict[int, Worker] = {}
         self.preload: list[str] = []  # installed modules the standby imports ahead of time
         self._not_preloadable: set[str] = set()
+        self._said_preload_failed = False  # a failed preload is a warning once a run
         self._next_id = 0
         self._cause: Cause | None = None  # why the newest generation loads
         self._after_exit: Cause | None = None  # a load that waits until no other generation runs

@@ -148,17 +148,27 @@ class Machine(Generations):
 
     def _on_hello(self, worker: Worker, event: e.WorkerGreeted) -> None:
         worker.greeted = True
-        if event.preload_failed is not None and event.preload_failed[0] in self.preload:
-            module, error = event.preload_failed
-            self.preload.remove(module)
-            self._not_preloadable.add(module)
-            self._log(
-                logging.WARNING,
-                f"Preloading {module!r} failed ({error}); it is imported with the app instead.",
-            )
+        failed = [(module, error) for module, error in event.preload_failed if module in self.preload]
+        if failed:
+            self._drop_preloads(failed)
         if worker.queued_load is not None and worker.role is Role.LOADING:
             load, worker.queued_load = worker.queued_load, None
             self._emit(load)
+
+    def _drop_preloads(self, failed: list[tuple[str, str]]) -> None:
+        """Never preload these again; said once a run (a warning), later ones at debug level:
+        a framework whose models need its settings fails alike in a dozen modules."""
+        for module, _ in failed:
+            self.preload.remove(module)
+            self._not_preloadable.add(module)
+        (module, error), others = failed[0], [name for name, _ in failed[1:]]
+        named = ", ".join(map(repr, others[:3])) + (", …" if len(others) > 3 else "")
+        more = f", and {len(others)} more ({named}); they are" if others else "; it is"
+        self._log(
+            logging.DEBUG if self._said_preload_failed else logging.WARNING,
+            f"Preloading {module!r} failed ({error}){more} imported with the app instead.",
+        )
+        self._said_preload_failed = True
 
     def _on_files(self, worker: Worker, event: e.FilesReported) -> None:
         worker.reported_files = True

@@ -40,6 +40,7 @@ from .outcomes import Outcomes
 from .preflight import preflight
 from .processes import Processes
 from .scanner import Scanner, stat_key
+from .sitestate import SiteWatch
 from .table import Role
 
 logger = logging.getLogger("asgireload")
@@ -73,6 +74,7 @@ class Supervisor:
         self._listener: Any = None
         self._scanner: Scanner | None = None
         self._packages: Scanner | None = None  # installed packages the standby preloads
+        self._site: SiteWatch | None = None  # what a process started now would import from
         self._tasks: list[asyncio.Task[None]] = []
         self._processes: Processes | None = None
         self._timers: dict[e.TimerFired, asyncio.TimerHandle] = {}
@@ -185,6 +187,9 @@ class Supervisor:
             )
             self._start_task(self._run(), "asgireload-supervisor")
             self._start_task(self._scanner.run(), "asgireload-scanner")
+            if self.config.standby:  # warm processes, started before the next reload
+                self._site = SiteWatch(lambda paths: self._on_packages_change(paths, time.time()))
+                self._start_task(self._site.run(), "asgireload-site")
             if self.config.preload and self.config.standby:
                 self._packages = Scanner(
                     self._on_packages_change,
@@ -220,6 +225,7 @@ class Supervisor:
             self._processes.kill_all()
 
     def request_reload(self, reason: str = "requested") -> None:
+        self._check_site()
         self._queue.put_nowait(e.ReloadRequested(reason))
 
     async def wait_for_generation(self, generation: int, timeout: float | None) -> ReloadEvent:
@@ -268,7 +274,14 @@ class Supervisor:
         if assets:
             self._tell_pages(assets)
         if code:
+            self._check_site()
             self._queue.put_nowait(e.FileChanged(tuple(code), since))
+
+    def _check_site(self) -> None:
+        """Before a reload uses a warm process: one that predates a change to site-packages is
+        replaced first, so the reload imports what a fresh interpreter would."""
+        if self._site is not None:
+            self._site.check()
 
     def _tell_pages(self, assets: list[str]) -> None:
         """Live reload: the serving generation tells its open pages; the app does not restart."""

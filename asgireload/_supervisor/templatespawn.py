@@ -222,12 +222,18 @@ def unlike_now(early: TemplateProcess, capture_output: bool, env_file_values: di
     if env_file_values:
         # it imported uvicorn's protocols before they could be set, and a library may read them
         return "imported its modules before the env file's values were set"
+    changed = changed_variable(early)
+    return f"has an older environment ({changed} changed)" if changed is not None else None
+
+
+def changed_variable(process: TemplateProcess) -> str | None:
+    """A variable of this process's environment that has changed here since it started, if any:
+    a worker spawned now would get the new value, so a forked one must too."""
     now = dict(os.environ)
-    now[_reaper.TAG_VARIABLE] = early.tag
-    if now != early.environment:
-        changed = sorted(set(now.items()) ^ set(early.environment.items()))
-        return f"has an older environment ({changed[0][0]} changed)"
-    return None
+    now[_reaper.TAG_VARIABLE] = process.tag
+    if now == process.environment:
+        return None
+    return sorted(set(now.items()) ^ set(process.environment.items()))[0][0]
 
 
 def discard_early() -> None:

@@ -69,6 +69,7 @@ from .server import Server  # noqa: E402
 
 LAZY_IMPORT_CHECK = 0.5  # seconds between looks for modules imported after start-up
 REPORT_BYTES = protocol.MAX_LINE // 4  # encoded bytes of files and modules per `files` message
+PRELOAD_ERROR_CHARS = 500  # of each failed preload's error, in `hello`
 
 
 _EXITING = threading.Lock()  # the hang-up watcher and the main thread may both see the end
@@ -240,19 +241,27 @@ class Worker:
         sys.path[0:0] = project_paths
         importlib.invalidate_caches()
 
-    def _preload(self) -> tuple[str, str] | None:
+    def _preload(self) -> tuple[tuple[str, str], ...]:
         """Import the third-party modules the last generation used, so a reload need not.
 
-        Stops at the first that fails (the supervisor drops it from the list and says so once).
+        Every module is tried, and every failure reported at once (the supervisor drops them all
+        from the list and says so once), not one per worker; a few hundred kilobytes of them at
+        most: the next worker reports the rest.
         """
+        failed: list[tuple[str, str]] = []
+        size = 0
         for name in self.settings.preload:
             try:
                 importlib.import_module(name)
             except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
-                return (name, f"{type(exc).__name__}: {exc}")
-        return None
+                error = f"{type(exc).__name__}: {exc}"[:PRELOAD_ERROR_CHARS]
+                size += len(json.dumps([name, error]))
+                if size > REPORT_BYTES:
+                    break
+                failed.append((name, error))
+        return tuple(failed)
 
     async def _start_app(self) -> bool:
         """Import the app and run its lifespan start-up (not accepting yet); on failure report it."""

@@ -38,6 +38,7 @@ import uvicorn
 
 from .. import _forkwire, _reaper, _warmcache
 from .. import _protocol as protocol
+from . import exiting
 from . import main as worker  # first: it sets PYTHONPATH aside and imports uvicorn, as a worker does
 
 
@@ -107,17 +108,18 @@ def _become_worker(tag: str, fds: list[int], control: socket.socket, pidfds: lis
         for fd in pidfds:
             os.close(fd)
         _retag(tag)
+        exiting.disown_template_finalizers()
         control_fd, handoff_fd, listen_fd, debug_fd = fds
+        # what a spawned worker's app finds there (`python -m asgireload._worker CONTROL_FD`)
+        sys.argv = [os.path.join(os.path.dirname(worker.__file__), "__main__.py"), str(control_fd)]
         worker.run(control_fd, (handoff_fd, listen_fd, debug_fd))
         code = 0
     except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+        code = exiting.exit_code(exc)
     except BaseException:
         traceback.print_exc()
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        exiting.leave(code)  # as a spawned worker's interpreter ends it: atexit handlers and all
 
 
 class Template:
@@ -174,8 +176,8 @@ class Template:
         except (_forkwire.WireError, OSError) as exc:
             print(f"asgireload fork server: {exc}; exiting.", file=sys.stderr)
             os._exit(1)
-        if messages is None:
-            os._exit(0)  # the supervisor is gone; its workers notice by themselves
+        if messages is None:  # the supervisor is gone; its workers notice by themselves
+            exiting.leave(0, wait_for_threads=False)
         self._handle(messages)
 
     def _handle(self, messages: list[tuple[dict[str, Any], list[int]]]) -> None:
@@ -201,6 +203,8 @@ class Template:
         try:
             if self.retired:
                 raise OSError("this fork server has stopped forking")
+            exiting.flush_standard_streams()  # what is buffered is written once, not once per child
+            gc.freeze()  # everything so far is the template's (see exiting._flush_open_files)
             pid = os.fork()
         except OSError as exc:  # out of memory or processes: the supervisor spawns this one
             pid = -1
@@ -227,7 +231,7 @@ class Template:
 
     def _exit_if_done(self) -> None:
         if self.retired and not self.children:
-            os._exit(0)
+            exiting.leave(0, wait_for_threads=False)  # its own finalizers: no worker uses its objects now
 
 
 def main() -> None:

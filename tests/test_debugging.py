@@ -205,6 +205,16 @@ async def test_an_edit_while_paused_serves_new_requests_and_the_paused_one_finis
         await stop_cli(terminal, process, workers, port)
 
 
+async def wait_for_the_first_prompt(terminal: Terminal, after: int = 0) -> None:
+    """The prompt of a breakpoint(), at the line after it: where 3.11 and 3.12 stop first. Since
+    3.13, pdb stops at the breakpoint() call itself; `n` brings it to the next line."""
+    await terminal.wait_for(PROMPT, after)
+    if sys.version_info >= (3, 13):
+        after = len(terminal.text)
+        terminal.type("n\n")
+        await terminal.wait_for(PROMPT, after)
+
+
 async def wait_for_file(path: Path) -> None:
     async with asyncio.timeout(20):
         while not path.exists():  # noqa: ASYNC110, ASYNC240 (the app writes it: no event)
@@ -218,7 +228,7 @@ async def test_keys_and_ctrl_c_typed_during_a_step_are_the_debuggers(project: Pa
         workers |= await wait_for_children(process.pid, 2)
         async with client() as http:
             paused = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/slow-step"))
-            await terminal.wait_for(PROMPT)
+            await wait_for_the_first_prompt(terminal)
 
             # `r` + Enter typed while a step runs waits for pdb's next prompt (there it is pdb's
             # return command: the request runs to its end), instead of reloading the server
@@ -235,8 +245,7 @@ async def test_keys_and_ctrl_c_typed_during_a_step_are_the_debuggers(project: Pa
             (project / "stepping").unlink()
             (project / "release").unlink()
             paused = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/slow-step"))
-            after = len(terminal.text)
-            await terminal.wait_for(PROMPT, after)
+            await wait_for_the_first_prompt(terminal, len(terminal.text))
             after = len(terminal.text)
             terminal.type("n\n")
             await wait_for_file(project / "stepping")
@@ -266,7 +275,7 @@ async def test_stepping_over_an_await_in_a_draining_generation_keeps_the_request
             # logged once generation 1 stopped accepting: its drain (and its deadline) runs
             await terminal.wait_for(r"Reloaded in \d+ ms \(generation 2\)", after)
             (project / "go").touch()  # now the request stops at its breakpoint, on the main thread
-            await terminal.wait_for(PROMPT, after)
+            await wait_for_the_first_prompt(terminal, after)
             # past the drain timeout of the worker (3 s) and of the supervisor (1 s later)
             await terminal.wait_for(r"Generation 1 is past its drain timeout, but paused", after)
             after = len(terminal.text)

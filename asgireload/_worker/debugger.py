@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bdb
 import contextlib
+import inspect
 import logging
 import os
 import pdb
@@ -197,7 +198,27 @@ class TerminalPdb(pdb.Pdb):
         self._with_terminal(frame, super().user_return, frame, return_value)
 
     def user_exception(self, frame: FrameType, exc_info: Any) -> None:
+        if self._a_stepped_coroutine_returned(frame, exc_info):
+            return
         self._with_terminal(frame, super().user_exception, frame, exc_info)
+
+    def user_opcode(self, frame: FrameType) -> None:
+        """3.13+: breakpoint() and set_trace() stop at once, at an instruction, not a line."""
+        self._with_terminal(frame, super().user_opcode, frame)
+
+    def _a_stepped_coroutine_returned(self, frame: FrameType, exc_info: Any) -> bool:
+        """Since 3.12 (tracing built on sys.monitoring), a coroutine that returns while stepped
+        (`r`, or `n` off its end) shows its awaiting frame a StopIteration without a traceback,
+        which pdb stops at as "Internal StopIteration" inside the server's middleware. 3.11 ran on,
+        as the step ends with the coroutine: so does this pdb, on every version."""
+        stepped = self.stopframe
+        return (
+            exc_info[0] is StopIteration
+            and exc_info[2] is None
+            and stepped is not None
+            and frame is not stepped
+            and bool(stepped.f_code.co_flags & inspect.CO_COROUTINE)
+        )
 
     def user_call(self, frame: FrameType, argument_list: None) -> None:
         if self.stop_here(frame):  # (also called for calls into a file that has breakpoints)

@@ -450,6 +450,20 @@ async def test_without_a_terminal_breakpoint_fails_the_request_at_once(project: 
     assert "PYTHONBREAKPOINT=0" in output
 
 
+async def test_without_a_terminal_pdb_set_trace_gets_a_hint_that_applies_to_it(project: Path) -> None:
+    """PYTHONBREAKPOINT=0 skips breakpoint() only: the hint for pdb.set_trace() does not offer it."""
+    async with (
+        Reloader("main:app", app_dir=str(project), port=0) as server,
+        httpx.AsyncClient(trust_env=False, timeout=20) as http,
+    ):
+        response = await http.get(f"{server.url}/set-trace")
+        assert response.status_code == 500
+        output = server.output
+    assert re.search(r"pdb\.set_trace\(\) at \S+main\.py:\d+", output)
+    assert "PYTHONBREAKPOINT does not apply to pdb.set_trace()" in output
+    assert "PYTHONBREAKPOINT=0" not in output
+
+
 async def test_pythonbreakpoint_set_by_the_app_is_obeyed(project: Path) -> None:
     source = "import os\nos.environ['PYTHONBREAKPOINT'] = '0'\n" + app_source("one")
     (project / "main.py").write_text(source)

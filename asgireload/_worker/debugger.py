@@ -202,9 +202,11 @@ class TerminalPdb(pdb.Pdb):
             return
         self._with_terminal(frame, super().user_exception, frame, exc_info)
 
-    def user_opcode(self, frame: FrameType) -> None:
-        """3.13+: breakpoint() and set_trace() stop at once, at an instruction, not a line."""
-        self._with_terminal(frame, super().user_opcode, frame)
+    if sys.version_info >= (3, 13):
+
+        def user_opcode(self, frame: FrameType) -> None:
+            """3.13+: breakpoint() and set_trace() stop at once, at an instruction, not a line."""
+            self._with_terminal(frame, super().user_opcode, frame)
 
     def _a_stepped_coroutine_returned(self, frame: FrameType, exc_info: Any) -> bool:
         """Since 3.12 (tracing built on sys.monitoring), a coroutine that returns while stepped
@@ -374,22 +376,33 @@ def breakpointhook(*args: Any, **kwargs: Any) -> Any:
     """sys.breakpointhook: PYTHONBREAKPOINT if set (by the app too), else pdb in the terminal."""
     if os.environ.get("PYTHONBREAKPOINT"):
         return sys.__breakpointhook__(*args, **kwargs)
-    _stop_in(sys._getframe(1))
+    _stop_in(sys._getframe(1), called="breakpoint()")
     return None
 
 
-def set_trace(*, header: str | None = None) -> None:
-    """pdb.set_trace(), in the terminal."""
-    _stop_in(sys._getframe(1), header)
+def set_trace(*, header: str | None = None, commands: list[str] | None = None) -> None:
+    """pdb.set_trace(), in the terminal (`commands`, new in 3.14, run first at its prompt)."""
+    _stop_in(sys._getframe(1), header, called="pdb.set_trace()", commands=commands)
 
 
 _original_set_trace = pdb.set_trace
 
 
-def _stop_in(frame: FrameType, header: str | None = None) -> None:
+# what skips each kind of stop where there is no terminal: PYTHONBREAKPOINT applies to breakpoint()
+# only, never to a pdb.set_trace() written in the code
+_HOW_TO_SKIP = {
+    "breakpoint()": "set PYTHONBREAKPOINT=0 to skip breakpoints.",
+    "pdb.set_trace()": "remove the call (PYTHONBREAKPOINT does not apply to pdb.set_trace(); "
+    "breakpoint() obeys it).",
+}
+
+
+def _stop_in(
+    frame: FrameType, header: str | None = None, *, called: str, commands: list[str] | None = None
+) -> None:
     debugger = _debugger
     if debugger is None:
-        _original_set_trace(header=header)
+        _original_set_trace(header=header, **({"commands": commands} if commands else {}))
         return
     if debugger.holds_terminal():
         kept = debugger.session
@@ -401,11 +414,13 @@ def _stop_in(frame: FrameType, header: str | None = None) -> None:
         session.take_terminal(_where(frame))
     except NoTerminal as exc:
         raise NoTerminal(
-            f"breakpoint() at {_where(frame)}: {exc} Run asgireload in a terminal to debug there, "
-            "run it under a debugger such as debugpy, or set PYTHONBREAKPOINT=0 to skip breakpoints."
+            f"{called} at {_where(frame)}: {exc} Run asgireload in a terminal to debug there, "
+            f"run it under a debugger such as debugpy, or {_HOW_TO_SKIP[called]}"
         ) from None
     if header is not None:
         session.message(header)
+    if commands:
+        session.rcLines.extend(commands)
     session.set_trace(frame)
 
 

@@ -189,8 +189,11 @@ async def test_an_edit_while_paused_serves_new_requests_and_the_paused_one_finis
             await terminal.wait_for(r"Generation 1 is paused at a breakpoint: generation 2 serves", after)
             fresh = await http.get(f"http://127.0.0.1:{port}/")
             assert (fresh.status_code, fresh.text) == (200, "two forty-two")
-            # past the drain timeout (the worker's, 1 s, and the supervisor's, 1 s later) it lives on
-            await terminal.wait_for(r"Generation 1 is past its drain timeout, but paused", after)
+            # past the drain timeout (the worker's, 1 s, and the supervisor's, 1 s later) it lives on;
+            # said while the prompt is shown, on a line of its own, and the prompt is drawn again
+            past_timeout = r"Generation 1 is past its drain timeout, but paused"
+            await terminal.wait_for(past_timeout + r"[^\n]*\n\(Pdb\) ", after)
+            assert not re.search(r"\(Pdb\) [^\n]*" + past_timeout, terminal.text)
             assert not paused.done()
             after = len(terminal.text)
             terminal.type("p VERSION\n")

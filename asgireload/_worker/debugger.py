@@ -19,6 +19,7 @@ from __future__ import annotations
 import bdb
 import contextlib
 import inspect
+import io
 import logging
 import os
 import pdb
@@ -40,12 +41,33 @@ class NoTerminal(RuntimeError):
     """breakpoint() was called where asgireload has no terminal to run the debugger in."""
 
 
+class _TerminalInput(io.TextIOWrapper):
+    """The lent terminal's input. pdb reads a line at its prompt: while it waits, the supervisor
+    knows the prompt is shown, and puts the log lines it prints meanwhile on lines of their own."""
+
+    def __init__(self, fd: int, channel: socket.socket) -> None:
+        super().__init__(io.BufferedReader(io.FileIO(fd, "r")), encoding="utf-8", errors="replace")
+        self._channel = channel
+        self.prompt = PROMPT
+
+    def readline(self, size: int | None = -1, /) -> str:  # type: ignore[override]
+        self._say(protocol.Prompting(True, self.prompt))
+        try:
+            return super().readline(-1 if size is None else size)
+        finally:
+            self._say(protocol.Prompting(False))
+
+    def _say(self, message: protocol.Prompting) -> None:
+        with contextlib.suppress(OSError):
+            self._channel.sendall(protocol.encode(message))
+
+
 class _Lease:
     """The supervisor's terminal, lent to this worker until `give_back()`."""
 
     def __init__(self, channel: socket.socket, reading: int, writing: int) -> None:
         self._channel = channel
-        self.stdin: TextIO = open(reading, encoding="utf-8", errors="replace")  # noqa: SIM115
+        self.stdin = _TerminalInput(reading, channel)
         self.stdout: TextIO = open(writing, "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
 
     def give_back(self) -> None:
@@ -181,13 +203,18 @@ class TerminalPdb(pdb.Pdb):
         stands in for them while it runs."""
         previous = sys.stdin, sys.stdout
         sys.stdin, sys.stdout = self.stdin, self.stdout
+        if self._lease is not None:
+            self._lease.stdin.prompt = ""  # the console's prompts are its own: not drawn again
         try:
             super().do_interact(arg)
         finally:
             sys.stdin, sys.stdout = previous
+            if self._lease is not None:
+                self._lease.stdin.prompt = self.prompt
 
     def take_terminal(self, where: str) -> None:
         self._lease = self._debugger.borrow(where, announce=not self._stepping)
+        self._lease.stdin.prompt = self.prompt
         self.stdin, self.stdout = self._lease.stdin, self._lease.stdout
 
     # Each stop (what pdb prints at it, like --Return--, and its prompt) runs with the terminal.

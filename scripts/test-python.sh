@@ -47,6 +47,17 @@ trap unmount_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+unmount_stale() {  # what a run killed before its trap could run (SIGKILL) left mounted
+  local target
+  awk '{print $2}' /proc/self/mounts | grep -E "^$root/" | sort -r | while read -r target; do
+    umount -R "$target" 2>/dev/null || umount -R -l "$target" 2>/dev/null || true
+  done
+  if awk '{print $2}' /proc/self/mounts | grep -qE "^$root/"; then
+    echo "test-python.sh: cannot unmount what is mounted under $root; unmount it by hand" >&2
+    exit 1
+  fi
+}
+
 mount_into() {  # mount_into TARGET mount-arguments...
   local target=$1; shift
   mkdir -p "$target"
@@ -101,7 +112,7 @@ ensure_chroot() {
     }
     local mirror; mirror=$(debian_mirror)
     echo "test-python.sh: building a Debian unstable chroot in $root (from $mirror)" >&2
-    rm -rf "$root"
+    rm -rf --one-file-system "$root"  # (nothing is mounted there: see unmount_stale)
     debootstrap --variant=minbase --include=ca-certificates sid "$root" "$mirror" >"$cache/debootstrap.log" 2>&1 \
       || { tail -n 20 "$cache/debootstrap.log" >&2; exit 1; }
     touch "$root/.asgireload-ready"
@@ -121,6 +132,7 @@ ensure_packages() {  # python$version, its venv module, Chromium and ss (every t
 run_in_chroot() {
   exec 9>"$cache/lock"
   flock 9  # one run at a time per cache: the mounts are shared
+  unmount_stale
   ensure_chroot
   copy_host_configuration
   mount_chroot

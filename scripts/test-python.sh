@@ -3,7 +3,8 @@
 #
 # 3.12 and 3.13 come from pyenv when it has them (~/.pyenv/versions/3.12.*); otherwise, and for
 # 3.14 and 3.15 always, from Debian's unstable suite in a chroot under the cache folder
-# ($ASGIRELOAD_PYTHONS_CACHE, default /var/cache/asgireload-pythons). Needs root for the chroot.
+# ($ASGIRELOAD_PYTHONS_CACHE, default /var/cache/asgireload-pythons); ASGIRELOAD_PYTHONS_CHROOT=1
+# takes 3.12 and 3.13 from the chroot too. Needs root for the chroot.
 #
 # Idempotent and fast once it has run: the chroot, its packages and each version's venv are kept;
 # a run reinstalls only the project (editable, from this work tree) and runs pytest in the tree.

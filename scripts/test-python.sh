@@ -50,7 +50,7 @@ trap 'exit 143' TERM
 
 unmount_stale() {  # what a run killed before its trap could run (SIGKILL) left mounted
   local target
-  awk '{print $2}' /proc/self/mounts | grep -E "^$root/" | sort -r | while read -r target; do
+  { awk '{print $2}' /proc/self/mounts | grep -E "^$root/" || true; } | sort -r | while read -r target; do
     umount -R "$target" 2>/dev/null || umount -R -l "$target" 2>/dev/null || true
   done
   if awk '{print $2}' /proc/self/mounts | grep -qE "^$root/"; then

@@ -257,6 +257,7 @@ async def run_with_signals(config: Config) -> int:
     def hang_up() -> None:
         if terminal.terminal_hung_up():
             reason = "the terminal hung up"
+            terminal.let_go_of_a_hung_up_terminal()
         else:
             reason = "SIGHUP; to reload by signal, send SIGUSR1"
         if not stopping:  # a second hang-up (a shell passing it on) is not a second CTRL+C

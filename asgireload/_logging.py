@@ -6,10 +6,12 @@ The library itself never configures logging; only the entry points that own the 
 from __future__ import annotations
 
 import configparser
+import contextlib
 import importlib
 import json
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 _COLOURS = {
@@ -40,12 +42,40 @@ class _Formatter(logging.Formatter):
         return prefix + text
 
 
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stderr; while a debugger's prompt is shown in the same terminal (`prompt_shown` says which
+    prompt), a line starts on a line of its own and the prompt is drawn again after it."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.prompt_shown: Callable[[], str | None] = lambda: None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prompt = self.prompt_shown()
+        if prompt is None:
+            super().emit(record)
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.write("\n")
+        super().emit(record)
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.write(prompt)
+            self.flush()
+
+
+def follow_prompt(prompt_shown: Callable[[], str | None]) -> None:
+    """Put asgireload's log lines beside a debugger's prompt, not on its line (see `_Handler`)."""
+    for handler in logging.getLogger("asgireload").handlers:
+        if isinstance(handler, _Handler):
+            handler.prompt_shown = prompt_shown
+
+
 def configure(level: str | None, colour: bool | None = None) -> None:
     """uvicorn's look on stderr; `colour` None: coloured when stderr is a terminal (--use-colors)."""
     logger = logging.getLogger("asgireload")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Handler()
     handler.setFormatter(_Formatter(colour=sys.stderr.isatty() if colour is None else colour))
     logger.addHandler(handler)
     logger.setLevel(LEVELS.get(level or "info", logging.INFO))

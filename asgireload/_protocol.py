@@ -360,6 +360,20 @@ class Resumed:
 
 
 @dataclasses.dataclass(frozen=True)
+class Prompting:
+    """The debugger shows its `prompt` and waits for a line (`shown`), or got one: a log line
+    printed meanwhile starts on a line of its own, and the prompt is drawn again after it."""
+
+    TYPE: ClassVar[str] = "prompting"
+    shown: bool
+    prompt: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Prompting:
+        return cls(_field(data, "shown", bool), _field(data, "prompt", str, "")[:100])
+
+
+@dataclasses.dataclass(frozen=True)
 class Lent:
     """The answer to `paused`: the terminal (its descriptors ride along), or why there is none."""
 
@@ -377,12 +391,12 @@ DEBUG_MAX_LINE = 4096  # bytes of one debug message (a `where` is cut to 1000 ch
 
 WorkerMessage = Hello | Files | Ready | Failed | Draining
 SupervisorMessage = Settings | Load | Serve | ShowFailure | Drain | Assets
-DebugMessage = Paused | Resumed | Lent
+DebugMessage = Paused | Resumed | Prompting | Lent
 Message = WorkerMessage | SupervisorMessage | DebugMessage
 Kinds = dict[str, type[Message]]
 WORKER_MESSAGES: Kinds = {m.TYPE: m for m in (Hello, Files, Ready, Failed, Draining)}
 SUPERVISOR_MESSAGES: Kinds = {m.TYPE: m for m in (Settings, Load, Serve, ShowFailure, Drain, Assets)}
-DEBUG_WORKER_MESSAGES: Kinds = {m.TYPE: m for m in (Paused, Resumed)}
+DEBUG_WORKER_MESSAGES: Kinds = {m.TYPE: m for m in (Paused, Resumed, Prompting)}
 DEBUG_SUPERVISOR_MESSAGES: Kinds = {Lent.TYPE: Lent}
 
 

@@ -236,6 +236,7 @@ async def run_with_signals(config: Config) -> int:
     # breakpoint() in the app gets this terminal: keys are not read while a debugger has it
     debug_terminal = DebugTerminal.of_this_process(keys.lend, terminal.in_foreground)
     supervisor.debug_terminal = debug_terminal
+    _logging.follow_prompt(lambda: debug_terminal.prompt_shown)
     main = asyncio.create_task(run_until_cancelled(supervisor))
     stopping = False
     first_signal = 0.0
@@ -256,6 +257,7 @@ async def run_with_signals(config: Config) -> int:
     def hang_up() -> None:
         if terminal.terminal_hung_up():
             reason = "the terminal hung up"
+            terminal.let_go_of_a_hung_up_terminal()
         else:
             reason = "SIGHUP; to reload by signal, send SIGUSR1"
         if not stopping:  # a second hang-up (a shell passing it on) is not a second CTRL+C

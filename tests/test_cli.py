@@ -638,17 +638,25 @@ async def test_the_embedded_example_serves_beside_another_task(tmp_path: Path) -
         cli.assert_nothing_left()
 
 
+# what the interpreter says when CTRL+C interrupts its start-up, before any of asgireload runs
+INTERPRETER_START_UP = ("Could not import runpy module", "Failed to import the site module")
+
+
 @pytest.mark.parametrize("after", [0.0, 0.02, 0.05, 0.1, 0.2])
 async def test_ctrl_c_at_any_moment_of_the_start_up_stops_cleanly(project: Path, after: float) -> None:
     # Wherever the interrupt lands (importing, parsing, starting the template, binding, loading),
     # the command ends without a traceback and leaves nothing behind. (While runpy is still
     # finding the module to run, package import included, the traceback is the interpreter's.)
     # The delay only picks the moment; nothing waits on it for a result.
+    # On a loaded machine it may land earlier still, in the interpreter's own start-up (site,
+    # runpy's import), which exits 1 with a fatal error of its own before any of asgireload runs.
     async with run_cli(project, "--port", "0") as cli:
         await asyncio.sleep(after)
         cli.send(signal.SIGINT)
         code = await cli.exited()
-        assert code in (0, 130, -signal.SIGINT), cli.transcript()
-        if "_get_module_details" not in cli.transcript():
-            assert "Traceback" not in cli.transcript(), cli.transcript()
+        transcript = cli.transcript()
+        in_start_up = any(m in transcript for m in INTERPRETER_START_UP)
+        assert code in (0, 130, -signal.SIGINT) or (code == 1 and in_start_up), transcript
+        if "_get_module_details" not in transcript and not in_start_up:
+            assert "Traceback" not in transcript, transcript
         cli.assert_nothing_left()

@@ -189,8 +189,11 @@ async def test_an_edit_while_paused_serves_new_requests_and_the_paused_one_finis
             await terminal.wait_for(r"Generation 1 is paused at a breakpoint: generation 2 serves", after)
             fresh = await http.get(f"http://127.0.0.1:{port}/")
             assert (fresh.status_code, fresh.text) == (200, "two forty-two")
-            # past the drain timeout (the worker's, 1 s, and the supervisor's, 1 s later) it lives on
-            await terminal.wait_for(r"Generation 1 is past its drain timeout, but paused", after)
+            # past the drain timeout (the worker's, 1 s, and the supervisor's, 1 s later) it lives on;
+            # said while the prompt is shown, on a line of its own, and the prompt is drawn again
+            past_timeout = r"Generation 1 is past its drain timeout, but paused"
+            await terminal.wait_for(past_timeout + r"[^\n]*\n\(Pdb\) ", after)
+            assert not re.search(r"\(Pdb\) [^\n]*" + past_timeout, terminal.text)
             assert not paused.done()
             after = len(terminal.text)
             terminal.type("p VERSION\n")
@@ -203,6 +206,16 @@ async def test_an_edit_while_paused_serves_new_requests_and_the_paused_one_finis
         assert "did not finish draining in time" not in terminal.text
         assert "Drain timeout reached" not in terminal.text
         await stop_cli(terminal, process, workers, port)
+
+
+async def wait_for_the_first_prompt(terminal: Terminal, after: int = 0) -> None:
+    """The prompt of a breakpoint(), at the line after it: where 3.11 and 3.12 stop first. Since
+    3.13, pdb stops at the breakpoint() call itself; `n` brings it to the next line."""
+    await terminal.wait_for(PROMPT, after)
+    if sys.version_info >= (3, 13):
+        after = len(terminal.text)
+        terminal.type("n\n")
+        await terminal.wait_for(PROMPT, after)
 
 
 async def wait_for_file(path: Path) -> None:
@@ -218,7 +231,7 @@ async def test_keys_and_ctrl_c_typed_during_a_step_are_the_debuggers(project: Pa
         workers |= await wait_for_children(process.pid, 2)
         async with client() as http:
             paused = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/slow-step"))
-            await terminal.wait_for(PROMPT)
+            await wait_for_the_first_prompt(terminal)
 
             # `r` + Enter typed while a step runs waits for pdb's next prompt (there it is pdb's
             # return command: the request runs to its end), instead of reloading the server
@@ -235,8 +248,7 @@ async def test_keys_and_ctrl_c_typed_during_a_step_are_the_debuggers(project: Pa
             (project / "stepping").unlink()
             (project / "release").unlink()
             paused = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/slow-step"))
-            after = len(terminal.text)
-            await terminal.wait_for(PROMPT, after)
+            await wait_for_the_first_prompt(terminal, len(terminal.text))
             after = len(terminal.text)
             terminal.type("n\n")
             await wait_for_file(project / "stepping")
@@ -266,7 +278,7 @@ async def test_stepping_over_an_await_in_a_draining_generation_keeps_the_request
             # logged once generation 1 stopped accepting: its drain (and its deadline) runs
             await terminal.wait_for(r"Reloaded in \d+ ms \(generation 2\)", after)
             (project / "go").touch()  # now the request stops at its breakpoint, on the main thread
-            await terminal.wait_for(PROMPT, after)
+            await wait_for_the_first_prompt(terminal, after)
             # past the drain timeout of the worker (3 s) and of the supervisor (1 s later)
             await terminal.wait_for(r"Generation 1 is past its drain timeout, but paused", after)
             after = len(terminal.text)
@@ -439,6 +451,20 @@ async def test_without_a_terminal_breakpoint_fails_the_request_at_once(project: 
     assert re.search(rf"breakpoint\(\) at \S+{BREAKPOINT}", output)
     assert "lends it no terminal" in output
     assert "PYTHONBREAKPOINT=0" in output
+
+
+async def test_without_a_terminal_pdb_set_trace_gets_a_hint_that_applies_to_it(project: Path) -> None:
+    """PYTHONBREAKPOINT=0 skips breakpoint() only: the hint for pdb.set_trace() does not offer it."""
+    async with (
+        Reloader("main:app", app_dir=str(project), port=0) as server,
+        httpx.AsyncClient(trust_env=False, timeout=20) as http,
+    ):
+        response = await http.get(f"{server.url}/set-trace")
+        assert response.status_code == 500
+        output = server.output
+    assert re.search(r"pdb\.set_trace\(\) at \S+main\.py:\d+", output)
+    assert "PYTHONBREAKPOINT does not apply to pdb.set_trace()" in output
+    assert "PYTHONBREAKPOINT=0" not in output
 
 
 async def test_pythonbreakpoint_set_by_the_app_is_obeyed(project: Path) -> None:

@@ -8,6 +8,7 @@ is not watched), and checks the response shows the edit: a reloader that serves 
 from __future__ import annotations
 
 import asyncio
+import importlib.machinery
 import json
 import os
 import re
@@ -75,22 +76,64 @@ async def test_a_module_in_a_package(tmp_path: Path) -> None:
         await edit_and_check(server, tmp_path / "pkg" / "sub.py", 'VALUE = "two"\n', "two", by_hand=False)
 
 
-# Standard modules that asgireload's worker imports for itself (and a few it does not): a project
-# module of the same name must shadow them for the app exactly when it would under uvicorn.
-STANDARD_NAMES = ["secrets", "html", "fnmatch", "sysconfig", "select", "json", "string", "glob", "shlex"]
+# Modules of the standard library whose import does something besides defining names (opens a
+# browser, prints, needs a display), which the probe app must not import for real.
+IMPORT_SIDE_EFFECTS = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo"}
+
+
+def shadowable_standard_names() -> list[str]:
+    """Every public top-level standard module that a project file of the same name can shadow on
+    this Python: the ones found on sys.path (not built in, not frozen only). Some of them uvicorn
+    imports before the app (the standard one wins), the others not (the project's wins)."""
+    names = []
+    for name in sorted(sys.stdlib_module_names):
+        if name.startswith("_") or name in IMPORT_SIDE_EFFECTS:
+            continue
+        if importlib.machinery.PathFinder.find_spec(name) is not None:
+            names.append(name)
+    return names
+
+
+STANDARD_NAMES = shadowable_standard_names()
 
 PROBE_APP = (
     "import importlib\n"
     f"NAMES = {STANDARD_NAMES!r}\n"
-    "SEEN = {n: getattr(importlib.import_module(n), 'MARK', 'standard') for n in NAMES}\n"
+    "def seen(name):\n"
+    "    try:\n"
+    "        return getattr(importlib.import_module(name), 'SHADOW_MARK', 'standard')\n"
+    "    except Exception as exc:  # a standard module this machine cannot import (no curses...)\n"
+    "        return type(exc).__name__\n"
+    "SEEN = {n: seen(n) for n in NAMES}\n"
     + SERVE_VALUE.format(imports="import json as _json", expression="_json.dumps(SEEN, sort_keys=True)")
 )
 
 
+# A project module named like a standard one that stands in for it: it runs the standard module
+# under its name and marks it, so that whatever imports the name (uvicorn, asgireload, the app)
+# works, and the mark tells whose file the import found.
+STAND_IN = """\
+import importlib.machinery as _machinery, importlib.util as _util, os as _os, sys as _sys
+
+_here = _os.path.dirname(_os.path.abspath(__file__))
+_spec = _machinery.PathFinder.find_spec(
+    __name__, [p for p in _sys.path if _os.path.abspath(p or ".") != _here]
+)
+_standard = _util.module_from_spec(_spec)
+_sys.modules[__name__] = _standard
+_spec.loader.exec_module(_standard)
+_standard.SHADOW_MARK = {mark!r}
+"""
+
+
+def write_stand_ins(folder: Path, names: list[str], mark: str) -> None:
+    for name in names:
+        write(folder / f"{name}.py", STAND_IN.format(mark=mark))
+
+
 def write_shadowing_project(folder: Path, mark: str) -> None:
     write(folder / "main.py", PROBE_APP)
-    for name in STANDARD_NAMES:
-        write(folder / f"{name}.py", f"MARK = {mark!r}\n")
+    write_stand_ins(folder, STANDARD_NAMES, mark)
 
 
 def under_uvicorn(folder: Path) -> dict[str, str]:
@@ -124,13 +167,13 @@ def under_uvicorn(folder: Path) -> dict[str, str]:
 async def test_project_modules_named_like_standard_ones_shadow_as_under_uvicorn(tmp_path: Path) -> None:
     write_shadowing_project(tmp_path, "project")
     expected = await asyncio.to_thread(under_uvicorn, tmp_path)
-    assert "project" in expected.values()  # the case is real: uvicorn lets some of them shadow
+    # the case is real both ways: uvicorn lets some of them shadow, and imported others first
+    assert {"project", "standard"} <= set(expected.values()), expected
     async with Reloader("main:app", app_dir=tmp_path, lifespan="off") as server:
         assert json.loads(await served(server)) == expected
         # and an edit of such a module reaches the next generation
         shadowing = [name for name, seen in expected.items() if seen == "project"]
-        for name in shadowing:
-            write(tmp_path / f"{name}.py", 'MARK = "edited"\n')
+        write_stand_ins(tmp_path, shadowing, "edited")
         event = await server.edit(tmp_path / "main.py", PROBE_APP + "\n")
         assert event.outcome == "ready", server.output
         now = json.loads(await served(server))

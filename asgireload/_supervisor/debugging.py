@@ -123,6 +123,7 @@ class DebugTerminal:
         self._in_foreground = in_foreground  # a background job must not read the shell's input
         self._holder: _Borrower | None = None
         self._waiting: collections.deque[_Borrower] = collections.deque()
+        self.prompt_shown: str | None = None  # the holder's prompt, while it waits for a line
 
     @classmethod
     def none(cls, why_not: str) -> DebugTerminal:
@@ -231,6 +232,8 @@ class DebugTerminal:
                 )
         elif isinstance(message, protocol.Resumed) and borrower is self._holder:
             self._take_back()
+        elif isinstance(message, protocol.Prompting) and borrower is self._holder:
+            self.prompt_shown = message.prompt if message.shown else None
 
     def _lend(self, borrower: _Borrower) -> None:
         assert self.fds is not None
@@ -255,6 +258,7 @@ class DebugTerminal:
 
     def _take_back(self) -> None:
         holder, self._holder = self._holder, None
+        self.prompt_shown = None
         if holder is not None:
             holder.emit(False, holder.announce)
         while self._waiting:

@@ -203,6 +203,25 @@ def terminal_hung_up() -> bool:
     )
 
 
+def let_go_of_a_hung_up_terminal() -> None:
+    """Point stdout and stderr that are a hung-up terminal at /dev/null. Every write to such a
+    terminal fails (EIO), the last lines of the shutdown included; on 3.15 the interpreter's own
+    last flush of them at exit fails too, which made the exit status 120 instead of 0."""
+    hung_up = [
+        fd
+        for fd in (1, 2)
+        if _is_character_device(fd) and _poll(fd, select.POLLOUT) & (select.POLLHUP | select.POLLERR)
+    ]
+    if not hung_up:
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in hung_up:
+            os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
 def ensure_standard_streams() -> list[str]:
     """Open a closed stdin, stdout or stderr on /dev/null (their names are returned); raise
     BrokenStream for a broken one.

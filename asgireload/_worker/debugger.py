@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import bdb
 import contextlib
+import inspect
+import io
 import logging
 import os
 import pdb
@@ -39,12 +41,33 @@ class NoTerminal(RuntimeError):
     """breakpoint() was called where asgireload has no terminal to run the debugger in."""
 
 
+class _TerminalInput(io.TextIOWrapper):
+    """The lent terminal's input. pdb reads a line at its prompt: while it waits, the supervisor
+    knows the prompt is shown, and puts the log lines it prints meanwhile on lines of their own."""
+
+    def __init__(self, fd: int, channel: socket.socket) -> None:
+        super().__init__(io.BufferedReader(io.FileIO(fd, "r")), encoding="utf-8", errors="replace")
+        self._channel = channel
+        self.prompt = PROMPT
+
+    def readline(self, size: int | None = -1, /) -> str:  # type: ignore[override]
+        self._say(protocol.Prompting(True, self.prompt))
+        try:
+            return super().readline(-1 if size is None else size)
+        finally:
+            self._say(protocol.Prompting(False))
+
+    def _say(self, message: protocol.Prompting) -> None:
+        with contextlib.suppress(OSError):
+            self._channel.sendall(protocol.encode(message))
+
+
 class _Lease:
     """The supervisor's terminal, lent to this worker until `give_back()`."""
 
     def __init__(self, channel: socket.socket, reading: int, writing: int) -> None:
         self._channel = channel
-        self.stdin: TextIO = open(reading, encoding="utf-8", errors="replace")  # noqa: SIM115
+        self.stdin = _TerminalInput(reading, channel)
         self.stdout: TextIO = open(writing, "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
 
     def give_back(self) -> None:
@@ -180,13 +203,18 @@ class TerminalPdb(pdb.Pdb):
         stands in for them while it runs."""
         previous = sys.stdin, sys.stdout
         sys.stdin, sys.stdout = self.stdin, self.stdout
+        if self._lease is not None:
+            self._lease.stdin.prompt = ""  # the console's prompts are its own: not drawn again
         try:
             super().do_interact(arg)
         finally:
             sys.stdin, sys.stdout = previous
+            if self._lease is not None:
+                self._lease.stdin.prompt = self.prompt
 
     def take_terminal(self, where: str) -> None:
         self._lease = self._debugger.borrow(where, announce=not self._stepping)
+        self._lease.stdin.prompt = self.prompt
         self.stdin, self.stdout = self._lease.stdin, self._lease.stdout
 
     # Each stop (what pdb prints at it, like --Return--, and its prompt) runs with the terminal.
@@ -197,7 +225,29 @@ class TerminalPdb(pdb.Pdb):
         self._with_terminal(frame, super().user_return, frame, return_value)
 
     def user_exception(self, frame: FrameType, exc_info: Any) -> None:
+        if self._a_stepped_coroutine_returned(frame, exc_info):
+            return
         self._with_terminal(frame, super().user_exception, frame, exc_info)
+
+    if sys.version_info >= (3, 13):
+
+        def user_opcode(self, frame: FrameType) -> None:
+            """3.13+: breakpoint() and set_trace() stop at once, at an instruction, not a line."""
+            self._with_terminal(frame, super().user_opcode, frame)
+
+    def _a_stepped_coroutine_returned(self, frame: FrameType, exc_info: Any) -> bool:
+        """Since 3.12 (tracing built on sys.monitoring), a coroutine that returns while stepped
+        (`r`, or `n` off its end) shows its awaiting frame a StopIteration without a traceback,
+        which pdb stops at as "Internal StopIteration" inside the server's middleware. 3.11 ran on,
+        as the step ends with the coroutine: so does this pdb, on every version."""
+        stepped = self.stopframe
+        return (
+            exc_info[0] is StopIteration
+            and exc_info[2] is None
+            and stepped is not None
+            and frame is not stepped
+            and bool(stepped.f_code.co_flags & inspect.CO_COROUTINE)
+        )
 
     def user_call(self, frame: FrameType, argument_list: None) -> None:
         if self.stop_here(frame):  # (also called for calls into a file that has breakpoints)
@@ -353,22 +403,33 @@ def breakpointhook(*args: Any, **kwargs: Any) -> Any:
     """sys.breakpointhook: PYTHONBREAKPOINT if set (by the app too), else pdb in the terminal."""
     if os.environ.get("PYTHONBREAKPOINT"):
         return sys.__breakpointhook__(*args, **kwargs)
-    _stop_in(sys._getframe(1))
+    _stop_in(sys._getframe(1), called="breakpoint()")
     return None
 
 
-def set_trace(*, header: str | None = None) -> None:
-    """pdb.set_trace(), in the terminal."""
-    _stop_in(sys._getframe(1), header)
+def set_trace(*, header: str | None = None, commands: list[str] | None = None) -> None:
+    """pdb.set_trace(), in the terminal (`commands`, new in 3.14, run first at its prompt)."""
+    _stop_in(sys._getframe(1), header, called="pdb.set_trace()", commands=commands)
 
 
 _original_set_trace = pdb.set_trace
 
 
-def _stop_in(frame: FrameType, header: str | None = None) -> None:
+# what skips each kind of stop where there is no terminal: PYTHONBREAKPOINT applies to breakpoint()
+# only, never to a pdb.set_trace() written in the code
+_HOW_TO_SKIP = {
+    "breakpoint()": "set PYTHONBREAKPOINT=0 to skip breakpoints.",
+    "pdb.set_trace()": "remove the call (PYTHONBREAKPOINT does not apply to pdb.set_trace(); "
+    "breakpoint() obeys it).",
+}
+
+
+def _stop_in(
+    frame: FrameType, header: str | None = None, *, called: str, commands: list[str] | None = None
+) -> None:
     debugger = _debugger
     if debugger is None:
-        _original_set_trace(header=header)
+        _original_set_trace(header=header, **({"commands": commands} if commands else {}))
         return
     if debugger.holds_terminal():
         kept = debugger.session
@@ -380,11 +441,13 @@ def _stop_in(frame: FrameType, header: str | None = None) -> None:
         session.take_terminal(_where(frame))
     except NoTerminal as exc:
         raise NoTerminal(
-            f"breakpoint() at {_where(frame)}: {exc} Run asgireload in a terminal to debug there, "
-            "run it under a debugger such as debugpy, or set PYTHONBREAKPOINT=0 to skip breakpoints."
+            f"{called} at {_where(frame)}: {exc} Run asgireload in a terminal to debug there, "
+            f"run it under a debugger such as debugpy, or {_HOW_TO_SKIP[called]}"
         ) from None
     if header is not None:
         session.message(header)
+    if commands:
+        session.rcLines.extend(commands)
     session.set_trace(frame)
 
 

@@ -119,12 +119,13 @@ def _read_settings(control: socket.socket) -> tuple[protocol.Settings, bytes]:
 
 
 def _uvicorn_imports(options: dict[str, Any]) -> frozenset[str]:
-    """What `uvicorn APP` has imported by the time it imports the app: uvicorn itself, and what
-    its Config loads for these options (protocols, lifespan, loop)."""
+    """Import what uvicorn's Config loads for these options (protocols, lifespan, loop), and
+    return what `uvicorn APP` has imported when it puts the app's folder first on sys.path: the
+    interpreter's start-up and uvicorn itself, nothing more. What its Config loads comes after
+    that, so a project module of such a name wins under uvicorn: it must here too."""
     config = uvicorn.Config(_placeholder_app, **dict(options, loop="none", log_config=None))
-    before = frozenset(sys.modules)
     config.load()
-    return _AT_START | _UVICORN | (frozenset(sys.modules) - before)
+    return _AT_START | _UVICORN
 
 
 async def _placeholder_app(scope: Any, receive: Any, send: Any) -> None:

@@ -20,7 +20,11 @@ _supervisor/templatespawn.py) has time before its settings come: it imports uvic
 protocols and, when the command line names the app, the modules of its warm cache.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001  (main first: see below)
+
+# first: it notes what the interpreter's start-up and uvicorn imported, before anything of the
+# template's own (a project module named like one of those must win, as under uvicorn)
+from . import main as worker
 
 import ctypes  # loaded here, so that a forked worker finds it loaded
 import gc
@@ -39,7 +43,6 @@ import uvicorn
 from .. import _forkwire, _reaper, _warmcache
 from .. import _protocol as protocol
 from . import exiting
-from . import main as worker  # first: it sets PYTHONPATH aside and imports uvicorn, as a worker does
 
 
 def _read_settings(

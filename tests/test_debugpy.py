@@ -196,10 +196,11 @@ class Output:
             async with self._changed:
                 self._changed.notify_all()
 
-    async def wait_for(self, pattern: str) -> re.Match[str]:
+    async def wait_for(self, pattern: str, since: int = 0) -> re.Match[str]:
+        """The first line from line `since` on that matches."""
         regex = re.compile(pattern)
         async with asyncio.timeout(DEADLINE), self._changed:
-            while not (match := next(filter(None, map(regex.search, self.lines)), None)):
+            while not (match := next(filter(None, map(regex.search, self.lines[since:])), None)):
                 await self._changed.wait()
         return match
 
@@ -274,10 +275,13 @@ async def test_a_breakpoint_is_hit_in_every_generation(tmp_path: Path) -> None:
             await ide.start()
             port = int((await output.wait_for(SERVING.pattern))[1])
             async with client() as http:
-                for version, generation in (("one", 1), ("two", 2), ("three", 3)):
-                    if generation > 1:
+                for version in ("one", "two", "three"):
+                    if version != "one":
+                        # the next generation, whatever its number: a warm worker that a loaded
+                        # machine did not get ready in time under the tracer is passed over
+                        since = len(output.lines)
                         write_atomically(main, APP.format(version=version))
-                        await output.wait_for(rf"Reloaded in \d+ ms \(generation {generation}\)")
+                        await output.wait_for(r"Reloaded in \d+ ms \(generation \d+\)", since)
                     request = asyncio.ensure_future(http.get(f"http://127.0.0.1:{port}/"))
                     session, stop = await ide.next_stop()
                     assert stop["body"]["reason"] == "breakpoint"

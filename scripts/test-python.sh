@@ -120,13 +120,14 @@ ensure_chroot() {
   fi
 }
 
-ensure_packages() {  # python$version, its venv module, Chromium and ss (every test dependency
-  # has a binary wheel for 3.12 to 3.15: no compiler), installed once per version
-  local marker="$root/.asgireload-packages-$version"
+ensure_packages() {  # python$version, its venv module, Chromium, ss and git (every test
+  # dependency has a binary wheel for 3.12 to 3.15: no compiler), installed once per version and list
+  local packages="python$version python$version-venv chromium chromium-driver iproute2 git"
+  local marker="$root/.asgireload-packages-$version-$(echo "$packages" | cksum | cut -d' ' -f1)"
   [ -e "$marker" ] && return 0
   in_chroot apt-get update -qq
-  in_chroot apt-get install -y -qq --no-install-recommends "python$version" "python$version-venv" \
-    chromium chromium-driver iproute2 >/dev/null
+  # shellcheck disable=SC2086  # the list is words
+  in_chroot apt-get install -y -qq --no-install-recommends $packages >/dev/null
   touch "$marker"
 }
 

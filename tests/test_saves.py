@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from asgireload import Reloader
+from asgireload import Reloader, ReloadEvent
 
 from .conftest import PLAIN_APP, until, write
 
@@ -136,6 +136,13 @@ async def served(url: str) -> str:
     return response.text
 
 
+async def served_soon(url: str, body: str, timeout: float = 10.0) -> None:
+    """Wait, with a deadline, until `url` answers `body` (a generation being loaded, not yet served)."""
+    async with asyncio.timeout(timeout):
+        while await served(url) != body:  # noqa: ASYNC110 - another process serves it
+            await asyncio.sleep(0.01)
+
+
 async def save_once(server: Reloader, save: Save, path: Path, text: str, delay: float) -> None:
     """Save in a thread (the server runs in this loop), and check that it made one good generation."""
     target = server.generation + 1
@@ -143,6 +150,15 @@ async def save_once(server: Reloader, save: Save, path: Path, text: str, delay: 
     event = await server.wait_for_generation(target)
     assert (event.generation, event.outcome) == (target, "ready"), event.summary or event
     assert server.generation == target, f"one save started {server.generation - target + 1} generations"
+
+
+async def assert_none_failed(server: Reloader, events: AsyncIterator[ReloadEvent]) -> None:
+    """Every outcome up to the last generation's (a superseded generation has none) is ready."""
+    outcomes: list[tuple[int, str]] = []
+    while not outcomes or outcomes[-1][0] < server.generation:
+        event = await asyncio.wait_for(anext(events), 10)
+        outcomes.append((event.generation, event.outcome))
+    assert [o for o in outcomes if o[1] != "ready"] == [], outcomes
 
 
 async def one_more_plain_save(server: Reloader, path: Path, text: str) -> None:
@@ -191,13 +207,10 @@ async def test_a_save_written_in_chunks_never_shows_an_error(tmp_path: Path) -> 
         for version in range(2, 4):
             body = f"v{version} " + "x" * version
             await asyncio.to_thread(written_in_chunks, main, with_body(body), 0.1)
+            await served_soon(server.url, body)  # the last part's generation, before the next save
             await one_more_plain_save(server, main, with_body(f"{body} end"))
             assert await served(server.url) == f"{body} end"
-        outcomes = []  # every outcome up to the last one (a superseded generation has none)
-        while not outcomes or outcomes[-1][0] < server.generation:
-            event = await asyncio.wait_for(anext(events), 10)
-            outcomes.append((event.generation, event.outcome))
-        assert [o for o in outcomes if o[1] != "ready"] == [], outcomes
+        await assert_none_failed(server, events)
         assert poller.errors == [], f"{len(poller.errors)} of {poller.requests} requests failed"
 
 
@@ -322,12 +335,8 @@ async def test_git_checkout_of_many_files(tmp_path: Path, caplog: pytest.LogCapt
                 assert event.outcome == "ready", event.summary
                 assert await served(server.url) == expected
             await one_more_plain_save(server, repo / "mods" / "m00.py", "VALUE = 100\n")
-            outcomes = []  # every outcome up to the last one (a superseded generation has none)
-            while not outcomes or outcomes[-1][0] < server.generation:
-                event = await asyncio.wait_for(anext(events), 10)
-                outcomes.append((event.generation, event.outcome))
             # a checkout may come as more than one burst on a loaded machine, but none of them fails
-            assert [o for o in outcomes if o[1] != "ready"] == [], outcomes
+            await assert_none_failed(server, events)
             assert poller.errors == [], f"{len(poller.errors)} of {poller.requests} requests failed"
     finally:
         go.touch()  # whatever happened, git finishes now

@@ -58,7 +58,7 @@ TRANSITIONS: Final[dict[tuple[Stage, Trigger], Stage]] = {
     (S.FORKABLE, Trigger.RETIRE): S.RETIRED,
     (S.WARM, Trigger.RETIRE): S.RETIRED,
     **{(stage, Trigger.FORKED): stage for stage in (S.FORKABLE, S.WARM, S.RETIRED, S.ENDING)},
-    **{(stage, Trigger.FORK_FAILED): stage for stage in (*_LIVE, S.ENDING, S.GONE)},
+    **{(stage, Trigger.FORK_FAILED): stage for stage in (*_LIVE, S.ENDING)},
     **{(stage, Trigger.BROKE): S.ENDING for stage in (*_LIVE, S.ENDING)},
     **{(stage, Trigger.END): S.ENDING for stage in (*_LIVE, S.ENDING)},
     **{(stage, Trigger.EXITED): S.GONE for stage in (*_LIVE, S.ENDING)},

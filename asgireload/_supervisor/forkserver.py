@@ -41,6 +41,7 @@ from .workers import Emit, SpawnError, WorkerProcess
 logger = logging.getLogger("asgireload")
 
 STATUS_WAIT = 1.0  # seconds to wait for the template's report of an exit status
+HISTORY = 256  # the latest events templatelife took, kept for diagnostics and tests
 
 
 def unsafe_to_fork() -> str | None:
@@ -211,6 +212,7 @@ class ForkServer:
         self.life = templatelife.TemplateLife()  # every decision
         self._templates: dict[int, Template] = {}  # every template started and not yet reaped
         self._changed = asyncio.Event()  # set (and replaced) once templatelife took an event
+        self.history: collections.deque[tt.Event] = collections.deque(maxlen=HISTORY)  # the latest
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -232,6 +234,7 @@ class ForkServer:
         self._feed(tt.PackagesChanged())
 
     def _feed(self, event: tt.Event) -> None:
+        self.history.append(event)
         for command in self.life.handle(event):
             self._carry_out(command)
         changed, self._changed = self._changed, asyncio.Event()
@@ -370,7 +373,8 @@ class ForkServer:
         now[_reaper.TAG_VARIABLE] = early.tag
         unlike = templatelife.unlike_now(self._output is not None, settings.env, now, early.environment)
         taken = None
-        for command in self.life.handle(tt.EarlyFound(template_id, early.pid, unlike)):
+        self.history.append(event := tt.EarlyFound(template_id, early.pid, unlike))
+        for command in self.life.handle(event):
             if isinstance(command, tt.TakeEarly):
                 taken = templatespawn.take_early()
             else:

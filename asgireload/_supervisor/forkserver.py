@@ -24,7 +24,6 @@ import collections
 import contextlib
 import logging
 import os
-import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
@@ -35,12 +34,12 @@ from .. import _protocol as protocol
 from ..config import Config
 from . import debugging, templatelife, templatespawn, workers
 from . import templatetable as tt
+from .children import ForkedChild, TemplateChild
 from .debugging import DebugTerminal
 from .workers import Emit, SpawnError, WorkerProcess
 
 logger = logging.getLogger("asgireload")
 
-STATUS_WAIT = 1.0  # seconds to wait for the template's report of an exit status
 HISTORY = 256  # the latest events templatelife took, kept for diagnostics and tests
 
 
@@ -93,104 +92,25 @@ def event_of(template: int, message: dict[str, object]) -> tt.Greeted | tt.Warme
     return None
 
 
-class ForkedProcess:
-    """A worker forked by a template, as much of asyncio's Process as the supervisor uses."""
-
-    def __init__(self, pid: int, pidfd: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-        self._loop = asyncio.get_running_loop()
-        self.exited: asyncio.Future[None] = self._loop.create_future()
-        self._pidfd: int | None = pidfd
-        self._gone = False
-        self._orphaned = False  # its template is gone: no status will come
-        self._loop.add_reader(pidfd, self._on_exit)
-
-    def _on_exit(self) -> None:
-        self._close_pidfd()
-        self._gone = True
-        if self.returncode is not None or self._orphaned:
-            self._set_exited()
-        else:
-            self._loop.call_later(STATUS_WAIT, self._set_exited)
-
-    def status(self, returncode: int) -> None:
-        self.returncode = returncode
-        if self._gone:
-            self._set_exited()
-
-    def orphan(self) -> None:
-        self._orphaned = True
-        if self._gone:
-            self._set_exited()
-
-    def _set_exited(self) -> None:
-        if not self.exited.done():
-            self.exited.set_result(None)
-
-    def _close_pidfd(self) -> None:
-        if self._pidfd is not None:
-            self._loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
-
-    async def wait(self) -> int | None:
-        await asyncio.shield(self.exited)
-        return self.returncode
-
-    def close(self) -> None:
-        """Stop watching (the supervisor is stopping and has killed it)."""
-        self._close_pidfd()
-        self._set_exited()
-
-
-class Template:
-    """One template process and its channel, as the fork server holds them."""
+class TemplateHandle:
+    """One template as the fork server holds it: its process, its channel, the fork requests
+    waiting for an answer, and the workers it forked (it reaps them and reports their status)."""
 
     def __init__(self, template_id: int, process: templatespawn.TemplateProcess) -> None:
         self.id = template_id  # templatelife's name for it
-        self.process = process
+        self.child = TemplateChild(process)
         self.pid = process.pid
-        self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.channel = process.channel
-        self.tag = process.tag
         self.receiver = _forkwire.Receiver(self.channel)
-        self.answers: collections.deque[asyncio.Future[ForkedProcess]] = collections.deque()
-        self.children: dict[int, ForkedProcess] = {}
+        self.answers: collections.deque[asyncio.Future[ForkedChild]] = collections.deque()
+        self.forked: dict[int, ForkedChild] = {}
         self.sending: asyncio.Task[None] | None = None  # the last long line on its way
 
-    def kill(self) -> None:
-        """End the template alone: the workers it forked live on (they lead sessions of their own)."""
-        self.process.kill()
-
-    def on_exit(self) -> None:
-        """Its pidfd is readable: it has exited (reaped here; asyncio does not know of it)."""
-        if self.process.reap() is not None:
-            self._unwatch()
-            os.close(self.process.pidfd)
-            self.process.pidfd = -1
-            self._set_exited()
-
-    def finish(self) -> None:
-        """The supervisor is done with it: killed, reaped if it can be within a second (see
-        templatespawn.close), and nothing of it left open here."""
-        self._unwatch()
-        templatespawn.close(self.process)
-        if self.process.returncode is not None:
-            self._set_exited()
-
-    def _unwatch(self) -> None:
-        if self.process.pidfd >= 0:
-            with contextlib.suppress(ValueError, OSError):
-                asyncio.get_running_loop().remove_reader(self.process.pidfd)
-
-    def _set_exited(self) -> None:
-        if not self.exited.done():
-            self.exited.set_result(None)
-
-    def close(self) -> None:
-        """Kill it and close its channel: a fork request waiting on it spawns instead."""
-        self.kill()
+    def end(self) -> None:
+        """Kill the template alone (the workers it forked lead sessions of their own) and close
+        its channel: a fork request waiting on it spawns instead; its workers' exits need no
+        status any more."""
+        self.child.kill(tagged=False)
         with contextlib.suppress(ValueError, OSError):
             asyncio.get_running_loop().remove_reader(self.channel.fileno())
         self.channel.close()
@@ -199,8 +119,8 @@ class Template:
             if not answer.done():
                 answer.set_exception(SpawnError("the fork server ended"))
         self.answers.clear()
-        for child in self.children.values():
-            child.orphan()
+        for worker in self.forked.values():
+            worker.orphan()
 
 
 class ForkServer:
@@ -210,7 +130,7 @@ class ForkServer:
         self._listener = listener
         self._output = output
         self.life = templatelife.TemplateLife()  # every decision
-        self._templates: dict[int, Template] = {}  # every template started and not yet reaped
+        self._templates: dict[int, TemplateHandle] = {}  # every template started and not yet reaped
         self._changed = asyncio.Event()  # set (and replaced) once templatelife took an event
         self.history: collections.deque[tt.Event] = collections.deque(maxlen=HISTORY)  # the latest
         self._tasks: set[asyncio.Task[None]] = set()
@@ -223,7 +143,7 @@ class ForkServer:
     def pid(self) -> int | None:
         """The running template's pid (for diagnostics and tests)."""
         template = self._templates.get(self.life.current) if self.life.current is not None else None
-        return template.pid if template is not None and not template.exited.done() else None
+        return template.pid if template is not None and template.child.alive else None
 
     def start(self, settings: protocol.Settings) -> None:
         """Start the template now, in the background, with `settings`' preload list."""
@@ -252,10 +172,10 @@ class ForkServer:
                     try:
                         _forkwire.send(template.channel, {"type": "retire"})
                     except OSError:
-                        template.close()
+                        template.end()
             case tt.End(template_id):
                 if (template := self._templates.get(template_id)) is not None:
-                    template.close()
+                    template.end()
             case tt.Preload(template_id, modules):
                 if (template := self._templates.get(template_id)) is not None:
                     line = _forkwire.encode({"type": "preload", "modules": list(modules)})
@@ -281,7 +201,7 @@ class ForkServer:
             match step:
                 case tt.Fork(template_id, answer_wait):
                     template = self._templates.get(template_id)
-                    if template is None or template.exited.done():
+                    if template is None or not template.child.alive:
                         return None  # it exited a moment ago: its exit is news to templatelife yet
                     return await self._fork_from(template, worker_id, wanted, answer_wait, emit, terminal)
                 case tt.Wait(deadline):
@@ -298,7 +218,7 @@ class ForkServer:
 
     async def _fork_from(
         self,
-        template: Template,
+        template: TemplateHandle,
         worker_id: int,
         wanted: protocol.Settings,
         answer_wait: float,
@@ -307,7 +227,7 @@ class ForkServer:
     ) -> WorkerProcess | None:
         parent, child, handoff, handoff_child, debug, debug_child = workers.socketpairs()
         tag = _reaper.new_tag(worker_id)
-        answer: asyncio.Future[ForkedProcess] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[ForkedChild] = asyncio.get_running_loop().create_future()
         channel: protocol.Channel | None = None
         try:
             # its settings wait in its channel before it exists: no round trip after the fork
@@ -331,10 +251,9 @@ class ForkServer:
             for sock in (child, handoff_child, debug_child):
                 sock.close()
         assert channel is not None
+        process.tag = tag
         sockets = (parent, handoff, debug)
-        return await workers.attach(
-            worker_id, process, tag, process.exited, sockets, channel, emit, None, terminal
-        )
+        return await workers.attach(worker_id, process, sockets, channel, emit, None, terminal)
 
     def _run(self, work: Coroutine[object, object, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
@@ -355,7 +274,7 @@ class ForkServer:
         self._feed(tt.Launched(template_id, template.pid))
 
     @staticmethod
-    async def _send(template: Template, line: bytes, after: asyncio.Task[None] | None = None) -> None:
+    async def _send(template: TemplateHandle, line: bytes, after: asyncio.Task[None] | None = None) -> None:
         """Send a line to the template, after the one being sent; if it is gone, its exit says so."""
         if after is not None:
             await asyncio.gather(after, return_exceptions=True)
@@ -381,17 +300,16 @@ class ForkServer:
                 self._carry_out(command)
         return taken
 
-    async def _spawn(self, template_id: int, settings: protocol.Settings) -> Template:
+    async def _spawn(self, template_id: int, settings: protocol.Settings) -> TemplateHandle:
         process = self._early_process(template_id, settings)
         try:
             process = process or templatespawn.spawn(self._output is not None)
         except OSError as exc:
             raise SpawnError(f"could not start the fork server: {exc.strerror or exc}") from exc
         loop = asyncio.get_running_loop()
-        template = Template(template_id, process)
+        template = TemplateHandle(template_id, process)
         self._templates[template_id] = template
-        template.exited.add_done_callback(lambda _: self._templates.pop(template_id, None))
-        loop.add_reader(process.pidfd, template.on_exit)
+        template.child.exited.add_done_callback(lambda _: self._templates.pop(template_id, None))
         reading: asyncio.Task[None] | None = None
         pipe: asyncio.BaseTransport | None = None
         if self._output is not None and process.output is not None:
@@ -403,7 +321,7 @@ class ForkServer:
                 pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream), file)
             except BaseException:  # cancelled (stopping), or out of descriptors: it is nobody's
                 file.close()
-                template.finish()
+                template.child.release()
                 raise
             reading = self._run(workers._read_output(stream, self._output))
         template.channel.setblocking(False)
@@ -415,7 +333,7 @@ class ForkServer:
         )
         return template
 
-    def _readable(self, template: Template) -> None:
+    def _readable(self, template: TemplateHandle) -> None:
         try:
             messages = template.receiver.receive()
         except BlockingIOError:
@@ -432,7 +350,7 @@ class ForkServer:
                     os.close(fd)
                 self._feed(tt.WireBroken(template.id, f"The fork server sent {message!r}; ending it."))
 
-    def _take(self, template: Template, message: dict[str, Any], fds: list[int]) -> bool:
+    def _take(self, template: TemplateHandle, message: dict[str, Any], fds: list[int]) -> bool:
         """Act on one line of the template's; False if it could not have said it now."""
         if fds == [] and (event := event_of(template.id, message)) is not None:
             trigger = tt.Trigger.HELLO if isinstance(event, tt.Greeted) else tt.Trigger.WARM
@@ -443,12 +361,11 @@ class ForkServer:
         match message.get("type"), fds:
             case "forked", [pidfd] if template.answers and isinstance(pid := message.get("pid"), int):
                 # known at once, so that its exit status (maybe in this same read) finds it
-                process = ForkedProcess(pid, pidfd)
-                template.children[process.pid] = process
+                process = ForkedChild(pid, pidfd)
+                template.forked[process.pid] = process
                 answer = template.answers.popleft()
                 if answer.done():  # the request gave up waiting: this worker is not wanted
-                    with contextlib.suppress(OSError):
-                        os.kill(process.pid, signal.SIGKILL)
+                    process.kill()
                 else:
                     answer.set_result(process)
                 if self.life.allows(template.id, tt.Trigger.FORKED):
@@ -457,43 +374,38 @@ class ForkServer:
                 if not (answer := template.answers.popleft()).done():
                     answer.set_exception(SpawnError(str(message.get("error"))))
             case "exited", [] if isinstance(returncode := message.get("returncode"), int):
-                child = template.children.pop(int(message.get("pid") or 0), None)
-                if child is not None:
-                    child.status(returncode)
+                worker = template.forked.pop(int(message.get("pid") or 0), None)
+                if worker is not None:
+                    worker.status(returncode)
             case _:
                 return False
         return True
 
     async def _watch(
-        self, template: Template, pipe: asyncio.BaseTransport | None, reading: asyncio.Task[None] | None
+        self, template: TemplateHandle, pipe: asyncio.BaseTransport | None, reading: asyncio.Task[None] | None
     ) -> None:
         """When a template exits, templatelife decides what next. Its output pipe stays open
         until the workers it forked (which write to it too) are gone."""
         try:
-            await asyncio.shield(template.exited)
+            await template.child.wait()
         except asyncio.CancelledError:
             if pipe is not None:
                 pipe.close()
             raise
-        template.close()
+        template.end()
         if pipe is not None and reading is not None:
             reading.add_done_callback(lambda _: pipe.close())
         self._feed(tt.Exited(template.id))
 
     async def aclose(self) -> None:
-        """Kill the templates (the workers they forked are ended by their owners) and wait for them."""
+        """End the templates (the workers they forked are ended by their owners) and wait for them."""
         templates = list(self._templates.values())  # in use, retired, or ended and not yet gone
         self._feed(tt.Close())  # the early one too, if it was never taken
-        for template in templates:
-            template.kill()
-            # the supervisor is stopping: whatever still carries the template's tag goes too
-            _reaper.kill_generation(None, template.tag)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(workers.KILL_WAIT):
-                await asyncio.gather(*(asyncio.shield(t.exited) for t in templates))
+        # the supervisor is stopping: whatever still carries a template's tag goes too
+        await asyncio.gather(*(template.child.aclose(0) for template in templates))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for template in {*templates, *self._templates.values()}:
-            template.close()
-            template.finish()
+            template.end()
+            template.child.release()

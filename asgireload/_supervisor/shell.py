@@ -442,7 +442,7 @@ class Supervisor:
             draining = {w.id for w in machine.workers.values() if w.role is Role.DRAINING}
         for process in processes:
             if process.id not in draining:
-                process.kill()  # a worker the machine has not heard of yet (spawned while stopping)
+                processes.kill(process.id)  # one the machine has not heard of yet (spawned while stopping)
         return draining
 
 

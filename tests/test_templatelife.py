@@ -1,7 +1,7 @@
 """The fork server's decisions about its templates, without a process: events in, commands out.
 
 Each scenario is a list of steps: an event fed to `TemplateLife.handle`, or a fork request
-routed (`Route`), and the commands it must answer with, written short (see `render`). Log lines
+routed (`Route`), and the commands it must answer with, written short (see `render`). LogLine lines
 are left out of the comparison; the tests that care look at them separately.
 """
 
@@ -25,7 +25,7 @@ from asgireload._supervisor.templatelife import (
     missing_modules,
     unlike_now,
 )
-from asgireload._supervisor.templatetable import Stage, Trigger
+from asgireload._supervisor.templatetable import Stage, TemplateTrigger
 
 SETTINGS = Settings(
     app="main:app",
@@ -61,7 +61,7 @@ class Route:
 
 
 def render(command: tt.Command) -> str | None:
-    """A command, short; None for Log lines."""
+    """A command, short; None for LogLine lines."""
     match command:
         case tt.Launch(template):
             return f"launch {template}"
@@ -114,7 +114,7 @@ class Harness:
             assert self.feed(step) == expected, f"step {number}: {step}"
 
     def logs(self) -> list[str]:
-        return [c.message for c in self.commands if isinstance(c, tt.Log)]
+        return [c.message for c in self.commands if isinstance(c, tt.LogLine)]
 
     def stage(self, template: int) -> Stage:
         return self.life.templates[template].stage
@@ -214,13 +214,13 @@ def test_missing_modules_leave_out_the_standard_library() -> None:
 
 def test_a_package_change_retires_a_template_that_forked_and_ends_one_that_did_not() -> None:
     harness = started(
-        (tt.PackagesChanged(), ["end 1", "launch 2"]),  # never forked: nothing to wait for
+        (tt.InstalledPackagesChanged(), ["end 1", "launch 2"]),  # never forked: nothing to wait for
         (tt.Launched(2, 102), []),
         (hello(2), []),
         (warm(2, "starlette"), []),
         (Route("a"), ["fork from 2 (fork wait)"]),
         (tt.Forked(2), []),
-        (tt.PackagesChanged(), ["retire 2", "launch 3"]),  # it reaps its workers, then exits
+        (tt.InstalledPackagesChanged(), ["retire 2", "launch 3"]),  # it reaps its workers, then exits
         (tt.Exited(2), []),  # a retired template's exit is no death
         (tt.Exited(1), []),
     )
@@ -243,7 +243,7 @@ def test_a_template_replaced_while_it_launches_is_ended_once_launched() -> None:
     Harness().run(
         [
             (tt.Start(SETTINGS), ["launch 1"]),
-            (tt.PackagesChanged(), ["launch 2"]),
+            (tt.InstalledPackagesChanged(), ["launch 2"]),
             (tt.Launched(1, 101), ["end 1"]),
             (tt.Launched(2, 102), []),
         ]
@@ -271,7 +271,7 @@ def test_a_dead_template_is_replaced_a_few_times_then_workers_are_spawned() -> N
         (tt.Launched(3, 103), []),
         (tt.Exited(3), []),
         (Route("a"), ["spawn"]),
-        (tt.PackagesChanged(), []),
+        (tt.InstalledPackagesChanged(), []),
     )
     assert harness.life.deaths == MAX_DEATHS
     assert harness.life.off == "the fork server died 3 times, the last before it was ready"
@@ -295,7 +295,7 @@ def test_threads_in_the_template_turn_forking_off_said_once() -> None:
         "Spawning workers instead of forking them: 2 threads were running in the fork server after its "
         "imports."
     ]
-    assert all(c.level == logging.DEBUG for c in harness.commands if isinstance(c, tt.Log))
+    assert all(c.level == logging.DEBUG for c in harness.commands if isinstance(c, tt.LogLine))
 
 
 def test_a_template_with_threads_at_hello_is_ended() -> None:
@@ -322,7 +322,7 @@ def test_a_launch_the_os_refuses_turns_forking_off() -> None:
 def test_stopping_ends_every_template_and_launches_no_more() -> None:
     harness = started(
         (tt.Forked(1), []),
-        (tt.PackagesChanged(), ["retire 1", "launch 2"]),
+        (tt.InstalledPackagesChanged(), ["retire 1", "launch 2"]),
         (tt.Close(), ["end the early one", "end 1"]),  # 2 is still launching: ended once launched
         (tt.Launched(2, 102), ["end 2"]),
         (tt.Exited(1), []),
@@ -377,8 +377,8 @@ def test_forking_off() -> None:
 
 def test_a_message_a_template_could_not_send_now_is_refused() -> None:
     harness = started()
-    assert not harness.life.allows(1, Trigger.HELLO)  # a second hello
-    assert harness.life.allows(1, Trigger.WARM)
+    assert not harness.life.allows(1, TemplateTrigger.HELLO)  # a second hello
+    assert harness.life.allows(1, TemplateTrigger.WARM)
     with pytest.raises(IllegalTransition, match="Template 1 is warm, and 'it said hello' cannot happen"):
         harness.life.handle(hello(1))
 
@@ -394,8 +394,8 @@ def test_a_broken_wire_ends_the_template_and_its_exit_replaces_it() -> None:
 def test_every_stage_but_gone_can_end_and_exit() -> None:
     for stage in Stage:
         if stage not in (Stage.GONE, Stage.LAUNCHING):
-            assert (stage, Trigger.EXITED) in tt.TRANSITIONS, stage
-            assert (stage, Trigger.END) in tt.TRANSITIONS, stage
+            assert (stage, TemplateTrigger.EXITED) in tt.TRANSITIONS, stage
+            assert (stage, TemplateTrigger.END) in tt.TRANSITIONS, stage
     assert not any(stage is Stage.GONE for stage, _ in tt.TRANSITIONS)
 
 

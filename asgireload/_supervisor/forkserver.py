@@ -66,32 +66,6 @@ def for_config(
     return ForkServer(listener, output)
 
 
-def _modules(message: dict[str, object]) -> frozenset[str]:
-    modules = message.get("modules")
-    return frozenset(str(name) for name in modules) if isinstance(modules, list) else frozenset()
-
-
-def _threads(message: dict[str, object]) -> int:
-    threads = message.get("threads")
-    return threads if isinstance(threads, int) else 1
-
-
-def event_of(template: int, message: dict[str, object]) -> tt.Greeted | tt.Warmed | None:
-    """A template's `hello` or `warm` line as templatelife's event (None for other lines)."""
-    if message.get("type") == "hello":
-        return tt.Greeted(template, _threads(message), _modules(message))
-    if message.get("type") == "warm":
-        failed = message.get("failed")
-        return tt.Warmed(
-            template,
-            _threads(message),
-            _modules(message),
-            tuple(str(name) for name in failed) if isinstance(failed, list) else (),
-            message.get("preloaded"),
-        )
-    return None
-
-
 class TemplateHandle:
     """One template as the fork server holds it: its process, its channel, the fork requests
     waiting for an answer, and the workers it forked (it reaps them and reports their status)."""
@@ -151,7 +125,7 @@ class ForkServer:
 
     def replace(self) -> None:
         """Installed packages changed: the next fork comes from a new template."""
-        self._feed(tt.PackagesChanged())
+        self._feed(tt.InstalledPackagesChanged())
 
     def _feed(self, event: tt.Event) -> None:
         self.history.append(event)
@@ -162,7 +136,7 @@ class ForkServer:
 
     def _carry_out(self, command: tt.Command) -> None:
         match command:
-            case tt.Log(level, message):
+            case tt.LogLine(level, message):
                 logger.log(level, "%s", message)
             case tt.Launch(template_id, settings):
                 self._run(self._launch(template_id, settings))
@@ -352,8 +326,8 @@ class ForkServer:
 
     def _take(self, template: TemplateHandle, message: dict[str, Any], fds: list[int]) -> bool:
         """Act on one line of the template's; False if it could not have said it now."""
-        if fds == [] and (event := event_of(template.id, message)) is not None:
-            trigger = tt.Trigger.HELLO if isinstance(event, tt.Greeted) else tt.Trigger.WARM
+        if fds == [] and (event := tt.event_of(template.id, message)) is not None:
+            trigger = tt.TemplateTrigger.HELLO if isinstance(event, tt.Greeted) else tt.TemplateTrigger.WARM
             if not self.life.allows(template.id, trigger):
                 return False
             self._feed(event)
@@ -368,7 +342,7 @@ class ForkServer:
                     process.kill()
                 else:
                     answer.set_result(process)
-                if self.life.allows(template.id, tt.Trigger.FORKED):
+                if self.life.allows(template.id, tt.TemplateTrigger.FORKED):
                     self._feed(tt.Forked(template.id))
             case "refused", [] if template.answers:
                 if not (answer := template.answers.popleft()).done():

@@ -41,39 +41,9 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 
 from .._protocol import Settings
+from . import templatetable as tt
 from .table import IllegalTransition
-from .templatetable import (
-    TRANSITIONS,
-    Close,
-    Command,
-    EarlyFound,
-    End,
-    EndEarly,
-    Event,
-    Exited,
-    Fork,
-    Forked,
-    ForkFailed,
-    ForkRequest,
-    Greeted,
-    Launch,
-    Launched,
-    LaunchFailed,
-    Log,
-    PackagesChanged,
-    Phase,
-    Preload,
-    Retire,
-    SpawnInstead,
-    Stage,
-    Start,
-    TakeEarly,
-    TemplateRecord,
-    Trigger,
-    Wait,
-    Warmed,
-    WireBroken,
-)
+from .templatetable import TRANSITIONS, ForkRequest, Phase, Stage, TemplateRecord, TemplateTrigger
 
 READY_WAIT: Final = 2.0  # seconds a fork request waits for a template still launching, then spawns
 FORK_WAIT: Final = 5.0  # seconds a fork request waits for the template's answer
@@ -95,22 +65,22 @@ class TemplateLife:
         self.closing = False
         self.deaths = 0
         self._next_id = 0
-        self._out: list[Command] = []
+        self._out: list[tt.Command] = []
 
     @property
     def current_record(self) -> TemplateRecord | None:
         return self.templates.get(self.current) if self.current is not None else None
 
-    def handle(self, event: Event) -> list[Command]:
+    def handle(self, event: tt.Event) -> list[tt.Command]:
         self._out = []
         match event:
-            case Start(settings):
+            case tt.Start(settings):
                 self._start(settings)
-            case PackagesChanged():
+            case tt.InstalledPackagesChanged():
                 self._replace()
-            case Close():
+            case tt.Close():
                 self.closing = True
-                self._out.append(EndEarly())
+                self._out.append(tt.EndEarly())
                 for record in list(self.templates.values()):
                     if record.stage is not Stage.ENDING:
                         self._end(record)
@@ -119,7 +89,7 @@ class TemplateLife:
         out, self._out = self._out, []
         return out
 
-    def allows(self, template: int, trigger: Trigger) -> bool:
+    def allows(self, template: int, trigger: TemplateTrigger) -> bool:
         """Whether `trigger` may happen to this template now (what it says is checked with this
         where it is read: a message it could not send now ends it, never the supervisor)."""
         record = self.templates.get(template)
@@ -130,49 +100,49 @@ class TemplateLife:
         record = self.templates.get(template)
         return record is not None and record.stage is Stage.LAUNCHING
 
-    def _template_event(self, event: Event) -> None:
-        if isinstance(event, ForkFailed):
+    def _template_event(self, event: tt.Event) -> None:
+        if isinstance(event, tt.ForkFailed):
             self._log(logging.DEBUG, f"The fork server could not fork a worker ({event.why}); spawning it.")
         record = self.templates.get(getattr(event, "template", -1))
         if record is None:
             return  # a template that is gone: only a stale fork failure can still name it
         match event:
-            case Launched(_, pid):
+            case tt.Launched(_, pid):
                 record.pid = pid
-                self._move(record, Trigger.LAUNCHED)
+                self._move(record, TemplateTrigger.LAUNCHED)
                 if record.stage is Stage.ENDING:
-                    self._out.append(End(record.id))  # replaced or stopped while it launched
-            case LaunchFailed(_, reason):
+                    self._out.append(tt.End(record.id))  # replaced or stopped while it launched
+            case tt.LaunchFailed(_, reason):
                 ended = record.stage is Stage.ENDING
-                self._move(record, Trigger.LAUNCH_FAILED)
+                self._move(record, TemplateTrigger.LAUNCH_FAILED)
                 if not ended:
                     self._give_up(reason)
-            case EarlyFound(_, pid, unlike):
+            case tt.EarlyFound(_, pid, unlike):
                 self._early(record, pid, unlike)
-            case Greeted(_, threads, modules):
-                self._move(record, Trigger.HELLO)
+            case tt.Greeted(_, threads, modules):
+                self._move(record, TemplateTrigger.HELLO)
                 if record.stage is Stage.FORKABLE and self._threads_allow_forking(threads):
                     record.greeted = True
                     record.preloaded = modules | frozenset(record.settings.preload)  # soon
-            case Warmed():
+            case tt.Warmed():
                 self._warmed(record, event)
-            case Forked():
+            case tt.Forked():
                 record.forked = True
-                self._move(record, Trigger.FORKED)
-            case ForkFailed():
-                self._move(record, Trigger.FORK_FAILED)
+                self._move(record, TemplateTrigger.FORKED)
+            case tt.ForkFailed():
+                self._move(record, TemplateTrigger.FORK_FAILED)
                 if record.id == self.current:
                     self.deaths += 1
                     self._replace()
-            case WireBroken(_, why, announce):
+            case tt.WireBroken(_, why, announce):
                 if announce and not self.closing:
                     self._log(logging.DEBUG, why)
-                self._move(record, Trigger.BROKE)  # killed: its exit decides what next
-                self._out.append(End(record.id))
-            case Exited():
+                self._move(record, TemplateTrigger.BROKE)  # killed: its exit decides what next
+                self._out.append(tt.End(record.id))
+            case tt.Exited():
                 self._exited(record)
 
-    def _move(self, record: TemplateRecord, trigger: Trigger) -> None:
+    def _move(self, record: TemplateRecord, trigger: TemplateTrigger) -> None:
         stage = TRANSITIONS.get((record.stage, trigger))
         if stage is None:
             raise IllegalTransition(
@@ -186,7 +156,7 @@ class TemplateLife:
     # ---------------------------------------------------------------- launching and replacing
 
     def _start(self, settings: Settings) -> None:
-        """Launch a template with `settings`, the current one from now on; not once given up."""
+        """tt.Launch a template with `settings`, the current one from now on; not once given up."""
         if self.off is not None or self.closing:
             return
         self.settings = settings
@@ -194,7 +164,7 @@ class TemplateLife:
         record = TemplateRecord(self._next_id, settings)
         self.templates[record.id] = record
         self.current = record.id
-        self._out.append(Launch(record.id, settings))
+        self._out.append(tt.Launch(record.id, settings))
 
     def _replace(self) -> None:
         """The next fork comes from a new template; the current one is retired."""
@@ -209,15 +179,15 @@ class TemplateLife:
         """No more forks from it. One that forked workers exits once they have (it reaps them and
         reports how they ended: they are never orphaned); any other ends now."""
         if record.forked and record.stage in (Stage.FORKABLE, Stage.WARM):
-            self._move(record, Trigger.RETIRE)
-            self._out.append(Retire(record.id))
+            self._move(record, TemplateTrigger.RETIRE)
+            self._out.append(tt.Retire(record.id))
         elif record.stage is not Stage.ENDING:
             self._end(record)
 
     def _end(self, record: TemplateRecord) -> None:
-        self._move(record, Trigger.END)
+        self._move(record, TemplateTrigger.END)
         if record.stage is Stage.ENDING and record.pid is not None:
-            self._out.append(End(record.id))  # (one still launching is ended once launched)
+            self._out.append(tt.End(record.id))  # (one still launching is ended once launched)
 
     def _give_up(self, reason: str) -> None:
         if self.off is None:
@@ -231,10 +201,10 @@ class TemplateLife:
         """The command's early template is this one if it is the one that would start now."""
         if unlike is not None:
             self._log(logging.DEBUG, f"Starting the fork server again: the one the command started {unlike}.")
-            self._out.append(EndEarly())
+            self._out.append(tt.EndEarly())
         else:
             self._log(logging.DEBUG, f"The fork server is the one the command started first (pid {pid}).")
-            self._out.append(TakeEarly(record.id))
+            self._out.append(tt.TakeEarly(record.id))
 
     # ---------------------------------------------------------------- what templates say
 
@@ -244,11 +214,11 @@ class TemplateLife:
             return False
         return True
 
-    def _warmed(self, record: TemplateRecord, event: Warmed) -> None:
+    def _warmed(self, record: TemplateRecord, event: tt.Warmed) -> None:
         """It imported its preload list, or more on request: what it has now; no forking if a
         thread started."""
         before = record.stage
-        self._move(record, Trigger.WARM)
+        self._move(record, TemplateTrigger.WARM)
         if before is Stage.ENDING or not self._threads_allow_forking(event.threads):
             return
         if before is Stage.STARTING:  # no hello first (only a template with threads does that)
@@ -267,7 +237,7 @@ class TemplateLife:
     def _exited(self, record: TemplateRecord) -> None:
         """Replace the current template when it dies, a few times; then give up forking."""
         was_ready = record.greeted
-        self._move(record, Trigger.EXITED)
+        self._move(record, TemplateTrigger.EXITED)
         if self.closing or self.off is not None or record.id != self.current:
             return
         self.current = None
@@ -282,8 +252,8 @@ class TemplateLife:
 
     # ---------------------------------------------------------------- fork requests
 
-    def route(self, request: ForkRequest) -> list[Command]:
-        """What `request` does next: commands, the last of them Fork, Wait or SpawnInstead."""
+    def route(self, request: ForkRequest) -> list[tt.Command]:
+        """What `request` does next: commands, the last of them tt.Fork, tt.Wait or tt.SpawnInstead."""
         self._out = []
         self._route(request)
         out, self._out = self._out, []
@@ -295,7 +265,7 @@ class TemplateLife:
             return
         if request.timed_out:
             self._log(logging.DEBUG, "The fork server is not ready yet; spawning this worker.")
-            self._out.append(SpawnInstead())
+            self._out.append(tt.SpawnInstead())
             return
         record = self._usable()
         if record is None:
@@ -314,16 +284,16 @@ class TemplateLife:
             # here, not against FORK_WAIT (a reload meanwhile starts a worker of its own)
             request.phase = Phase.WARMING
             request.timed_out = False
-            self._out.append(Wait(WARM_WAIT))
+            self._out.append(tt.Wait(WARM_WAIT))
             return
         self._fork(record, request)
 
     def _usable(self) -> TemplateRecord | None:
         """The template to fork from: a forkable one, or one still importing uvicorn (the request
-        waits in its channel and is served before it imports the preload list); else Wait while
-        one launches, or SpawnInstead (None then)."""
+        waits in its channel and is served before it imports the preload list); else tt.Wait while
+        one launches, or tt.SpawnInstead (None then)."""
         if self.off is not None or self.closing:
-            self._out.append(SpawnInstead())
+            self._out.append(tt.SpawnInstead())
             return None
         record = self.current_record
         if record is None:
@@ -331,26 +301,26 @@ class TemplateLife:
                 self._start(self.settings)
             record = self.current_record
             if record is None:
-                self._out.append(SpawnInstead())
+                self._out.append(tt.SpawnInstead())
                 return None
         if record.stage in (Stage.STARTING, Stage.FORKABLE, Stage.WARM):
             return record
         if record.stage is Stage.LAUNCHING:
-            self._out.append(Wait(READY_WAIT))
+            self._out.append(tt.Wait(READY_WAIT))
         else:
-            self._out.append(SpawnInstead())  # killed: its exit replaces it
+            self._out.append(tt.SpawnInstead())  # killed: its exit replaces it
         return None
 
     def _route_warming(self, request: ForkRequest) -> None:
         record = self.templates.get(request.template) if request.template is not None else None
         if request.timed_out or self.off is not None or record is None:
-            self._out.append(SpawnInstead())
+            self._out.append(tt.SpawnInstead())
         elif record.stage is Stage.FORKABLE:
-            self._out.append(Wait(WARM_WAIT))
+            self._out.append(tt.Wait(WARM_WAIT))
         elif record.stage is Stage.WARM:
             self._fork(record, request)
         else:
-            self._out.append(SpawnInstead())  # retired or ended meanwhile: it forks no more
+            self._out.append(tt.SpawnInstead())  # retired or ended meanwhile: it forks no more
 
     def _fork(self, record: TemplateRecord, request: ForkRequest) -> None:
         wanted = request.wanted
@@ -360,11 +330,11 @@ class TemplateLife:
             self._log(logging.DEBUG, f"The fork server imports {', '.join(missing[:5])} too.")
             self.settings = dataclasses.replace(self.settings or wanted, preload=wanted.preload)
             record.preloaded |= frozenset(missing)
-            self._out.append(Preload(record.id, tuple(missing)))
-        self._out.append(Fork(record.id, WARM_WAIT if missing else FORK_WAIT))
+            self._out.append(tt.Preload(record.id, tuple(missing)))
+        self._out.append(tt.Fork(record.id, WARM_WAIT if missing else FORK_WAIT))
 
     def _log(self, level: int, message: str) -> None:
-        self._out.append(Log(level, message))
+        self._out.append(tt.LogLine(level, message))
 
 
 # ------------------------------------------------------------------ pure helpers

@@ -25,7 +25,7 @@ class Stage(enum.Enum):
     GONE = "gone"  # exited and reaped
 
 
-class Trigger(enum.Enum):
+class TemplateTrigger(enum.Enum):
     LAUNCHED = "it was launched"
     LAUNCH_FAILED = "it could not be launched"
     HELLO = "it said hello"
@@ -42,26 +42,26 @@ S = Stage
 _LIVE = (S.STARTING, S.FORKABLE, S.WARM, S.RETIRED)
 
 # (stage, trigger) -> the one stage that results. A pair that is not here is illegal.
-TRANSITIONS: Final[dict[tuple[Stage, Trigger], Stage]] = {
-    (S.LAUNCHING, Trigger.LAUNCHED): S.STARTING,
-    (S.LAUNCHING, Trigger.LAUNCH_FAILED): S.GONE,
-    (S.LAUNCHING, Trigger.END): S.ENDING,  # replaced or stopped while it starts: ended once started
-    (S.ENDING, Trigger.LAUNCHED): S.ENDING,
-    (S.ENDING, Trigger.LAUNCH_FAILED): S.GONE,  # (or not launched at all: the server stopped first)
-    (S.STARTING, Trigger.HELLO): S.FORKABLE,
-    (S.STARTING, Trigger.WARM): S.WARM,  # (a template with threads says only `warm`, and exits)
-    (S.FORKABLE, Trigger.WARM): S.WARM,
-    (S.WARM, Trigger.WARM): S.WARM,  # it imported more, on request
-    (S.RETIRED, Trigger.WARM): S.RETIRED,  # its warm-up ended after it was replaced
-    (S.ENDING, Trigger.HELLO): S.ENDING,  # read in the same batch as the line that broke it
-    (S.ENDING, Trigger.WARM): S.ENDING,
-    (S.FORKABLE, Trigger.RETIRE): S.RETIRED,
-    (S.WARM, Trigger.RETIRE): S.RETIRED,
-    **{(stage, Trigger.FORKED): stage for stage in (S.FORKABLE, S.WARM, S.RETIRED, S.ENDING)},
-    **{(stage, Trigger.FORK_FAILED): stage for stage in (*_LIVE, S.ENDING)},
-    **{(stage, Trigger.BROKE): S.ENDING for stage in (*_LIVE, S.ENDING)},
-    **{(stage, Trigger.END): S.ENDING for stage in (*_LIVE, S.ENDING)},
-    **{(stage, Trigger.EXITED): S.GONE for stage in (*_LIVE, S.ENDING)},
+TRANSITIONS: Final[dict[tuple[Stage, TemplateTrigger], Stage]] = {
+    (S.LAUNCHING, TemplateTrigger.LAUNCHED): S.STARTING,
+    (S.LAUNCHING, TemplateTrigger.LAUNCH_FAILED): S.GONE,
+    (S.LAUNCHING, TemplateTrigger.END): S.ENDING,  # replaced or stopped while it starts: ended once started
+    (S.ENDING, TemplateTrigger.LAUNCHED): S.ENDING,
+    (S.ENDING, TemplateTrigger.LAUNCH_FAILED): S.GONE,  # (or not launched at all: the server stopped first)
+    (S.STARTING, TemplateTrigger.HELLO): S.FORKABLE,
+    (S.STARTING, TemplateTrigger.WARM): S.WARM,  # (a template with threads says only `warm`, and exits)
+    (S.FORKABLE, TemplateTrigger.WARM): S.WARM,
+    (S.WARM, TemplateTrigger.WARM): S.WARM,  # it imported more, on request
+    (S.RETIRED, TemplateTrigger.WARM): S.RETIRED,  # its warm-up ended after it was replaced
+    (S.ENDING, TemplateTrigger.HELLO): S.ENDING,  # read in the same batch as the line that broke it
+    (S.ENDING, TemplateTrigger.WARM): S.ENDING,
+    (S.FORKABLE, TemplateTrigger.RETIRE): S.RETIRED,
+    (S.WARM, TemplateTrigger.RETIRE): S.RETIRED,
+    **{(stage, TemplateTrigger.FORKED): stage for stage in (S.FORKABLE, S.WARM, S.RETIRED, S.ENDING)},
+    **{(stage, TemplateTrigger.FORK_FAILED): stage for stage in (*_LIVE, S.ENDING)},
+    **{(stage, TemplateTrigger.BROKE): S.ENDING for stage in (*_LIVE, S.ENDING)},
+    **{(stage, TemplateTrigger.END): S.ENDING for stage in (*_LIVE, S.ENDING)},
+    **{(stage, TemplateTrigger.EXITED): S.GONE for stage in (*_LIVE, S.ENDING)},
 }
 del S
 
@@ -77,7 +77,7 @@ class Start:
 
 
 @dataclasses.dataclass(frozen=True)
-class PackagesChanged:
+class InstalledPackagesChanged:
     """An installed package changed: the next fork comes from a new template."""
 
 
@@ -155,7 +155,7 @@ class Close:
 
 Event = (
     Start
-    | PackagesChanged
+    | InstalledPackagesChanged
     | Launched
     | LaunchFailed
     | EarlyFound
@@ -167,6 +167,32 @@ Event = (
     | Exited
     | Close
 )
+
+
+def _modules(message: dict[str, object]) -> frozenset[str]:
+    modules = message.get("modules")
+    return frozenset(str(name) for name in modules) if isinstance(modules, list) else frozenset()
+
+
+def _threads(message: dict[str, object]) -> int:
+    threads = message.get("threads")
+    return threads if isinstance(threads, int) else 1
+
+
+def event_of(template: int, message: dict[str, object]) -> Greeted | Warmed | None:
+    """A template's `hello` or `warm` line as templatelife's event (None for other lines)."""
+    if message.get("type") == "hello":
+        return Greeted(template, _threads(message), _modules(message))
+    if message.get("type") == "warm":
+        failed = message.get("failed")
+        return Warmed(
+            template,
+            _threads(message),
+            _modules(message),
+            tuple(str(name) for name in failed) if isinstance(failed, list) else (),
+            message.get("preloaded"),
+        )
+    return None
 
 
 # ------------------------------------------------------------------ commands
@@ -215,7 +241,7 @@ class Preload:
 
 
 @dataclasses.dataclass(frozen=True)
-class Log:
+class LogLine:
     level: int
     message: str
 
@@ -240,7 +266,7 @@ class SpawnInstead:
     """A fork request ends: the worker is spawned."""
 
 
-Command = Launch | TakeEarly | EndEarly | Retire | End | Preload | Log | Fork | Wait | SpawnInstead
+Command = Launch | TakeEarly | EndEarly | Retire | End | Preload | LogLine | Fork | Wait | SpawnInstead
 
 
 # ------------------------------------------------------------------ records

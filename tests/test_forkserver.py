@@ -314,7 +314,7 @@ def test_the_wire_carries_lines_and_their_descriptors() -> None:
     try:
         _forkwire.send(left, {"type": "fork", "tag": "t"}, [passed.fileno(), passed.fileno()])
         _forkwire.send(left, {"type": "retire"})
-        receiver = _forkwire.Receiver(right)
+        receiver = _forkwire.LineReceiver(right)
         messages: list[tuple[dict[str, object], list[int]]] = []
         while len(messages) < 2:
             received = receiver.receive()
@@ -346,7 +346,7 @@ def test_the_wire_rejects_garbage(line: bytes, problem: str) -> None:
     try:
         left.sendall(line)
         with pytest.raises(_forkwire.WireError, match=problem):
-            _forkwire.Receiver(right).receive()
+            _forkwire.LineReceiver(right).receive()
     finally:
         left.close()
         right.close()

@@ -75,7 +75,7 @@ class TemplateHandle:
         self.child = TemplateChild(process)
         self.pid = process.pid
         self.channel = process.channel
-        self.receiver = _forkwire.Receiver(self.channel)
+        self.receiver = _forkwire.LineReceiver(self.channel)
         self.answers: collections.deque[asyncio.Future[ForkedChild]] = collections.deque()
         self.forked: dict[int, ForkedChild] = {}
         self.sending: asyncio.Task[None] | None = None  # the last long line on its way

@@ -10,11 +10,11 @@ with events and checks the commands, with no process (tests/test_templatelife.py
 Each template has one stage. Its life, with the trigger of every move (TRANSITIONS says the
 same as a table, and every move is checked against it):
 
-    LAUNCHING ──launched──▶ STARTING ──hello──▶ FORKABLE ──warm──▶ WARM ──warm (imported more)─┐
-        │                      │ (importing      (importing the       ▲ ◀───────────────────────┘
-        │ launch failed        │  uvicorn)        preload list)       │
-        ▼                      └─────────── end ─────┬───────┬── retire (it forked) ──▶ RETIRED
-      GONE ◀──── exited (any stage) ─── ENDING ◀──── end (never forked, broken, stop) ──┘
+    LAUNCHING ──launched──▶ STARTING ──hello──▶ FORKABLE ──warm──▶ WARM ──warm──▶ WARM
+        │                  (importing uvicorn)  (importing its      (it imported more,
+        │ launch failed                          preload list)       on request)
+        ▼                         FORKABLE or WARM ──retire (it forked workers)──▶ RETIRED
+      GONE ◀──exited── ENDING ◀──end (it never forked, broke its wire, the server stops)── any
 
 Which template forks is the fork server's current one. It is replaced (the old one retired if
 it forked workers, which it reaps, else ended) when an installed package changed, when a fork

@@ -38,32 +38,32 @@ class TemplateTrigger(enum.Enum):
     END = "it was ended"
 
 
-S = Stage
+S, T = Stage, TemplateTrigger
 _LIVE = (S.STARTING, S.FORKABLE, S.WARM, S.RETIRED)
 
 # (stage, trigger) -> the one stage that results. A pair that is not here is illegal.
 TRANSITIONS: Final[dict[tuple[Stage, TemplateTrigger], Stage]] = {
-    (S.LAUNCHING, TemplateTrigger.LAUNCHED): S.STARTING,
-    (S.LAUNCHING, TemplateTrigger.LAUNCH_FAILED): S.GONE,
-    (S.LAUNCHING, TemplateTrigger.END): S.ENDING,  # replaced or stopped while it starts: ended once started
-    (S.ENDING, TemplateTrigger.LAUNCHED): S.ENDING,
-    (S.ENDING, TemplateTrigger.LAUNCH_FAILED): S.GONE,  # (or not launched at all: the server stopped first)
-    (S.STARTING, TemplateTrigger.HELLO): S.FORKABLE,
-    (S.STARTING, TemplateTrigger.WARM): S.WARM,  # (a template with threads says only `warm`, and exits)
-    (S.FORKABLE, TemplateTrigger.WARM): S.WARM,
-    (S.WARM, TemplateTrigger.WARM): S.WARM,  # it imported more, on request
-    (S.RETIRED, TemplateTrigger.WARM): S.RETIRED,  # its warm-up ended after it was replaced
-    (S.ENDING, TemplateTrigger.HELLO): S.ENDING,  # read in the same batch as the line that broke it
-    (S.ENDING, TemplateTrigger.WARM): S.ENDING,
-    (S.FORKABLE, TemplateTrigger.RETIRE): S.RETIRED,
-    (S.WARM, TemplateTrigger.RETIRE): S.RETIRED,
-    **{(stage, TemplateTrigger.FORKED): stage for stage in (S.FORKABLE, S.WARM, S.RETIRED, S.ENDING)},
-    **{(stage, TemplateTrigger.FORK_FAILED): stage for stage in (*_LIVE, S.ENDING)},
-    **{(stage, TemplateTrigger.BROKE): S.ENDING for stage in (*_LIVE, S.ENDING)},
-    **{(stage, TemplateTrigger.END): S.ENDING for stage in (*_LIVE, S.ENDING)},
-    **{(stage, TemplateTrigger.EXITED): S.GONE for stage in (*_LIVE, S.ENDING)},
+    (S.LAUNCHING, T.LAUNCHED): S.STARTING,
+    (S.LAUNCHING, T.LAUNCH_FAILED): S.GONE,  # forking is given up
+    (S.LAUNCHING, T.END): S.ENDING,  # replaced or stopped while it launches: ended once launched
+    (S.ENDING, T.LAUNCHED): S.ENDING,
+    (S.ENDING, T.LAUNCH_FAILED): S.GONE,  # (or never launched: it was ended first)
+    (S.STARTING, T.HELLO): S.FORKABLE,
+    (S.STARTING, T.WARM): S.WARM,  # (a template with threads says only `warm`, and exits)
+    (S.FORKABLE, T.WARM): S.WARM,
+    (S.WARM, T.WARM): S.WARM,  # it imported more, on request
+    (S.RETIRED, T.WARM): S.RETIRED,  # its warm-up ended after it was replaced
+    (S.ENDING, T.HELLO): S.ENDING,  # read in the same batch as the line that broke it
+    (S.ENDING, T.WARM): S.ENDING,
+    (S.FORKABLE, T.RETIRE): S.RETIRED,  # (only one that forked is retired; others are ended)
+    (S.WARM, T.RETIRE): S.RETIRED,
+    **{(stage, T.FORKED): stage for stage in (S.FORKABLE, S.WARM, S.RETIRED, S.ENDING)},
+    **{(stage, T.FORK_FAILED): stage for stage in (*_LIVE, S.ENDING)},  # replaced if current
+    **{(stage, T.BROKE): S.ENDING for stage in (*_LIVE, S.ENDING)},
+    **{(stage, T.END): S.ENDING for stage in (*_LIVE, S.ENDING)},
+    **{(stage, T.EXITED): S.GONE for stage in (*_LIVE, S.ENDING)},  # replaced if current
 }
-del S
+del S, T
 
 
 # ------------------------------------------------------------------ events

@@ -176,27 +176,9 @@ async def spawn(
     parent, child, handoff, handoff_child, debug, debug_child = socketpairs()
     handoff_child_fd, debug_child_fd = handoff_child.fileno(), debug_child.fileno()
     tag = _reaper.new_tag(worker_id)
-    environment = dict(os.environ)
-    environment[_reaper.TAG_VARIABLE] = tag
     try:
-        pipe = asyncio.subprocess.PIPE if output is not None else None
-        loop = asyncio.get_running_loop()
-        transport, protocol_ = await loop.subprocess_exec(
-            lambda: _Protocol(limit=OUTPUT_CHUNK, loop=loop),
-            sys.executable,
-            "-P",  # the worker's own imports never see the current folder (nor the project)
-            "-m",
-            "asgireload._worker",
-            str(child.fileno()),
-            pass_fds=(child.fileno(), handoff_child_fd, listener.fileno(), debug_child_fd),
-            start_new_session=True,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=pipe,
-            stderr=asyncio.subprocess.STDOUT if pipe else None,
-            env=environment,
-        )
-        process = asyncio.subprocess.Process(transport, protocol_, loop)
-        spawned = SpawnedChild(tag, transport, protocol_.exited)
+        fds = (child.fileno(), handoff_child_fd, listener.fileno(), debug_child_fd)
+        spawned, stdout = await _exec(tag, fds, capture=output is not None)
     except OSError as exc:
         for sock in (parent, handoff, debug):
             sock.close()
@@ -215,12 +197,38 @@ async def spawn(
             (parent, handoff, debug),
             settings(handoff_child_fd, listener.fileno(), debug_child_fd),
             emit,
-            (process.stdout, output) if output is not None and process.stdout is not None else None,
+            (stdout, output) if output is not None and stdout is not None else None,
             terminal,
         )
     except BaseException:
         spawned.release()
         raise
+
+
+async def _exec(
+    tag: str, fds: tuple[int, ...], capture: bool
+) -> tuple[SpawnedChild, asyncio.StreamReader | None]:
+    """`python -P -m asgireload._worker CONTROL_FD` in a session of its own, carrying `tag`, with
+    `fds` (its control end first) and its output captured or not."""
+    environment = dict(os.environ)
+    environment[_reaper.TAG_VARIABLE] = tag
+    pipe = asyncio.subprocess.PIPE if capture else None
+    loop = asyncio.get_running_loop()
+    transport, protocol_ = await loop.subprocess_exec(
+        lambda: _Protocol(limit=OUTPUT_CHUNK, loop=loop),
+        sys.executable,
+        "-P",  # the worker's own imports never see the current folder (nor the project)
+        "-m",
+        "asgireload._worker",
+        str(fds[0]),
+        pass_fds=fds,
+        start_new_session=True,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=pipe,
+        stderr=asyncio.subprocess.STDOUT if pipe else None,
+        env=environment,
+    )
+    return SpawnedChild(tag, transport, protocol_.exited), protocol_.stdout
 
 
 def socketpairs() -> tuple[socket.socket, ...]:

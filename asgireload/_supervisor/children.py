@@ -135,6 +135,12 @@ class ForkedChild(Child):
         if self._gone:
             self._set_exited()
 
+    def release(self) -> None:
+        """Stop watching its pidfd (it was killed and waited for: its exit, if the loop has not
+        seen it yet, is no news any more)."""
+        self._close_pidfd()
+        self._set_exited()
+
     def _close_pidfd(self) -> None:
         if self._pidfd is not None:
             self._loop.remove_reader(self._pidfd)

@@ -383,3 +383,5 @@ class ForkServer:
         for template in {*templates, *self._templates.values()}:
             template.end()
             template.child.release()
+            for worker in template.forked.values():  # killed by their owners by now: no status comes
+                worker.release()

@@ -58,6 +58,7 @@ class Route:
     name: str
     wanted: Settings = SETTINGS
     timed_out: bool = False
+    environment_changed: str | None = None
 
 
 def render(command: tt.Command) -> str | None:
@@ -102,6 +103,7 @@ class Harness:
         if isinstance(step, Route):
             request = self.requests.setdefault(step.name, tt.ForkRequest(step.wanted))
             request.timed_out = step.timed_out
+            request.environment_changed = step.environment_changed
             commands = self.life.route(request)
             assert isinstance(commands[-1], tt.Fork | tt.Wait | tt.SpawnInstead), commands
         else:
@@ -236,7 +238,16 @@ def test_an_env_file_change_replaces_the_template_before_the_fork() -> None:
         (Route("a", wanting(env={"A": "2"})), ["wait (warm wait)"]),
     )
     assert harness.life.templates[2].settings.env == {"A": "2"}
-    assert "The env file changed; starting a fork server with its new values." in harness.logs()
+    assert "The environment changed (env file); starting a new fork server." in harness.logs()
+
+
+def test_a_variable_changed_in_the_supervisor_replaces_the_template_before_the_fork() -> None:
+    harness = started(
+        (Route("a", environment_changed="DATABASE_URL"), ["end 1", "launch 2", "wait (ready wait)"]),
+        (tt.Launched(2, 102), []),
+        (Route("a"), ["preload starlette in 2", "fork from 2 (warm wait)"]),  # checked once
+    )
+    assert "The environment changed (DATABASE_URL); starting a new fork server." in harness.logs()
 
 
 def test_a_template_replaced_while_it_launches_is_ended_once_launched() -> None:
@@ -353,16 +364,16 @@ def test_the_early_template_is_taken_if_it_is_the_one_that_would_start_now() -> 
 
 
 @pytest.mark.parametrize(
-    ("capture", "env", "now", "expected"),
+    ("capture", "env", "changed", "expected"),
     [
-        (False, {}, {"PATH": "/bin"}, None),
-        (True, {}, {"PATH": "/bin"}, "writes to the terminal, and the output is captured"),
-        (False, {"A": "1"}, {"PATH": "/bin"}, "imported its modules before the env file's values were set"),
-        (False, {}, {"PATH": "/usr/bin"}, "has an older environment (PATH changed)"),
+        (False, {}, None, None),
+        (True, {}, None, "writes to the terminal, and the output is captured"),
+        (False, {"A": "1"}, None, "imported its modules before the env file's values were set"),
+        (False, {}, "PATH", "has an older environment (PATH changed)"),
     ],
 )
-def test_unlike_now(capture: bool, env: dict[str, str], now: dict[str, str], expected: str | None) -> None:
-    assert unlike_now(capture, env, now, {"PATH": "/bin"}) == expected
+def test_unlike_now(capture: bool, env: dict[str, str], changed: str | None, expected: str | None) -> None:
+    assert unlike_now(capture, env, changed) == expected
 
 
 def test_forking_off() -> None:

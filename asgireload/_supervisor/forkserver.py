@@ -169,6 +169,9 @@ class ForkServer:
         loop = asyncio.get_running_loop()
         phase, phase_started = request.phase, loop.time()
         while True:
+            current = self._templates.get(self.life.current) if self.life.current is not None else None
+            process = current.child.process if current is not None else None
+            request.environment_changed = templatespawn.changed_variable(process) if process else None
             *commands, step = self.life.route(request)
             for command in commands:
                 self._carry_out(command)
@@ -262,9 +265,8 @@ class ForkServer:
         early = templatespawn.peek_early()
         if early is None:
             return None
-        now = dict(os.environ)
-        now[_reaper.TAG_VARIABLE] = early.tag
-        unlike = templatelife.unlike_now(self._output is not None, settings.env, now, early.environment)
+        changed = templatespawn.changed_variable(early)
+        unlike = templatelife.unlike_now(self._output is not None, settings.env, changed)
         taken = None
         self.history.append(event := tt.EarlyFound(template_id, early.pid, unlike))
         for command in self.life.handle(event):

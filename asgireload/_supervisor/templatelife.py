@@ -270,9 +270,14 @@ class TemplateLife:
         record = self._usable()
         if record is None:
             return
-        if request.phase is Phase.USABLE and dict(record.settings.env) != dict(request.wanted.env):
-            # the env file changed: what the template imported may have read the old values
-            self._log(logging.DEBUG, "The env file changed; starting a fork server with its new values.")
+        changed = request.environment_changed
+        if request.phase is Phase.USABLE and (
+            dict(record.settings.env) != dict(request.wanted.env) or changed is not None
+        ):
+            # the env file or the environment changed: the template and what it imported have
+            # the old values, a worker spawned now would have the new ones
+            said = changed or "env file"
+            self._log(logging.DEBUG, f"The environment changed ({said}); starting a new fork server.")
             self.settings = request.wanted
             self._replace()
             request.phase = Phase.USABLE_AGAIN
@@ -363,19 +368,15 @@ def forking_off(fork: bool, standby: bool, preload: bool, unsafe: str | None) ->
 
 
 def unlike_now(
-    capture_output: bool,
-    env_file_values: Mapping[str, str],
-    environment_now: Mapping[str, str],
-    early_environment: Mapping[str, str],
+    capture_output: bool, env_file_values: Mapping[str, str], environment_changed: str | None
 ) -> str | None:
     """Why the command's early template is not the one that would be started now, or None if
-    it is. `environment_now` carries the early template's tag, which is all it may differ by."""
+    it is. `environment_changed` names a variable that changed here since it started."""
     if capture_output:
         return "writes to the terminal, and the output is captured"
     if env_file_values:
         # it imported uvicorn's protocols before they could be set, and a library may read them
         return "imported its modules before the env file's values were set"
-    if dict(environment_now) != dict(early_environment):
-        changed = sorted(set(environment_now.items()) ^ set(early_environment.items()))
-        return f"has an older environment ({changed[0][0]} changed)"
+    if environment_changed is not None:
+        return f"has an older environment ({environment_changed} changed)"
     return None

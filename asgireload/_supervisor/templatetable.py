@@ -299,3 +299,4 @@ class ForkRequest:
     phase: Phase = Phase.USABLE
     template: int | None = None  # chosen once usable
     timed_out: bool = False  # its phase's deadline passed (set by the fork server)
+    environment_changed: str | None = None  # a variable changed since the current template started

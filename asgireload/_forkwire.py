@@ -46,7 +46,7 @@ def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | tuple[in
         sock.sendall(data[sent:])
 
 
-class Receiver:
+class LineReceiver:
     """Lines and their descriptors, from whatever pieces the socket delivers them in."""
 
     def __init__(self, sock: socket.socket, max_line: int = MAX_LINE) -> None:

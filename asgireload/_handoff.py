@@ -109,7 +109,7 @@ def _wait_writable(channel: socket.socket, timeout: float) -> bool:
 # ------------------------------------------------------------------ both sides: receiving
 
 
-class Receiver:
+class ConnectionReceiver:
     """Turns what arrives on a channel into `Connection` records."""
 
     def __init__(self, channel: socket.socket) -> None:
@@ -183,7 +183,7 @@ def listen(channel: socket.socket, on_connections: Callable[[list[Connection]], 
     """Call `on_connections` with records as they arrive; returns a function that stops listening."""
     loop = asyncio.get_running_loop()
     channel.setblocking(False)
-    receiver = Receiver(channel)
+    receiver = ConnectionReceiver(channel)
     fileno = channel.fileno()
 
     def readable() -> None:

@@ -1,8 +1,9 @@
 """The fork server (Linux): workers forked from a template, its fall-backs, and the warm cache.
 
 End to end on real processes: which process is whose child is read from /proc, what a package
-imported where from a log the package itself writes, and what the template did from its
-debug lines. The cache lives in the session's XDG_CACHE_HOME (see conftest.py).
+imported where from a log the package itself writes, and what the templates did from the events
+the fork server took (ForkServer.history, its state in ForkServer.life). The cache lives in the
+session's XDG_CACHE_HOME (see conftest.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 
 from asgireload import Reloader, _forkwire
 from asgireload._supervisor import forkserver, templatespawn
+from asgireload._supervisor import templatetable as tt
 from asgireload._supervisor.settings import worker_settings
 from asgireload.config import Config
 
@@ -85,8 +87,16 @@ def cached_modules(app_dir: Path) -> list[str]:
         return []
 
 
-def ready_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("The fork server is ready")]
+def fork_server(server: Reloader) -> forkserver.ForkServer:
+    processes = server._running._processes
+    assert processes is not None
+    assert processes.forkserver is not None
+    return processes.forkserver
+
+
+def warm_ups(server: forkserver.ForkServer) -> list[tt.Warmed]:
+    """What the templates said each time they imported what they were asked to (the preload list)."""
+    return [event for event in server.history if isinstance(event, tt.Warmed)]
 
 
 # ------------------------------------------------------------------ forked workers
@@ -128,10 +138,7 @@ async def test_no_fork_no_standby_and_no_preload_spawn_every_worker(plain_app: P
         assert all(parent_of(pid) == os.getpid() for pid in server.pids.values())
 
 
-async def test_a_killed_template_is_replaced_without_a_reload(
-    plain_app: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG, logger="asgireload")
+async def test_a_killed_template_is_replaced_without_a_reload(plain_app: Path) -> None:
     async with Reloader("main:app", app_dir=plain_app) as server, httpx.AsyncClient() as client:
         await until(lambda: "template" in server.pids, what="the template")
         killed = server.pids["template"]
@@ -167,10 +174,7 @@ async def test_an_upgraded_package_replaces_the_template_and_the_standby(
         assert (await client.get(server.url)).text == "v1"
 
 
-async def test_a_thread_started_at_import_makes_it_spawn_instead(
-    tmp_path: Path, installed: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG, logger="asgireload")
+async def test_a_thread_started_at_import_makes_it_spawn_instead(tmp_path: Path, installed: Path) -> None:
     log = tmp_path / "imports.log"
     install(
         installed,
@@ -181,10 +185,10 @@ async def test_a_thread_started_at_import_makes_it_spawn_instead(
     write(tmp_path / "app" / "main.py", app_importing("threadpkg"))
     async with Reloader("main:app", app_dir=tmp_path / "app") as server, httpx.AsyncClient() as client:
         # the template that preloads threadpkg finds a thread running: no more forking
-        await until(
-            lambda: any("threads were running in the fork server" in r.getMessage() for r in caplog.records),
-            what="the fall-back",
-        )
+        life = fork_server(server).life
+        await until(lambda: life.off is not None, what="the fall-back")
+        assert life.off == "2 threads were running in the fork server after its imports"
+        assert [event.threads for event in warm_ups(fork_server(server))][-1] == 2
         await until(lambda: "template" not in server.pids, what="the template to go")
         for number in (2, 3):
             event = await server.edit(tmp_path / "app" / "main.py", app_importing("threadpkg", f"v{number}"))
@@ -192,9 +196,8 @@ async def test_a_thread_started_at_import_makes_it_spawn_instead(
             assert (await client.get(server.url)).text == f"v{number}"
         await until(lambda: "standby" in server.pids, what="a standby")
         assert parent_of(server.pids["standby"]) == os.getpid()  # spawned
-    said = [r for r in caplog.records if "Spawning workers instead of forking them" in r.getMessage()]
-    assert len(said) == 1
-    assert said[0].levelno == logging.DEBUG
+        assert life.current is None
+        assert life.off == "2 threads were running in the fork server after its imports"  # said once
     assert not our_processes()
 
 
@@ -217,13 +220,14 @@ async def test_a_package_failing_in_the_template_is_imported_by_the_app(
             assert event.outcome == "ready"
             assert (await client.get(server.url)).text == f"v{number}"
         # the template that preloads the app's modules fails on this one, and forks on
-        await until(lambda: len(ready_lines(caplog)) == 2, what="the second template")
+        warmed = lambda: warm_ups(fork_server(server))  # noqa: E731
+        await until(lambda: len(warmed()) == 2, what="the second template")
+        assert warmed()[-1].failed == ("needy",)
         event = await server.edit(tmp_path / "app" / "main.py", app_importing("needy", "v5", setup))
         assert (await client.get(server.url)).text == "v5"
         assert "template" in server.pids
     failed = [r.getMessage() for r in caplog.records if "Preloading 'needy' failed" in r.getMessage()]
     assert len(failed) == 1, failed
-    assert any("could not import ['needy']" in r.getMessage() for r in caplog.records)
 
 
 async def test_no_connection_is_refused_while_the_template_forks_and_is_killed(plain_app: Path) -> None:
@@ -273,9 +277,8 @@ async def test_the_template_preloads_what_the_app_imported_last_time(tmp_path: P
 
 @pytest.mark.parametrize("damage", ["garbage", "other-python", "packages-changed"])
 async def test_an_unusable_cache_is_ignored_and_rewritten(
-    tmp_path: Path, installed: Path, caplog: pytest.LogCaptureFixture, damage: str
+    tmp_path: Path, installed: Path, damage: str
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="asgireload")
     log = tmp_path / "imports.log"
     install(installed, "warmpkg", log)
     app = tmp_path / "app"
@@ -291,11 +294,10 @@ async def test_an_unusable_cache_is_ignored_and_rewritten(
         path.write_text(json.dumps({**written, "python": "2.7.18 (default)"}))
     else:
         install(installed, "anotherpkg", log)  # pip installed something: the site folder changed
-    caplog.clear()
     async with Reloader("main:app", app_dir=app) as server, httpx.AsyncClient() as client:
         assert (await client.get(server.url)).text == "v1"
-        await until(lambda: bool(ready_lines(caplog)), what="the template")
-        assert ready_lines(caplog)[0].endswith(", 0 modules preloaded).")  # the cache was not used
+        await until(lambda: bool(warm_ups(fork_server(server))), what="the template")
+        assert warm_ups(fork_server(server))[0].preloaded == 0  # the cache was not used
         await until(lambda: "warmpkg" in cached_modules(app), what="the cache to be rewritten")
     rewritten = json.loads(path.read_text())
     assert rewritten["python"] == sys.version
@@ -312,7 +314,7 @@ def test_the_wire_carries_lines_and_their_descriptors() -> None:
     try:
         _forkwire.send(left, {"type": "fork", "tag": "t"}, [passed.fileno(), passed.fileno()])
         _forkwire.send(left, {"type": "retire"})
-        receiver = _forkwire.Receiver(right)
+        receiver = _forkwire.LineReceiver(right)
         messages: list[tuple[dict[str, object], list[int]]] = []
         while len(messages) < 2:
             received = receiver.receive()
@@ -344,7 +346,7 @@ def test_the_wire_rejects_garbage(line: bytes, problem: str) -> None:
     try:
         left.sendall(line)
         with pytest.raises(_forkwire.WireError, match=problem):
-            _forkwire.Receiver(right).receive()
+            _forkwire.LineReceiver(right).receive()
     finally:
         left.close()
         right.close()
@@ -364,7 +366,6 @@ def test_a_tracer_in_the_supervisor_turns_forking_off() -> None:
 # `asgireload` starts the template before it imports its own modules (templatespawn.start_early).
 # It must then be exactly the template a later start would have made, or be ended unused.
 
-EARLY = r"The fork server is the one the command started first \(pid (\d+)\)"
 STARTED_AGAIN = r"Starting the fork server again: the one the command started (.*)\."
 
 
@@ -372,6 +373,15 @@ def templates_in(folder: Path) -> set[int]:
     """Running templates (and workers they forked, which show the same command line) started in
     `folder`, whose working folder they keep."""
     return {p.pid for p in asgireload_processes_in(folder) if b"_worker.template" in cmdline_of(p.pid)}
+
+
+def early_template(supervisor: int, folder: Path) -> int:
+    """The template `asgireload` started first (its workers, forked, show its command line too)."""
+    found = [
+        pid for pid in templates_in(folder) if b"--early" in cmdline_of(pid) and parent_of(pid) == supervisor
+    ]
+    assert len(found) == 1, found
+    return found[0]
 
 
 def cmdline_of(pid: int) -> bytes:
@@ -384,9 +394,8 @@ def cmdline_of(pid: int) -> bytes:
 async def test_the_command_forks_every_worker_from_the_template_it_started_first(tmp_path: Path) -> None:
     write(tmp_path / "main.py", app_source("first"))
     async with run_cli(tmp_path, "--port", "0", "--log-level", "debug", "--no-live-reload") as cli:
-        early = int((await cli.wait_for_line(EARLY))[1])
         port = await cli.started()
-        assert b"--early" in cmdline_of(early)
+        early = early_template(cli.pid, tmp_path)
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"http://127.0.0.1:{port}/")).text == "first"
             workers = await cli.collect_workers()
@@ -394,7 +403,6 @@ async def test_the_command_forks_every_worker_from_the_template_it_started_first
             write_atomically(tmp_path / "main.py", app_source("second"))
             await cli.wait_for_line(r"Reloaded in \d+ ms \(generation 2\)")
             assert (await client.get(f"http://127.0.0.1:{port}/")).text == "second"
-        assert not any(re.search(STARTED_AGAIN, line) for _, line in cli.lines), cli.transcript()
         cli.send(signal.SIGINT)
         assert await cli.exited() == 0
         cli.assert_nothing_left()
@@ -440,12 +448,13 @@ async def test_an_env_file_value_that_uvicorns_protocols_read_at_import_reaches_
             assert (await client.get(f"http://127.0.0.1:{port}/")).text == "77"
             again = [m[1] for _, line in cli.lines if (m := re.search(STARTED_AGAIN, line))]
             assert again == said, cli.transcript()
-            assert not any(re.search(EARLY, line) for _, line in cli.lines), cli.transcript()
             write_atomically(tmp_path / "main.py", READS_WEBSOCKETS_ENV + "\n# edited\n")
             await cli.wait_for_line(r"Reloaded in \d+ ms \(generation 2\)")
             assert (await client.get(f"http://127.0.0.1:{port}/")).text == "77"  # a forked standby
         workers = await cli.collect_workers()
         assert all(parent_of(worker.pid) != cli.pid for worker in workers)  # forked still, by another
+        templates = {parent_of(worker.pid) for worker in workers}
+        assert not any(b"--early" in cmdline_of(pid) for pid in templates), cli.transcript()
 
 
 @pytest.mark.parametrize(
@@ -491,8 +500,8 @@ async def test_the_commands_first_template_imports_the_warm_cache_before_the_fir
     cache.write_text(json.dumps({**data, "modules": ["earlybrokenpkg", *data["modules"]]}))
     log.unlink()
     async with run_cli(project, *args) as cli:
-        early = int((await cli.wait_for_line(EARLY))[1])
         port = await cli.started()
+        early = early_template(cli.pid, project)
         async with httpx.AsyncClient() as client:
             assert (await client.get(f"http://127.0.0.1:{port}/")).text == "warm"
         workers = await cli.collect_workers()
@@ -574,14 +583,14 @@ async def test_workers_and_their_children_get_the_same_signals_whichever_way_the
         command_line = ("main:app", "--port", "0", "--log-level", "debug", "--no-live-reload", *args)
         async with run_cli(project, *command_line, command=WITH_SIGINT_IGNORED, env=env) as cli:
             await cli.started()
-            said = "\n".join(line for _, line in cli.lines)
-            assert ("the one the command started first" in said) == (how == "the early template"), said
             await cli.collect_workers()
             child = int((project / "child.pid").read_text())
             serving = parent_of(child)
             states[how] = (signal_state(serving), signal_state(child)["SigIgn"])
             if how != "spawning":
-                templates[how] = signal_state(parent_of(serving))
+                template = parent_of(serving)
+                assert (b"--early" in cmdline_of(template)) == (how == "the early template"), cli.transcript()
+                templates[how] = signal_state(template)
     assert states["the early template"] == states["a template started later"] == states["spawning"], states
     assert templates["the early template"] == templates["a template started later"], templates
 

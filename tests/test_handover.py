@@ -334,7 +334,7 @@ def test_records_carry_a_descriptor_and_its_bytes_in_order() -> None:
     try:
         payloads = [b"", b"GET / HTTP/1.1\r\n", b"x" * 300_000]  # the last is bigger than the buffer
         received: list[_handoff.Connection] = []
-        receiver = _handoff.Receiver(right)
+        receiver = _handoff.ConnectionReceiver(right)
         right.setblocking(False)
         sender = threading.Thread(
             target=lambda: [

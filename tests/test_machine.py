@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import pytest
 
+from asgireload import _protocol as protocol
 from asgireload._protocol import Failure
 from asgireload._supervisor import commands as c
 from asgireload._supervisor import events as e
@@ -40,13 +41,13 @@ def render(command: c.Command) -> str | None:
     match command:
         case c.Spawn(worker, preload):
             return f"spawn {worker}" + (" preloading" if preload else "")
-        case c.Load(worker, generation, _, failure):
+        case c.Tell(worker, protocol.Load(generation, _, failure)):
             return f"load {worker} gen {generation}" + (f" showing {failure.kind}" if failure else "")
-        case c.Serve(worker):
+        case c.Tell(worker, protocol.Serve()):
             return f"serve {worker}"
-        case c.ShowFailure(worker, failure):
+        case c.Tell(worker, protocol.ShowFailure(failure)):
             return f"show {worker} {failure.kind}"
-        case c.Drain(worker):
+        case c.Tell(worker, protocol.Drain()):
             return f"drain {worker}"
         case c.Kill(worker):
             return f"kill {worker}"

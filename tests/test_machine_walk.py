@@ -20,6 +20,7 @@ import random
 
 import pytest
 
+from asgireload import _protocol as protocol
 from asgireload._protocol import Failure
 from asgireload._supervisor import commands as c
 from asgireload._supervisor import events as e
@@ -93,7 +94,7 @@ class World:
                     return e.SpawnFailed(worker, "E2BIG")
                 process.queue.append(e.WorkerGreeted(worker))
                 return e.WorkerStarted(worker, pid=1000 + worker)
-            case c.Load(worker, generation, _, failure):
+            case c.Tell(worker, protocol.Load(generation, _, failure)):
                 process = self.processes[worker]
                 if process.exiting:
                     return
@@ -107,10 +108,10 @@ class World:
                     process.queue.append(e.WorkerFailed(worker, failure))
                 else:
                     process.queue.append(e.WorkerReady(worker, error_page=process.error_page))
-            case c.Serve(worker):
+            case c.Tell(worker, protocol.Serve()):
                 if not self.processes[worker].exiting:
                     self.serving.add(worker)
-            case c.Drain(worker):
+            case c.Tell(worker, protocol.Drain()):
                 self.serving.discard(worker)
                 process = self.processes[worker]
                 if not process.exiting:

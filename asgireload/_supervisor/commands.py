@@ -7,10 +7,9 @@ The shell carries them out in order. Those that start something report back as e
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Literal
 
-from .._protocol import Failure, FileEntry
+from .._protocol import Failure, FileEntry, SupervisorMessage
 from .events import TimerFired
 
 
@@ -23,36 +22,13 @@ class Spawn:
 
 
 @dataclasses.dataclass(frozen=True)
-class Load:
-    """Tell a greeted worker to load generation `generation` (or to show `failure` instead)."""
+class Tell:
+    """Send a worker one of the supervisor's messages (_protocol.py): `Load` a generation (a
+    greeted worker), `Serve` (a ready or failed one: it is the current generation),
+    `ShowFailure` (one serving the error page), `Drain` (finish its requests and exit)."""
 
     worker: int
-    generation: int
-    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    failure: Failure | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Serve:
-    """Tell a ready (or failed) worker to accept connections: it is the current generation."""
-
-    worker: int
-
-
-@dataclasses.dataclass(frozen=True)
-class ShowFailure:
-    """Tell a worker serving the error page to show this failure from now on."""
-
-    worker: int
-    failure: Failure
-
-
-@dataclasses.dataclass(frozen=True)
-class Drain:
-    """Tell a worker to stop accepting, finish its requests (up to `timeout` s) and exit."""
-
-    worker: int
-    timeout: float
+    message: SupervisorMessage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,4 +74,4 @@ class Log:
     text: str
 
 
-Command = Spawn | Load | Serve | ShowFailure | Drain | Kill | Watch | ReportOutcome | ArmTimer | Log
+Command = Spawn | Tell | Kill | Watch | ReportOutcome | ArmTimer | Log

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Literal
 
+from .. import _protocol as protocol
 from .._paths import relative
 from .._protocol import Failure
 from . import commands as c
@@ -160,7 +161,7 @@ class Generations:
         for worker in list(self.workers.values()):
             if not force and worker.role is Role.SERVING:
                 self._move(worker, Trigger.DRAIN)
-                self._emit(c.Drain(worker.id, self.policy.drain_timeout))
+                self._emit(c.Tell(worker.id, protocol.Drain(self.policy.drain_timeout)))
             elif not force and worker.role is Role.DRAINING and worker.said_ready:
                 pass  # already finishing its requests
             else:
@@ -220,7 +221,7 @@ class Generations:
         self._cause.mark("load sent", now)
         worker.error_page = bool(failure or env_failure)
         worker.generation, worker.loaded_at = self.generation, now
-        load = c.Load(worker.id, self.generation, dict(env), failure or env_failure)
+        load = c.Tell(worker.id, protocol.Load(self.generation, dict(env), failure or env_failure))
         if worker.greeted:
             self._emit(load)
         else:
@@ -238,7 +239,7 @@ class Generations:
         self._cause = None
         current = self.serving
         if current is not None and current.error_page:
-            self._emit(c.ShowFailure(current.id, failure))
+            self._emit(c.Tell(current.id, protocol.ShowFailure(failure)))
         self._settle(self.generation, "failed", cause, failure)
         self._schedule_retry(cause)
 
@@ -289,7 +290,7 @@ class Generations:
         worker.after_drain = then
         if worker.paused:
             self._log_paused_drain(worker)
-        self._emit(c.Drain(worker.id, self.policy.drain_timeout))
+        self._emit(c.Tell(worker.id, protocol.Drain(self.policy.drain_timeout)))
         self._later(DRAINING_DEADLINE, e.TimerKind.DRAINING_DEADLINE, worker)
         self._later(self.policy.drain_timeout + 1.0, e.TimerKind.DRAIN_DEADLINE, worker)
 
@@ -320,7 +321,7 @@ class Generations:
 
     def _serve(self, worker: Worker, error_page: bool) -> None:
         """The loading generation is ready (or shows its error page): it serves, the old one drains."""
-        self._emit(c.Serve(worker.id))
+        self._emit(c.Tell(worker.id, protocol.Serve()))
         old = self.serving
         self._move(worker, Trigger.SERVE)
         worker.error_page = error_page
@@ -437,7 +438,7 @@ class Generations:
         if worker.error_page:
             self._settle_failure()
         elif current is not None and current.error_page:
-            self._emit(c.ShowFailure(current.id, self.failure or failure))
+            self._emit(c.Tell(current.id, protocol.ShowFailure(self.failure or failure)))
             self._settle_failure()
         elif (current is not None and self.policy.keep_last_good) or loading is not None:
             self._settle_failure()  # the last good one serves on; or the loading one replaces it soon

@@ -89,19 +89,20 @@ class Processes:
             process.send(message)
 
     def kill(self, worker: int) -> None:
+        """SIGKILL it and what it started (Child.kill): its exit is reported as for any exit."""
         process = self._by_id.get(worker)
         if process is not None:
-            process.kill()
+            process.child.kill()
 
     def kill_all(self) -> None:
         for process in self:
-            process.kill()
+            self.kill(process.id)
 
     def exited(self, worker: int) -> None:
         """Its exit was reported: close what is left of it."""
         process = self._by_id.pop(worker, None)
         if process is not None:
-            process.close()
+            process.release()
 
     def relay(self, sender: WorkerProcess | None, connections: list[_handoff.Connection]) -> None:
         """Pass connections a draining worker handed over to the serving one (or hold them)."""

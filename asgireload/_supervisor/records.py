@@ -71,7 +71,7 @@ class Worker:
     generation: int | None = None  # set once it is told to load
     load_at_start: bool = False  # spawned for a load: the load is prepared once it runs
     failure_to_show: Failure | None = None  # what that load shows instead of the app
-    queued_load: c.Load | None = None  # a load waiting for its hello
+    queued_load: c.Tell | None = None  # a load waiting for its hello
     loaded_at: float = 0.0
     error_page: bool = False
     failed: bool = False  # it reported a failure (so its crash is not a second one)

@@ -353,15 +353,10 @@ class Supervisor:
                     ),
                     fork=record is not None and not record.cold,
                 )
-            case c.Load(worker, generation, env, failure):
-                processes.send(worker, protocol.Load(generation, dict(env), failure))
-            case c.Serve(worker):
-                processes.send(worker, protocol.Serve())
-                processes.serve_held()
-            case c.ShowFailure(worker, failure):
-                processes.send(worker, protocol.ShowFailure(failure))
-            case c.Drain(worker, timeout):
-                processes.send(worker, protocol.Drain(timeout))
+            case c.Tell(worker, message):
+                processes.send(worker, message)
+                if isinstance(message, protocol.Serve):
+                    processes.serve_held()
             case c.Kill(worker):
                 processes.kill(worker)
             case c.Watch():
@@ -435,14 +430,14 @@ class Supervisor:
         draining: set[int] = set()
         if machine is not None and self.error is None:
             for command in machine.handle(e.Stop(force)):
-                if isinstance(command, c.Drain):
-                    processes.send(command.worker, protocol.Drain(command.timeout))
+                if isinstance(command, c.Tell):
+                    processes.send(command.worker, command.message)  # a drain
                 elif isinstance(command, c.Kill):
                     processes.kill(command.worker)
             draining = {w.id for w in machine.workers.values() if w.role is Role.DRAINING}
         for process in processes:
             if process.id not in draining:
-                process.kill()  # a worker the machine has not heard of yet (spawned while stopping)
+                processes.kill(process.id)  # one the machine has not heard of yet (spawned while stopping)
         return draining
 
 

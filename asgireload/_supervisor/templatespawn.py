@@ -5,9 +5,9 @@ template, an interpreter importing uvicorn; each takes about as long as the othe
 after the other, they make a cold start slower than uvicorn's. So the `asgireload` command
 starts the template first (`start_early`, before it imports anything else), and the two
 imports run on two cores at once; the template then waits for its settings. The fork server
-takes that process (`take_early`) when it needs its first template, if nothing the template
-inherited has changed since (the environment, where its output goes, no env file values), and
-otherwise ends it and starts its own. Every template is started here, early or not, the same
+takes that process (`take_early`) when it needs its first template, if templatelife says
+nothing it inherited has changed since (the environment, where its output goes, no env file
+values), and otherwise ends it and starts its own. Every template is started here, early or not, the same
 way: posix_spawn, and a pidfd to learn of its exit (asyncio's child watcher does not know it).
 
 Stdlib only, and no asyncio: this runs before those modules are imported. Linux only, as
@@ -172,7 +172,7 @@ def start_early(argv: list[str]) -> None:
         except OSError:
             return  # a closed standard stream: it is reopened first, before any socket
     if any(token == "--env-file" or token.startswith("--env-file=") for token in argv):
-        return  # its values must be set before the template imports: see unlike_now
+        return  # its values must be set before the template imports: see templatelife.unlike_now
     # Started as the supervisor starts its templates once it runs: the signals it handles then
     # are a default in the child, and job control's are ignored (see terminal.job_control_ignored)
     atexit.register(discard_early)  # the command ends before a fork server takes it
@@ -208,22 +208,16 @@ def _is_import_string(token: str) -> bool:
     return bool(colon) and all(name.isidentifier() for name in names)
 
 
+def peek_early() -> TemplateProcess | None:
+    """The early template, if there is one, for templatelife to take or refuse."""
+    return _early
+
+
 def take_early() -> TemplateProcess | None:
-    """The early template, if there is one (once): the fork server then checks `unlike_now`."""
+    """The early template, if there is one (once)."""
     global _early
     early, _early = _early, None
     return early
-
-
-def unlike_now(early: TemplateProcess, capture_output: bool, env_file_values: dict[str, str]) -> str | None:
-    """Why the early template is not the one that would be started now, or None if it is."""
-    if capture_output:
-        return "writes to the terminal, and the output is captured"
-    if env_file_values:
-        # it imported uvicorn's protocols before they could be set, and a library may read them
-        return "imported its modules before the env file's values were set"
-    changed = changed_variable(early)
-    return f"has an older environment ({changed} changed)" if changed is not None else None
 
 
 def changed_variable(process: TemplateProcess) -> str | None:

@@ -13,42 +13,28 @@ supervisor: the machine may rely on every event it gets being possible.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 import sys
 import time
-import typing
 from collections.abc import Callable
 
 from .. import _protocol as protocol
 from .. import _reaper
 from . import events
+from .children import Child, SpawnedChild
 from .debugging import DebugTerminal
 
 EXIT_AFTER_EOF = 1.0  # seconds a worker may live on after closing its channel
 FLOOD_LIMIT = 2000  # messages a second a worker may send before it is taken for broken
 OUTPUT_CHUNK = 65536  # bytes read from a worker's output at a time: no line length can stall it
 AFTER_EXIT = 2.0  # seconds the channel and output may take to end once the worker's tree is gone
-KILL_WAIT = 2.0  # seconds to wait for a killed worker to be reaped
 NO_TERMINAL = DebugTerminal.none(
     "asgireload runs inside a Python program (serve(), Reloader or the pytest fixture), which lends "
     "it no terminal."
 )
 
 Emit = Callable[[events.Event], None]
-
-
-class Process(typing.Protocol):
-    """What is needed of a worker's process: asyncio's, or a forked one (see forkserver.py)."""
-
-    @property
-    def pid(self) -> int: ...
-
-    @property
-    def returncode(self) -> int | None: ...
-
-    async def wait(self) -> int | None: ...
 
 
 class SpawnError(Exception):
@@ -73,28 +59,20 @@ class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
 
 
 class WorkerProcess:
-    """A spawned worker process, and what this side told it (to check what it says back)."""
+    """A worker (spawned or forked: its `child`), its channels, and what this side told it (to
+    check what it says back)."""
 
     def __init__(
-        self,
-        worker_id: int,
-        process: Process,
-        channel: protocol.Channel,
-        handoff: socket.socket,
-        tag: str | None = None,
-        exited: asyncio.Future[None] | None = None,
+        self, worker_id: int, child: Child, channel: protocol.Channel, handoff: socket.socket
     ) -> None:
         self.id = worker_id  # the machine's name for it
-        self.process = process
-        self._exited = exited
-        self.tag = tag  # in the environment of everything this worker starts: see _reaper.py
-        self.transport: asyncio.SubprocessTransport | None = None
+        self.child = child  # the process, and how it ends
         self.channel = channel
         self.handoff = handoff  # idle keep-alive connections travel over this, see _handoff.py
         self.debug: socket.socket | None = None  # breakpoint() asks for the terminal over this
         self.stop_relaying: Callable[[], None] | None = None
         self.stop_debugging: Callable[[], None] | None = None
-        self.pid = process.pid
+        self.pid = child.pid
         self.tasks: list[asyncio.Task[None]] = []
         # the protocol so far, as this side saw it
         self.greeted = False
@@ -108,16 +86,7 @@ class WorkerProcess:
 
     @property
     def alive(self) -> bool:
-        if self._exited is not None:
-            return not self._exited.done()
-        return self.process.returncode is None
-
-    async def wait_exit(self) -> int | None:
-        """Wait until the process has exited (not for its output pipe to close); its return code."""
-        if self._exited is not None:
-            await asyncio.shield(self._exited)
-            return self.process.returncode
-        return await self.process.wait()
+        return self.child.alive
 
     def send(self, message: protocol.SupervisorMessage) -> None:
         if isinstance(message, protocol.Load):
@@ -127,22 +96,19 @@ class WorkerProcess:
             self.told_to_drain = True
         self.channel.send(message)
 
-    def kill(self) -> None:
-        """SIGKILL the worker, its process group (it leads its own session) and its tagged descendants."""
-        _reaper.kill_generation(self.pid, self.tag)
-
     async def aclose(self, wait: float) -> bool:
-        """Give it `wait` seconds to exit, then kill it and all it started, and close its channels.
-        Returns whether it was still running when killed.
+        """Give it `wait` seconds to exit, then end it and all it started (Child.aclose), and
+        release its channels. Returns whether it was still running when killed.
 
         Cancelling it does not stop it half-way: the kill is sent and the channels are closed
         before CancelledError propagates."""
         try:
-            return await end_process(self.process, self.tag, wait, self._exited)
+            return await self.child.aclose(wait)
         finally:
-            self.close()
+            self.release()
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """Close what this side holds of it: channels, output pipe, the tasks reading them."""
         self.channel.close()
         if self.stop_relaying is not None:
             self.stop_relaying()
@@ -153,8 +119,7 @@ class WorkerProcess:
             self.debug.close()
         for task in self.tasks:
             task.cancel()
-        if self.transport is not None:
-            self.transport.close()  # the output pipe too, even if a stray process still holds it
+        self.child.release()
 
     def event_of(self, message: protocol.Message) -> events.WorkerEvent:
         """What it said, as the machine's event; ProtocolError if it could not have said that now."""
@@ -211,26 +176,9 @@ async def spawn(
     parent, child, handoff, handoff_child, debug, debug_child = socketpairs()
     handoff_child_fd, debug_child_fd = handoff_child.fileno(), debug_child.fileno()
     tag = _reaper.new_tag(worker_id)
-    environment = dict(os.environ)
-    environment[_reaper.TAG_VARIABLE] = tag
     try:
-        pipe = asyncio.subprocess.PIPE if output is not None else None
-        loop = asyncio.get_running_loop()
-        transport, protocol_ = await loop.subprocess_exec(
-            lambda: _Protocol(limit=OUTPUT_CHUNK, loop=loop),
-            sys.executable,
-            "-P",  # the worker's own imports never see the current folder (nor the project)
-            "-m",
-            "asgireload._worker",
-            str(child.fileno()),
-            pass_fds=(child.fileno(), handoff_child_fd, listener.fileno(), debug_child_fd),
-            start_new_session=True,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=pipe,
-            stderr=asyncio.subprocess.STDOUT if pipe else None,
-            env=environment,
-        )
-        process = asyncio.subprocess.Process(transport, protocol_, loop)
+        fds = (child.fileno(), handoff_child_fd, listener.fileno(), debug_child_fd)
+        spawned, stdout = await _exec(tag, fds, capture=output is not None)
     except OSError as exc:
         for sock in (parent, handoff, debug):
             sock.close()
@@ -243,22 +191,44 @@ async def spawn(
         for sock in (child, handoff_child, debug_child):
             sock.close()
     try:
-        worker = await attach(
+        return await attach(
             worker_id,
-            process,
-            tag,
-            protocol_.exited,
+            spawned,
             (parent, handoff, debug),
             settings(handoff_child_fd, listener.fileno(), debug_child_fd),
             emit,
-            (process.stdout, output) if output is not None and process.stdout is not None else None,
+            (stdout, output) if output is not None and stdout is not None else None,
             terminal,
         )
     except BaseException:
-        transport.close()
+        spawned.release()
         raise
-    worker.transport = transport
-    return worker
+
+
+async def _exec(
+    tag: str, fds: tuple[int, ...], capture: bool
+) -> tuple[SpawnedChild, asyncio.StreamReader | None]:
+    """`python -P -m asgireload._worker CONTROL_FD` in a session of its own, carrying `tag`, with
+    `fds` (its control end first) and its output captured or not."""
+    environment = dict(os.environ)
+    environment[_reaper.TAG_VARIABLE] = tag
+    pipe = asyncio.subprocess.PIPE if capture else None
+    loop = asyncio.get_running_loop()
+    transport, protocol_ = await loop.subprocess_exec(
+        lambda: _Protocol(limit=OUTPUT_CHUNK, loop=loop),
+        sys.executable,
+        "-P",  # the worker's own imports never see the current folder (nor the project)
+        "-m",
+        "asgireload._worker",
+        str(fds[0]),
+        pass_fds=fds,
+        start_new_session=True,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=pipe,
+        stderr=asyncio.subprocess.STDOUT if pipe else None,
+        env=environment,
+    )
+    return SpawnedChild(tag, transport, protocol_.exited), protocol_.stdout
 
 
 def socketpairs() -> tuple[socket.socket, ...]:
@@ -276,9 +246,7 @@ def socketpairs() -> tuple[socket.socket, ...]:
 
 async def attach(
     worker_id: int,
-    process: Process,
-    tag: str,
-    exited: asyncio.Future[None],
+    child: Child,
     sockets: tuple[socket.socket, socket.socket, socket.socket],
     settings: protocol.Settings | protocol.Channel,
     emit: Emit,
@@ -298,11 +266,11 @@ async def attach(
     except BaseException as exc:
         for sock in sockets:
             sock.close()
-        await end_process(process, tag, 0, exited)
+        await child.aclose(0)
         if isinstance(exc, OSError):
             raise SpawnError(f"could not talk to a new worker process: {exc.strerror or exc}") from exc
         raise
-    worker = WorkerProcess(worker_id, process, channel, handoff, tag, exited)
+    worker = WorkerProcess(worker_id, child, channel, handoff)
     worker.stop_debugging = (terminal or NO_TERMINAL).attach(
         lambda: f"generation {worker.generation or '?'} (pid {worker.pid})",
         worker.pid,
@@ -329,37 +297,6 @@ async def open_channel(parent: socket.socket, settings: protocol.Settings) -> pr
     return channel
 
 
-async def end_process(
-    process: Process, tag: str | None, wait: float, exited: asyncio.Future[None] | None
-) -> bool:
-    """The one way a worker process ends: `wait` seconds to exit by itself, then SIGKILL for it,
-    its process group and its tagged descendants (even if it exited: what the app started goes
-    too), and a bounded wait to reap it. Returns whether it was still running at the deadline.
-
-    Cancelled, it still sends the kill before CancelledError propagates (the event loop reaps)."""
-
-    async def exit_of_process() -> None:
-        if exited is not None:
-            await asyncio.shield(exited)
-        else:
-            await process.wait()
-
-    def running() -> bool:
-        return not exited.done() if exited is not None else process.returncode is None
-
-    try:
-        if running() and wait > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await exit_of_process()
-        return running()
-    finally:
-        _reaper.kill_generation(process.pid, tag)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(KILL_WAIT):
-                await exit_of_process()
-
-
 async def _read_channel(worker: WorkerProcess, emit: Emit) -> None:
     window_start, count = time.monotonic(), 0
     try:
@@ -378,10 +315,10 @@ async def _read_channel(worker: WorkerProcess, emit: Emit) -> None:
         emit(events.ChannelBroken(worker.id, str(exc)))
     finally:
         worker.channel.close()
-    if worker.process.returncode is None:
+    if worker.alive:
         try:
             async with asyncio.timeout(EXIT_AFTER_EOF):
-                await worker.wait_exit()
+                await worker.child.wait()
         except TimeoutError:
             emit(
                 events.ChannelBroken(
@@ -397,8 +334,8 @@ async def _watch_exit(worker: WorkerProcess, emit: Emit, readers: list[asyncio.T
     that inherited a descriptor by forking could keep the channel (or the output pipe) open.
     Once the tree is gone they end by themselves; whatever is still open after AFTER_EXIT is cut.
     """
-    returncode = await worker.wait_exit()
-    _reaper.kill_generation(worker.pid, worker.tag)
+    returncode = await worker.child.wait()
+    worker.child.kill()  # what it started goes with it
     _done, pending = await asyncio.wait(readers, timeout=AFTER_EXIT)
     for task in pending:
         task.cancel()

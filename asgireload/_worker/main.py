@@ -145,7 +145,9 @@ def _shadowed_modules(project_paths: list[str], imported_by_uvicorn: frozenset[s
     return [m for m in list(sys.modules) if m.partition(".")[0] in names]
 
 
-class Worker:
+class WorkerRun:
+    """One worker's run: settings, preload, hello, load, ready, serve, drain (see run())."""
+
     def __init__(self, settings: protocol.Settings, control_fd: int) -> None:
         self.settings = settings
         self.control_fd = control_fd
@@ -418,7 +420,7 @@ def run(control_fd: int, descriptors: tuple[int, int, int] | None = None) -> Non
     _logging.configure(settings.uvicorn["log_level"], settings.uvicorn.get("use_colors"))
     if settings.live_reload:
         quiet_access_log()
-    worker = Worker(settings, control_fd)
+    worker = WorkerRun(settings, control_fd)
     worker.imported_by_uvicorn = _uvicorn_imports(settings.uvicorn)
     worker.recorder.install()
     log_file = settings.uvicorn.get("log_config")

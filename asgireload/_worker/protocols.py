@@ -30,7 +30,7 @@ MAX_HEAD = 64 * 1024  # bytes of a request head kept while waiting for its end
 MAX_LINE = 8 * 1024  # bytes of a chunk-size or trailer line
 
 
-class Draining:
+class DrainSwitch:
     """Shared by a server and its connections: set once the server drains, seen by late arrivals."""
 
     def __init__(self) -> None:
@@ -156,7 +156,7 @@ class _PassOn:
 
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
-    _draining: Draining
+    _draining: DrainSwitch
     _pending: bytes = b""
     _drain_started = False
     _hand_off: HandOff | None = None
@@ -247,7 +247,7 @@ class _StoppingConnection(h11.Connection):
 
 
 class H11Protocol(_PassOn, h11_impl.H11Protocol):
-    def __init__(self, *args: Any, draining: Draining, pending: bytes = b"", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, draining: DrainSwitch, pending: bytes = b"", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.conn = _StoppingConnection(self._stop_at_boundary, self.config.h11_max_incomplete_event_size)
         self._draining = draining
@@ -289,7 +289,7 @@ def _httptools_protocols() -> dict[type[asyncio.Protocol], Callable[..., asyncio
         return {}
 
     class HttpToolsProtocol(_PassOn, httptools_impl.HttpToolsProtocol):
-        def __init__(self, *args: Any, draining: Draining, pending: bytes = b"", **kwargs: Any) -> None:
+        def __init__(self, *args: Any, draining: DrainSwitch, pending: bytes = b"", **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._draining = draining
             self._pending = pending

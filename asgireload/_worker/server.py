@@ -39,7 +39,7 @@ class Server(uvicorn.Server):
         super().__init__(config)
         self._stop_requested = asyncio.Event()
         self._adopting: set[asyncio.Task[Any]] = set()
-        self._draining = protocols.Draining()
+        self._draining = protocols.DrainSwitch()
         self.servers: list[asyncio.Server] = []  # none until start_accepting()
 
     async def start(self, sockets: list[socket.socket]) -> bool:

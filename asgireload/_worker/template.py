@@ -46,7 +46,7 @@ from . import exiting
 
 
 def _read_settings(
-    receiver: _forkwire.Receiver,
+    receiver: _forkwire.LineReceiver,
 ) -> tuple[protocol.Settings, list[tuple[dict[str, Any], list[int]]]]:
     """The settings, and the requests that came right behind them (with their descriptors)."""
     received: list[tuple[dict[str, Any], list[int]]] = []
@@ -129,7 +129,7 @@ class Template:
     def __init__(
         self,
         control: socket.socket,
-        receiver: _forkwire.Receiver,
+        receiver: _forkwire.LineReceiver,
         received: list[tuple[dict[str, Any], list[int]]],
     ) -> None:
         self.control = control
@@ -245,7 +245,7 @@ def main() -> None:
     os.closerange(control_fd + 1, os.sysconf("SC_OPEN_MAX"))
     os.set_inheritable(control_fd, False)
     control = socket.socket(fileno=control_fd)
-    receiver = _forkwire.Receiver(control, max_line=protocol.TRUSTED_MAX_LINE)  # the settings' size
+    receiver = _forkwire.LineReceiver(control, max_line=protocol.TRUSTED_MAX_LINE)  # the settings' size
     early = sys.argv[2:]
     if early[:1] == ["--early"]:
         # It has time before its settings come (the supervisor is still importing): what the

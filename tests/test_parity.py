@@ -33,7 +33,7 @@ PER_WORKER_VARIABLES = {"ASGIRELOAD_TAG"}
 
 PROBE = """
 import atexit, faulthandler, gc, json, logging, logging.handlers, os, random, resource, signal, sys
-import tempfile, threading, warnings
+import multiprocessing.spawn, tempfile, threading, warnings
 
 OUT = {out!r}
 PID = os.getpid()
@@ -89,6 +89,8 @@ def observe():
         "sys.argv": sys.argv,
         "sys.orig_argv": sys.orig_argv,
         "__main__": getattr(sys.modules["__main__"], "__file__", None),
+        # what multiprocessing's spawn and forkserver children run again as their __main__
+        "multiprocessing main": multiprocessing.spawn.get_preparation_data("p").get("init_main_from_name"),
         "hash": hash("probe"),
         "ppid": os.getppid(),
         "session leader": os.getsid(0) == PID,
@@ -185,10 +187,10 @@ def differences(a: dict[str, object], b: dict[str, object]) -> dict[str, object]
 
 
 # Differences on purpose (README, the fork server): a forked worker is the template's child, runs
-# under its command line and `__main__`, and shares its str hash seed (fixed at an interpreter's
+# under its command line, and shares its str hash seed (fixed at an interpreter's
 # start); the template's objects stay frozen out of the collector's way (gc.freeze), so that
 # their pages stay shared. Its random state is its own (checked below), as is its pid.
-INTENDED = {"ppid", "sys.orig_argv", "__main__", "hash", "gc.get_freeze_count()"}
+INTENDED = {"ppid", "sys.orig_argv", "hash", "gc.get_freeze_count()"}
 OWN = {"pid", "random", "urandom"}
 
 

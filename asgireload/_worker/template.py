@@ -29,6 +29,7 @@ from . import main as worker
 import ctypes  # loaded here, so that a forked worker finds it loaded
 import gc
 import importlib
+import importlib.util
 import json
 import os
 import select
@@ -36,6 +37,7 @@ import socket
 import sys
 import threading
 import traceback
+import types
 from typing import Any, NoReturn
 
 import uvicorn
@@ -102,6 +104,21 @@ def _retag(tag: str) -> None:
     os.environ[_reaper.TAG_VARIABLE] = tag
 
 
+def _look_spawned(control_fd: int) -> None:
+    """What a spawned worker's app finds in `sys.argv` and `__main__` (`python -m asgireload._worker
+    CONTROL_FD`). multiprocessing's spawn and forkserver children run `__main__` again by its
+    module name: the template's would make them import the template, and the worker's set-up
+    would take PYTHONPATH's folders off their `sys.path`."""
+    spec = importlib.util.find_spec("asgireload._worker.__main__")
+    assert spec is not None
+    assert spec.origin is not None
+    sys.argv = [spec.origin, str(control_fd)]
+    main = types.ModuleType("__main__")
+    main.__spec__, main.__file__, main.__loader__ = spec, spec.origin, spec.loader
+    main.__package__ = spec.parent
+    sys.modules["__main__"] = main
+
+
 def _become_worker(tag: str, fds: list[int], control: socket.socket, pidfds: list[int]) -> NoReturn:
     """The forked child: a worker from here on, never back into the template's loop."""
     code = 1
@@ -113,8 +130,7 @@ def _become_worker(tag: str, fds: list[int], control: socket.socket, pidfds: lis
         _retag(tag)
         exiting.disown_template_finalizers()
         control_fd, handoff_fd, listen_fd, debug_fd = fds
-        # what a spawned worker's app finds there (`python -m asgireload._worker CONTROL_FD`)
-        sys.argv = [os.path.join(os.path.dirname(worker.__file__), "__main__.py"), str(control_fd)]
+        _look_spawned(control_fd)
         worker.run(control_fd, (handoff_fd, listen_fd, debug_fd))
         code = 0
     except SystemExit as exc:

@@ -553,6 +553,18 @@ def test_every_preload_that_failed_in_a_worker_is_dropped_in_one_warning_a_run()
     assert any(line.startswith("Preloading 'jinja2' failed") for line in run.logs())
 
 
+def test_a_hello_naming_a_failed_preload_twice_drops_it_once() -> None:
+    """The machine never trusts a worker's line to be tidy: garbage ends a worker, not the supervisor."""
+    run = Harness()
+    run.run(STARTED[:5])
+    run.feed(e.FilesReported(1, (), ("six", "jinja2")))
+    run.feed(started(2))
+    before = list(run.machine.preload)
+    run.feed(e.WorkerGreeted(2, (("six", "OSError: x"), ("six", "OSError: y"))))
+    assert run.machine.preload == [name for name in before if name != "six"]
+    assert len(run.logs(logging.WARNING)) == 1
+
+
 def test_a_paused_drain_says_once_what_happens_to_the_paused_request() -> None:
     run = Harness()
     run.run(RELOADING)

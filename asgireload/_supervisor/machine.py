@@ -148,7 +148,8 @@ class Machine(Generations):
 
     def _on_hello(self, worker: Worker, event: e.WorkerGreeted) -> None:
         worker.greeted = True
-        failed = [(module, error) for module, error in event.preload_failed if module in self.preload]
+        # each module once: a worker's line may name one twice, and it is dropped only once
+        failed = list({m: error for m, error in event.preload_failed if m in self.preload}.items())
         if failed:
             self._drop_preloads(failed)
         if worker.queued_load is not None and worker.role is Role.LOADING:

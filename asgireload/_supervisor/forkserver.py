@@ -349,8 +349,10 @@ class ForkServer:
             case "refused", [] if template.answers:
                 if not (answer := template.answers.popleft()).done():
                     answer.set_exception(SpawnError(str(message.get("error"))))
-            case "exited", [] if isinstance(returncode := message.get("returncode"), int):
-                worker = template.forked.pop(int(message.get("pid") or 0), None)
+            case "exited", [] if isinstance(returncode := message.get("returncode"), int) and isinstance(
+                pid := message.get("pid"), int
+            ):
+                worker = template.forked.pop(pid, None)
                 if worker is not None:
                     worker.status(returncode)
             case _:

@@ -718,6 +718,18 @@ def test_a_merged_change_keeps_the_retry_and_a_healthy_generation_resets_the_bac
     assert sum("Reloading sequentially from now on" in line for line in run.logs()) == 1
 
 
+def test_a_worker_that_dies_during_its_failures_grace_shows_that_failure() -> None:
+    run = Harness()
+    run.run(
+        SCENARIOS[
+            "without --keep-last-good a code error replaces a healthy generation once its grace is over"
+        ][:-2]
+    )
+    run.feed(exited(2, -9))
+    assert run.machine.failure is not None
+    assert run.machine.failure.summary == "RuntimeError: boom"
+
+
 def test_a_failure_superseded_during_its_grace_is_never_reported() -> None:
     run = Harness()
     run.run(

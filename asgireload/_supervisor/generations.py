@@ -423,15 +423,15 @@ class Generations:
         duration = max(0.0, self._clock() - cause.since)
         self._emit(c.ReportOutcome(generation, outcome, cause.changed, duration, failure))
 
-    def _crashed(self, worker: Worker, reason: str) -> None:
+    def _crashed(self, worker: Worker, reason: str, held: Failure | None = None) -> None:
         """A worker died unexpectedly: show why, and try again with a growing delay.
 
         Only the backoff timer starts the app again, so a worker that dies at once can never
         make a hot loop; and a worker that was itself serving (or loading) the error page is
         not replaced by another error page, whatever killed it would kill that one too.
         """
-        failure = Failure(kind="crash", summary=reason, exit_reason=reason)
-        if not worker.failed:
+        failure = held or Failure(kind="crash", summary=reason, exit_reason=reason)
+        if held is not None or not worker.failed:  # (a held failure was never recorded)
             self._record_failure(worker, failure)
         self._schedule_retry(None)
         current, loading = self.serving, self.loading

@@ -258,8 +258,8 @@ class Machine(Generations):
         how = describe_exit(event.returncode)
         if role is Role.STANDBY:
             self._standby_died(worker)
-        elif role is Role.LOADING:
-            self._crashed(worker, f"The app's worker process {how} before it was ready")
+        elif role is Role.LOADING:  # (a failure held for its grace is what it had to show)
+            self._crashed(worker, f"The app's worker process {how} before it was ready", worker.held_failure)
         elif role is Role.SERVING:
             self._crashed(worker, f"The app's worker process {how} while serving")
         if self._after_exit is not None and not self._apps_running():

@@ -27,9 +27,6 @@ class Links:
         self._target: dict[str, str] = {}  # watched link -> the real file it points to
         self._links: dict[str, set[str]] = {}  # real file -> the watched links that point to it
 
-    def __len__(self) -> int:
-        return len(self._target)
-
     def follow(self, path: str) -> tuple[str | None, str | None]:
         """Look at `path` again; return (the target it no longer points to, its new target)."""
         target = link_target(path)

@@ -639,7 +639,12 @@ async def test_the_embedded_example_serves_beside_another_task(tmp_path: Path) -
 
 
 # what the interpreter says when CTRL+C interrupts its start-up, before any of asgireload runs
-INTERPRETER_START_UP = ("Could not import runpy module", "Failed to import the site module")
+# (or while it sets up its standard streams: "Fatal Python error: init_sys_streams")
+INTERPRETER_START_UP = (
+    "Could not import runpy module",
+    "Failed to import the site module",
+    "Fatal Python error: init_",
+)
 
 
 @pytest.mark.parametrize("after", [0.0, 0.02, 0.05, 0.1, 0.2])

@@ -30,8 +30,9 @@ uvicorn's UVICORN_<OPTION> variables and ASGIRELOAD_<OPTION> ones; the command l
 variables, ASGIRELOAD_* over UVICORN_*, and any variable over the file.
 """
 EPILOG = """\
-While it runs: type r and Enter (or send SIGUSR1) to reload by hand; CTRL+C, SIGTERM or
-closing the terminal (SIGHUP) stops it, a second CTRL+C stops it at once. Times are in seconds.
+While it runs, in a terminal, single keys (no Enter): r reloads (as SIGUSR1 does), o opens the
+browser, c clears the screen, q quits, h lists them. CTRL+C, q, SIGTERM or closing the terminal
+(SIGHUP) stops it, a second CTRL+C stops it at once. Times are in seconds.
 """
 
 

@@ -17,6 +17,7 @@ from .errors import AsgireloadError, ConfigError
 
 logger = logging.getLogger("asgireload")
 
+QUIT_KEY = "q pressed"
 REPEAT_GRACE = 1.0  # seconds in which a repeated SIGTERM is the same request to stop, not a second
 IN_WORKER = "ASGIRELOAD_WORKER"  # set in every worker's environment
 
@@ -218,21 +219,31 @@ def warn_about_reopened(names: list[str]) -> None:
 
 
 async def run_with_signals(config: Config) -> int:
-    """Serve until CTRL+C, SIGTERM or the terminal hanging up (SIGHUP); SIGUSR1 or `r` + Enter
-    reloads. Returns the exit code.
+    """Serve until CTRL+C, `q`, SIGTERM or the terminal hanging up (SIGHUP); SIGUSR1 or `r`
+    reloads (keyboard.py has the other keys). Returns the exit code.
 
     SIGHUP stops, as it stops any program whose terminal is closed; a SIGHUP that was ignored
     when asgireload started (`nohup asgireload ...`) stays ignored. Cancelled (other than by its
     own signals), it stops everything as serve() does, removes its signal handlers and lets
     CancelledError propagate.
     """
+    from ._supervisor import keyboard
     from ._supervisor.debugging import DebugTerminal
     from ._supervisor.shell import Supervisor, run_until_cancelled
 
     loop = asyncio.get_running_loop()
     from_keys = "reload requested from the terminal"
     supervisor = Supervisor(config)
-    keys = terminal.TerminalKeys(loop, lambda: supervisor.request_reload(from_keys))
+    keys = keyboard.Keyboard(
+        loop,
+        keyboard.KeyActions(
+            reload=lambda: supervisor.request_reload(from_keys),
+            quit=lambda: stop(QUIT_KEY),
+            url=lambda: supervisor.url or None,
+            clear=keyboard.clear_screen,
+            open_url=lambda url: _keep(loop.create_task(keyboard.open_in_browser(url))),
+        ),
+    )
     # breakpoint() in the app gets this terminal: keys are not read while a debugger has it
     debug_terminal = DebugTerminal.of_this_process(keys.lend, terminal.in_foreground)
     supervisor.debug_terminal = debug_terminal
@@ -248,7 +259,7 @@ async def run_with_signals(config: Config) -> int:
             first_signal = loop.time()
             logger.info("Shutting down (%s)%s.", reason, then)
             main.cancel()
-        elif reason == "CTRL+C" or loop.time() - first_signal > REPEAT_GRACE:
+        elif reason in ("CTRL+C", QUIT_KEY) or loop.time() - first_signal > REPEAT_GRACE:
             # `timeout` and process managers send SIGTERM to a process and then to its group at
             # once: only a signal that comes later (or a second CTRL+C) means "stop at once"
             logger.warning("Stopping at once.")
@@ -294,6 +305,15 @@ async def run_with_signals(config: Config) -> int:
         for signum in handlers:
             loop.remove_signal_handler(signum)
     return 0
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _keep(task: asyncio.Task[None]) -> None:
+    """Hold a fire-and-forget task until it is done (the loop keeps only a weak reference)."""
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def import_app(config: Config) -> Any:

@@ -8,12 +8,17 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _logging, discovery
 from ._supervisor import terminal
 from .config import Config
 from .errors import AsgireloadError, ConfigError
+
+if TYPE_CHECKING:
+    from ._supervisor import keyboard
+    from ._supervisor.debugging import DebugTerminal
+    from ._supervisor.shell import Supervisor
 
 logger = logging.getLogger("asgireload")
 
@@ -227,27 +232,11 @@ async def run_with_signals(config: Config) -> int:
     own signals), it stops everything as serve() does, removes its signal handlers and lets
     CancelledError propagate.
     """
-    from ._supervisor import keyboard
-    from ._supervisor.debugging import DebugTerminal
     from ._supervisor.shell import Supervisor, run_until_cancelled
 
     loop = asyncio.get_running_loop()
-    from_keys = "reload requested from the terminal"
     supervisor = Supervisor(config)
-    keys = keyboard.Keyboard(
-        loop,
-        keyboard.KeyActions(
-            reload=lambda: supervisor.request_reload(from_keys),
-            quit=lambda: stop(QUIT_KEY),
-            url=lambda: supervisor.url or None,
-            clear=keyboard.clear_screen,
-            open_url=lambda url: _keep(loop.create_task(keyboard.open_in_browser(url))),
-        ),
-    )
-    # breakpoint() in the app gets this terminal: keys are not read while a debugger has it
-    debug_terminal = DebugTerminal.of_this_process(keys.lend, terminal.in_foreground)
-    supervisor.debug_terminal = debug_terminal
-    _logging.follow_prompt(lambda: debug_terminal.prompt_shown)
+    keys, debug_terminal = attach_terminal(loop, supervisor, lambda: stop(QUIT_KEY))
     main = asyncio.create_task(run_until_cancelled(supervisor))
     stopping = False
     first_signal = 0.0
@@ -305,6 +294,42 @@ async def run_with_signals(config: Config) -> int:
         for signum in handlers:
             loop.remove_signal_handler(signum)
     return 0
+
+
+def attach_terminal(
+    loop: asyncio.AbstractEventLoop, supervisor: Supervisor, quit: Callable[[], None]
+) -> tuple[keyboard.Keyboard, DebugTerminal]:
+    """The keys, the terminal lent to breakpoint() and the clear per reload, for the command line."""
+    from ._supervisor import keyboard, screen
+    from ._supervisor.debugging import DebugTerminal
+    from ._supervisor.screen import ClearPerReload
+
+    def clear_by_hand() -> None:  # `c`: whatever error was on the screen has been seen
+        keyboard.clear_screen()
+        clearing.seen()
+
+    keys = keyboard.Keyboard(
+        loop,
+        keyboard.KeyActions(
+            reload=lambda: supervisor.request_reload("reload requested from the terminal"),
+            quit=quit,
+            url=lambda: supervisor.url or None,
+            clear=clear_by_hand,
+            open_url=lambda url: _keep(loop.create_task(keyboard.open_in_browser(url))),
+        ),
+    )
+    # breakpoint() in the app gets this terminal: keys are not read while a debugger has it
+    debug_terminal = DebugTerminal.of_this_process(keys.lend, terminal.in_foreground)
+    supervisor.debug_terminal = debug_terminal
+    clearing = ClearPerReload(
+        supervisor.config.clear_screen,
+        may_clear=lambda: screen.stdout_in_foreground() and debug_terminal.holder_pid is None,
+        clear=keyboard.clear_screen,
+        where=lambda: supervisor.url,
+    )
+    supervisor.on_command = clearing.on_command
+    _logging.follow_prompt(lambda: debug_terminal.prompt_shown)
+    return keys, debug_terminal
 
 
 _background: set[asyncio.Task[None]] = set()

@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import termios
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -69,9 +70,11 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-async def start(terminal: Terminal, project: Path, *before: str) -> tuple[asyncio.subprocess.Process, int]:
-    """`asgireload main:app --port 0` in the terminal (after `before`, e.g. `env X=1`)."""
-    argv = [*before, sys.executable, "-m", "asgireload", "main:app", "--port", "0"]
+async def start(
+    terminal: Terminal, project: Path, *options: str, before: Sequence[str] = ()
+) -> tuple[asyncio.subprocess.Process, int]:
+    """`asgireload main:app --port 0 OPTIONS` in the terminal (after `before`, e.g. `env X=1`)."""
+    argv = [*before, sys.executable, "-m", "asgireload", "main:app", "--port", "0", *options]
     process = await terminal.start(argv, project)
     return process, int((await terminal.wait_for(SERVING.pattern))[1])
 
@@ -193,7 +196,7 @@ async def test_o_opens_the_url_or_says_it(project: Path, succeeds: bool) -> None
     # no other browser may be found: no display, and a PATH with none in it
     env = ["env", "-u", "DISPLAY", "-u", "WAYLAND_DISPLAY", f"PATH={bin_folder}", f"BROWSER={script}"]
     async with terminal_session(project, workers) as terminal:
-        process, port = await start(terminal, project, *env)
+        process, port = await start(terminal, project, before=env)
         await terminal.wait_for(HINT)
         workers |= await wait_for_children(process.pid, 2)
         url = f"http://127.0.0.1:{port}"

@@ -20,7 +20,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .. import _handoff
@@ -84,6 +84,7 @@ class Supervisor:
         self._stopped = False
         # lent to a worker stopped at breakpoint(); the command line sets its own before start()
         self.debug_terminal: DebugTerminal | None = None
+        self.on_command: Callable[[c.Command], None] | None = None  # the command line's screen clearing
 
     # ---------------------------------------------------------------- public surface
 
@@ -342,6 +343,8 @@ class Supervisor:
     async def _execute(self, command: c.Command) -> e.Event | None:
         processes = self._processes
         assert processes is not None
+        if self.on_command is not None:
+            self.on_command(command)
         match command:
             case c.Spawn(worker, preload):
                 roots = self.project.roots

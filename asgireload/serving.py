@@ -18,6 +18,7 @@ from .errors import AsgireloadError, ConfigError
 if TYPE_CHECKING:
     from ._supervisor import keyboard
     from ._supervisor.debugging import DebugTerminal
+    from ._supervisor.liveconfig import LiveSettings
     from ._supervisor.shell import Supervisor
 
 logger = logging.getLogger("asgireload")
@@ -223,7 +224,7 @@ def warn_about_reopened(names: list[str]) -> None:
         )
 
 
-async def run_with_signals(config: Config) -> int:
+async def run_with_signals(config: Config, live_settings: LiveSettings | None = None) -> int:
     """Serve until CTRL+C, `q`, SIGTERM or the terminal hanging up (SIGHUP); SIGUSR1 or `r`
     reloads (keyboard.py has the other keys). Returns the exit code.
 
@@ -236,6 +237,7 @@ async def run_with_signals(config: Config) -> int:
 
     loop = asyncio.get_running_loop()
     supervisor = Supervisor(config)
+    supervisor.live_settings = live_settings  # the command line's: its pyproject.toml applies itself
     keys, debug_terminal = attach_terminal(loop, supervisor, lambda: stop(QUIT_KEY))
     main = asyncio.create_task(run_until_cancelled(supervisor))
     stopping = False

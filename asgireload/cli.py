@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from . import _logging, configfile, discovery
 from .__about__ import __version__
+from ._supervisor.liveconfig import LiveSettings
 from ._uvicorn import NO_EFFECT, REFUSED
 from .config import Config, cli_flag, option_fields
 from .errors import ConfigError
@@ -30,8 +31,9 @@ uvicorn's UVICORN_<OPTION> variables and ASGIRELOAD_<OPTION> ones; the command l
 variables, ASGIRELOAD_* over UVICORN_*, and any variable over the file.
 """
 EPILOG = """\
-While it runs: type r and Enter (or send SIGUSR1) to reload by hand; CTRL+C, SIGTERM or
-closing the terminal (SIGHUP) stops it, a second CTRL+C stops it at once. Times are in seconds.
+While it runs, in a terminal, single keys (no Enter): r reloads (as SIGUSR1 does), o opens the
+browser, c clears the screen, q quits, h lists them. CTRL+C, q, SIGTERM or closing the terminal
+(SIGHUP) stops it, a second CTRL+C stops it at once. Times are in seconds.
 """
 
 
@@ -140,6 +142,15 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, discovery.Found | 
     """The Config from the flags over ASGIRELOAD_* over [tool.asgireload]; and, when the app was
     found by reading the source, what was found."""
     parser = build_parser()
+    flags, use_file = _flags(parser, argv)
+    try:
+        return _config_from(flags, use_file)
+    except ConfigError as exc:
+        parser.error(str(configfile.name_the_file(exc)).rstrip("."))
+
+
+def _flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[dict[str, Any], bool]:
+    """The options given as flags (unset ones are absent), and whether [tool.asgireload] is read."""
     flags = vars(parser.parse_args(argv))
     flags.pop("reload", None)
     use_file = not flags.pop("no_config", False)
@@ -148,21 +159,31 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Config, discovery.Found | 
     for name, value in flags.items():
         if isinstance(value, list):
             flags[name] = tuple(value)
-    try:
-        options, _ = configfile.layered(flags, pyproject=use_file, uvicorn_variables=True)
-        options.setdefault("live_reload", True)  # on for the command line; Config turns it off off loopback
-        found = _find_app(options)
-        if found is not None:
-            options["app"] = found.app
-            options["app_dir"] = found.app_dir
-            if found.interface is not None and options.get("interface", "auto") == "auto":
-                options["interface"] = found.interface  # a Flask app, served through uvicorn's WSGI
-            pyproject = configfile.find_pyproject()  # where the pin hint's app_dir would be read from
-            if pyproject is not None:
-                found = dataclasses.replace(found, config_dir=str(pyproject.parent))
-        return Config(**options), found
-    except ConfigError as exc:
-        parser.error(str(configfile.name_the_file(exc)).rstrip("."))
+    return flags, use_file
+
+
+def _config_from(flags: dict[str, Any], pyproject: str | bool) -> tuple[Config, discovery.Found | None]:
+    """The layers merged (raises ConfigError): at start-up, and again when the file is saved."""
+    options, _ = configfile.layered(flags, pyproject=pyproject, uvicorn_variables=True)
+    options.setdefault("live_reload", True)  # on for the command line; Config turns it off off loopback
+    found = _find_app(options)
+    if found is not None:
+        options["app"] = found.app
+        options["app_dir"] = found.app_dir
+        if found.interface is not None and options.get("interface", "auto") == "auto":
+            options["interface"] = found.interface  # a Flask app, served through uvicorn's WSGI
+        pyproject_path = configfile.find_pyproject()  # where the pin hint's app_dir would be read from
+        if pyproject_path is not None:
+            found = dataclasses.replace(found, config_dir=str(pyproject_path.parent))
+    return Config(**options), found
+
+
+def live_settings(argv: Sequence[str] | None, config: Config) -> LiveSettings:
+    """The settings files this command line read, to be read again (the same file) when saved."""
+    flags, use_file = _flags(build_parser(), argv)
+    path = configfile.find_pyproject() if use_file else None
+    pyproject = str(path.resolve()) if path is not None else None
+    return LiveSettings(config, lambda: _config_from(flags, pyproject or False)[0], pyproject)
 
 
 def _find_app(options: dict[str, Any]) -> discovery.Found | None:
@@ -208,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.getLogger("asgireload").info("%s", found.message(os.getcwd()))
     warn_about_reopened(reopened)
     try:
-        code = asyncio.run(run_with_signals(config))
+        code = asyncio.run(run_with_signals(config, live_settings(argv, config)))
     except KeyboardInterrupt:  # a Ctrl-C before the loop installed its handlers
         code = 130
     sys.exit(code)

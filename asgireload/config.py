@@ -120,6 +120,12 @@ class Config:
         "When a reload fails, keep the last working generation serving and only log the error "
         "(default: serve the error page).",
     )
+    clear_screen: bool = _option(
+        False,
+        "Clear the terminal when a new generation starts loading, unless an error was logged since "
+        "the last ready generation (it stays on the screen until one is ready).",
+        negatable=True,
+    )
     show_errors: bool | None = _option(
         None,
         "Show tracebacks and file paths on the error page (default: only when bound to loopback).",

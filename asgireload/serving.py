@@ -8,15 +8,22 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _logging, discovery
 from ._supervisor import terminal
 from .config import Config
 from .errors import AsgireloadError, ConfigError
 
+if TYPE_CHECKING:
+    from ._supervisor import keyboard
+    from ._supervisor.debugging import DebugTerminal
+    from ._supervisor.liveconfig import LiveSettings
+    from ._supervisor.shell import Supervisor
+
 logger = logging.getLogger("asgireload")
 
+QUIT_KEY = "q pressed"
 REPEAT_GRACE = 1.0  # seconds in which a repeated SIGTERM is the same request to stop, not a second
 IN_WORKER = "ASGIRELOAD_WORKER"  # set in every worker's environment
 
@@ -217,26 +224,21 @@ def warn_about_reopened(names: list[str]) -> None:
         )
 
 
-async def run_with_signals(config: Config) -> int:
-    """Serve until CTRL+C, SIGTERM or the terminal hanging up (SIGHUP); SIGUSR1 or `r` + Enter
-    reloads. Returns the exit code.
+async def run_with_signals(config: Config, live_settings: LiveSettings | None = None) -> int:
+    """Serve until CTRL+C, `q`, SIGTERM or the terminal hanging up (SIGHUP); SIGUSR1 or `r`
+    reloads (keyboard.py has the other keys). Returns the exit code.
 
     SIGHUP stops, as it stops any program whose terminal is closed; a SIGHUP that was ignored
     when asgireload started (`nohup asgireload ...`) stays ignored. Cancelled (other than by its
     own signals), it stops everything as serve() does, removes its signal handlers and lets
     CancelledError propagate.
     """
-    from ._supervisor.debugging import DebugTerminal
     from ._supervisor.shell import Supervisor, run_until_cancelled
 
     loop = asyncio.get_running_loop()
-    from_keys = "reload requested from the terminal"
     supervisor = Supervisor(config)
-    keys = terminal.TerminalKeys(loop, lambda: supervisor.request_reload(from_keys))
-    # breakpoint() in the app gets this terminal: keys are not read while a debugger has it
-    debug_terminal = DebugTerminal.of_this_process(keys.lend, terminal.in_foreground)
-    supervisor.debug_terminal = debug_terminal
-    _logging.follow_prompt(lambda: debug_terminal.prompt_shown)
+    supervisor.live_settings = live_settings  # the command line's: its pyproject.toml applies itself
+    keys, debug_terminal = attach_terminal(loop, supervisor, lambda: stop(QUIT_KEY))
     main = asyncio.create_task(run_until_cancelled(supervisor))
     stopping = False
     first_signal = 0.0
@@ -248,7 +250,7 @@ async def run_with_signals(config: Config) -> int:
             first_signal = loop.time()
             logger.info("Shutting down (%s)%s.", reason, then)
             main.cancel()
-        elif reason == "CTRL+C" or loop.time() - first_signal > REPEAT_GRACE:
+        elif reason in ("CTRL+C", QUIT_KEY) or loop.time() - first_signal > REPEAT_GRACE:
             # `timeout` and process managers send SIGTERM to a process and then to its group at
             # once: only a signal that comes later (or a second CTRL+C) means "stop at once"
             logger.warning("Stopping at once.")
@@ -294,6 +296,51 @@ async def run_with_signals(config: Config) -> int:
         for signum in handlers:
             loop.remove_signal_handler(signum)
     return 0
+
+
+def attach_terminal(
+    loop: asyncio.AbstractEventLoop, supervisor: Supervisor, quit: Callable[[], None]
+) -> tuple[keyboard.Keyboard, DebugTerminal]:
+    """The keys, the terminal lent to breakpoint() and the clear per reload, for the command line."""
+    from ._supervisor import keyboard, screen
+    from ._supervisor.debugging import DebugTerminal
+    from ._supervisor.screen import ClearPerReload
+
+    def clear_by_hand() -> None:  # `c`: whatever error was on the screen has been seen
+        keyboard.clear_screen()
+        clearing.seen()
+
+    keys = keyboard.Keyboard(
+        loop,
+        keyboard.KeyActions(
+            reload=lambda: supervisor.request_reload("reload requested from the terminal"),
+            quit=quit,
+            url=lambda: supervisor.url or None,
+            clear=clear_by_hand,
+            open_url=lambda url: _keep(loop.create_task(keyboard.open_in_browser(url))),
+        ),
+    )
+    # breakpoint() in the app gets this terminal: keys are not read while a debugger has it
+    debug_terminal = DebugTerminal.of_this_process(keys.lend, terminal.in_foreground)
+    supervisor.debug_terminal = debug_terminal
+    clearing = ClearPerReload(
+        supervisor.config.clear_screen,
+        may_clear=lambda: screen.stdout_in_foreground() and debug_terminal.holder_pid is None,
+        clear=keyboard.clear_screen,
+        where=lambda: supervisor.url,
+    )
+    supervisor.on_command = clearing.on_command
+    _logging.follow_prompt(lambda: debug_terminal.prompt_shown)
+    return keys, debug_terminal
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _keep(task: asyncio.Task[None]) -> None:
+    """Hold a fire-and-forget task until it is done (the loop keeps only a weak reference)."""
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def import_app(config: Config) -> Any:

@@ -477,7 +477,8 @@ async def test_help_lists_every_option(tmp_path: Path) -> None:
         if field.metadata.get("negatable"):
             assert f"--no-{flag[2:]}" in text, f"--no-{flag[2:]} is not in --help\n{text}"
     epilog = " ".join(text.split())
-    assert "(or send SIGUSR1) to reload" in epilog, text
+    assert "r reloads (as SIGUSR1 does)" in epilog, text
+    assert "q quits, h lists them" in epilog, text
     assert "closing the terminal (SIGHUP) stops it" in epilog, text
 
 

@@ -116,6 +116,17 @@ class Terminal:
             pytest.fail(f"{pattern!r} was not printed within {DEADLINE} s:\n{self.text}")
         return match
 
+    async def wait_for_bytes(self, sequence: bytes, after: int = 0) -> None:
+        """Until `sequence` (an escape sequence, which `text` leaves out) is printed past byte `after`."""
+        try:
+            async with asyncio.timeout(DEADLINE), self._changed:
+                while sequence not in self.output[after:]:
+                    if not self._open:
+                        pytest.fail(f"the terminal closed before {sequence!r}:\n{self.text}")
+                    await self._changed.wait()
+        except TimeoutError:
+            pytest.fail(f"{sequence!r} was not printed within {DEADLINE} s:\n{self.text}")
+
     def type(self, keys: str) -> None:
         os.write(self.controller, keys.encode())
 

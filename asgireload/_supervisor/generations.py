@@ -131,8 +131,9 @@ class Generations:
     # ---------------------------------------------------------------- events about the server
     def _file_changed(self, event: e.FileChanged) -> None:
         self._crashes = 0
-        if self.policy.env_file is not None and self.policy.env_file in event.paths:
-            self._replace_standby()  # it imported packages under the old values
+        settings_files = (self.policy.env_file, *self.policy.settings_files)
+        if any(path in event.paths for path in settings_files if path is not None):
+            self._replace_standby()  # it imported packages, or was started, under the old values
         cause = Cause(event.paths, event.since, "change")
         cause.mark("detected", self._clock())
         self._begin(cause)

@@ -25,6 +25,7 @@ class Policy:
     preload: bool = True
     drain_timeout: float = 10.0
     env_file: str | None = None
+    settings_files: tuple[str, ...] = ()  # pyproject.toml, --log-config: a save replaces the standby
     cwd: str = "/"  # paths in log lines are shown relative to it
     under_debugger: bool = False  # a worker may be stopped at a breakpoint we are not told of
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .. import _handoff
@@ -35,10 +36,12 @@ from . import editable, forkserver, settings, sockets
 from . import events as e
 from .assets import LiveAssets, is_stylesheet_change, log_line
 from .debugging import DebugTerminal, coverage_misses_workers
+from .liveconfig import LiveSettings
 from .machine import Machine
 from .outcomes import Outcomes
 from .preflight import preflight
 from .processes import Processes
+from .records import Policy
 from .scanner import Scanner, stat_key
 from .sitestate import SiteWatch
 from .table import Role
@@ -84,6 +87,8 @@ class Supervisor:
         self._stopped = False
         # lent to a worker stopped at breakpoint(); the command line sets its own before start()
         self.debug_terminal: DebugTerminal | None = None
+        self.on_command: Callable[[c.Command], None] | None = None  # the command line's screen clearing
+        self.live_settings: LiveSettings | None = None  # the command line's settings files, re-read
 
     # ---------------------------------------------------------------- public surface
 
@@ -162,9 +167,7 @@ class Supervisor:
                 self.url,
             )
         read_env = functools.partial(settings.read_env, self.config)
-        self._machine = machine = Machine(
-            settings.policy_for(self.config, self.url), clock=time.time, read_env=read_env
-        )
+        self._machine = machine = Machine(self._policy(), clock=time.time, read_env=read_env)
         output = self._capture if self.config.capture_output else None
         serving = lambda: machine.serving.id if machine.serving is not None else None  # noqa: E731
         self._processes = Processes(
@@ -200,6 +203,8 @@ class Supervisor:
                 self._start_task(self._packages.run(), "asgireload-packages")
             if self.config.env_file is not None:
                 self._scanner.watch([(self.config.env_file, stat_key(self.config.env_file))])
+            for path in self.live_settings.files if self.live_settings is not None else ():
+                self._scanner.watch([(path, stat_key(path))])
             await self._queue.put(e.ReloadRequested("start"))
             first = await self.wait_for_generation(1, timeout=timeout)
             failure = self.failure
@@ -273,9 +278,26 @@ class Supervisor:
         assets, code = self.live.split(paths)
         if assets:
             self._tell_pages(assets)
+        if code and self.live_settings is not None:
+            code = self._reconfigure(code)
         if code:
             self._check_site()
             self._queue.put_nowait(e.FileChanged(tuple(code), since))
+
+    def _reconfigure(self, paths: list[str]) -> list[str]:
+        """A settings file was saved: the next generation gets the new Config (the machine replaces
+        the warm worker); an invalid or meaningless save starts no reload."""
+        assert self.live_settings is not None
+        reread = self.live_settings.reread(paths)
+        if reread.config is not None:
+            self.config = reread.config
+            if self._machine is not None:
+                self._machine.policy = self._policy()
+        return [path for path in paths if path not in reread.quiet]
+
+    def _policy(self) -> Policy:
+        files = self.live_settings.files if self.live_settings is not None else ()
+        return dataclasses.replace(settings.policy_for(self.config, self.url), settings_files=files)
 
     def _check_site(self) -> None:
         """Before a reload uses a warm process: one that predates a change to site-packages is
@@ -342,6 +364,8 @@ class Supervisor:
     async def _execute(self, command: c.Command) -> e.Event | None:
         processes = self._processes
         assert processes is not None
+        if self.on_command is not None:
+            self.on_command(command)
         match command:
             case c.Spawn(worker, preload):
                 roots = self.project.roots

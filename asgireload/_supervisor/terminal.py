@@ -3,9 +3,9 @@
 Only the entry points that own the terminal (`asgireload APP`, `run()`) use this module; the
 library (`serve()`, `Reloader`) never touches the terminal or its signals.
 
-- `r` + Enter reloads, but keys are read only while asgireload is in the terminal's foreground
-  process group: a background job (`asgireload main:app &`) that read the terminal would be
-  stopped by SIGTTIN, and reloading with it. `fg` (SIGCONT) brings the keys back.
+- Keys (keyboard.py) are read only while asgireload is in the terminal's foreground process
+  group: a background job (`asgireload main:app &`) that read the terminal would be stopped by
+  SIGTTIN, and reloading with it. `fg` (SIGCONT) brings the keys back.
 - SIGTTIN and SIGTTOU are ignored, so a background supervisor is never stopped by the kernel.
 - SIGHUP stops (the terminal hung up); `terminal_hung_up()` tells a closed window from a
   SIGHUP sent by hand, for the log.
@@ -16,7 +16,6 @@ library (`serve()`, `Reloader`) never touches the terminal or its signals.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import logging
@@ -25,142 +24,15 @@ import select
 import signal
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 logger = logging.getLogger("asgireload")
 
-RECHECK_INTERVAL = 1.0  # seconds between looks at the foreground while in the background
 STREAM_NAMES = {0: "stdin", 1: "stdout", 2: "stderr"}
 
 
 class BrokenStream(Exception):
     """stdout or stderr leads nowhere: nothing asgireload or the app prints could be seen."""
-
-
-class TerminalKeys:
-    """Calls `on_reload()` when `r` and Enter are typed, while in the terminal's foreground.
-
-    The foreground is checked when the terminal becomes readable, on SIGCONT (`fg`, `bg`) and
-    every RECHECK_INTERVAL seconds while in the background; in the background the terminal is
-    not even polled, so pending input that belongs to the shell costs nothing.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_reload: Callable[[], None]) -> None:
-        self._loop = loop
-        self._on_reload = on_reload
-        self._active = False
-        self._reading = False
-        self._lent = False  # a worker's debugger has the terminal: no key is read meanwhile
-        self._recheck: asyncio.TimerHandle | None = None
-        self._refusing = False  # CTRL+Z is refused while lent
-
-    def start(self) -> bool:
-        """Start listening if stdin is a terminal; returns whether it is."""
-        try:
-            if not os.isatty(0):
-                return False
-        except OSError:
-            return False
-        self._active = True
-        with contextlib.suppress(ValueError, RuntimeError):
-            self._loop.add_signal_handler(signal.SIGCONT, self._check)
-        self._check()
-        return True
-
-    def lend(self, lent: bool) -> None:
-        """Stop reading keys while a paused worker's debugger has the terminal (True); read again (False)."""
-        self._lent = lent
-        if lent:
-            self._pause()
-        else:
-            self._check()
-        self._refuse_suspend(lent)
-
-    def _refuse_suspend(self, refuse: bool) -> None:
-        """CTRL+Z while a worker's debugger has the terminal is refused, with a log line.
-
-        The worker leads its own session, so a suspended asgireload would leave it reading the
-        shell's input (every other line going to pdb). Only a default disposition is replaced.
-        """
-        if refuse and signal.getsignal(signal.SIGTSTP) is signal.SIG_DFL:
-            with contextlib.suppress(ValueError, RuntimeError):
-                self._loop.add_signal_handler(signal.SIGTSTP, _suspend_refused)
-                self._refusing = True
-        elif not refuse and self._refusing:
-            self._refusing = False
-            with contextlib.suppress(ValueError, RuntimeError):
-                self._loop.remove_signal_handler(signal.SIGTSTP)
-
-    def close(self) -> None:
-        self._refuse_suspend(False)
-        if not self._active:
-            return
-        self._active = False
-        self._pause()
-        if self._recheck is not None:
-            self._recheck.cancel()
-            self._recheck = None
-        with contextlib.suppress(ValueError, RuntimeError):
-            self._loop.remove_signal_handler(signal.SIGCONT)
-
-    def _check(self) -> None:
-        if not self._active or self._lent:
-            return
-        if in_foreground():
-            self._listen()
-        else:
-            self._pause()
-            self._schedule_recheck()
-
-    def _schedule_recheck(self) -> None:
-        if self._recheck is None:
-            self._recheck = self._loop.call_later(RECHECK_INTERVAL, self._recheck_now)
-
-    def _recheck_now(self) -> None:
-        self._recheck = None
-        self._check()
-
-    def _listen(self) -> None:
-        if not self._reading:
-            try:
-                self._loop.add_reader(0, self._on_readable)
-            except (OSError, ValueError):
-                self.close()
-                return
-            self._reading = True
-
-    def _pause(self) -> None:
-        if self._reading:
-            self._loop.remove_reader(0)
-            self._reading = False
-
-    def _on_readable(self) -> None:
-        if self._lent:
-            self._pause()
-            return
-        if not in_foreground():  # moved to the background (Ctrl-Z, bg) since the last look
-            self._check()
-            return
-        try:
-            data = os.read(0, 1024)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EINTR):
-                return
-            if exc.errno == errno.EIO and not in_foreground():
-                self._check()  # lost the foreground between the look and the read
-                return
-            data = b""  # the terminal is unusable: stop reading it
-        if not data:  # end of input: the terminal hung up, or stdin was closed
-            self.close()
-        elif data.strip().lower() == b"r":
-            self._on_reload()
-
-
-def _suspend_refused() -> None:
-    logger.warning(
-        "CTRL+Z is ignored while a worker's debugger has the terminal: continue it (c and Enter) "
-        "first, then CTRL+Z suspends asgireload."
-    )
 
 
 def in_foreground() -> bool:

@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Callable
 
+from .. import _protocol as protocol
 from . import commands as c
 
 logger = logging.getLogger("asgireload")
@@ -47,7 +48,9 @@ class ClearPerReload:
                 self._failed = True  # said at once; the outcome is reported later (after a grace)
             case c.ReportOutcome(outcome="ready"):
                 self._failed = False
-            case c.Load(generation=generation, failure=None) if generation > self._cleared_for:
+            case c.Tell(message=protocol.Load(generation=generation, failure=None)) if (
+                generation > self._cleared_for
+            ):
                 self._cleared_for = generation
                 if self.enabled and not self._failed and self._may_clear():
                     self._clear()

@@ -153,3 +153,19 @@ def test_a_long_list_of_imports_is_split_over_entries(project: Path) -> None:
         recorder.uninstall()
     of_main = [imported for name, _, imported in recorder.new_entries() if name == "main"]
     assert [len(part) for part in of_main] == [MAX_IMPORTS_PER_ENTRY, 20]
+
+
+def test_a_hook_the_app_put_over_ours_stays(project: Path) -> None:
+    write(
+        project / "main.py",
+        "import builtins\n_inner = builtins.__import__\n"
+        "def app_import(*args, **kwargs):\n    return _inner(*args, **kwargs)\n"
+        "builtins.__import__ = app_import\n",
+    )
+    original = builtins.__import__
+    try:
+        graph = record(project, "main")
+        assert builtins.__import__.__name__ == "app_import"
+        assert graph == {"main": set()}
+    finally:
+        builtins.__import__ = original

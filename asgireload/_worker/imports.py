@@ -86,10 +86,11 @@ class ImportGraphRecorder:
     def uninstall(self) -> None:
         """Put both hooks back, unless the app replaced them meanwhile (then leave its own)."""
         if self._original_exec is not None:
-            importlib.machinery.SourceFileLoader.exec_module = self._original_exec  # type: ignore[method-assign]
+            if _is_ours(importlib.machinery.SourceFileLoader.exec_module):
+                importlib.machinery.SourceFileLoader.exec_module = self._original_exec  # type: ignore[method-assign]
             self._original_exec = None
         if self._original_import is not None:
-            if getattr(builtins.__import__, "__qualname__", "").endswith("recording_import"):
+            if _is_ours(builtins.__import__):
                 builtins.__import__ = self._original_import
             self._original_import = None
         self._running.clear()
@@ -150,3 +151,8 @@ class ImportGraphRecorder:
             path = getattr(module, "__file__", None)
             if isinstance(path, str) and path.endswith(".py") and self._is_project(path):
                 self.files[name] = os.path.abspath(path)
+
+
+def _is_ours(hook: object) -> bool:
+    """Whether this hook is one `install` set (an app may have put its own over it since)."""
+    return getattr(hook, "__qualname__", "").startswith(f"{ImportGraphRecorder.__name__}.install.")

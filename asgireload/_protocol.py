@@ -41,6 +41,9 @@ class ProtocolError(Exception):
 
 # A file as a worker saw it when it imported it: path, st_mtime_ns, st_size, st_ino (None: missing).
 FileEntry = tuple[str, int | None, int | None, int | None]
+# A project module the worker ran: its name, its file, project modules its body imported (a long
+# list comes as several entries of one module).
+ImportEntry = tuple[str, str, tuple[str, ...]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,11 +147,13 @@ class Hello:
 
 @dataclasses.dataclass(frozen=True)
 class Files:
-    """Files the worker imported, each with the stat it saw; installed modules it imported."""
+    """Files the worker imported, each with the stat it saw; installed modules it imported; the
+    project modules it ran and what each imported (the import graph)."""
 
     TYPE: ClassVar[str] = "files"
     files: tuple[FileEntry, ...] = ()
     modules: tuple[str, ...] = ()
+    imports: tuple[ImportEntry, ...] = ()
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Files:
@@ -163,7 +168,22 @@ class Files:
                 and all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in entry[1:])
             ):
                 raise ProtocolError(f"a malformed file entry {str(entry)[:80]}")
-        return cls(tuple((p, m, s, i) for p, m, s, i in files), _texts(data, "modules"))
+        imports = _field(data, "imports", list, [])
+        for entry in imports:
+            if not (
+                isinstance(entry, list)
+                and len(entry) == 3
+                and isinstance(entry[0], str)
+                and is_path(entry[1])
+                and isinstance(entry[2], list)
+                and all(isinstance(name, str) for name in entry[2])
+            ):
+                raise ProtocolError(f"a malformed import entry {str(entry)[:80]}")
+        return cls(
+            tuple((p, m, s, i) for p, m, s, i in files),
+            _texts(data, "modules"),
+            tuple((name, path, tuple(names)) for name, path, names in imports),
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -574,7 +574,7 @@ async def test_sigusr1_reloads(project: Path) -> None:
             assert (await http.get(f"http://127.0.0.1:{port}/")).status_code == 200
             cli.send(signal.SIGUSR1)
             match = await cli.wait_for_line(r"Reloaded in \d+ ms \(generation 2\): (.*)$")
-            assert match[1] == "SIGUSR1", cli.transcript()
+            assert match[1] == "SIGUSR1; re-ran 1 of 1 project modules", cli.transcript()
             response = await http.get(f"http://127.0.0.1:{port}/")  # on the kept-alive connection
             assert (response.status_code, response.text) == (200, "first"), cli.transcript()
         async with client() as http:
@@ -601,7 +601,9 @@ async def test_an_edit_reloads(project: Path) -> None:
         async with client() as http:
             assert (await http.get(f"http://127.0.0.1:{port}/")).text == "first"
         write_atomically(project / "main.py", app_source("second edition"))
-        match = await cli.wait_for_line(r"Reloaded in \d+ ms \(generation 2\): (.*) changed$")
+        match = await cli.wait_for_line(
+            r"Reloaded in \d+ ms \(generation 2\): (.*) changed; re-ran 1 of 1 project modules$"
+        )
         assert match[1] == "main.py", cli.transcript()
         assert str(project) not in match[0]
         async with client() as http:

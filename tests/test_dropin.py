@@ -705,7 +705,9 @@ async def test_reload_delay_waits_for_quiet(project: Path) -> None:
         await asyncio.sleep(0.2)  # spacing the two saves, not a synchronisation
         write_atomically(project / "main.py", "import helper\n" + app_source("second"))
         last_save = time.monotonic()
-        reloaded = await cli.wait_for_line(r"Reloaded in \d+ ms \(generation (\d+)\): (.*) changed$")
+        reloaded = await cli.wait_for_line(
+            r"Reloaded in \d+ ms \(generation (\d+)\): (.*) changed; re-ran 2 of 2 project modules$"
+        )
         waited = time.monotonic() - last_save
         assert reloaded[1] == "2", cli.transcript()
         assert set(reloaded[2].split(", ")) == {"helper.py", "main.py"}, cli.transcript()

@@ -441,6 +441,28 @@ def test_a_reload_is_timed_and_logged_from_the_change() -> None:
     assert "Reloaded in 40 ms (generation 2): main.py changed" in run.logs(logging.INFO)
 
 
+def test_the_reloaded_line_counts_the_modules_run_and_the_debug_log_says_which_had_to() -> None:
+    def report(worker: int) -> e.FilesReported:
+        graph = {"main": ("routes",), "routes": ("models",), "models": (), "other": ()}
+        return e.FilesReported(worker, imports=tuple((m, f"/project/{m}.py", i) for m, i in graph.items()))
+
+    run = Harness(app="main:app")
+    for event in [*(event for event, _ in STARTED[:3]), report(1), *(event for event, _ in STARTED[4:])]:
+        run.feed(event)
+    run.feed(changed("models.py"))
+    run.feed(report(2))
+    run.feed(ready(2))
+    run.feed(e.WorkerDraining(1))
+    assert any(
+        line.endswith("(generation 2): models.py changed; re-ran 4 of 4 project modules")
+        for line in run.logs(logging.INFO)
+    ), run.logs(logging.INFO)
+    assert (
+        "Generation 2: the import graph says 3 project modules had to run again: main, routes, models"
+        in run.logs(logging.DEBUG)
+    )
+
+
 def test_changes_that_supersede_a_load_are_reported_together() -> None:
     run = Harness()
     run.run(SCENARIOS["a reload superseded by a newer change: the loading one is killed and never serves"])

@@ -14,7 +14,11 @@ from asgireload import _protocol as protocol
 
 
 def test_a_message_round_trips() -> None:
-    message = protocol.Files((("/a/b.py", 1, 2, 3), ("/a/gone.py", None, None, None)), ("ünïcode",))
+    message = protocol.Files(
+        (("/a/b.py", 1, 2, 3), ("/a/gone.py", None, None, None)),
+        ("ünïcode",),
+        (("app.main", "/a/main.py", ("app.routes", "app")), ("app", "/a/__init__.py", ())),
+    )
     line = protocol.encode(message)
     assert line.endswith(b"\n")
     assert protocol.decode(line, protocol.WORKER_MESSAGES) == message
@@ -68,6 +72,10 @@ def test_the_debug_channel_carries_only_its_own_messages() -> None:
         (b'{"type": "hello", "pid": true, "protocol": 2}', "whose 'pid' is 'True'"),
         (b'{"type": "files", "files": [["a", "b", 3, 4]]}', "a malformed file entry"),
         (b'{"type": "files", "files": [], "modules": [1]}', "'modules' is not a list of text"),
+        (b'{"type": "files", "files": [], "imports": {}}', "whose 'imports' is '{}'"),
+        (b'{"type": "files", "files": [], "imports": [["m", "/a.py"]]}', "a malformed import entry"),
+        (b'{"type": "files", "files": [], "imports": [["m", "/a.py", [1]]]}', "a malformed import entry"),
+        (b'{"type": "files", "files": [], "imports": [[1, "/a.py", []]]}', "a malformed import entry"),
         (b'{"type": "ready", "generation": "1"}', "whose 'generation' is '1'"),
         (b'{"type": "failed", "generation": 1}', "a failure that is not an object"),
         (b'{"type": "failed", "generation": 1, "failure": {"kind": "x", "summary": 3}}', "without a kind"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from .._protocol import Failure, FileEntry
+from .._protocol import Failure, FileEntry, ImportEntry
 
 # ------------------------------------------------------------------ about the whole server
 
@@ -73,11 +73,13 @@ class WorkerGreeted:
 
 @dataclasses.dataclass(frozen=True)
 class FilesReported:
-    """It imported these files (with the stat it saw) and these installed modules."""
+    """It imported these files (with the stat it saw) and these installed modules; it ran these
+    project modules, each of which imported those project modules."""
 
     worker: int
     files: tuple[FileEntry, ...] = ()
     modules: tuple[str, ...] = ()
+    imports: tuple[ImportEntry, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ from .._paths import relative
 from .._protocol import Failure
 from . import commands as c
 from . import events as e
+from .importgraph import ImportGraph
 from .records import Announcement, Cause, Policy, ReadEnv, Worker
 from .table import TRANSITIONS, IllegalTransition, Role, Trigger
 
@@ -53,6 +54,7 @@ class Generations:
         self._standby_deaths = 0  # warm workers that died in a row
         self._unreported: tuple[int, Cause] | None = None  # a failure not yet reported as an outcome
         self._out: list[c.Command] = []
+        self.imports = ImportGraph()  # the import graph of the newest generation that served its app
 
     # ---------------------------------------------------------------- what the shell reads
 
@@ -116,6 +118,7 @@ class Generations:
         self._next_id += 1
         modules = tuple(self.preload) if self.policy.preload and preload else ()
         worker = Worker(self._next_id, role, preloaded=bool(modules), cold=not preload)
+        worker.imports = ImportGraph(self.policy.app.partition(":")[0])
         self.workers[worker.id] = worker
         self._emit(c.Spawn(worker.id, modules))
         return worker
@@ -372,12 +375,34 @@ class Generations:
             more = f" and {len(cause.changed) - 5} more" if len(cause.changed) > 5 else ""
             self._log(
                 logging.INFO,
-                f"Reloaded in {took:.0f} ms (generation {worker.generation}): {names}{more} changed",
+                f"Reloaded in {took:.0f} ms (generation {worker.generation}): {names}{more} changed"
+                f"{self._modules_ran(worker, cause)}",
             )
         else:
             self._log(
-                logging.INFO, f"Reloaded in {took:.0f} ms (generation {worker.generation}): {cause.reason}"
+                logging.INFO,
+                f"Reloaded in {took:.0f} ms (generation {worker.generation}): {cause.reason}"
+                f"{self._modules_ran(worker, cause)}",
             )
+        self.imports = worker.imports
+
+    def _modules_ran(self, worker: Worker, cause: Cause) -> str:
+        """ "; re-ran N of M project modules" for the Reloaded line, and at debug level the modules
+        that the import graph (the last generation's, known before this load) says had to run again.
+
+        Every generation runs all of its project modules today (N == M); a worker forked from a
+        template holding project modules would run fewer."""
+        loaded = worker.imports
+        if not loaded:
+            return ""
+        graph = self.imports if self.imports else loaded
+        needed = graph.in_import_order(graph.must_run_again(cause.changed))
+        self._log(
+            logging.DEBUG,
+            f"Generation {worker.generation}: the import graph says {len(needed)} project modules had "
+            f"to run again: {', '.join(needed)}",
+        )
+        return f"; re-ran {len(loaded)} of {len(loaded)} project modules"
 
     def _record_failure(self, worker: Worker, failure: Failure, old_running: bool = False) -> None:
         self.failure = failure

@@ -173,6 +173,7 @@ class Machine(Generations):
 
     def _on_files(self, worker: Worker, event: e.FilesReported) -> None:
         worker.reported_files = True
+        worker.imports.add(event.imports)
         if event.files:
             self._emit(c.Watch(reported=event.files))
         known = set(self.preload) | self._not_preloadable

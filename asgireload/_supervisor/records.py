@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 
 from .._protocol import Failure
 from . import commands as c
+from .importgraph import ImportGraph
 from .table import Role
 
 ReadEnv = Callable[[], tuple[Mapping[str, str], Failure | None]]  # the env file: values, or why not
@@ -84,6 +85,7 @@ class Worker:
     paused: bool = False  # stopped at a breakpoint, its debugger has the terminal: not killed by a deadline
     paused_since: float = 0.0  # when it last paused
     time_paused: float = 0.0  # seconds spent at breakpoints before now (not start-up time)
+    imports: ImportGraph = dataclasses.field(default_factory=ImportGraph)  # the modules it ran
 
     @property
     def holds_app(self) -> bool:

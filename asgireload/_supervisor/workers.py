@@ -131,8 +131,8 @@ class WorkerProcess:
         match message:
             case protocol.Hello():
                 raise protocol.ProtocolError("a second 'hello'")
-            case protocol.Files(files, modules):
-                return events.FilesReported(self.id, files, modules)
+            case protocol.Files(files, modules, imports):
+                return events.FilesReported(self.id, files, modules, imports)
             case protocol.Draining() if self.told_to_drain:
                 return events.WorkerDraining(self.id)
             case protocol.Draining():

@@ -57,6 +57,7 @@ from .._protocol import Failure  # noqa: E402
 from .._watchfilter import WatchFilter  # noqa: E402
 from . import debugger, measuring  # noqa: E402
 from .errorpage import error_app  # noqa: E402
+from .imports import ImportGraphRecorder  # noqa: E402
 from .livereload import Hub, LiveReload, adds_script, quiet_access_log  # noqa: E402
 from .loader import (  # noqa: E402
     AppLoadError,
@@ -153,6 +154,7 @@ class WorkerRun:
         self.control_fd = control_fd
         self.project = WatchFilter(settings.roots, settings.includes, settings.excludes)
         self.recorder = ImportRecorder(self.project)
+        self.graph = ImportGraphRecorder(self.project.is_project_file)
         self.generation = 0
         self.shown: dict[str, Any] = {}  # the failure the error page shows (it follows updates)
         self.server: Server | None = None
@@ -268,6 +270,7 @@ class WorkerRun:
 
     async def _start_app(self) -> bool:
         """Import the app and run its lifespan start-up (not accepting yet); on failure report it."""
+        self.graph.install()
         try:
             app = load_app(
                 self.settings.app,
@@ -276,9 +279,11 @@ class WorkerRun:
                 project=self.project,
             )
         except AppLoadError as exc:
+            self.graph.uninstall()
             self._report_files()
             self._fail(exc.failure)
             return False
+        self.graph.uninstall()
         self._report_files()
         sink: dict[str, Failure] = {}
         try:
@@ -342,8 +347,9 @@ class WorkerRun:
         """Report what was imported, in messages well under the supervisor's line limit."""
         assert self.channel is not None
         files, modules = self.recorder.new_modules()
-        for chunk_files, chunk_modules in _report_chunks(files, modules):
-            self.channel.send(protocol.Files(tuple(chunk_files), tuple(chunk_modules)))
+        imports = self.graph.new_entries()
+        for chunk in _report_chunks({"files": files, "modules": modules, "imports": imports}):
+            self.channel.send(protocol.Files(**{kind: tuple(items) for kind, items in chunk.items()}))
 
     async def _report_lazy_imports(self) -> None:
         """Modules imported inside request handlers are watched too, within a second."""
@@ -378,20 +384,19 @@ class WorkerRun:
                 await serving
 
 
-def _report_chunks(files: list[Any], modules: list[str]) -> Iterator[tuple[list[Any], list[str]]]:
-    """Split a report by its encoded size (a path's non-ASCII characters take 6 bytes each)."""
-    chunk_files: list[Any] = []
-    chunk_modules: list[str] = []
+def _report_chunks(lists: dict[str, list[Any]]) -> Iterator[dict[str, list[Any]]]:
+    """Split a report's lists by encoded size (a path's non-ASCII characters take 6 bytes each)."""
+    chunk: dict[str, list[Any]] = {kind: [] for kind in lists}
     size = 0
-    items = [(True, f) for f in files] + [(False, m) for m in modules]
-    for is_file, item in items:
-        cost = len(json.dumps(item)) + 1
-        if size + cost > REPORT_BYTES and (chunk_files or chunk_modules):
-            yield chunk_files, chunk_modules
-            chunk_files, chunk_modules, size = [], [], 0
-        (chunk_files if is_file else chunk_modules).append(item)
-        size += cost
-    yield chunk_files, chunk_modules
+    for kind, items in lists.items():
+        for item in items:
+            cost = len(json.dumps(item)) + 1
+            if size + cost > REPORT_BYTES and any(chunk.values()):
+                yield chunk
+                chunk, size = {k: [] for k in lists}, 0
+            chunk[kind].append(item)
+            size += cost
+    yield chunk
 
 
 def main() -> None:

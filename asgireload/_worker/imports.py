@@ -1,0 +1,158 @@
+"""Worker side: record which project module imports which while the app imports.
+
+The supervisor needs, for a changed file, the project modules that must run again: the file's
+module and every module whose body, when it ran, used it. So an edge here means "while the body of
+A ran, A imported B", which two hooks see, both active only while the app imports:
+
+- `SourceFileLoader.exec_module` keeps a stack of the project module bodies running. A project
+  module that runs for the first time is an import of the module on top of the stack, whoever
+  asked for it (an `import` statement, `importlib.import_module`, a framework's registry).
+- `builtins.__import__` sees every `import` statement of project code, including those of
+  modules imported already (a module used by two others, a circular import); a statement of
+  installed code costs one dictionary look-up more than it did.
+
+Relative imports and `from pkg import sub` resolve to the module bound (`pkg.sub`, and `pkg`).
+A module imported under two names is two modules of one file. A body that calls a function of
+another module which imports something makes the *caller's* body depend on it (its result came
+from that import), not the callee's. Modules imported later, while serving (inside a function),
+are reported without importers: the code that imports them does so each time it runs, so nothing
+else must run again when they change.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib.machinery
+import os
+import sys
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from .._protocol import ImportEntry
+
+MAX_IMPORTS_PER_ENTRY = 500  # a module importing more is sent as several entries (no size limit)
+
+
+class ImportGraphRecorder:
+    """The project modules the app's import ran, and what each of their bodies imported."""
+
+    def __init__(self, is_project_file: Callable[[str], bool]) -> None:
+        self._is_project_file = is_project_file
+        self._project_paths: dict[str, bool] = {}
+        self.files: dict[str, str] = {}  # project module name -> its file, in the order they ran
+        self.imports: dict[str, set[str]] = {}  # module name -> project modules its body imported
+        self._running: list[str] = []  # project module bodies running, innermost last
+        self._reported: set[str] = set()
+        self._original_exec: Any = None
+        self._original_import: Any = None
+
+    # ------------------------------------------------------------------ the hooks
+
+    def install(self) -> None:
+        """Record from now until `uninstall` (the app's import)."""
+        recorder, running, files = self, self._running, self.files
+        original_exec = self._original_exec = importlib.machinery.SourceFileLoader.exec_module
+        original_import = self._original_import = builtins.__import__
+
+        def exec_module(loader: importlib.machinery.SourceFileLoader, module: ModuleType) -> None:
+            name = module.__name__
+            path = loader.path
+            if not recorder._is_project(path):
+                return original_exec(loader, module)
+            recorder._ran(name, os.path.abspath(path))
+            recorder._running.append(name)
+            try:
+                return original_exec(loader, module)
+            finally:
+                recorder._running.pop()
+
+        def recording_import(
+            name: str,
+            globals: dict[str, Any] | None = None,
+            locals: Any = None,
+            fromlist: Any = (),
+            level: int = 0,
+        ) -> Any:
+            module = original_import(name, globals, locals, fromlist, level)
+            # only statements in project code: installed code runs thousands while models build
+            if running and globals is not None and globals.get("__name__") in files:
+                recorder._statement(module, name, fromlist, level)
+            return module
+
+        importlib.machinery.SourceFileLoader.exec_module = exec_module  # type: ignore[method-assign,assignment]
+        builtins.__import__ = recording_import  # type: ignore[assignment]
+
+    def uninstall(self) -> None:
+        """Put both hooks back, unless the app replaced them meanwhile (then leave its own)."""
+        if self._original_exec is not None:
+            if _is_ours(importlib.machinery.SourceFileLoader.exec_module):
+                importlib.machinery.SourceFileLoader.exec_module = self._original_exec  # type: ignore[method-assign]
+            self._original_exec = None
+        if self._original_import is not None:
+            if _is_ours(builtins.__import__):
+                builtins.__import__ = self._original_import
+            self._original_import = None
+        self._running.clear()
+
+    def _is_project(self, path: str) -> bool:
+        known = self._project_paths.get(path)
+        if known is None:
+            known = self._project_paths[path] = self._is_project_file(os.path.abspath(path))
+        return known
+
+    def _ran(self, name: str, path: str) -> None:
+        if self._running:
+            self.imports.setdefault(self._running[-1], set()).add(name)
+        self.files[name] = path
+        self.imports.setdefault(name, set())
+
+    def _statement(self, module: ModuleType, name: str, fromlist: Any, level: int) -> None:
+        """Note what an `import` statement bound, for the body on top of the stack."""
+        files = self.files
+        importer = self._running[-1]
+        if level == 0 and not fromlist:
+            parts = name.split(".")
+            targets = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        else:
+            base = getattr(module, "__name__", None)
+            if not isinstance(base, str):
+                return
+            targets = [base]
+            if fromlist:
+                targets += [f"{base}.{item}" for item in fromlist if isinstance(item, str) and item != "*"]
+        imported = self.imports[importer]
+        for target in targets:
+            if target in files and target != importer:
+                imported.add(target)
+
+    # ------------------------------------------------------------------ the report
+
+    def new_entries(self) -> list[ImportEntry]:
+        """Modules not reported yet: those the app's import ran, then the project modules imported
+        since (while serving: with no importers). A long list of imports is split over entries."""
+        if self._original_exec is None:
+            self._note_lazy_imports()
+        entries: list[ImportEntry] = []
+        for name, path in self.files.items():
+            if name in self._reported:
+                continue
+            self._reported.add(name)
+            imported = sorted(self.imports.get(name, ()))
+            entries.append((name, path, tuple(imported[:MAX_IMPORTS_PER_ENTRY])))
+            for start in range(MAX_IMPORTS_PER_ENTRY, len(imported), MAX_IMPORTS_PER_ENTRY):
+                entries.append((name, path, tuple(imported[start : start + MAX_IMPORTS_PER_ENTRY])))
+        return entries
+
+    def _note_lazy_imports(self) -> None:
+        for name, module in list(sys.modules.items()):
+            if name in self.files or module is None:
+                continue
+            path = getattr(module, "__file__", None)
+            if isinstance(path, str) and path.endswith(".py") and self._is_project(path):
+                self.files[name] = os.path.abspath(path)
+
+
+def _is_ours(hook: object) -> bool:
+    """Whether this hook is one `install` set (an app may have put its own over it since)."""
+    return getattr(hook, "__qualname__", "").startswith(f"{ImportGraphRecorder.__name__}.install.")

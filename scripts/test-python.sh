@@ -120,9 +120,9 @@ ensure_chroot() {
   fi
 }
 
-ensure_packages() {  # python$version, its venv module, Chromium, ss and git (every test
+ensure_packages() {  # python$version, its venv module, Chromium, ss, git and tmux (every test
   # dependency has a binary wheel for 3.12 to 3.15: no compiler), installed once per version and list
-  local packages="python$version python$version-venv chromium chromium-driver iproute2 git"
+  local packages="python$version python$version-venv chromium chromium-driver iproute2 git tmux"
   local marker="$root/.asgireload-packages-$version-$(echo "$packages" | cksum | cut -d' ' -f1)"
   [ -e "$marker" ] && return 0
   in_chroot apt-get update -qq

@@ -59,13 +59,8 @@ from . import debugger, measuring  # noqa: E402
 from .errorpage import error_app  # noqa: E402
 from .imports import ImportGraphRecorder  # noqa: E402
 from .livereload import Hub, LiveReload, adds_script, quiet_access_log  # noqa: E402
-from .loader import (  # noqa: E402
-    AppLoadError,
-    ImportRecorder,
-    catch_lifespan_failure,
-    failure_from_exception,
-    load_app,
-)
+from .loader import AppLoadError, ImportRecorder, load_app  # noqa: E402
+from .loadfailure import catch_lifespan_failure, failure_from_exception  # noqa: E402
 from .server import Server  # noqa: E402
 
 LAZY_IMPORT_CHECK = 0.5  # seconds between looks for modules imported after start-up

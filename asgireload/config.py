@@ -2,22 +2,22 @@
 
 The command line, `serve()` and `Reloader` all build a `Config`; the CLI generates its flags
 from the field metadata below, so an option is written down exactly once. Construction has
-no side effects: it validates values and resolves relative paths against the current folder,
-nothing else (whether a folder exists or a port is free is checked when the server starts).
+no side effects: it validates values (the checks are _optionvalues.py's) and resolves relative
+paths against the current folder, nothing else (whether a folder exists or a port is free is
+checked when the server starts).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
-import math
 import os
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
 from ._loopback import bind_is_loopback
-from ._uvicorn import PASSED_WHEN_SET, check_uvicorn_options
+from ._optionvalues import accept_other_forms, check_values
+from ._uvicorn import PASSED_WHEN_SET
 from .errors import ConfigError
 
 ASGIApp = Callable[
@@ -282,17 +282,9 @@ class Config:
     )
 
     def __post_init__(self) -> None:
-        for name in _PATH_OPTIONS:
-            value = getattr(self, name)
-            if isinstance(value, os.PathLike):
-                object.__setattr__(self, name, os.fspath(value))
-        for name in ("reload_dirs", "reload_includes", "reload_excludes", "live_includes", "headers"):
-            value = getattr(self, name)
-            if isinstance(value, list | tuple):
-                items = tuple(os.fspath(v) if isinstance(v, os.PathLike) else v for v in value)
-                object.__setattr__(self, name, items)
-        _accept_uvicorn_forms(self)
-        _validate(self)
+        accept_other_forms(self, _PATH_OPTIONS)
+        _check_app(self.app)
+        check_values(self, option_fields(), _fail)
         resolve = os.path.abspath
         object.__setattr__(self, "app_dir", resolve(self.app_dir))
         object.__setattr__(self, "reload_dirs", tuple(resolve(d) for d in self.reload_dirs))
@@ -358,29 +350,8 @@ def _fail(name: str, problem: str) -> ConfigError:
     return ConfigError(f"option {name} ({cli_flag(field)}) {problem}")
 
 
-def _accept_uvicorn_forms(config: Config) -> None:
-    """The forms uvicorn.Config takes too: headers as (name, value) pairs, forwarded_allow_ips as
-    a list of addresses."""
-    if isinstance(config.headers, tuple):
-        pairs = tuple(
-            f"{h[0]}: {h[1]}"
-            if isinstance(h, list | tuple) and len(h) == 2 and all(isinstance(p, str) for p in h)
-            else h
-            for h in config.headers
-        )
-        object.__setattr__(config, "headers", pairs)
-    ips = config.forwarded_allow_ips
-    if isinstance(ips, list | tuple) and all(isinstance(ip, str) for ip in ips):
-        object.__setattr__(config, "forwarded_allow_ips", ",".join(ips))
-
-
-def _is_pair(header: object) -> bool:
-    return isinstance(header, list | tuple) and len(header) == 2 and all(isinstance(p, str) for p in header)
-
-
-def _validate(config: Config) -> None:
-    """Check every value's type and range; raise one ConfigError naming the first bad option."""
-    app = config.app
+def _check_app(app: object) -> None:
+    """The app is no option (the CLI takes it as an argument): an import string or a callable."""
     if isinstance(app, str):
         if not _IMPORT_STRING.match(app):
             raise ConfigError(f"APP must look like module:attribute (for example main:app), got {app!r}.")
@@ -391,73 +362,3 @@ def _validate(config: Config) -> None:
             "the app must be an ASGI callable or an import string, "
             f"got an object of type {type(app).__name__}."
         )
-
-    for field in option_fields():
-        value = getattr(config, field.name)
-        expected = field.type if isinstance(field.type, str) else str(field.type)
-        _check_type(field.name, value, expected)
-        choices = field.metadata.get("choices")
-        if choices and value not in choices and value is not None:
-            raise _fail(field.name, f"must be one of {', '.join(choices)}; got {value!r}.")
-
-    if not 0 <= config.port <= 65535:
-        raise _fail("port", f"must be between 0 and 65535, got {config.port}.")
-    if config.fd is not None and config.fd < 0:
-        raise _fail("fd", f"must be a file descriptor number (0 or more), got {config.fd}.")
-    if config.uds is not None and config.fd is not None:
-        raise ConfigError("pass either --uds or --fd, not both.")
-    for name in ("drain_timeout", "poll_interval"):
-        if getattr(config, name) is None:
-            continue
-        value = float(getattr(config, name))
-        if math.isnan(value) or value < 0 or math.isinf(value):
-            raise _fail(name, f"must be a number of seconds, 0 or more, got {value}.")
-    if config.poll_interval is not None and config.poll_interval < 0.01:
-        raise _fail("poll_interval", f"must be at least 0.01 seconds, got {config.poll_interval}.")
-    if not config.host:
-        raise _fail("host", "must not be empty.")
-    for glob in config.live_includes:
-        if not glob.strip() or "\x00" in glob:
-            raise _fail("live_includes", f"takes a glob such as '*.css', got {glob!r}.")
-        if os.path.isabs(glob):
-            raise _fail("live_includes", f"takes a glob relative to the watched folders, got {glob!r}.")
-        name = glob.rsplit("/", 1)[-1]  # 'static/*' is fine: Python is never an asset anyway
-        anywhere = re.sub(r"^(\*\*/)+", "", glob)  # '**/x' matches x at the top too
-        if fnmatch.fnmatch("app.py", anywhere) or (
-            fnmatch.fnmatch("app.py", name) and not fnmatch.fnmatch("a.css", name)
-        ):
-            raise _fail(
-                "live_includes",
-                f"{glob!r} matches Python files, which are code: name the asset types, such as '*.css'.",
-            )
-    check_uvicorn_options(config, _fail)
-
-
-def _check_type(name: str, value: Any, annotation: str) -> None:
-    optional = "None" in annotation
-    if value is None:
-        if optional:
-            return
-        raise _fail(name, "must not be None.")
-    if "dict" in annotation and isinstance(value, dict):  # log_config as a dictConfig mapping
-        if "version" not in value:
-            raise _fail(name, "as a mapping must be a logging dictConfig (with version: 1).")
-        return
-    if annotation.startswith("tuple"):
-        if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-            raise _fail(name, f"must be a tuple of strings, got {value!r}.")
-        return
-    if annotation.startswith("bool"):
-        ok = isinstance(value, bool)
-        kind = "True or False"
-    elif annotation.startswith("int"):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        kind = "a whole number"
-    elif annotation.startswith("float"):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        kind = "a number"
-    else:
-        ok = isinstance(value, str)
-        kind = "a string"
-    if not ok:
-        raise _fail(name, f"must be {kind}, got {value!r}.")

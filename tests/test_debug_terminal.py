@@ -1,7 +1,7 @@
 """The supervisor's side of breakpoint(): DebugTerminal against fake workers (socketpairs).
 
 A fake worker is the other end of a debug socketpair: it sends `paused` and `resumed` lines and
-reads the answers with the descriptors that come with them, as _worker/debugger.py does. The
+reads the answers with the descriptors that come with them, as _worker/terminallease.py does. The
 "terminal" is a pipe, so the test can check which descriptors were lent.
 """
 

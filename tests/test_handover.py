@@ -24,8 +24,8 @@ from uvicorn.config import HTTP_PROTOCOLS
 from uvicorn.importer import import_from_string
 
 from asgireload import Reloader, _handoff
-from asgireload._worker import protocols as _protocols
-from asgireload._worker.protocols import FramingError, RequestFraming
+from asgireload._worker import httpprotocols
+from asgireload._worker.requestframing import FramingError, RequestFraming
 from asgireload._worker.server import Server
 
 from .conftest import until, write
@@ -392,7 +392,7 @@ def test_held_connections_leave_room_to_spawn() -> None:
 
 @pytest.mark.parametrize("name", ["h11", "httptools", "auto"])
 def test_uvicorns_http_protocols_are_the_reloadable_kind(name: str) -> None:
-    assert _protocols.reloadable(import_from_string(HTTP_PROTOCOLS[name])) is not None
+    assert httpprotocols.reloadable(import_from_string(HTTP_PROTOCOLS[name])) is not None
 
 
 @both_http

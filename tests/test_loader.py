@@ -20,15 +20,13 @@ import pytest
 from asgireload import _protocol as protocol
 from asgireload._protocol import Failure
 from asgireload._watchfilter import InstallLocations, WatchFilter
-from asgireload._worker.loader import (
+from asgireload._worker.loader import AppLoadError, ImportRecorder, load_app
+from asgireload._worker.loadfailure import (
     MAX_SUMMARY_BYTES,
     MAX_TRACEBACK_BYTES,
-    AppLoadError,
-    ImportRecorder,
     cap_text,
     catch_lifespan_failure,
     failure_from_exception,
-    load_app,
     missing_module_paths,
     summary_of,
 )

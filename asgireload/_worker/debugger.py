@@ -1,13 +1,11 @@
 """breakpoint() and pdb.set_trace() in a worker: the debugger runs in asgireload's terminal.
 
 A worker has no terminal of its own (it leads its own session, its stdin is /dev/null), so the
-standard pdb would read end-of-file and quit. Here the app's breakpoint asks the supervisor for
-its terminal over the worker's debug socketpair (`paused`), synchronously, from whichever thread
-stopped: the event loop may be the one that is blocked. The supervisor stops reading keys and
-lends the terminal's descriptors; pdb runs on them; on continue or quit the worker says `resumed`
-and closes its copies. Where there is no terminal to lend (output piped, `Reloader`, the pytest
-fixture) the supervisor says why, and breakpoint() raises that at once: the request fails with a
-message instead of hanging.
+standard pdb would read end-of-file and quit. Here the app's breakpoint borrows the supervisor's
+terminal (terminallease.py) and `TerminalPdb` runs on it, giving it back on continue or quit.
+Where there is no terminal to lend (output piped, `Reloader`, the pytest fixture) the supervisor
+says why, and breakpoint() raises that at once: the request fails with a message instead of
+hanging.
 
 An app (or a debugger such as debugpy) that chose its own breakpoint hook keeps it: nothing is
 installed over a hook that is not the interpreter's, and PYTHONBREAKPOINT, set before the worker
@@ -17,163 +15,20 @@ started or by the app later, is obeyed as the interpreter would.
 from __future__ import annotations
 
 import bdb
-import contextlib
 import inspect
-import io
 import logging
 import os
 import pdb
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any
 
-from .. import _protocol as protocol
+from .terminallease import PROMPT, NoTerminal, TerminalLease, TerminalLender
 
-PROMPT = "(Pdb) "
 STEP_GRACE = 1.0  # seconds a step keeps the terminal while the app runs, waiting for its next stop
-
-
-class NoTerminal(RuntimeError):
-    """breakpoint() was called where asgireload has no terminal to run the debugger in."""
-
-
-class _TerminalInput(io.TextIOWrapper):
-    """The lent terminal's input. pdb reads a line at its prompt: while it waits, the supervisor
-    knows the prompt is shown, and puts the log lines it prints meanwhile on lines of their own."""
-
-    def __init__(self, fd: int, channel: socket.socket) -> None:
-        super().__init__(io.BufferedReader(io.FileIO(fd, "r")), encoding="utf-8", errors="replace")
-        self._channel = channel
-        self.prompt = PROMPT
-
-    def readline(self, size: int | None = -1, /) -> str:  # type: ignore[override]
-        self._say(protocol.Prompting(True, self.prompt))
-        try:
-            return super().readline(-1 if size is None else size)
-        finally:
-            self._say(protocol.Prompting(False))
-
-    def _say(self, message: protocol.Prompting) -> None:
-        with contextlib.suppress(OSError):
-            self._channel.sendall(protocol.encode(message))
-
-
-class _Lease:
-    """The supervisor's terminal, lent to this worker until `give_back()`."""
-
-    def __init__(self, channel: socket.socket, reading: int, writing: int) -> None:
-        self._channel = channel
-        self.stdin = _TerminalInput(reading, channel)
-        self.stdout: TextIO = open(writing, "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
-
-    def give_back(self) -> None:
-        for stream in (self.stdout, self.stdin):
-            with contextlib.suppress(OSError, ValueError):
-                stream.close()
-        with contextlib.suppress(OSError):
-            self._channel.sendall(protocol.encode(protocol.Resumed()))
-
-
-class Debugger:
-    """Lends the terminal to pdb, one breakpoint at a time (other threads wait their turn)."""
-
-    def __init__(self, debug_fd: int) -> None:
-        self._channel = socket.socket(fileno=debug_fd)
-        self._channel.setblocking(True)
-        self._turn = threading.Lock()
-        self._counting = threading.Lock()
-        self._holder: int | None = None  # the thread whose pdb has the terminal
-        self._lease: _Lease | None = None
-        self._buffer = b""
-        # what a CTRL+C forwarded by the supervisor does now (main thread only): interrupt the
-        # prompt, interrupt a step, or nothing once the terminal is given back
-        self.on_interrupt: Callable[[FrameType | None], None] | None = None
-        self.session: TerminalPdb | None = None  # the latest pdb session (to end a kept step)
-        self._stopped = 0  # threads stopped at a breakpoint: at the prompt, or waiting their turn
-
-    @property
-    def paused(self) -> bool:
-        """Whether the app is stopped at a breakpoint, at the prompt or waiting its turn for the
-        terminal (a draining server then waits for it)."""
-        return self._stopped > 0
-
-    def borrow(self, where: str, announce: bool = True) -> _Lease:
-        """Ask for the terminal (waiting while another thread has it); NoTerminal if there is none."""
-        with self._counting:
-            self._stopped += 1
-        try:
-            return self._borrow(where, announce)
-        except BaseException:
-            with self._counting:
-                self._stopped -= 1
-            raise
-
-    def _borrow(self, where: str, announce: bool) -> _Lease:
-        if not self._turn.acquire(blocking=False):
-            self._say_waiting(where)
-            self._turn.acquire()
-        try:
-            main = threading.current_thread() is threading.main_thread()
-            paused = protocol.Paused(where, interruptible=main, announce=announce)
-            self._channel.sendall(protocol.encode(paused))
-            answer, fds = self._receive()
-            if not isinstance(answer, protocol.Lent) or not answer.granted or len(fds) != 2:
-                for fd in fds:
-                    os.close(fd)
-                reason = answer.reason if isinstance(answer, protocol.Lent) else ""
-                raise NoTerminal(reason or "asgireload could not lend its terminal to the debugger.")
-            lease = _Lease(self._channel, *fds)
-        except BaseException:
-            self._turn.release()
-            raise
-        self._holder, self._lease = threading.get_ident(), lease
-        return lease
-
-    def _say_waiting(self, where: str) -> None:
-        """Another thread has the prompt: say, at that prompt, that this one waits its turn."""
-        lease = self._lease
-        if lease is not None:
-            with contextlib.suppress(OSError, ValueError):
-                lease.stdout.write(
-                    f"\n*** Another request stopped at a breakpoint ({where}); it gets the prompt "
-                    f"once this one continues.\n{PROMPT}"
-                )
-
-    def give_back(self, lease: _Lease | None) -> None:
-        if lease is None:
-            return
-        self._holder, self._lease, self.on_interrupt = None, None, None
-        try:
-            lease.give_back()
-        finally:
-            with self._counting:
-                self._stopped -= 1
-            self._turn.release()
-
-    def holds_terminal(self) -> bool:
-        return self._holder == threading.get_ident()
-
-    def _receive(self) -> tuple[protocol.Message | None, list[int]]:
-        """One answer from the supervisor, with the descriptors that came with it."""
-        fds: list[int] = []
-        while b"\n" not in self._buffer:
-            try:
-                data, received, _flags, _address = socket.recv_fds(self._channel, protocol.DEBUG_MAX_LINE, 4)
-            except OSError:
-                data, received = b"", []
-            fds.extend(received)
-            if not data:
-                return None, fds
-            self._buffer += data
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        try:
-            return protocol.decode(line, protocol.DEBUG_SUPERVISOR_MESSAGES), fds
-        except protocol.ProtocolError:
-            return None, fds
 
 
 class TerminalPdb(pdb.Pdb):
@@ -185,18 +40,18 @@ class TerminalPdb(pdb.Pdb):
     Only the first stop after the app ran freely is announced; the steps in between are not.
     """
 
-    def __init__(self, debugger: Debugger) -> None:
+    def __init__(self, lender: TerminalLender) -> None:
         # nosigint: Ctrl-C reaches a worker only while it has the terminal (the supervisor
         # forwards it); after `c` it stops the server, as everywhere else in asgireload.
         super().__init__(nosigint=True)
         self.prompt = PROMPT
         self.use_rawinput = False
-        self._debugger = debugger
-        self._lease: _Lease | None = None
+        self._lender = lender
+        self._lease: TerminalLease | None = None
         self._stepping = False  # the last command was a step: the next stop is not announced
         self._keeping = threading.Lock()  # the stop and the grace timer, one at a time
         self._grace: threading.Timer | None = None  # running while a step keeps the terminal
-        debugger.session = self
+        lender.session = self
 
     def do_interact(self, arg: str) -> None:
         """`interact` reads and writes sys.stdin and sys.stdout (/dev/null here): the lent terminal
@@ -213,7 +68,7 @@ class TerminalPdb(pdb.Pdb):
                 self._lease.stdin.prompt = self.prompt
 
     def take_terminal(self, where: str) -> None:
-        self._lease = self._debugger.borrow(where, announce=not self._stepping)
+        self._lease = self._lender.borrow(where, announce=not self._stepping)
         self._lease.stdin.prompt = self.prompt
         self.stdin, self.stdout = self._lease.stdin, self._lease.stdout
 
@@ -306,11 +161,11 @@ class TerminalPdb(pdb.Pdb):
 
     def _give_back(self) -> None:
         lease, self._lease = self._lease, None
-        self._debugger.give_back(lease)
+        self._lender.give_back(lease)
 
     def _set_interrupt(self, handler: Callable[[FrameType | None], None]) -> None:
         if threading.current_thread() is threading.main_thread():
-            self._debugger.on_interrupt = handler
+            self._lender.on_interrupt = handler
 
     def _interrupt_step(self, frame: FrameType | None) -> None:
         """CTRL+C during a step: stop where the app is, as pdb does."""
@@ -343,7 +198,7 @@ class TerminalPdb(pdb.Pdb):
         super().set_quit()
 
 
-_debugger: Debugger | None = None
+_lender: TerminalLender | None = None
 
 
 def install(debug_fd: int | None) -> None:
@@ -351,10 +206,10 @@ def install(debug_fd: int | None) -> None:
 
     Leaves a breakpoint hook someone else installed (a debugger like debugpy) alone.
     """
-    global _debugger
+    global _lender
     if debug_fd is None:
         return
-    _debugger = Debugger(debug_fd)
+    _lender = TerminalLender(debug_fd)
     if threading.current_thread() is threading.main_thread():
         # SIGINT reaches a worker only from the supervisor, forwarding CTRL+C to a paused pdb; one
         # that arrives just after `c` must not reach asyncio's handler, which would end the worker.
@@ -377,7 +232,7 @@ def _default_interrupt() -> None:
 def _interrupted(signum: int, frame: FrameType | None) -> None:
     """CTRL+C, forwarded by the supervisor while this worker has the terminal; one that arrives
     just after the terminal went back has nothing to interrupt."""
-    handler = _debugger.on_interrupt if _debugger is not None else None
+    handler = _lender.on_interrupt if _lender is not None else None
     if handler is not None:
         handler(frame)
 
@@ -396,7 +251,7 @@ def _quit_in_one_line(record: logging.LogRecord) -> bool:
 
 def paused() -> bool:
     """Whether the app is stopped at a breakpoint in this worker (its drain waits for it)."""
-    return _debugger is not None and _debugger.paused
+    return _lender is not None and _lender.paused
 
 
 def breakpointhook(*args: Any, **kwargs: Any) -> Any:
@@ -427,16 +282,16 @@ _HOW_TO_SKIP = {
 def _stop_in(
     frame: FrameType, header: str | None = None, *, called: str, commands: list[str] | None = None
 ) -> None:
-    debugger = _debugger
-    if debugger is None:
+    lender = _lender
+    if lender is None:
         _original_set_trace(header=header, **({"commands": commands} if commands else {}))
         return
-    if debugger.holds_terminal():
-        kept = debugger.session
+    if lender.holds_terminal():
+        kept = lender.session
         if kept is None or not kept.in_grace():
             return  # a breakpoint() reached in code run at the prompt: it is stopped already
         kept.release()  # a step ran on to this breakpoint(): it starts the next session
-    session = TerminalPdb(debugger)
+    session = TerminalPdb(lender)
     try:
         session.take_terminal(_where(frame))
     except NoTerminal as exc:

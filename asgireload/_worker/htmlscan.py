@@ -12,6 +12,9 @@ running element only outside `<template>` (whose content is inert) and outside `
 `HtmlScanner.feed` takes the body chunk by chunk; a tag split across two chunks is followed the
 same as a whole one. Bytes are enough: only ASCII decides, and a page whose encoding does not keep
 ASCII as it is (a UTF-16 byte-order mark, a `<meta>` naming such a charset) is refused (`unsafe`).
+
+Each tokenizer state is a method: those of data and tags are here, those of attributes in
+htmlattributes.py, those of comments and text elements in htmlstates.py.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from .htmlattributes import MAX_NAME, AttributeStates
 from .htmlcontext import FOREIGN_ROOTS, RAWTEXT, RCDATA, ContextStack
-from .htmlstates import CDATA_STATES, COMMENT_STATES, TEXT_STATES, WHITESPACE, State, TextStates, is_alpha
+from .htmlstates import CDATA_STATES, COMMENT_STATES, TEXT_STATES, State, TextStates, is_alpha
 
 # Charsets in which the ASCII bytes of a tag do not stand for ASCII text (every two bytes are one
 # character, or escapes switch to a 7-bit double-byte mode): adding ASCII bytes would break them.
@@ -28,12 +32,9 @@ UNSAFE_CHARSETS = re.compile(
     rb"utf-?(16|32)|ucs-?[24]|utf-?7|iso-?2022|hz-gb|^\s*(cs)?unicode", re.IGNORECASE
 )
 _NAME_END = re.compile(rb"[\t\n\f\r />]")
-_UNQUOTED_END = re.compile(rb"[\t\n\f\r >]")
 # Tags whose attributes matter here: read by the tag states, where attributes are kept.
 _READ_ATTRIBUTES = frozenset({b"meta", b"font", b"annotation-xml"})
 _CHARSET_PARAM = re.compile(rb"charset\s*=\s*[\"']?([^\s\"';]+)", re.IGNORECASE)
-_MAX_NAME = 32  # longer names match nothing this scanner looks for
-_MAX_VALUE = 256  # of attribute values: only charsets and encodings are read
 _BODY = b"body"
 
 # Start tags that change the context or the state, in HTML; any other only matters in SVG or MathML.
@@ -62,7 +63,7 @@ _NOTHING_CHANGES = re.compile(
 )
 
 
-class HtmlScanner(TextStates):
+class HtmlScanner(TextStates, AttributeStates):
     """Follows a body through the tokenizer; finds the first real `</body>` end tag that begins at
     or after `usable_from`, and says whether the end of the body is a place for a new element.
 
@@ -94,10 +95,6 @@ class HtmlScanner(TextStates):
         self._steps: dict[State, Callable[[bytes, int], int]] = {
             state: getattr(self, "_" + state.name.lower()) for state in State
         }
-
-    @property
-    def state(self) -> State:
-        return self._state
 
     @property
     def candidate(self) -> int | None:
@@ -170,7 +167,7 @@ class HtmlScanner(TextStates):
                 return i
 
     def _whole_tag(self, whole: re.Match[bytes]) -> None:
-        end, name = bool(whole.group(1)), whole.group(2).lower()[: _MAX_NAME + 1]
+        end, name = bool(whole.group(1)), whole.group(2).lower()[: MAX_NAME + 1]
         if end or name in _CONTEXT_TAGS or self.context.open:
             self._begin_tag(end=end, name=name)
             self._name_complete()
@@ -211,7 +208,7 @@ class HtmlScanner(TextStates):
     def _tag_name(self, data: bytes, i: int) -> int:
         match = _NAME_END.search(data, i)
         stop = match.start() if match else len(data)
-        if len(self._name) <= _MAX_NAME:
+        if len(self._name) <= MAX_NAME:
             self._name += data[i:stop].lower()
         if match is None:
             return stop
@@ -229,112 +226,6 @@ class HtmlScanner(TextStates):
         else:
             self._state = State.SELF_CLOSING if c == 0x2F else State.BEFORE_ATTRIBUTE_NAME
         return i + 1
-
-    def _before_attribute_name(self, data: bytes, i: int) -> int:
-        c = data[i]
-        if c in WHITESPACE:
-            return i + 1
-        if c in (0x2F, 0x3E):
-            self._state = State.AFTER_ATTRIBUTE_NAME
-            return i
-        self._new_attribute(b"=" if c == 0x3D else b"")  # a leading `=` is part of the name
-        return i + 1 if c == 0x3D else i
-
-    def _new_attribute(self, name: bytes) -> None:
-        self._finish_attribute()
-        self._attribute, self._value = name, b""
-        self._state = State.ATTRIBUTE_NAME
-
-    def _finish_attribute(self) -> None:
-        if self._attribute is not None:
-            self._attributes.setdefault(self._attribute, self._value)  # the first of a name counts
-            self._attribute = None
-
-    def _attribute_name(self, data: bytes, i: int) -> int:
-        c = data[i]
-        if c in WHITESPACE or c in (0x2F, 0x3E):
-            self._state = State.AFTER_ATTRIBUTE_NAME
-            return i
-        if c == 0x3D:
-            self._state = State.BEFORE_ATTRIBUTE_VALUE
-            return i + 1
-        if self._attribute is not None and len(self._attribute) <= _MAX_NAME:
-            self._attribute += data[i : i + 1].lower()
-        return i + 1
-
-    def _after_attribute_name(self, data: bytes, i: int) -> int:
-        c = data[i]
-        if c in WHITESPACE:
-            return i + 1
-        if c == 0x2F:
-            self._state = State.SELF_CLOSING
-        elif c == 0x3D:
-            self._state = State.BEFORE_ATTRIBUTE_VALUE
-        elif c == 0x3E:
-            self._emit()
-        else:
-            self._new_attribute(b"")
-            return i
-        return i + 1
-
-    def _before_attribute_value(self, data: bytes, i: int) -> int:
-        c = data[i]
-        if c in WHITESPACE:
-            return i + 1
-        if c == 0x22:
-            self._state = State.ATTRIBUTE_VALUE_DOUBLE
-        elif c == 0x27:
-            self._state = State.ATTRIBUTE_VALUE_SINGLE
-        elif c == 0x3E:
-            self._emit()
-        else:
-            self._state = State.ATTRIBUTE_VALUE_UNQUOTED
-            return i
-        return i + 1
-
-    def _attribute_value_double(self, data: bytes, i: int) -> int:
-        return self._quoted_value(data, i, b'"')
-
-    def _attribute_value_single(self, data: bytes, i: int) -> int:
-        return self._quoted_value(data, i, b"'")
-
-    def _quoted_value(self, data: bytes, i: int, quote: bytes) -> int:
-        at = data.find(quote, i)
-        self._add_value(data[i : at if at >= 0 else len(data)])
-        if at < 0:
-            return len(data)
-        self._state = State.AFTER_ATTRIBUTE_VALUE
-        return at + 1
-
-    def _add_value(self, part: bytes) -> None:
-        if len(self._value) <= _MAX_VALUE:
-            self._value += part[:_MAX_VALUE]
-
-    def _attribute_value_unquoted(self, data: bytes, i: int) -> int:
-        match = _UNQUOTED_END.search(data, i)
-        self._add_value(data[i : match.start() if match else len(data)])
-        if match is None:
-            return len(data)
-        if data[match.start()] == 0x3E:
-            self._emit()
-        else:
-            self._state = State.BEFORE_ATTRIBUTE_NAME
-        return match.start() + 1
-
-    def _after_attribute_value(self, data: bytes, i: int) -> int:
-        c = data[i]
-        if c in WHITESPACE or c in (0x2F, 0x3E):
-            return self._after_name(c, i)
-        self._state = State.BEFORE_ATTRIBUTE_NAME
-        return i
-
-    def _self_closing(self, data: bytes, i: int) -> int:
-        if data[i] == 0x3E:
-            self._closes_itself = True
-            self._emit()
-            return i + 1
-        self._state = State.BEFORE_ATTRIBUTE_NAME
-        return i
 
     def _emit(self) -> None:
         """A whole tag: the tree builder's part, then the state its content is read in."""

@@ -10,10 +10,7 @@ Two details make reloads trustworthy:
   compares that stat with the disk when the report arrives, so an edit made while the worker
   was importing is never lost.
 
-When the app fails to load, `failure_from_exception` builds the report the supervisor logs and
-the error page shows: a summary line, the developer's frames, the files to fix, and where a
-module that was not found would be created. Its size is capped so that it always fits in one
-control message.
+When the app fails to load, AppLoadError carries the report loadfailure.py builds.
 """
 
 from __future__ import annotations
@@ -21,25 +18,17 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import os
-import re
 import sys
-import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
 
-from .._protocol import Failure, is_path
+from .._protocol import Failure
 from .._protocol import FileEntry as FileStat
-from .._watchfilter import PACKAGE_DIR, WatchFilter
-from .errorreport import displayable
-
-MAX_TRACEBACK_BYTES = 256 * 1024
-MAX_SUMMARY_BYTES = 4 * 1024
+from .._watchfilter import WatchFilter
+from .loadfailure import failure_from_exception, missing_module_paths, parent_packages, usage_failure
 
 _NOT_PRELOADED = frozenset({"__main__", "__mp_main__", "asgireload"})
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f]")
-_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x09), *range(0x0B, 0x20))}
-_CANNOT_IMPORT_NAME = re.compile(r"cannot import name '([^']+)' from '([^']+)'")
 
 
 class AppLoadError(Exception):
@@ -103,7 +92,7 @@ class ImportRecorder:
             qualifies = self._module_qualifies(name, module, path)
             self._qualifies[name] = qualifies
             if not qualifies:
-                self._blocked.update(_parents(name))
+                self._blocked.update(parent_packages(name))
             fresh.append(name)
         return files, [name for name in fresh if self._may_preload(name)]
 
@@ -134,19 +123,15 @@ class ImportRecorder:
     def _may_preload(self, name: str) -> bool:
         if name.partition(".")[0] in _NOT_PRELOADED or name in self._blocked:
             return False
-        return self._qualifies.get(name, False) and all(self._qualifies.get(p, False) for p in _parents(name))
+        return self._qualifies.get(name, False) and all(
+            self._qualifies.get(p, False) for p in parent_packages(name)
+        )
 
     def has_new_modules(self) -> bool:
         return (
             len(sys.modules) != len(self._reported_modules)
             or not sys.modules.keys() <= self._reported_modules
         )
-
-
-def _parents(name: str) -> list[str]:
-    """ "a.b.c" -> ["a", "a.b"]."""
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def _module_file(module: ModuleType | None) -> str | None:
@@ -232,181 +217,3 @@ def load_app(import_string: str, *, factory: bool, app_dir: str, project: WatchF
 
 def _a(noun: str) -> str:
     return f"an {noun}" if noun[:1].lower() in "aeiou" else f"a {noun}"
-
-
-def usage_failure(
-    summary: str, files: list[str] | None = None, *, missing: list[str] | None = None
-) -> Failure:
-    summary = cap_text(_clean(summary), MAX_SUMMARY_BYTES)
-    return Failure("usage", summary, files=tuple(files or ()), missing=tuple(missing or ()))
-
-
-def failure_from_exception(exc: BaseException, kind: str, *, project: WatchFilter | None = None) -> Failure:
-    """Summary, a traceback of the developer's frames only, and the files worth fixing.
-
-    `files` and `missing` keep the exact paths (they are watched); the summary and traceback are
-    text for people: undecodable bytes of a path show as \\xNN, and both are capped in size.
-    """
-    report = traceback.TracebackException(type(exc), exc, exc.__traceback__)
-    report.stack = traceback.StackSummary.from_list([f for f in report.stack if _is_users(f.filename)])
-    text = "".join(report.format())
-    files: list[str] = []
-    for frame in report.stack:
-        path = os.path.abspath(frame.filename)
-        if os.path.isfile(path) and path not in files:
-            files.append(path)
-    if isinstance(exc, SyntaxError) and exc.filename and is_path(exc.filename):
-        path = os.path.abspath(exc.filename)
-        if path in files:
-            files.remove(path)
-        files.append(path)  # the line to fix is the last one shown
-    missing: list[str] = []
-    if project is not None and isinstance(exc, ImportError):
-        missing = missing_module_paths(exc, project.roots)
-    return Failure(
-        kind,
-        cap_text(_clean(summary_of(exc)), MAX_SUMMARY_BYTES),
-        cap_text(_clean(text), MAX_TRACEBACK_BYTES, keep_end=True),
-        files=tuple(files),
-        missing=tuple(missing),
-    )
-
-
-def summary_of(exc: BaseException) -> str:
-    """The exception's type and the first line of its message: `ValueError: first line`.
-
-    A SyntaxError's message names the file and line already: "invalid syntax (main.py, line 3)".
-    """
-    kind = type(exc)
-    name = kind.__qualname__
-    if kind.__module__ not in ("builtins", "__main__"):
-        name = f"{kind.__module__}.{name}"
-    try:
-        message = str(exc)
-    except Exception:
-        message = "<the exception's str() failed>"
-    line = _first_line(message)
-    return f"{name}: {line}" if line else name
-
-
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
-
-
-def missing_module_paths(exc: ImportError, roots: tuple[str, ...] | list[str]) -> list[str]:
-    """Where, under the watched roots, creating a module would fix this import error.
-
-    A top-level module N would be found as N.py or as the package folder N in any sys.path entry;
-    a submodule a.b.c as c.py or c in the folders of package a.b. Paths that exist are left out.
-    """
-    name = exc.name
-    if not name:
-        return []
-    folders = [os.path.join(os.path.abspath(r), "") for r in roots]
-
-    def watched(entry: str) -> bool:
-        return any(os.path.join(entry, "").startswith(folder) for folder in folders)
-
-    module = sys.modules.get(name)
-    if module is not None:  # `from pkg import x` where x is neither an attribute nor a submodule yet
-        match = _CANNOT_IMPORT_NAME.match(str(exc))
-        locations = getattr(module, "__path__", None)
-        if match is None or locations is None:
-            return []
-        parent, child = module, match.group(1)
-    else:
-        parent, child = None, name
-        for ancestor in reversed(_parents(name)):
-            if sys.modules.get(ancestor) is not None:
-                parent, child = sys.modules[ancestor], name[len(ancestor) + 1 :].partition(".")[0]
-                break
-        else:
-            child = name.partition(".")[0]
-    if parent is None:
-        entries = [os.path.abspath(e) for e in sys.path if isinstance(e, str)]
-    else:
-        entries = [os.path.abspath(p) for p in getattr(parent, "__path__", None) or () if isinstance(p, str)]
-    paths: list[str] = []
-    for entry in entries:
-        if not watched(entry):
-            continue
-        for path in (os.path.join(entry, child + ".py"), os.path.join(entry, child)):
-            if path not in paths and not os.path.lexists(path):
-                paths.append(path)
-    return paths
-
-
-def cap_text(text: str, limit: int, *, keep_end: bool = False) -> str:
-    """Cut `text` to about `limit` UTF-8 bytes, saying how much went; `keep_end` keeps its tail too."""
-    encoded = text.encode("utf-8", "surrogatepass")
-    if len(encoded) <= limit:
-        return text
-    room = limit - 64  # for the note
-    head_room = room // 2 if keep_end else room
-    head = encoded[:head_room].decode("utf-8", "ignore")
-    tail = encoded[len(encoded) - (room - head_room) :].decode("utf-8", "ignore") if keep_end else ""
-    note = f"\u2026 [{len(text) - len(head) - len(tail):,} characters cut]"
-    return f"{head}\n{note}\n{tail}" if keep_end else head + note
-
-
-def _clean(text: str) -> str:
-    """Text safe to send and show: undecodable bytes and control characters become \\xNN."""
-    text = displayable(text)
-    return text.translate(_CONTROL_ESCAPES) if _CONTROL.search(text) else text
-
-
-# frames of asgireload and of the import machinery: not the developer's, left out of tracebacks
-_NOT_USERS = (os.path.join(PACKAGE_DIR, ""), "<frozen ", os.path.dirname(importlib.__file__))
-
-
-def _is_users(filename: str) -> bool:
-    return not filename.startswith(_NOT_USERS)
-
-
-def _message_summary(text: str) -> str:
-    """A lifespan failure message's summary: its first non-empty line, or for a formatted
-    traceback (Starlette sends one) its last unindented line, the exception."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        return "lifespan start-up failed"
-    if lines[0].startswith("Traceback (most recent call last)"):
-        unindented = [line for line in lines if not line[:1].isspace()]
-        return unindented[-1].strip()
-    return lines[0].strip()
-
-
-def catch_lifespan_failure(
-    app: Callable[..., Any], sink: dict[str, Failure], *, project: WatchFilter | None = None
-) -> Callable[..., Any]:
-    """Wrap the app so a lifespan start-up failure's traceback reaches the supervisor.
-
-    uvicorn only logs it; we also want it on the error page. An exception raised by the app
-    wins over a `lifespan.startup.failed` message sent just before it: it names the files.
-    """
-
-    async def wrapped(scope: Any, receive: Any, send: Any) -> None:
-        if scope.get("type") != "lifespan":
-            await app(scope, receive, send)
-            return
-        reported: list[bool] = []  # whether the failure in the sink came from a message
-
-        async def watching_send(message: Any) -> None:
-            if message.get("type") == "lifespan.startup.failed" and "failure" not in sink:
-                text = _clean(str(message.get("message") or "lifespan start-up failed"))
-                sink["failure"] = Failure(
-                    "lifespan",
-                    cap_text(_message_summary(text), MAX_SUMMARY_BYTES),
-                    cap_text(text, MAX_TRACEBACK_BYTES, keep_end=True),
-                )
-                reported.append(True)
-            await send(message)
-
-        try:
-            await app(scope, receive, watching_send)
-        except BaseException as exc:
-            if "failure" not in sink or (reported and isinstance(exc, Exception)):
-                reported.clear()
-                sink["failure"] = failure_from_exception(exc, "lifespan", project=project)
-            raise
-
-    return wrapped

@@ -9,7 +9,7 @@ never answers a request. On `drain`, finish in-flight requests and exit.
 
 It exits at once when the supervisor goes away (end of file on the control socket), even in
 the middle of importing the app: a watchdog thread waits for the hang-up, and takes down what
-the app started too.
+the app started too (hangup.py).
 """
 
 from __future__ import annotations
@@ -41,68 +41,26 @@ import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import importlib  # noqa: E402
 import importlib.machinery  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
-import select  # noqa: E402
-import signal  # noqa: E402
 import socket  # noqa: E402
-import threading  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from typing import Any, NoReturn  # noqa: E402
+from typing import Any  # noqa: E402
 
-from .. import _handoff, _logging, _reaper  # noqa: E402
+from .. import _handoff, _logging  # noqa: E402
 from .. import _protocol as protocol  # noqa: E402
 from .._paths import relative  # noqa: E402
 from .._protocol import Failure  # noqa: E402
 from .._watchfilter import WatchFilter  # noqa: E402
-from . import debugger, measuring  # noqa: E402
+from . import debugger  # noqa: E402
 from .errorpage import error_app  # noqa: E402
+from .hangup import exit_with_children, watch_for_hangup  # noqa: E402
+from .importreports import preload, report_chunks  # noqa: E402
 from .imports import ImportGraphRecorder  # noqa: E402
 from .livereload import Hub, LiveReload, adds_script, quiet_access_log  # noqa: E402
-from .loader import (  # noqa: E402
-    AppLoadError,
-    ImportRecorder,
-    catch_lifespan_failure,
-    failure_from_exception,
-    load_app,
-)
+from .loader import AppLoadError, ImportRecorder, load_app  # noqa: E402
+from .loadfailure import catch_lifespan_failure, failure_from_exception  # noqa: E402
 from .server import Server  # noqa: E402
 
 LAZY_IMPORT_CHECK = 0.5  # seconds between looks for modules imported after start-up
-REPORT_BYTES = protocol.MAX_LINE // 4  # encoded bytes of files and modules per `files` message
-PRELOAD_ERROR_CHARS = 500  # of each failed preload's error, in `hello`
-
-
-_EXITING = threading.Lock()  # the hang-up watcher and the main thread may both see the end
-
-
-def _exit_with_children() -> NoReturn:
-    """The supervisor is gone: take down this worker and whatever the app started.
-
-    Only the first caller goes on: a second one (the other thread) waits for the end, rather than
-    killing the process while the first still saves the coverage data."""
-    _EXITING.acquire()
-    measuring.save_coverage()
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
-        sys.stderr.flush()
-    _reaper.kill_generation(None, os.environ.get(_reaper.TAG_VARIABLE))
-    os.killpg(os.getpgrp(), signal.SIGKILL)
-    os._exit(0)  # not reached: the signal above includes us
-
-
-def _watch_for_hangup(fd: int) -> None:
-    """Exit the process the moment the supervisor's end of the channel closes."""
-
-    def wait() -> None:
-        poller = select.poll()
-        poller.register(fd, 0)  # hang-up and error are always reported
-        while True:
-            for _, events in poller.poll():
-                if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                    _exit_with_children()
-
-    threading.Thread(target=wait, name="asgireload-hangup", daemon=True).start()
 
 
 def _read_settings(control: socket.socket) -> tuple[protocol.Settings, bytes]:
@@ -111,7 +69,7 @@ def _read_settings(control: socket.socket) -> tuple[protocol.Settings, bytes]:
     while b"\n" not in buffer:
         chunk = control.recv(1 << 20)
         if not chunk:
-            _exit_with_children()
+            exit_with_children()
         buffer += chunk
     line, _, rest = buffer.partition(b"\n")
     settings = protocol.decode(line, {protocol.Settings.TYPE: protocol.Settings})
@@ -163,29 +121,19 @@ class WorkerRun:
         self.live: Hub | None = None  # the pages' event streams, when live reload is on
 
     async def run(self, received: bytes = b"") -> None:
+        """Hello, load, ready (or failed), serve once told to, drain once told to."""
         control = socket.socket(fileno=self.control_fd)
         self.channel = channel = await protocol.Channel.open(
             control, protocol.SUPERVISOR_MESSAGES, max_line=protocol.TRUSTED_MAX_LINE
         )
         channel.feed(received)
-        preload_failed = self._preload()
+        preload_failed = preload(self.settings.preload)
         self.recorder.note_preloaded(self.settings.preload)
         channel.send(protocol.Hello(os.getpid(), protocol.PROTOCOL_VERSION, preload_failed))
         message = await self._receive()
         if not isinstance(message, protocol.Load):
             return
-        self.generation = message.generation
-        self._prepare_imports()
-        os.environ.update(message.env)
-
-        if message.failure is not None:
-            self._show(message.failure)
-            started = False
-            channel.send(protocol.Ready(self.generation, error_page=True))
-        else:
-            started = await self._start_app()
-            if started:
-                channel.send(protocol.Ready(self.generation, error_page=False))
+        started = await self._load(message)
         # Accept nothing until the supervisor says this generation is the one it wants serving.
         message = await self._receive()
         if not isinstance(message, protocol.Serve):
@@ -193,17 +141,33 @@ class WorkerRun:
                 await self.server.lifespan.shutdown()
             return
         listener = socket.socket(fileno=self.settings.listen_fd)
-        if started:
-            assert self.server is not None
-            await self.server.start_accepting([listener])
-        else:
+        if not started:
             await self._start_server(self._error_app(), interface="asgi3", error_page=True)
-            assert self.server is not None
-            await self.server.start_accepting([listener])
+        assert self.server is not None
+        await self.server.start_accepting([listener])
         await channel.flush()
+        await self._serve_then_drain(self.server, channel)
 
+    async def _load(self, message: protocol.Load) -> bool:
+        """Load the generation `message` names (or show its failure); say `ready` unless the app
+        failed. True if the app started (else the error page will serve)."""
+        assert self.channel is not None
+        self.generation = message.generation
+        self._prepare_imports()
+        os.environ.update(message.env)
+        if message.failure is not None:
+            self._show(message.failure)
+            self.channel.send(protocol.Ready(self.generation, error_page=True))
+            return False
+        started = await self._start_app()
+        if started:
+            self.channel.send(protocol.Ready(self.generation, error_page=False))
+        return started
+
+    async def _serve_then_drain(self, server: Server, channel: protocol.Channel) -> None:
+        """Serve (and adopt the connections handed over) until `drain`; then drain, handing idle
+        connections over to the next generation at their request boundaries."""
         handoff = socket.socket(fileno=self.settings.handoff_fd)
-        server = self.server
         draining = False
 
         def arrived(connections: list[_handoff.Connection]) -> None:
@@ -235,7 +199,7 @@ class WorkerRun:
             print(f"asgireload worker: {exc}; exiting.", file=sys.stderr)
             os._exit(1)
         if message is None:
-            _exit_with_children()
+            exit_with_children()
         return message
 
     def _prepare_imports(self) -> None:
@@ -245,28 +209,6 @@ class WorkerRun:
             del sys.modules[name]
         sys.path[0:0] = project_paths
         importlib.invalidate_caches()
-
-    def _preload(self) -> tuple[tuple[str, str], ...]:
-        """Import the third-party modules the last generation used, so a reload need not.
-
-        Every module is tried, and every failure reported at once (the supervisor drops them all
-        from the list and says so once), not one per worker; a few hundred kilobytes of them at
-        most: the next worker reports the rest.
-        """
-        failed: list[tuple[str, str]] = []
-        size = 0
-        for name in self.settings.preload:
-            try:
-                importlib.import_module(name)
-            except BaseException as exc:
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                error = f"{type(exc).__name__}: {exc}"[:PRELOAD_ERROR_CHARS]
-                size += len(json.dumps([name, error]))
-                if size > REPORT_BYTES:
-                    break
-                failed.append((name, error))
-        return tuple(failed)
 
     async def _start_app(self) -> bool:
         """Import the app and run its lifespan start-up (not accepting yet); on failure report it."""
@@ -348,7 +290,7 @@ class WorkerRun:
         assert self.channel is not None
         files, modules = self.recorder.new_modules()
         imports = self.graph.new_entries()
-        for chunk in _report_chunks({"files": files, "modules": modules, "imports": imports}):
+        for chunk in report_chunks({"files": files, "modules": modules, "imports": imports}):
             self.channel.send(protocol.Files(**{kind: tuple(items) for kind, items in chunk.items()}))
 
     async def _report_lazy_imports(self) -> None:
@@ -384,21 +326,6 @@ class WorkerRun:
                 await serving
 
 
-def _report_chunks(lists: dict[str, list[Any]]) -> Iterator[dict[str, list[Any]]]:
-    """Split a report's lists by encoded size (a path's non-ASCII characters take 6 bytes each)."""
-    chunk: dict[str, list[Any]] = {kind: [] for kind in lists}
-    size = 0
-    for kind, items in lists.items():
-        for item in items:
-            cost = len(json.dumps(item)) + 1
-            if size + cost > REPORT_BYTES and any(chunk.values()):
-                yield chunk
-                chunk, size = {k: [] for k in lists}, 0
-            chunk[kind].append(item)
-            size += cost
-    yield chunk
-
-
 def main() -> None:
     run(int(sys.argv[1]))
 
@@ -407,7 +334,7 @@ def run(control_fd: int, descriptors: tuple[int, int, int] | None = None) -> Non
     """Be a worker on this control socket. A worker forked by the template (template.py) passes
     `descriptors`: where its handoff, listening and debug sockets landed, which the supervisor
     cannot know."""
-    _watch_for_hangup(control_fd)
+    watch_for_hangup(control_fd)
     with socket.socket(fileno=os.dup(control_fd)) as control:
         settings, received = _read_settings(control)
     if descriptors is not None:  # forked: the template tells what they are in this process

@@ -9,7 +9,7 @@ Four differences from `uvicorn.Server.serve()`:
   never answers a new request with the old code. uvicorn closes idle connections at once on
   shutdown, which races a client sending its next request (it gets "server disconnected").
   Here each connection, at its next request boundary, is handed to the new generation with the
-  bytes it read but did not serve (see protocols.py and _handoff.py).
+  bytes it read but did not serve (see httpprotocols.py, drainable.py and _handoff.py).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 import uvicorn
 
 from .._handoff import Connection
-from . import debugger, protocols
-from .protocols import HandOff
+from . import debugger, httpprotocols
+from .drainable import DrainSwitch, HandOff
 
 logger = logging.getLogger("asgireload")
 
@@ -39,7 +39,7 @@ class Server(uvicorn.Server):
         super().__init__(config)
         self._stop_requested = asyncio.Event()
         self._adopting: set[asyncio.Task[Any]] = set()
-        self._draining = protocols.DrainSwitch()
+        self._draining = DrainSwitch()
         self.servers: list[asyncio.Server] = []  # none until start_accepting()
 
     async def start(self, sockets: list[socket.socket]) -> bool:
@@ -76,7 +76,7 @@ class Server(uvicorn.Server):
             "app_state": self.lifespan.state,
             "_loop": asyncio.get_running_loop(),
         }
-        reloadable = protocols.reloadable(config.http_protocol_class)
+        reloadable = httpprotocols.reloadable(config.http_protocol_class)
         if reloadable is None:  # not one of uvicorn's HTTP protocols: closed at its boundary instead
             return config.http_protocol_class(**options)
         return reloadable(**options, draining=self._draining, pending=pending)
@@ -137,7 +137,7 @@ class Server(uvicorn.Server):
         told: set[Any] = set()  # websockets (and any other protocol) already told to close
         while True:
             for connection in list(self.server_state.connections):
-                if protocols.drain(connection, hand_off):
+                if httpprotocols.drain(connection, hand_off):
                     continue
                 if connection not in told:
                     told.add(connection)

@@ -1,0 +1,57 @@
+"""What a worker reports about its imports, in messages well under the supervisor's line limit:
+the preload's failures (in `hello`) and the files, modules and imports of the app (`files`).
+
+A report is split by its encoded size, not its length: a path's non-ASCII characters take up to
+six bytes each in JSON.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .. import _protocol as protocol
+
+REPORT_BYTES = protocol.MAX_LINE // 4  # encoded bytes of files and modules per `files` message
+PRELOAD_ERROR_CHARS = 500  # of each failed preload's error, in `hello`
+
+
+def preload(names: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """Import the third-party modules the last generation used, so a reload need not; return
+    those that failed, with their errors.
+
+    Every module is tried, and every failure reported at once (the supervisor drops them all
+    from the list and says so once), not one per worker; a few hundred kilobytes of them at
+    most: the next worker reports the rest.
+    """
+    failed: list[tuple[str, str]] = []
+    size = 0
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            error = f"{type(exc).__name__}: {exc}"[:PRELOAD_ERROR_CHARS]
+            size += len(json.dumps([name, error]))
+            if size > REPORT_BYTES:
+                break
+            failed.append((name, error))
+    return tuple(failed)
+
+
+def report_chunks(lists: dict[str, list[Any]]) -> Iterator[dict[str, list[Any]]]:
+    """Split a report's lists by encoded size (a path's non-ASCII characters take 6 bytes each)."""
+    chunk: dict[str, list[Any]] = {kind: [] for kind in lists}
+    size = 0
+    for kind, items in lists.items():
+        for item in items:
+            cost = len(json.dumps(item)) + 1
+            if size + cost > REPORT_BYTES and any(chunk.values()):
+                yield chunk
+                chunk, size = {k: [] for k in lists}, 0
+            chunk[kind].append(item)
+            size += cost
+    yield chunk

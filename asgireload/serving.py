@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ._supervisor import keyboard
     from ._supervisor.debugging import DebugTerminal
     from ._supervisor.liveconfig import LiveSettings
-    from ._supervisor.shell import Supervisor
+    from ._supervisor.supervisor import Supervisor
 
 logger = logging.getLogger("asgireload")
 
@@ -118,7 +118,7 @@ async def serve(app: Any, *, reload: bool = False, **options: Any) -> None:
     require_asyncio("serve() was awaited")
     config = build_config(app, reload, options)
     if config.reload:
-        from ._supervisor.shell import Supervisor, run_until_cancelled
+        from ._supervisor.supervisor import Supervisor, run_until_cancelled
 
         await run_until_cancelled(Supervisor(config))
     else:
@@ -233,7 +233,7 @@ async def run_with_signals(config: Config, live_settings: LiveSettings | None = 
     own signals), it stops everything as serve() does, removes its signal handlers and lets
     CancelledError propagate.
     """
-    from ._supervisor.shell import Supervisor, run_until_cancelled
+    from ._supervisor.supervisor import Supervisor, run_until_cancelled
 
     loop = asyncio.get_running_loop()
     supervisor = Supervisor(config)

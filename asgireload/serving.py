@@ -85,12 +85,8 @@ def build_config(app: Any, reload: bool, options: dict[str, Any]) -> Config:
 
         given = dict(options, app=app) if app is not None else options
         options, _ = layered(given, pyproject=pyproject)
+        discovery.resolve(options)  # app = "src/main.py", as on the command line
         app = options.pop("app", None)
-        if isinstance(app, str) and discovery.looks_like_a_file(app):  # app = "src/main.py", as the CLI
-            found = discovery.from_file(app)
-            app, options["app_dir"] = found.app, found.app_dir
-            if found.interface is not None and options.get("interface", "auto") == "auto":
-                options["interface"] = found.interface
     if reload:
         app, options = resolve_import_string(app, options)
     return Config(app=app, reload=reload, **options)
@@ -191,12 +187,10 @@ def run(app: Any, *, reload: bool = True, **options: Any) -> None:
     """
     reopened = check_standard_streams()
     config = build_config(app, reload, options)
-    _logging.configure(config.log_level, config.use_colors)
-    if config.log_config is not None:
-        try:
-            _logging.apply_config_file(config.log_config, config.log_level, config.app_dir)
-        except _logging.LogConfigError as exc:
-            raise ConfigError(str(exc)) from None
+    try:
+        _logging.set_up(config.log_level, config.use_colors, config.log_config, config.app_dir)
+    except _logging.LogConfigError as exc:
+        raise ConfigError(str(exc)) from None
     warn_about_reopened(reopened)
     code = asyncio.run(run_with_signals(config))
     if code:

@@ -107,6 +107,26 @@ class CommandRunner:
         if serving is not None:
             self.processes.send(serving.id, protocol.Assets(tuple(assets), restyle))
 
+    def pids(self) -> dict[str, int]:
+        """The processes of the workers by the machine's roles, and the fork server's template."""
+        machine, processes = self.machine, self.processes
+        pids = {}
+        for role, worker in (
+            ("serving", machine.serving),
+            ("loading", machine.loading),
+            ("standby", machine.standby),
+        ):
+            process = processes.get(worker.id if worker is not None else None)
+            if process is not None and process.alive:
+                pids[role] = process.pid
+        if processes.forkserver is not None and (template := processes.forkserver.pid):
+            pids["template"] = template
+        for worker in machine.workers.values():  # until its exit is handled, and all it started has ended
+            process = processes.get(worker.id)
+            if worker.role is Role.DRAINING and process is not None:
+                pids["draining"] = process.pid
+        return pids
+
     def cancel_timers(self) -> None:
         for timer in self._timers.values():
             timer.cancel()

@@ -39,7 +39,6 @@ from .preflight import preflight
 from .processes import Processes
 from .records import Policy
 from .scanner import Scanner
-from .table import Role
 from .watching import Watching
 
 logger = logging.getLogger("asgireload")
@@ -96,26 +95,7 @@ class Supervisor:
     @property
     def pids(self) -> dict[str, int]:
         """The workers by role: serving, loading, standby, and draining (an older generation)."""
-        machine = self._machine
-        if machine is None:
-            return {}
-        assert self._processes is not None
-        pids = {}
-        for role, worker in (
-            ("serving", machine.serving),
-            ("loading", machine.loading),
-            ("standby", machine.standby),
-        ):
-            process = self._processes.get(worker.id if worker is not None else None)
-            if process is not None and process.alive:
-                pids[role] = process.pid
-        if self._processes.forkserver is not None and (template := self._processes.forkserver.pid):
-            pids["template"] = template
-        for worker in machine.workers.values():  # until its exit is handled, and all it started has ended
-            process = self._processes.get(worker.id)
-            if worker.role is Role.DRAINING and process is not None:
-                pids["draining"] = process.pid
-        return pids
+        return self._runner.pids() if self._runner is not None else {}
 
     @property
     def sockname(self) -> Any:

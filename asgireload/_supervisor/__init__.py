@@ -19,6 +19,7 @@ The shell carries the commands out and turns what happens into events:
     outcomes       each generation's outcome: kept, streamed, waited on
     settings       what the Config means for the machine and for a worker
 
-and its tools: scanner (with includes, inotify, mounts), sockets, editable, preflight, envfile,
-terminal. Nothing here is imported by a worker process (see `asgireload._worker`).
+and its tools: scanner (with folders, bursts, includes, inotify, mounts), sockets, editable,
+preflight, envfile, terminal, signals. Nothing here is imported by a worker process (see
+`asgireload._worker`).
 """

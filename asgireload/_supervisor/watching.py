@@ -91,8 +91,9 @@ class Watching:
                 fast_poll=None,  # an upgrade is found by the next full scan: no fast polling
             )
             start_task(self._packages.run(), "asgireload-packages")
-        settings_files = live_settings.files if live_settings is not None else ()
-        for path in (*((config.env_file,) if config.env_file is not None else ()), *settings_files):
+        if config.env_file is not None:
+            self.scanner.watch([(config.env_file, stat_key(config.env_file))])
+        for path in live_settings.files if live_settings is not None else ():
             self.scanner.watch([(path, stat_key(path))])
 
     def check_site(self) -> None:

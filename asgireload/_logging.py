@@ -1,6 +1,8 @@
-"""How the command line (and `run()`) show asgireload's log: uvicorn's style.
+"""How the command line (and `run()`, and a worker) show asgireload's log: uvicorn's style.
 
-The library itself never configures logging; only the entry points that own the terminal do.
+The library itself never configures logging; only the entry points that own the terminal do,
+each through `set_up`. (`serve(reload=False)` applies only a given --log-config, as
+uvicorn.Config does; a worker's uvicorn loggers get uvicorn's own default set-up.)
 """
 
 from __future__ import annotations
@@ -80,6 +82,20 @@ def configure(level: str | None, colour: bool | None = None) -> None:
     logger.addHandler(handler)
     logger.setLevel(LEVELS.get(level or "info", logging.INFO))
     logger.propagate = False
+
+
+def set_up(
+    level: str | None,
+    colour: bool | None = None,
+    log_config: str | dict[str, Any] | None = None,
+    app_dir: str | None = None,
+) -> None:
+    """The one logging set-up of a process that shows asgireload's log (the command line, run(),
+    a worker, a saved settings file): uvicorn's look on stderr, then the --log-config file, if
+    any, over it. Raises LogConfigError for a file that cannot be applied (the look stays)."""
+    configure(level, colour)
+    if log_config is not None:
+        apply_config_file(log_config, level, app_dir)
 
 
 class LogConfigError(Exception):

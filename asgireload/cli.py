@@ -138,15 +138,19 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     return parse(argv)[0]
 
 
-def parse(argv: Sequence[str] | None = None) -> tuple[Config, discovery.Found | None]:
-    """The Config from the flags over ASGIRELOAD_* over [tool.asgireload]; and, when the app was
-    found by reading the source, what was found."""
+def parse(argv: Sequence[str] | None = None) -> tuple[Config, discovery.Found | None, LiveSettings]:
+    """The Config from the flags over ASGIRELOAD_* over [tool.asgireload]; when the app was found
+    by reading the source, what was found; and the settings files read, to be read again (the
+    same file, under the same flags) when saved."""
     parser = build_parser()
     flags, use_file = _flags(parser, argv)
+    path = configfile.find_pyproject() if use_file else None
+    pyproject = str(path.resolve()) if path is not None else None
     try:
-        return _config_from(flags, use_file)
+        config, found = _config_from(flags, pyproject or False)
     except ConfigError as exc:
         parser.error(str(configfile.name_the_file(exc)).rstrip("."))
+    return config, found, LiveSettings(config, lambda: _config_from(flags, pyproject or False)[0], pyproject)
 
 
 def _flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[dict[str, Any], bool]:
@@ -166,36 +170,12 @@ def _config_from(flags: dict[str, Any], pyproject: str | bool) -> tuple[Config, 
     """The layers merged (raises ConfigError): at start-up, and again when the file is saved."""
     options, _ = configfile.layered(flags, pyproject=pyproject, uvicorn_variables=True)
     options.setdefault("live_reload", True)  # on for the command line; Config turns it off off loopback
-    found = _find_app(options)
+    found = discovery.resolve(options, search=True)
     if found is not None:
-        options["app"] = found.app
-        options["app_dir"] = found.app_dir
-        if found.interface is not None and options.get("interface", "auto") == "auto":
-            options["interface"] = found.interface  # a Flask app, served through uvicorn's WSGI
         pyproject_path = configfile.find_pyproject()  # where the pin hint's app_dir would be read from
         if pyproject_path is not None:
             found = dataclasses.replace(found, config_dir=str(pyproject_path.parent))
     return Config(**options), found
-
-
-def live_settings(argv: Sequence[str] | None, config: Config) -> LiveSettings:
-    """The settings files this command line read, to be read again (the same file) when saved."""
-    flags, use_file = _flags(build_parser(), argv)
-    path = configfile.find_pyproject() if use_file else None
-    pyproject = str(path.resolve()) if path is not None else None
-    return LiveSettings(config, lambda: _config_from(flags, pyproject or False)[0], pyproject)
-
-
-def _find_app(options: dict[str, Any]) -> discovery.Found | None:
-    """For no APP: the one the source shows; for a file path: its module and the app in it."""
-    app = options.get("app")
-    if app is None:  # in --app-dir if given (the project's folder), else here
-        return discovery.discover(options.get("app_dir", os.getcwd()))
-    if isinstance(app, str) and os.path.isdir(app):  # `asgireload services/web`: look in there
-        return discovery.discover(app)
-    if isinstance(app, str) and discovery.looks_like_a_file(app):
-        return discovery.from_file(app)
-    return None
 
 
 def _set_by_env_file(config: Config) -> set[str]:
@@ -213,14 +193,12 @@ def _set_by_env_file(config: Config) -> set[str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     reopened = check_standard_streams()  # first: before anything opens a file or a socket
-    config, found = parse(argv)
-    _logging.configure(config.log_level, config.use_colors)
-    if config.log_config is not None:
-        try:
-            _logging.apply_config_file(config.log_config, config.log_level, config.app_dir)
-        except _logging.LogConfigError as exc:
-            print(f"asgireload: error: {configfile.with_source(str(exc), 'log_config')}", file=sys.stderr)
-            sys.exit(2)
+    config, found, live_settings = parse(argv)
+    try:
+        _logging.set_up(config.log_level, config.use_colors, config.log_config, config.app_dir)
+    except _logging.LogConfigError as exc:
+        print(f"asgireload: error: {configfile.with_source(str(exc), 'log_config')}", file=sys.stderr)
+        sys.exit(2)
     if found is not None:
         from_file = _set_by_env_file(config)  # the env file's value is the user's, as under uvicorn
         for name, value in found.environment.items():  # DJANGO_SETTINGS_MODULE, for the workers
@@ -229,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         logging.getLogger("asgireload").info("%s", found.message(os.getcwd()))
     warn_about_reopened(reopened)
     try:
-        code = asyncio.run(run_with_signals(config, live_settings(argv, config)))
+        code = asyncio.run(run_with_signals(config, live_settings))
     except KeyboardInterrupt:  # a Ctrl-C before the loop installed its handlers
         code = 130
     sys.exit(code)

@@ -18,6 +18,7 @@ import ast
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 
@@ -169,6 +170,27 @@ def from_file(path: str | os.PathLike[str]) -> Found:
         )
     name, interface, note = candidate
     return Found(f"{module}:{name}", str(folder), str(file), interface=interface, note=note)
+
+
+def resolve(options: dict[str, Any], *, search: bool = False) -> Found | None:
+    """An app given as a file (path/to/main.py, or path/to/main.py:app), or, with `search`, no
+    app or a folder (found by reading the source): written into `options` as the import string,
+    its folder (app_dir) and, unless one was chosen, its interface. None for an import string,
+    which is left as it is. Raises ConfigError when nothing fits."""
+    app = options.get("app")
+    if search and app is None:  # in --app-dir if given (the project's folder), else here
+        found = discover(options.get("app_dir", os.getcwd()))
+    elif search and isinstance(app, str) and os.path.isdir(app):  # `asgireload services/web`
+        found = discover(app)
+    elif isinstance(app, str) and looks_like_a_file(app):
+        found = from_file(app)
+    else:
+        return None
+    options["app"] = found.app
+    options["app_dir"] = found.app_dir
+    if found.interface is not None and options.get("interface", "auto") == "auto":
+        options["interface"] = found.interface  # a Flask app, served through uvicorn's WSGI
+    return found
 
 
 def looks_like_a_file(app: str) -> bool:

@@ -6,7 +6,7 @@ import os
 from types import TracebackType
 from typing import Any
 
-from ._supervisor.shell import Supervisor, stop_completely
+from ._supervisor.supervisor import Supervisor, stop_completely
 from .config import Config
 from .errors import AsgireloadError
 from .events import EventStream, Failure, ReloadEvent, State

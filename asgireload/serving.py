@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -19,12 +18,10 @@ if TYPE_CHECKING:
     from ._supervisor import keyboard
     from ._supervisor.debugging import DebugTerminal
     from ._supervisor.liveconfig import LiveSettings
-    from ._supervisor.shell import Supervisor
+    from ._supervisor.supervisor import Supervisor
 
 logger = logging.getLogger("asgireload")
 
-QUIT_KEY = "q pressed"
-REPEAT_GRACE = 1.0  # seconds in which a repeated SIGTERM is the same request to stop, not a second
 IN_WORKER = "ASGIRELOAD_WORKER"  # set in every worker's environment
 
 
@@ -88,12 +85,8 @@ def build_config(app: Any, reload: bool, options: dict[str, Any]) -> Config:
 
         given = dict(options, app=app) if app is not None else options
         options, _ = layered(given, pyproject=pyproject)
+        discovery.resolve(options)  # app = "src/main.py", as on the command line
         app = options.pop("app", None)
-        if isinstance(app, str) and discovery.looks_like_a_file(app):  # app = "src/main.py", as the CLI
-            found = discovery.from_file(app)
-            app, options["app_dir"] = found.app, found.app_dir
-            if found.interface is not None and options.get("interface", "auto") == "auto":
-                options["interface"] = found.interface
     if reload:
         app, options = resolve_import_string(app, options)
     return Config(app=app, reload=reload, **options)
@@ -118,7 +111,7 @@ async def serve(app: Any, *, reload: bool = False, **options: Any) -> None:
     require_asyncio("serve() was awaited")
     config = build_config(app, reload, options)
     if config.reload:
-        from ._supervisor.shell import Supervisor, run_until_cancelled
+        from ._supervisor.supervisor import Supervisor, run_until_cancelled
 
         await run_until_cancelled(Supervisor(config))
     else:
@@ -194,12 +187,10 @@ def run(app: Any, *, reload: bool = True, **options: Any) -> None:
     """
     reopened = check_standard_streams()
     config = build_config(app, reload, options)
-    _logging.configure(config.log_level, config.use_colors)
-    if config.log_config is not None:
-        try:
-            _logging.apply_config_file(config.log_config, config.log_level, config.app_dir)
-        except _logging.LogConfigError as exc:
-            raise ConfigError(str(exc)) from None
+    try:
+        _logging.set_up(config.log_level, config.use_colors, config.log_config, config.app_dir)
+    except _logging.LogConfigError as exc:
+        raise ConfigError(str(exc)) from None
     warn_about_reopened(reopened)
     code = asyncio.run(run_with_signals(config))
     if code:
@@ -226,65 +217,29 @@ def warn_about_reopened(names: list[str]) -> None:
 
 async def run_with_signals(config: Config, live_settings: LiveSettings | None = None) -> int:
     """Serve until CTRL+C, `q`, SIGTERM or the terminal hanging up (SIGHUP); SIGUSR1 or `r`
-    reloads (keyboard.py has the other keys). Returns the exit code.
+    reloads (keyboard.py has the other keys, _supervisor/signals.py the signals). Returns the
+    exit code.
 
     SIGHUP stops, as it stops any program whose terminal is closed; a SIGHUP that was ignored
     when asgireload started (`nohup asgireload ...`) stays ignored. Cancelled (other than by its
     own signals), it stops everything as serve() does, removes its signal handlers and lets
     CancelledError propagate.
     """
-    from ._supervisor.shell import Supervisor, run_until_cancelled
+    from ._supervisor.signals import CommandLineSignals
+    from ._supervisor.supervisor import Supervisor, run_until_cancelled
 
     loop = asyncio.get_running_loop()
     supervisor = Supervisor(config)
     supervisor.live_settings = live_settings  # the command line's: its pyproject.toml applies itself
-    keys, debug_terminal = attach_terminal(loop, supervisor, lambda: stop(QUIT_KEY))
-    main = asyncio.create_task(run_until_cancelled(supervisor))
-    stopping = False
-    first_signal = 0.0
-
-    def stop(reason: str, then: str = "; press CTRL+C again to stop at once") -> None:
-        nonlocal stopping, first_signal
-        if not stopping:
-            stopping = True
-            first_signal = loop.time()
-            logger.info("Shutting down (%s)%s.", reason, then)
-            main.cancel()
-        elif reason in ("CTRL+C", QUIT_KEY) or loop.time() - first_signal > REPEAT_GRACE:
-            # `timeout` and process managers send SIGTERM to a process and then to its group at
-            # once: only a signal that comes later (or a second CTRL+C) means "stop at once"
-            logger.warning("Stopping at once.")
-            supervisor.kill_all()
-
-    def hang_up() -> None:
-        if terminal.terminal_hung_up():
-            reason = "the terminal hung up"
-            terminal.let_go_of_a_hung_up_terminal()
-        else:
-            reason = "SIGHUP; to reload by signal, send SIGUSR1"
-        if not stopping:  # a second hang-up (a shell passing it on) is not a second CTRL+C
-            stop(reason, then="")
-
-    def interrupt() -> None:
-        # while a worker is paused, CTRL+C is its debugger's; once stopping, it stops at once
-        if stopping or not debug_terminal.interrupt():
-            stop("CTRL+C")
-
-    handlers: dict[int, Callable[[], None]] = {
-        signal.SIGINT: interrupt,
-        signal.SIGTERM: lambda: stop("SIGTERM"),
-        signal.SIGUSR1: lambda: supervisor.request_reload("SIGUSR1"),
-    }
-    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
-        handlers[signal.SIGHUP] = hang_up
-    for signum, handler in handlers.items():
-        loop.add_signal_handler(signum, handler)
+    signals = CommandLineSignals(supervisor)
+    keys, debug_terminal = attach_terminal(loop, supervisor, signals.quit)
+    main = signals.start(run_until_cancelled(supervisor), debug_terminal)
     try:
         with terminal.job_control_ignored():
             keys.start()
             await main
     except asyncio.CancelledError:
-        if not stopping:
+        if not signals.stopping:
             raise
     except AsgireloadError as exc:
         from .configfile import name_the_source  # where the culprit's value was set, if not a flag
@@ -293,8 +248,7 @@ async def run_with_signals(config: Config, live_settings: LiveSettings | None = 
         return 1
     finally:
         keys.close()
-        for signum in handlers:
-            loop.remove_signal_handler(signum)
+        signals.close()
     return 0
 
 

@@ -11,12 +11,15 @@ The core decides, with no I/O and no asyncio:
 
 The shell carries the commands out and turns what happens into events:
 
-    shell        Supervisor: the one event queue and its task, timers, logging, start, stop
-    processes    the worker processes by id: spawn, send, relay connections, kill, close all
-    workers      one worker process: spawn it, check what it says, end it (the one shielded close)
-    outcomes     each generation's outcome: kept, streamed, waited on
-    settings     what the Config means for the machine and for a worker
+    supervisor     Supervisor: the public surface; bind, start, stop
+    commandrunner  the one event queue and its task: each command carried out, timers
+    watching       the scanners' reports turned into events (code, assets, packages, settings)
+    processes      the worker processes by id: spawn, send, relay connections, kill, close all
+    workers        one worker process: spawn it, check what it says, end it (the one shielded close)
+    outcomes       each generation's outcome: kept, streamed, waited on
+    settings       what the Config means for the machine and for a worker
 
-and its tools: scanner (with includes, inotify, mounts), sockets, editable, preflight, envfile,
-terminal. Nothing here is imported by a worker process (see `asgireload._worker`).
+and its tools: scanner (with folders, bursts, includes, inotify, mounts), sockets, editable,
+preflight, envfile, terminal, signals. Nothing here is imported by a worker process (see
+`asgireload._worker`).
 """

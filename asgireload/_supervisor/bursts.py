@@ -20,6 +20,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
+from .folders import WatchedFolders
 from .includes import Stat
 
 ChangeHandler = Callable[[list[str], float], None]
@@ -43,18 +44,12 @@ class Bursts:
     _quiet_gap: float | None  # --reload-delay: one fixed gap instead of the adaptive ones
     _baseline: dict[str, Stat]
     _wakeup: asyncio.Event
-    _polled_dirs: set[str]
+    _folders: WatchedFolders
 
     async def _scan(self, *, full: bool, poll: bool) -> dict[str, Stat]:
         raise NotImplementedError
 
     async def _stat(self, paths: list[str]) -> list[Stat]:
-        raise NotImplementedError
-
-    def _follow_link(self, path: str) -> None:
-        raise NotImplementedError
-
-    def _is_being_written(self, path: str) -> bool:
         raise NotImplementedError
 
     async def _settle(self, changed: dict[str, Stat]) -> None:
@@ -72,7 +67,7 @@ class Bursts:
         changes = {p: s for p, s in now.items() if s != self._baseline.get(p)}  # (back as it was: none)
         for path, stat_ in changes.items():
             self._baseline[path] = stat_
-            self._follow_link(path)
+            self._folders.follow_link(path)
         if changes:
             self._on_change(sorted(changes), _changed_at(changes, detected))
 
@@ -86,7 +81,7 @@ class Bursts:
             if fixed is not None:
                 gap = fixed
             await asyncio.sleep(min(gap, max(0.0, deadline - loop.time())))
-            more = await self._scan(full=False, poll=bool(self._polled_dirs))
+            more = await self._scan(full=False, poll=bool(self._folders.polled_dirs))
             more = {p: s for p, s in more.items() if pending.get(p, "unset") != s}
             if not more:
                 break
@@ -97,7 +92,7 @@ class Bursts:
         return [
             p
             for p, s in pending.items()
-            if looks_unfinished(self._baseline.get(p), s) or self._is_being_written(p)
+            if looks_unfinished(self._baseline.get(p), s) or self._folders.is_being_written(p)
         ]
 
     async def _wait_for_return(self, pending: dict[str, Stat], hold_until: float) -> bool:

@@ -91,11 +91,8 @@ class LiveSettings:
         return new
 
     def _apply_logging(self, new: Config) -> None:
-        if new.log_config is None:
-            _logging.configure(new.log_level, new.use_colors)
-            return
         try:
-            _logging.apply_config_file(new.log_config, new.log_level, new.app_dir)
+            _logging.set_up(new.log_level, new.use_colors, new.log_config, new.app_dir)
         except _logging.LogConfigError as exc:  # checked before: a race with another save
             logger.error("%s", exc)
 

@@ -17,7 +17,7 @@ How a change is noticed, fastest first:
   a new matching file (or a new folder, walked at once) joins the watched files;
 * folders that get no reliable events (a network or shared mount, an exhausted watch limit,
   forced polling, no inotify at all) have their files, and their own listing, polled every
-  `fast_poll` seconds;
+  `fast_poll` seconds (folders.py keeps each folder's cover: watched, or polled, and why);
 * a full scan (stat everything, and walk the roots again for --reload-include) is the safety
   net. Where events do the work, its measured cost buys it at most SAFETY_SCAN_SHARE of a core.
 """
@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import errno
 import logging
 import os
 import stat
@@ -36,12 +34,12 @@ import time
 from collections.abc import Iterable
 
 from .bursts import Bursts, ChangeHandler
+from .folders import Cover, WatchedFolders
 from .includes import IncludeRules, Walk, is_skipped_folder, walk_includes
 from .includes import Stat as Stat
 from .includes import stat_key as stat_key
 from .inotify import directory_events as _directory_events  # (tests replace it)
-from .links import Links
-from .mounts import Mount, MountTable, forced_polling_reason, mount_polling_message, watch_limit_message
+from .mounts import MountTable, forced_polling_reason
 
 logger = logging.getLogger("asgireload")
 
@@ -57,20 +55,10 @@ POLL_SHARE = 0.1
 # walks back to back may take at most this share of a core.
 RECOVERY_SHARE = 0.1
 _IGNORED_LIMIT = 10_000  # remembered names that match no --reload-include glob
-_MISSING = (errno.ENOENT, errno.ENOTDIR)
 
 
 def _stat_many(paths: list[str]) -> list[Stat]:
     return [stat_key(p) for p in paths]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Cover:
-    """How a folder is covered: its watch's errno (0: watched, -1: no file events at all), and
-    the mount that lacks events, if it is on one."""
-
-    error: int
-    no_events: tuple[Mount, str] | None
 
 
 class Scanner(Bursts):
@@ -103,24 +91,18 @@ class Scanner(Bursts):
         self._events = None if self._forced else _directory_events(self._hint)
         self.interval = interval if interval is not None else (1.0 if self._events else 0.2)
         self._fast_poll = None if fast_poll is None else min(fast_poll, self.interval)
-        self._mounts = MountTable() if self._events is not None and self._fast_poll is not None else None
+        mounts = MountTable() if self._events is not None and self._fast_poll is not None else None
+        self._folders = WatchedFolders(self._events, self._fast_poll, mounts)
         self._full_scan_cost = 0.0  # seconds the last full scan took
         self._next_full = 0.0  # loop times at which the next full scan and the next poll are due
         self._next_poll = 0.0
         self._recovery_at = 0.0
         self._walk_wanted = False  # events were lost: walk the roots again (soon, within budget)
         self._stop = threading.Event()  # tells a walk running in a thread to give up
-        self._folder_files: dict[str, set[str]] = {}  # every covered folder: its watched files
-        self._parents: set[str] = set()  # every ancestor of a covered folder
         self._include_dirs: dict[str, Stat] = {}  # folders the include walk entered: their stat
-        self._unwatched: set[str] = set()  # folders whose watch failed or was lost
-        self._polled_dirs: set[str] = set()
-        self._polled_files: set[str] = set()
         self._new_entries: set[str] = set()  # unknown names that events reported
         self._reenter: set[str] = set()  # covered folders an event named: watch them again
         self._ignored: set[str] = set()  # names known to match no include glob
-        self._announced: set[str] = set()  # mount points (and "limit") already logged
-        self._links = Links()  # watched files that are symlinks, and where their content lives
 
     @property
     def uses_file_events(self) -> bool:
@@ -137,7 +119,7 @@ class Scanner(Bursts):
         for path, stat_ in entries:
             self._baseline[path] = stat_
             self._suspects.add(path)
-            self._register(path)
+            self._folders.register(path)
         self._wakeup.set()
 
     @property
@@ -170,7 +152,7 @@ class Scanner(Bursts):
             self._next_poll = loop.time() + (self._fast_poll or 0.0)
             while True:
                 deadline = self._next_full
-                if self._polled_dirs:
+                if self._folders.polled_dirs:
                     deadline = min(deadline, self._next_poll)
                 if self._walk_wanted:
                     deadline = min(deadline, self._recovery_at)
@@ -179,126 +161,37 @@ class Scanner(Bursts):
                         await self._wakeup.wait()
                 now = loop.time()
                 full = now >= self._next_full or (self._walk_wanted and now >= self._recovery_at)
-                changed = await self._scan(full=full, poll=bool(self._polled_dirs) and now >= self._next_poll)
+                changed = await self._scan(
+                    full=full, poll=bool(self._folders.polled_dirs) and now >= self._next_poll
+                )
                 if changed:
                     await self._settle(changed)
         finally:
             self.close()
-
-    # ------------------------------------------------------------ folders and their cover
-
-    def _enter(self, folder: str) -> _Cover:
-        """Watch a folder and look up its mount; safe in the walk's thread."""
-        error = -1 if self._events is None else self._events.try_watch(folder)
-        no_events = None if self._mounts is None else self._mounts.lacking_events(folder)
-        return _Cover(error, no_events)
-
-    def _apply_cover(self, folder: str, cover: _Cover) -> None:
-        """Record how a folder is covered, and poll it if events cannot be trusted there."""
-        if folder not in self._folder_files:
-            self._folder_files[folder] = set()
-            child, parent = folder, os.path.dirname(folder)
-            while parent != child and parent not in self._parents:
-                self._parents.add(parent)
-                child, parent = parent, os.path.dirname(parent)
-        if cover.error > 0:
-            self._unwatched.add(folder)
-        else:
-            self._unwatched.discard(folder)
-        if cover.error == errno.ENOSPC:
-            self._announce_watch_limit()
-        if cover.no_events is not None:
-            self._announce_mount(folder, *cover.no_events)
-        trusted = cover.error == 0 and cover.no_events is None
-        self._set_polled(folder, self._fast_poll is not None and not trusted and cover.error not in _MISSING)
-
-    def _set_polled(self, folder: str, polled: bool) -> None:
-        files = self._folder_files[folder]
-        if polled and folder not in self._polled_dirs:
-            self._polled_dirs.add(folder)
-            self._polled_files.update(files)
-        elif not polled and folder in self._polled_dirs:
-            self._polled_dirs.discard(folder)
-            self._polled_files.difference_update(files)
-
-    def _forget_folders(self, gone: Iterable[str]) -> None:
-        """Stop covering folders the walk no longer finds, unless they hold watched files."""
-        for folder in gone:
-            del self._include_dirs[folder]
-            if not self._folder_files.get(folder):
-                self._folder_files.pop(folder, None)
-                self._unwatched.discard(folder)
-                self._polled_dirs.discard(folder)
-
-    def _register(self, path: str) -> None:
-        """Count a watched file in its folder (and, for a symlink, in its target's folder)."""
-        self._count_in(os.path.dirname(path), path)
-        self._follow_link(path)
-
-    def _count_in(self, folder: str, path: str) -> None:
-        """Count a watched file in a folder, covering the folder the first time."""
-        if folder not in self._folder_files:
-            self._apply_cover(folder, self._enter(folder))
-        self._folder_files[folder].add(path)
-        if folder in self._polled_dirs:
-            self._polled_files.add(path)
-
-    def _is_being_written(self, path: str) -> bool:
-        """Whether file events say a writer still has the file (or a link's target) open."""
-        if self._events is None:
-            return False
-        target = self._links.target_of(path)
-        return self._events.is_being_written(path) or (
-            target is not None and self._events.is_being_written(target)
-        )
-
-    def _follow_link(self, path: str) -> None:
-        """If a watched file is a symlink, cover the folder its content lives in (again, if re-pointed)."""
-        before, target = self._links.follow(path)
-        if before is not None and (folder := os.path.dirname(before)) != os.path.dirname(path):
-            self._folder_files.get(folder, set()).discard(path)
-            if os.path.dirname(path) not in self._polled_dirs:
-                self._polled_files.discard(path)
-        if target is not None:
-            self._count_in(os.path.dirname(target), path)
-
-    def _heal(self, skip: Iterable[str] = ()) -> None:
-        """Watch again the folders whose watch failed or was lost (deleted and re-created, moved)."""
-        if self._events is None:
-            return
-        skipped = set(skip)
-        for folder in list(self._folder_files):
-            if folder not in skipped and (folder in self._unwatched or not self._events.is_watching(folder)):
-                self._apply_cover(folder, self._enter(folder))
-
-    def _announce_mount(self, folder: str, mount: Mount, reason: str) -> None:
-        if mount.point not in self._announced:
-            self._announced.add(mount.point)
-            logger.info("%s", mount_polling_message(folder, self._fast_poll, mount, reason))
-
-    def _announce_watch_limit(self) -> None:
-        if "limit" not in self._announced:
-            self._announced.add("limit")
-            logger.warning("%s", watch_limit_message(self._fast_poll))
 
     # ------------------------------------------------------------ --reload-include files
 
     async def _walk(self, tops: Iterable[str], *, stat_files: bool) -> Walk:
         assert self._rules is not None
         return await asyncio.to_thread(
-            walk_includes, list(tops), self._rules, enter=self._enter, stat_files=stat_files, stop=self._stop
+            walk_includes,
+            list(tops),
+            self._rules,
+            enter=self._folders.enter,
+            stat_files=stat_files,
+            stop=self._stop,
         )
 
     def _merge(self, walk: Walk, *, new: bool) -> None:
         """Cover the folders a walk entered; watch the files it found (new ones: as missing)."""
         for folder, (folder_stat, cover) in walk.folders.items():
             self._include_dirs[folder] = folder_stat
-            assert isinstance(cover, _Cover)
-            self._apply_cover(folder, cover)
+            assert isinstance(cover, Cover)
+            self._folders.apply_cover(folder, cover)
         for path, stat_ in walk.files.items():
             if path not in self._baseline:
                 self._baseline[path] = None if new else stat_
-                self._register(path)
+                self._folders.register(path)
                 self._suspects.add(path)
 
     def _hint(self, path: str | None) -> None:
@@ -306,18 +199,16 @@ class Scanner(Bursts):
         if path is None:
             self._check_all = True
             self._walk_wanted = self._rules is not None
-        elif path in self._baseline or self._links.links_to(path):
+        elif path in self._baseline or self._folders.links.links_to(path):
             self._suspects.add(path)  # (a link's target only: stat'ed, never reported itself)
-            self._suspects.update(self._links.links_to(path))
+            self._suspects.update(self._folders.links.links_to(path))
         else:
-            if path in self._folder_files:
+            folders = self._folders
+            if path in folders.files:
                 self._reenter.add(path)  # re-created or replaced: the old watch is gone
-            if path in self._folder_files or path in self._parents:
+            if path in folders.files or path in folders.parents:
                 # A folder deleted, moved or replaced: every watched file below it may have changed.
-                below = os.path.join(path, "")
-                for folder, files in self._folder_files.items():
-                    if folder == path or folder.startswith(below):
-                        self._suspects.update(files)
+                self._suspects.update(folders.files_below(path))
             if self._rules is not None and path not in self._ignored:
                 self._new_entries.add(path)
         self._wakeup.set()
@@ -339,7 +230,7 @@ class Scanner(Bursts):
                     folders.append(path)
             elif self._rules.is_included(path):
                 self._baseline[path] = None
-                self._register(path)
+                self._folders.register(path)
                 self._suspects.add(path)
             else:
                 if len(self._ignored) >= _IGNORED_LIMIT:
@@ -378,25 +269,27 @@ class Scanner(Bursts):
         if full and self._rules is not None:
             self._walk_wanted = False
             walk = await self._walk(self._rules.roots, stat_files=False)
-            self._forget_folders([f for f in self._include_dirs if f not in walk.folders])
+            for gone in [f for f in self._include_dirs if f not in walk.folders]:
+                del self._include_dirs[gone]
+                self._folders.forget(gone)
             self._merge(walk, new=True)
             walked = set(walk.folders)
         check_all = full or self._check_all
         if check_all:
             self._check_all = False
-            self._heal(skip=walked)
+            self._folders.heal(skip=walked)
         for folder in self._reenter:
-            self._apply_cover(folder, self._enter(folder))
+            self._folders.cover_again(folder)
         self._reenter.clear()
         if poll:
-            folders = [f for f in self._polled_dirs if f in self._include_dirs]
+            folders = [f for f in self._folders.polled_dirs if f in self._include_dirs]
             self._look_into_changed_folders(dict(zip(folders, await self._stat(folders), strict=True)))
         if self._new_entries and self._rules is not None:
             await self._take_new_entries()
         if check_all:
             paths = list(self._baseline)
         else:
-            paths = list(self._suspects | self._polled_files if poll else self._suspects)
+            paths = list(self._suspects | self._folders.polled_files if poll else self._suspects)
         self._suspects = set()
         stats = await self._stat(paths)
         elapsed = time.perf_counter() - started

@@ -7,12 +7,12 @@ six bytes each in JSON.
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .. import _protocol as protocol
+from .._preload import import_each
 
 REPORT_BYTES = protocol.MAX_LINE // 4  # encoded bytes of files and modules per `files` message
 PRELOAD_ERROR_CHARS = 500  # of each failed preload's error, in `hello`
@@ -28,17 +28,12 @@ def preload(names: Iterable[str]) -> tuple[tuple[str, str], ...]:
     """
     failed: list[tuple[str, str]] = []
     size = 0
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            error = f"{type(exc).__name__}: {exc}"[:PRELOAD_ERROR_CHARS]
-            size += len(json.dumps([name, error]))
-            if size > REPORT_BYTES:
-                break
-            failed.append((name, error))
+    for name, exc in import_each(names):
+        error = f"{type(exc).__name__}: {exc}"[:PRELOAD_ERROR_CHARS]
+        size += len(json.dumps([name, error]))
+        if size > REPORT_BYTES:
+            break
+        failed.append((name, error))
     return tuple(failed)
 
 

@@ -50,8 +50,9 @@ import threading  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from typing import Any, NoReturn  # noqa: E402
 
-from .. import _handoff, _logging, _reaper  # noqa: E402
+from .. import _handoff, _logging, _reaper, _wire  # noqa: E402
 from .. import _protocol as protocol  # noqa: E402
+from .._channel import Channel  # noqa: E402
 from .._paths import relative  # noqa: E402
 from .._protocol import Failure  # noqa: E402
 from .._watchfilter import WatchFilter  # noqa: E402
@@ -107,16 +108,15 @@ def _watch_for_hangup(fd: int) -> None:
 
 def _read_settings(control: socket.socket) -> tuple[protocol.Settings, bytes]:
     """The first message, read before any event loop exists (it chooses the loop)."""
-    buffer = b""
-    while b"\n" not in buffer:
+    lines = _wire.Lines(protocol.TRUSTED_MAX_LINE)
+    while (received := lines.next()) is None:
         chunk = control.recv(1 << 20)
         if not chunk:
             _exit_with_children()
-        buffer += chunk
-    line, _, rest = buffer.partition(b"\n")
-    settings = protocol.decode(line, {protocol.Settings.TYPE: protocol.Settings})
+        lines.feed(chunk)
+    settings = protocol.message_of(received[0], {protocol.Settings.TYPE: protocol.Settings})
     assert isinstance(settings, protocol.Settings)
-    return settings, rest
+    return settings, lines.rest()
 
 
 def _uvicorn_imports(options: dict[str, Any]) -> frozenset[str]:
@@ -158,13 +158,13 @@ class WorkerRun:
         self.generation = 0
         self.shown: dict[str, Any] = {}  # the failure the error page shows (it follows updates)
         self.server: Server | None = None
-        self.channel: protocol.Channel | None = None
+        self.channel: Channel | None = None
         self.imported_by_uvicorn: frozenset[str] = frozenset()
         self.live: Hub | None = None  # the pages' event streams, when live reload is on
 
     async def run(self, received: bytes = b"") -> None:
         control = socket.socket(fileno=self.control_fd)
-        self.channel = channel = await protocol.Channel.open(
+        self.channel = channel = await Channel.open(
             control, protocol.SUPERVISOR_MESSAGES, max_line=protocol.TRUSTED_MAX_LINE
         )
         channel.feed(received)

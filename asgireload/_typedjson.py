@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -58,111 +59,240 @@ def _plain(value: Any) -> Any:
     return to_json(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
 
 
-def from_json(cls: type[T], data: Mapping[str, Any], name: str, prefix: str = "") -> T:
+def from_json(cls: type[T], data: Mapping[str, Any], name: str) -> T:
     """An instance of the dataclass `cls` from a JSON object; `name` says whose fields they are
-    in errors ("a 'hello' message"), `prefix` where this object is in it ("failure.")."""
-    values = {}
-    for field, annotation in _fields(typing.cast(Any, cls)):
-        if field.name not in data:
-            required = field.metadata.get(_ALWAYS) or (
-                field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
-            )
-            if required:
-                raise ProtocolError(f"{name} without {prefix + field.name!r}")
-            continue
-        values[field.name] = _value(annotation, data[field.name], name, prefix + field.name)
-    return cls(**values)
+    in errors ("a 'hello' message")."""
+    try:
+        result: T = _checker(typing.cast(Any, cls))(data)
+    except _Wrong as wrong:
+        where = _path(wrong.path)
+        if wrong.missing:
+            raise ProtocolError(f"{name} without {where!r}") from None
+        shown = str(wrong.value)[:80]
+        raise ProtocolError(f"{name} whose {where!r} is {shown!r}, not {wrong.expected}") from None
+    return result
+
+
+class _Wrong(Exception):
+    """A value that is not what its field says (or a field left out), on its way up to the field
+    that holds it: each level adds where it was (innermost first)."""
+
+    def __init__(self, value: Any, expected: str = "", missing: bool = False) -> None:
+        self.value, self.expected, self.missing = value, expected, missing
+        self.path: list[str] = []
+
+
+def _path(parts: list[str]) -> str:
+    """["[1]", "[0]", "files"] -> "files[0][1]"; ["summary", "failure"] -> "failure.summary"."""
+    text = ""
+    for part in reversed(parts):
+        text += part if part.startswith("[") or not text else f".{part}"
+    return text
+
+
+Checker = Callable[[Any], Any]
 
 
 @functools.cache
-def _fields(cls: Any) -> tuple[tuple[dataclasses.Field[Any], Any], ...]:
-    hints = typing.get_type_hints(cls, include_extras=True)
-    return tuple((field, hints[field.name]) for field in dataclasses.fields(cls) if field.init)
-
-
-def _value(annotation: Any, value: Any, name: str, path: str) -> Any:
-    """`value` as `annotation` says, or ProtocolError naming `path`."""
+def _checker(annotation: Any) -> Checker:
+    """A function that returns a JSON value as `annotation` says, or raises _Wrong: built once
+    per type, so that a long report costs a call per value, not a look at its type."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
-        result = _value(args[0], value, name, path)
-        for extra in annotation.__metadata__:
-            if isinstance(extra, Check) and not extra.holds(result):
-                raise _wrong(name, path, value, extra.what)
-            if isinstance(extra, Cut):
-                result = result[: extra.length]
-        return result
+        return _annotated(_checker(args[0]), annotation.__metadata__)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+        return _union(args)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return _any_length(_checker(args[0]))
+    if origin is tuple:
+        return _fixed_length(tuple(_checker(arg) for arg in args))
+    if origin is dict:
+        return _mapping(_checker(args[0]), _checker(args[1]))
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return _object(annotation)
+    if origin is typing.Literal:
+        return _literal(args)
+    return _scalar(annotation)
+
+
+def _object(cls: type) -> Checker:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = [
+        (
+            field.name,
+            _checker(hints[field.name]),
+            bool(field.metadata.get(_ALWAYS))
+            or (field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING),
+        )
+        for field in dataclasses.fields(cls)
+        if field.init
+    ]
+
+    def check(value: Any) -> Any:
+        if type(value) is not dict:
+            raise _Wrong(value, "an object")
+        values = {}
+        for name, checker, required in fields:
+            if name in value:
+                try:
+                    values[name] = checker(value[name])
+                except _Wrong as wrong:
+                    wrong.path.append(name)
+                    raise
+            elif required:
+                missing = _Wrong(None, missing=True)
+                missing.path.append(name)
+                raise missing
+        return cls(**values)
+
+    return check
+
+
+def _annotated(base: Checker, extras: tuple[Any, ...]) -> Checker:
+    checks = [extra for extra in extras if isinstance(extra, Check)]
+    cuts = [extra.length for extra in extras if isinstance(extra, Cut)]
+
+    if len(checks) == 1 and not cuts:
+        rule = checks[0]
+
+        def checked(value: Any) -> Any:  # the common case, kept quick: a path
+            result = base(value)
+            if not rule.holds(result):
+                raise _Wrong(value, rule.what)
+            return result
+
+        return checked
+
+    def check(value: Any) -> Any:
+        result = base(value)
+        for rule in checks:
+            if not rule.holds(result):
+                raise _Wrong(value, rule.what)
+        for length in cuts:
+            result = result[:length]
+        return result
+
+    return check
+
+
+def _union(args: tuple[Any, ...]) -> Checker:
+    arms = [_checker(arm) for arm in args if arm is not type(None)]
+    optional = len(arms) < len(args)
+    expected = " or ".join(_describe(arm) for arm in args)
+    inner_says_more = len(arms) == 1 and args[0] not in _SCALARS  # what is wrong inside it
+
+    def check(value: Any) -> Any:
+        if value is None and optional:
             return None
-        arms = [arm for arm in args if arm is not type(None)]
         for arm in arms:
             try:
-                return _value(arm, value, name, path)
-            except ProtocolError:
-                if len(arms) == 1 and arm not in _SCALARS:
-                    raise  # what is wrong inside it says more
-        raise _wrong(name, path, value, " or ".join(_describe(arm) for arm in args))
-    if origin is tuple:
-        return _sequence(args, value, name, path)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _wrong(name, path, value, _describe(annotation))
-        return {
-            _value(args[0], key, name, f"{path}[{key!r}]"): _value(args[1], item, name, f"{path}[{key!r}]")
-            for key, item in value.items()
-        }
-    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise _wrong(name, path, value, "an object")
-        return from_json(annotation, value, name, f"{path}.")
-    return _scalar(annotation, value, name, path)
+                return arm(value)
+            except _Wrong:
+                if inner_says_more:
+                    raise
+        raise _Wrong(value, expected)
+
+    return check
 
 
-def _sequence(args: tuple[Any, ...], value: Any, name: str, path: str) -> tuple[Any, ...]:
-    """A JSON list as `tuple[X, ...]` (any length) or `tuple[X, Y, Z]` (that length)."""
-    any_length = len(args) == 2 and args[1] is Ellipsis
-    if not isinstance(value, list) or not (any_length or len(value) == len(args)):
-        what = "a list" if any_length else f"a list of {len(args)}"
-        raise _wrong(name, path, value, what)
-    kinds = [args[0]] * len(value) if any_length else list(args)
-    return tuple(
-        _value(kind, item, name, f"{path}[{i}]")
-        for i, (kind, item) in enumerate(zip(kinds, value, strict=True))
-    )
+def _any_length(item: Checker) -> Checker:
+    def check(value: Any) -> tuple[Any, ...]:
+        if type(value) is not list:
+            raise _Wrong(value, "a list")
+        try:
+            return tuple(map(item, value))
+        except _Wrong as wrong:
+            wrong.path.append(f"[{_failing(item, value)}]")
+            raise
+
+    return check
 
 
-def _scalar(annotation: Any, value: Any, name: str, path: str) -> Any:
+def _fixed_length(items: tuple[Checker, ...]) -> Checker:
+    def check(value: Any) -> tuple[Any, ...]:
+        if type(value) is not list or len(value) != len(items):
+            raise _Wrong(value, f"a list of {len(items)}")
+        try:
+            return tuple(map(operator.call, items, value))
+        except _Wrong as wrong:
+            index = next(
+                i for i, (item, v) in enumerate(zip(items, value, strict=True)) if not _passes(item, v)
+            )
+            wrong.path.append(f"[{index}]")
+            raise
+
+    return check
+
+
+def _failing(item: Checker, values: list[Any]) -> int:
+    """The index of the first value `item` refuses (to say where, once one was refused)."""
+    return next(i for i, value in enumerate(values) if not _passes(item, value))
+
+
+def _passes(item: Checker, value: Any) -> bool:
+    try:
+        item(value)
+    except _Wrong:
+        return False
+    return True
+
+
+def _mapping(key: Checker, item: Checker) -> Checker:
+    def check(value: Any) -> dict[Any, Any]:
+        if type(value) is not dict:
+            raise _Wrong(value, "an object")
+        result = {}
+        for name, element in value.items():
+            try:
+                result[key(name)] = item(element)
+            except _Wrong as wrong:
+                wrong.path.append(f"[{name!r}]")
+                raise
+        return result
+
+    return check
+
+
+def _literal(allowed: tuple[Any, ...]) -> Checker:
+    expected = " or ".join(repr(choice) for choice in allowed)
+
+    def check(value: Any) -> Any:
+        if not any(type(value) is type(choice) and value == choice for choice in allowed):
+            raise _Wrong(value, expected)
+        return value
+
+    return check
+
+
+def _scalar(annotation: Any) -> Checker:
     if annotation is Any:
+        return lambda value: value
+    if annotation not in _SCALARS:
+        raise TypeError(f"{annotation!r} is not a type the wire carries")
+    expected = _describe(annotation)
+    if annotation is float:
+
+        def number(value: Any) -> float:
+            if type(value) is float or type(value) is int:
+                return float(value)
+            raise _Wrong(value, expected)
+
+        return number
+
+    def check(value: Any) -> Any:
+        if type(value) is not annotation:
+            raise _Wrong(value, expected)
         return value
-    if typing.get_origin(annotation) is typing.Literal:
-        if not any(
-            type(value) is type(allowed) and value == allowed for allowed in typing.get_args(annotation)
-        ):
-            raise _wrong(name, path, value, _describe(annotation))
-        return value
-    if annotation is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if annotation in (str, int, bool) and type(value) is annotation:
-        return value
-    if annotation in _SCALARS:
-        raise _wrong(name, path, value, _describe(annotation))
-    raise TypeError(f"{path}: {annotation!r} is not a type the wire carries")
+
+    return check
 
 
 def _describe(annotation: Any) -> str:
     names = {str: "text", int: "an integer", float: "a number", bool: "true or false", type(None): "null"}
     if annotation in names:
         return names[annotation]
-    if typing.get_origin(annotation) is typing.Literal:
-        return " or ".join(repr(allowed) for allowed in typing.get_args(annotation))
     if typing.get_origin(annotation) is typing.Annotated:
         return _describe(typing.get_args(annotation)[0])
-    if typing.get_origin(annotation) is dict:
-        return "an object"
-    if typing.get_origin(annotation) is tuple:
-        return "a list"
-    return "an object"
-
-
-def _wrong(name: str, path: str, value: Any, expected: str) -> ProtocolError:
-    return ProtocolError(f"{name} whose {path!r} is {str(value)[:80]!r}, not {expected}")
+    if typing.get_origin(annotation) is typing.Literal:
+        return " or ".join(repr(allowed) for allowed in typing.get_args(annotation))
+    return "a list" if typing.get_origin(annotation) is tuple else "an object"

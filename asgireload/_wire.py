@@ -25,7 +25,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 MAX_LINE = 1 << 20  # 1 MiB: what the supervisor reads from a child (a `files` report is chunked)
@@ -126,7 +126,7 @@ class Lines:
         """The descriptors `message` announced; none if the kernel lost them (the ones that did
         come are closed: the message is whole or it has none)."""
         count = message.get("fds", 0)
-        if not isinstance(count, int) or count < 0 or count > len(self._fds):
+        if type(count) is not int or not 0 <= count <= len(self._fds):
             raise ProtocolError(f"a {message['type']!r} message without the descriptors it announces")
         fds = [self._fds.popleft() for _ in range(count)]
         if LOST in fds:
@@ -185,7 +185,7 @@ class LineReceiver(Lines):
         return received
 
 
-def _close_all(fds: Any) -> None:
+def _close_all(fds: Iterable[int]) -> None:
     for fd in list(fds):
         if fd != LOST:
             with contextlib.suppress(OSError):

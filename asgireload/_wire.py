@@ -60,9 +60,13 @@ def rights(fds: Sequence[int]) -> list[tuple[int, int, bytes]]:
 
 
 def send(sock: socket.socket, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
-    """Send one line with its descriptors (all of it, or OSError). A blocking socket waits; a
+    """Send one message with its descriptors (all of it, or OSError). A blocking socket waits; a
     non-blocking one raises BlockingIOError if the line does not fit at once."""
-    data = frame(message, len(fds))
+    send_line(sock, frame(message, len(fds)), fds)
+
+
+def send_line(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
+    """`send` for a line framed already (it announces `len(fds)`)."""
     sent = sock.sendmsg([data], rights(fds))
     if sent < len(data):
         sock.sendall(data[sent:])

@@ -276,7 +276,7 @@ class DebugTerminal:
 
     def _answer(self, borrower: _Borrower, answer: protocol.Lent, fds: tuple[int, ...] = ()) -> bool:
         try:
-            borrower.sock.sendmsg([protocol.encode(answer, fds=len(fds))], _wire.rights(fds))
+            _wire.send_line(borrower.sock, protocol.encode(answer, fds=len(fds)), fds)
         except OSError as exc:
             logger.error("Could not answer the debugger of %s: %s.", borrower.name, exc)
             return False

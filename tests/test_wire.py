@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from asgireload import Reloader, _wire
+from asgireload import Reloader, _handoff, _wire
 from asgireload._supervisor import forkserver
 from asgireload._supervisor import templatetable as tt
 
@@ -129,6 +129,37 @@ def test_what_a_message_carries_is_escaped_to_one_ascii_line() -> None:
     assert _wire.parse(line) == {"type": "x", "path": "/tmp/caf\udce9\n.py", "fds": 1}
     with pytest.raises(_wire.ProtocolError, match="over the limit"):
         _wire.frame({"type": "x", "text": "y" * 100}, limit=50)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"not json\n",
+        b'{"type": "connection", "pending": "eA=="}\n',
+        b'{"type": "connection", "pending": "!"}\n',
+    ],
+    ids=["not-json", "no-descriptor", "not-base64"],
+)
+def test_a_hand_off_channel_that_carries_garbage_is_closed_after_the_records_before_it(
+    garbage: bytes,
+) -> None:
+    left, right = socket.socketpair()
+    read_end, write_end = os.pipe()
+    receiver = _handoff.ConnectionReceiver(right)
+    right.setblocking(False)
+    try:
+        assert _handoff.send_connection(left, write_end, b"GET / HTTP/1.1\r\n")
+        left.sendall(garbage)
+        records = receiver.receive()
+        assert [record.pending for record in records] == [b"GET / HTTP/1.1\r\n"]
+        assert receiver.closed
+        os.close(records[0].fd)
+    finally:
+        receiver.close()
+        for fd in (read_end, write_end):
+            os.close(fd)
+        left.close()
+        right.close()
 
 
 # ------------------------------------------------------------------ a child's garbage ends that child

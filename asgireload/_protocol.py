@@ -25,7 +25,7 @@ import dataclasses
 import os
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
 
-from ._typedjson import Check, Cut, from_json, sent_always, to_json
+from ._typedjson import Check, Cut, Named, from_json, sent_always, to_json
 from ._wire import MAX_LINE as MAX_LINE
 from ._wire import TRUSTED_MAX_LINE as TRUSTED_MAX_LINE
 from ._wire import ProtocolError as ProtocolError
@@ -48,10 +48,10 @@ def is_path(value: object) -> bool:
 
 Path = Annotated[str, Check(is_path, "a path")]
 # A file as a worker saw it when it imported it: path, st_mtime_ns, st_size, st_ino (None: missing).
-FileEntry = tuple[Path, int | None, int | None, int | None]
+FileEntry = Annotated[tuple[Path, int | None, int | None, int | None], Named("file entry")]
 # A project module the worker ran: its name, its file, project modules its body imported (a long
 # list comes as several entries of one module).
-ImportEntry = tuple[str, Path, tuple[str, ...]]
+ImportEntry = Annotated[tuple[str, Path, tuple[str, ...]], Named("import entry")]
 
 
 @dataclasses.dataclass(frozen=True)

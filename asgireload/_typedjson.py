@@ -3,12 +3,14 @@ every message of every channel (`_protocol.py`), instead of one hand-written per
 
 What a JSON object may hold for a field follows from the field's annotation: `str`, `int` (a bool
 is not one), `float` (an int is one), `bool`, `X | None`, `Literal[...]`, `tuple[X, ...]` and
-fixed tuples (JSON lists), `dict[str, X]`, `Any`, and other dataclasses (JSON objects).
-`Annotated[X, Check(...)]` adds a condition on the value (a path is text the OS can encode) and
-`Annotated[str, Cut(n)]` keeps the first n characters. A field with a default may be left out,
-unless it is marked `sent_always`. Anything else is a ProtocolError that names the message and
-the field, down to the element: "a 'files' message whose 'files[0][1]' is 'b', not an integer
-or null". Keys no field has are ignored. Stdlib only, like the wire.
+fixed tuples (JSON lists), `dict[str, X]`, `Any`, and other dataclasses (JSON objects). In
+`Annotated[X, ...]`, a `Check` adds a condition on the value (a path is text the OS can encode),
+a `Cut` keeps the first n characters of text, and a `Named` names an entry for errors. A field
+with a default may be left out, unless it is marked `sent_always`. Anything else is a
+ProtocolError that names the message and the field, down to the element: "a 'files' message
+with a malformed file entry [...]: 'files[0][1]' is 'b', not an integer or null". Keys no field
+has are ignored. A checker is built once per type, so a long report costs a call per value.
+Stdlib only, like the wire.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import functools
 import operator
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ._wire import ProtocolError
@@ -33,6 +35,14 @@ class Check:
     """Annotated metadata: `holds(value)` must be true; `what` names such a value ("a path")."""
 
     holds: Callable[[Any], bool]
+    what: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Named:
+    """Annotated metadata: what such a value is called ("file entry"); an error inside one shows
+    it whole: "a 'files' message with a malformed file entry [...]: 'files[0][1]' is ..."."""
+
     what: str
 
 
@@ -59,7 +69,7 @@ def _plain(value: Any) -> Any:
     return to_json(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
 
 
-def from_json(cls: type[T], data: Mapping[str, Any], name: str) -> T:
+def from_json(cls: type[T], data: dict[str, Any], name: str) -> T:
     """An instance of the dataclass `cls` from a JSON object; `name` says whose fields they are
     in errors ("a 'hello' message")."""
     try:
@@ -69,7 +79,8 @@ def from_json(cls: type[T], data: Mapping[str, Any], name: str) -> T:
         if wrong.missing:
             raise ProtocolError(f"{name} without {where!r}") from None
         shown = str(wrong.value)[:80]
-        raise ProtocolError(f"{name} whose {where!r} is {shown!r}, not {wrong.expected}") from None
+        context = f"{name} with {wrong.entry}: " if wrong.entry else f"{name} whose "
+        raise ProtocolError(f"{context}{where!r} is {shown!r}, not {wrong.expected}") from None
     return result
 
 
@@ -80,6 +91,7 @@ class _Wrong(Exception):
     def __init__(self, value: Any, expected: str = "", missing: bool = False) -> None:
         self.value, self.expected, self.missing = value, expected, missing
         self.path: list[str] = []
+        self.entry: str | None = None  # "a malformed file entry [...]", when inside a Named one
 
 
 def _path(parts: list[str]) -> str:
@@ -149,6 +161,9 @@ def _object(cls: type) -> Checker:
 
 
 def _annotated(base: Checker, extras: tuple[Any, ...]) -> Checker:
+    named = next((extra.what for extra in extras if isinstance(extra, Named)), None)
+    if named is not None:
+        return _named(_annotated(base, tuple(e for e in extras if not isinstance(e, Named))), named)
     checks = [extra for extra in extras if isinstance(extra, Check)]
     cuts = [extra.length for extra in extras if isinstance(extra, Cut)]
 
@@ -171,6 +186,18 @@ def _annotated(base: Checker, extras: tuple[Any, ...]) -> Checker:
         for length in cuts:
             result = result[:length]
         return result
+
+    return check
+
+
+def _named(inner: Checker, what: str) -> Checker:
+    def check(value: Any) -> Any:
+        try:
+            return inner(value)
+        except _Wrong as wrong:
+            if wrong.entry is None:  # the innermost entry is the one to show
+                wrong.entry = f"a malformed {what} {str(value)[:80]}"
+            raise
 
     return check
 

@@ -10,10 +10,9 @@ What travels is a record: the descriptor, and the bytes the old generation had r
 connection but not yet served (half a request, or requests pipelined behind the last one it
 answered). The new generation feeds them to its HTTP parser before anything else it reads.
 
-On the wire (a SOCK_STREAM socketpair) each record is one `sendmsg`: a 4-byte length, that many
-bytes, and exactly one descriptor in the ancillary data. Linux returns the descriptors of at most
-one `sendmsg` per `recvmsg`, together with its first byte, so descriptors pair with records in
-order; a descriptor the kernel could not install (MSG_CTRUNC) loses its record, not the channel.
+On the wire (`_wire.py`, a SOCK_STREAM socketpair) each record is one line sent with one
+`sendmsg`: `{"type": "connection", "pending": BASE64, "fds": 1}`, its descriptor in the ancillary
+data. A descriptor the kernel could not install (MSG_CTRUNC) loses its record, not the channel.
 
 The supervisor holds records while no generation serves (sequential mode), but never so many
 that it could not open the pipes for the next worker: see `Held`.
@@ -21,8 +20,8 @@ that it could not open the pipes for the next worker: see `Held`.
 
 from __future__ import annotations
 
-import array
 import asyncio
+import binascii
 import collections
 import contextlib
 import logging
@@ -30,21 +29,22 @@ import os
 import resource
 import select
 import socket
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from . import _wire
 
 logger = logging.getLogger("asgireload")
 
-LENGTH = struct.Struct("!I")
+RECORD = "connection"  # the type of a record's line
 MAX_PENDING = 16 * 1024 * 1024  # bytes one record may carry; more means the channel is corrupt
+MAX_LINE = 4 * (MAX_PENDING // 3 + 1) + 256  # the line of a record that carries that many (base64)
 RECEIVE_SIZE = 256 * 1024
-FDS_PER_READ = 4  # a record carries one descriptor; room for more lets a broken peer be noticed
 SEND_TIMEOUT = 5.0  # seconds a worker waits for room to send one record before giving up on it
 RETRY_FIRST, RETRY_MAX = 0.005, 0.2  # seconds between tries to send to a worker that is not reading
 RESERVE_FDS = 64  # descriptors the supervisor keeps free for spawning the next worker
-LOST = -1  # the descriptor of a record whose descriptor the kernel could not deliver
 
 
 @dataclass
@@ -56,11 +56,9 @@ class Connection:
 
 
 def encode(pending: bytes) -> bytes:
-    return LENGTH.pack(len(pending)) + pending
-
-
-def _rights(fd: int) -> list[tuple[int, int, bytes]]:
-    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
+    """The line of one record (its descriptor goes with it, see `_wire.rights`)."""
+    text = binascii.b2a_base64(pending, newline=False).decode("ascii")
+    return _wire.frame({"type": RECORD, "pending": text}, fds=1)
 
 
 # ------------------------------------------------------------------ worker side: sending
@@ -78,7 +76,7 @@ def send_connection(channel: socket.socket, fd: int, pending: bytes = b"") -> bo
     while sent < len(data):
         try:
             if sent == 0:
-                sent = channel.sendmsg([data], _rights(fd))
+                sent = channel.sendmsg([data], _wire.rights([fd]))
             else:
                 sent += channel.send(data[sent:])
         except (BlockingIOError, InterruptedError):
@@ -114,8 +112,7 @@ class ConnectionReceiver:
 
     def __init__(self, channel: socket.socket) -> None:
         self.channel = channel
-        self._buffer = bytearray()
-        self._fds: collections.deque[int] = collections.deque()  # one per record, in order
+        self._lines = _wire.LineReceiver(channel, MAX_LINE, RECEIVE_SIZE)
         self.closed = False
 
     def receive(self) -> list[Connection]:
@@ -123,60 +120,35 @@ class ConnectionReceiver:
         records: list[Connection] = []
         while not self.closed:
             try:
-                data, ancdata, flags, _ = self.channel.recvmsg(
-                    RECEIVE_SIZE, socket.CMSG_SPACE(FDS_PER_READ * 4)
-                )
+                if not self._lines.read():
+                    self.close()
+                    break
+                while (received := self._lines.next()) is not None:
+                    if (record := _record(*received)) is not None:
+                        records.append(record)
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError:
+            except (OSError, _wire.ProtocolError):  # not something our peer sends: cannot be trusted
                 self.close()
-                break
-            fds = _descriptors(ancdata)
-            if len(fds) > 1:  # not something our peer sends: the channel cannot be trusted
-                _close_all(fds)
-                self.close()
-                break
-            if fds:
-                self._fds.append(fds[0])
-            elif flags & socket.MSG_CTRUNC:
-                self._fds.append(LOST)  # e.g. this process is out of descriptors
-            if not data:
-                self.close()
-                break
-            self._buffer += data
-            self._parse(records)
         return records
-
-    def _parse(self, records: list[Connection]) -> None:
-        while len(self._buffer) >= LENGTH.size:
-            (length,) = LENGTH.unpack_from(self._buffer)
-            if length > MAX_PENDING or not self._fds:
-                self.close()
-                return
-            end = LENGTH.size + length
-            if len(self._buffer) < end:
-                return
-            fd = self._fds.popleft()
-            pending = bytes(self._buffer[LENGTH.size : end])
-            del self._buffer[:end]
-            if fd != LOST:
-                records.append(Connection(fd, pending))
 
     def close(self) -> None:
         """Stop: descriptors of records not yet complete are closed (their connections are lost)."""
         self.closed = True
-        _close_all(list(self._fds))
-        self._fds.clear()
-        self._buffer.clear()
+        self._lines.close()
 
 
-def _descriptors(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(data) - len(data) % 4
-            fds.extend(array.array("i", data[:usable]))
-    return fds
+def _record(message: dict[str, Any], fds: list[int]) -> Connection | None:
+    """The connection a line carries; None if the kernel could not pass its descriptor."""
+    if message["type"] != RECORD or message.get("fds") != 1 or not isinstance(message.get("pending"), str):
+        _close_all(fds)
+        raise _wire.ProtocolError(f"a {message['type']!r} line that is not a connection")
+    try:
+        pending = binascii.a2b_base64(message["pending"], strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
+        _close_all(fds)
+        raise _wire.ProtocolError("a connection whose bytes are not base64") from exc
+    return Connection(fds[0], pending) if fds else None
 
 
 def listen(channel: socket.socket, on_connections: Callable[[list[Connection]], None]) -> Callable[[], None]:
@@ -299,7 +271,7 @@ class _Outbox:
                     continue
                 record = self._queue[0]
                 data = encode(record.pending)
-                sent = self.channel.sendmsg([data], _rights(record.fd))
+                sent = self.channel.sendmsg([data], _wire.rights([record.fd]))
             except (BlockingIOError, InterruptedError):
                 self._retry_later()
                 return

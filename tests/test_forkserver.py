@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from asgireload import Reloader, _forkwire
+from asgireload import Reloader
 from asgireload._supervisor import forkserver, templatespawn
 from asgireload._supervisor import templatetable as tt
 from asgireload._supervisor.settings import worker_settings
@@ -306,50 +306,6 @@ async def test_an_unusable_cache_is_ignored_and_rewritten(
 
 
 # ------------------------------------------------------------------ units
-
-
-def test_the_wire_carries_lines_and_their_descriptors() -> None:
-    left, right = socket.socketpair()
-    passed, kept = socket.socketpair()
-    try:
-        _forkwire.send(left, {"type": "fork", "tag": "t"}, [passed.fileno(), passed.fileno()])
-        _forkwire.send(left, {"type": "retire"})
-        receiver = _forkwire.LineReceiver(right)
-        messages: list[tuple[dict[str, object], list[int]]] = []
-        while len(messages) < 2:
-            received = receiver.receive()
-            assert received is not None
-            messages += received
-        (fork, fds), (retire, none) = messages
-        assert fork == {"type": "fork", "tag": "t", "fds": 2}
-        assert retire == {"type": "retire"}
-        assert none == []
-        with socket.socket(fileno=fds[0]) as copy:  # a working descriptor of the same socket
-            copy.sendall(b"x")
-            assert kept.recv(1) == b"x"
-        os.close(fds[1])
-    finally:
-        for sock in (left, right, passed, kept):
-            sock.close()
-
-
-@pytest.mark.parametrize(
-    ("line", "problem"),
-    [
-        (b"not json\n", "not JSON"),
-        (b"[1]\n", "not a message"),
-        (b'{"type": "forked", "fds": 1}\n', "descriptors"),
-    ],
-)
-def test_the_wire_rejects_garbage(line: bytes, problem: str) -> None:
-    left, right = socket.socketpair()
-    try:
-        left.sendall(line)
-        with pytest.raises(_forkwire.WireError, match=problem):
-            _forkwire.LineReceiver(right).receive()
-    finally:
-        left.close()
-        right.close()
 
 
 def test_a_tracer_in_the_supervisor_turns_forking_off() -> None:

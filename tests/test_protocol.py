@@ -1,4 +1,5 @@
-"""The control channel's framing and limits, over a real socketpair."""
+"""The control messages (one decoder, checked against their fields) and the channel on the event
+loop (framing and limits, over a real socketpair)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import socket
 import pytest
 
 from asgireload import _protocol as protocol
+from asgireload._channel import Channel
 
 
 def test_a_message_round_trips() -> None:
@@ -67,21 +69,33 @@ def test_the_debug_channel_carries_only_its_own_messages() -> None:
 @pytest.mark.parametrize(
     ("line", "problem"),
     [
-        (b'{"type": "hello", "pid": 1, "protocol": 1}', "protocol version 1, expected 2"),
+        (b'{"type": "hello", "pid": 1, "protocol": 1}', "whose 'protocol' is '1', not 2"),
+        (b'{"type": "hello", "pid": 1}', "a 'hello' message without 'protocol'"),
         (b'{"type": "hello", "protocol": 2}', "a 'hello' message without 'pid'"),
         (b'{"type": "hello", "pid": true, "protocol": 2}', "whose 'pid' is 'True'"),
-        (b'{"type": "files", "files": [["a", "b", 3, 4]]}', "a malformed file entry"),
-        (b'{"type": "files", "files": [], "modules": [1]}', "'modules' is not a list of text"),
+        (
+            b'{"type": "files", "files": [["a", "b", 3, 4]]}',
+            "a malformed file entry ['a', 'b', 3, 4]: 'files[0][1]' is 'b', not an integer or null",
+        ),
+        (b'{"type": "files", "modules": []}', "a 'files' message without 'files'"),
+        (b'{"type": "files", "files": [], "modules": [1]}', "whose 'modules[0]' is '1', not text"),
         (b'{"type": "files", "files": [], "imports": {}}', "whose 'imports' is '{}'"),
         (b'{"type": "files", "files": [], "imports": [["m", "/a.py"]]}', "a malformed import entry"),
-        (b'{"type": "files", "files": [], "imports": [["m", "/a.py", [1]]]}', "a malformed import entry"),
+        (
+            b'{"type": "files", "files": [], "imports": [["m", "/a.py", [1]]]}',
+            "a malformed import entry",
+        ),
         (b'{"type": "files", "files": [], "imports": [[1, "/a.py", []]]}', "a malformed import entry"),
         (b'{"type": "ready", "generation": "1"}', "whose 'generation' is '1'"),
-        (b'{"type": "failed", "generation": 1}', "a failure that is not an object"),
-        (b'{"type": "failed", "generation": 1, "failure": {"kind": "x", "summary": 3}}', "without a kind"),
+        (b'{"type": "failed", "generation": 1}', "a 'failed' message without 'failure'"),
+        (b'{"type": "failed", "generation": 1, "failure": []}', "whose 'failure' is '[]', not an object"),
+        (
+            b'{"type": "failed", "generation": 1, "failure": {"kind": "x", "summary": 3}}',
+            "whose 'failure.summary' is '3', not text",
+        ),
         (
             b'{"type": "failed", "generation": 1, "failure": {"kind": "x", "summary": "s", "files": [1]}}',
-            "files",
+            "whose 'failure.files[0]' is '1', not text",
         ),
     ],
 )
@@ -117,7 +131,7 @@ def test_a_message_over_the_limit_is_refused_when_sent() -> None:
 
 async def test_the_channel_reads_messages_then_end_of_file() -> None:
     ours, theirs = socket.socketpair()
-    channel = await protocol.Channel.open(ours, protocol.WORKER_MESSAGES)
+    channel = await Channel.open(ours, protocol.WORKER_MESSAGES)
     try:
         theirs.sendall(protocol.encode(protocol.Hello(pid=1)))
         theirs.close()
@@ -129,7 +143,7 @@ async def test_the_channel_reads_messages_then_end_of_file() -> None:
 
 async def test_the_channel_refuses_a_line_over_the_limit() -> None:
     ours, theirs = socket.socketpair()
-    channel = await protocol.Channel.open(ours, protocol.WORKER_MESSAGES)
+    channel = await Channel.open(ours, protocol.WORKER_MESSAGES)
     sending = asyncio.create_task(asyncio.to_thread(theirs.sendall, b"x" * (protocol.MAX_LINE + 10)))
     try:
         with pytest.raises(protocol.ProtocolError, match="longer than"):
@@ -144,7 +158,7 @@ async def test_the_channel_refuses_a_line_over_the_limit() -> None:
 
 async def test_a_message_cut_by_end_of_file_is_an_error() -> None:
     ours, theirs = socket.socketpair()
-    channel = await protocol.Channel.open(ours, protocol.WORKER_MESSAGES)
+    channel = await Channel.open(ours, protocol.WORKER_MESSAGES)
     try:
         theirs.sendall(b'{"type": "hel')
         theirs.close()

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable
 
 from .. import _protocol as protocol
+from .. import _wire
 from .._paths import relative
 
 logger = logging.getLogger("asgireload")
@@ -169,35 +170,28 @@ class DebugTerminal:
         loop = asyncio.get_running_loop()
         borrower = _Borrower(describe, pid, sock, emit)
         sock.setblocking(False)
-        buffer = bytearray()
+        receiver = _wire.LineReceiver(sock, protocol.DEBUG_MAX_LINE, protocol.DEBUG_MAX_LINE)
         fileno = sock.fileno()
 
         def readable() -> None:
             try:
-                data = sock.recv(protocol.DEBUG_MAX_LINE)
+                if not receiver.read():
+                    detach()
+                    return
+                while (received := receiver.next()) is not None:
+                    self._on_message(
+                        borrower, protocol.message_of(received[0], protocol.DEBUG_WORKER_MESSAGES)
+                    )
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                data = b""
-            if not data:
                 detach()
-                return
-            buffer.extend(data)
-            while b"\n" in buffer:
-                line, _, rest = bytes(buffer).partition(b"\n")
-                buffer[:] = rest
-                try:
-                    message = protocol.decode(line, protocol.DEBUG_WORKER_MESSAGES)
-                except protocol.ProtocolError as exc:
-                    logger.error("%s sent %s on its debug channel; closing it.", borrower.name, exc)
-                    detach(hang_up=True)
-                    return
-                self._on_message(borrower, message)
-            if len(buffer) > protocol.DEBUG_MAX_LINE:
-                logger.error("%s sent a line too long on its debug channel; closing it.", borrower.name)
+            except protocol.ProtocolError as exc:
+                logger.error("%s sent %s on its debug channel; closing it.", borrower.name, exc)
                 detach(hang_up=True)
 
         def detach(hang_up: bool = False) -> None:
+            receiver.close()
             with contextlib.suppress(ValueError, OSError):
                 loop.remove_reader(fileno)
             if hang_up:  # its breakpoint() then fails at once, instead of waiting for an answer
@@ -282,7 +276,7 @@ class DebugTerminal:
 
     def _answer(self, borrower: _Borrower, answer: protocol.Lent, fds: tuple[int, ...] = ()) -> bool:
         try:
-            socket.send_fds(borrower.sock, [protocol.encode(answer)], list(fds))
+            _wire.send_line(borrower.sock, protocol.encode(answer, fds=len(fds)), fds)
         except OSError as exc:
             logger.error("Could not answer the debugger of %s: %s.", borrower.name, exc)
             return False

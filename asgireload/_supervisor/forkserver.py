@@ -29,8 +29,9 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .. import _forkwire, _reaper
 from .. import _protocol as protocol
+from .. import _reaper, _wire
+from .._channel import Channel
 from ..config import Config
 from . import debugging, templatelife, templatespawn, workers
 from . import templatetable as tt
@@ -75,7 +76,7 @@ class TemplateHandle:
         self.child = TemplateChild(process)
         self.pid = process.pid
         self.channel = process.channel
-        self.receiver = _forkwire.LineReceiver(self.channel)
+        self.receiver = _wire.LineReceiver(self.channel)
         self.answers: collections.deque[asyncio.Future[ForkedChild]] = collections.deque()
         self.forked: dict[int, ForkedChild] = {}
         self.sending: asyncio.Task[None] | None = None  # the last long line on its way
@@ -144,7 +145,7 @@ class ForkServer:
                 template = self._templates.get(template_id)
                 if template is not None:
                     try:
-                        _forkwire.send(template.channel, {"type": "retire"})
+                        _wire.send(template.channel, {"type": "retire"})
                     except OSError:
                         template.end()
             case tt.End(template_id):
@@ -152,7 +153,7 @@ class ForkServer:
                     template.end()
             case tt.Preload(template_id, modules):
                 if (template := self._templates.get(template_id)) is not None:
-                    line = _forkwire.encode({"type": "preload", "modules": list(modules)})
+                    line = _wire.frame({"type": "preload", "modules": list(modules)})
                     template.sending = self._run(self._send(template, line, after=template.sending))
             case tt.EndEarly():
                 templatespawn.discard_early()
@@ -205,7 +206,7 @@ class ForkServer:
         parent, child, handoff, handoff_child, debug, debug_child = workers.socketpairs()
         tag = _reaper.new_tag(worker_id)
         answer: asyncio.Future[ForkedChild] = asyncio.get_running_loop().create_future()
-        channel: protocol.Channel | None = None
+        channel: Channel | None = None
         try:
             # its settings wait in its channel before it exists: no round trip after the fork
             channel = await workers.open_channel(parent, wanted)
@@ -213,7 +214,7 @@ class ForkServer:
                 await asyncio.shield(template.sending)  # the lines before it are all out
             template.answers.append(answer)
             fds = (child.fileno(), handoff_child.fileno(), self._listener.fileno(), debug_child.fileno())
-            _forkwire.send(template.channel, {"type": "fork", "tag": tag}, fds)
+            _wire.send(template.channel, {"type": "fork", "tag": tag}, fds)
             async with asyncio.timeout(answer_wait):
                 process = await answer
         except (OSError, SpawnError, TimeoutError) as exc:
@@ -314,7 +315,7 @@ class ForkServer:
             messages = template.receiver.receive()
         except BlockingIOError:
             return
-        except (OSError, _forkwire.WireError) as exc:
+        except (OSError, _wire.ProtocolError) as exc:
             self._feed(tt.WireBroken(template.id, f"The fork server's channel broke: {exc}."))
             return
         if messages is None:

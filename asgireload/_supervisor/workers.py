@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from .. import _protocol as protocol
 from .. import _reaper
+from .._channel import Channel
 from . import events
 from .children import Child, SpawnedChild
 from .debugging import DebugTerminal
@@ -62,9 +63,7 @@ class WorkerProcess:
     """A worker (spawned or forked: its `child`), its channels, and what this side told it (to
     check what it says back)."""
 
-    def __init__(
-        self, worker_id: int, child: Child, channel: protocol.Channel, handoff: socket.socket
-    ) -> None:
+    def __init__(self, worker_id: int, child: Child, channel: Channel, handoff: socket.socket) -> None:
         self.id = worker_id  # the machine's name for it
         self.child = child  # the process, and how it ends
         self.channel = channel
@@ -248,7 +247,7 @@ async def attach(
     worker_id: int,
     child: Child,
     sockets: tuple[socket.socket, socket.socket, socket.socket],
-    settings: protocol.Settings | protocol.Channel,
+    settings: protocol.Settings | Channel,
     emit: Emit,
     output: tuple[asyncio.StreamReader, Callable[[str], None]] | None = None,
     terminal: DebugTerminal | None = None,
@@ -259,7 +258,7 @@ async def attach(
     ask `terminal`. If that fails, the worker is ended and SpawnError (or the exception) raised."""
     parent, handoff, debug = sockets
     try:
-        if isinstance(settings, protocol.Channel):
+        if isinstance(settings, Channel):
             channel = settings  # opened already, the settings sent
         else:
             channel = await open_channel(parent, settings)
@@ -287,12 +286,10 @@ async def attach(
     return worker
 
 
-async def open_channel(parent: socket.socket, settings: protocol.Settings) -> protocol.Channel:
+async def open_channel(parent: socket.socket, settings: protocol.Settings) -> Channel:
     """This side of a worker's control channel, its settings sent first (buffered: the worker
     may not be reading yet)."""
-    channel = await protocol.Channel.open(
-        parent, protocol.WORKER_MESSAGES, send_limit=protocol.TRUSTED_MAX_LINE
-    )
+    channel = await Channel.open(parent, protocol.WORKER_MESSAGES, send_limit=protocol.TRUSTED_MAX_LINE)
     channel.send(settings)
     return channel
 

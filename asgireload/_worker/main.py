@@ -45,8 +45,9 @@ import os  # noqa: E402
 import socket  # noqa: E402
 from typing import Any  # noqa: E402
 
-from .. import _handoff, _logging  # noqa: E402
+from .. import _handoff, _logging, _wire  # noqa: E402
 from .. import _protocol as protocol  # noqa: E402
+from .._channel import Channel  # noqa: E402
 from .._paths import relative  # noqa: E402
 from .._protocol import Failure  # noqa: E402
 from .._watchfilter import WatchFilter  # noqa: E402
@@ -65,16 +66,15 @@ LAZY_IMPORT_CHECK = 0.5  # seconds between looks for modules imported after star
 
 def _read_settings(control: socket.socket) -> tuple[protocol.Settings, bytes]:
     """The first message, read before any event loop exists (it chooses the loop)."""
-    buffer = b""
-    while b"\n" not in buffer:
+    lines = _wire.Lines(protocol.TRUSTED_MAX_LINE)
+    while (received := lines.next()) is None:
         chunk = control.recv(1 << 20)
         if not chunk:
             exit_with_children()
-        buffer += chunk
-    line, _, rest = buffer.partition(b"\n")
-    settings = protocol.decode(line, {protocol.Settings.TYPE: protocol.Settings})
+        lines.feed(chunk)
+    settings = protocol.message_of(received[0], {protocol.Settings.TYPE: protocol.Settings})
     assert isinstance(settings, protocol.Settings)
-    return settings, rest
+    return settings, lines.rest()
 
 
 def _uvicorn_imports(options: dict[str, Any]) -> frozenset[str]:
@@ -116,14 +116,14 @@ class WorkerRun:
         self.generation = 0
         self.shown: dict[str, Any] = {}  # the failure the error page shows (it follows updates)
         self.server: Server | None = None
-        self.channel: protocol.Channel | None = None
+        self.channel: Channel | None = None
         self.imported_by_uvicorn: frozenset[str] = frozenset()
         self.live: Hub | None = None  # the pages' event streams, when live reload is on
 
     async def run(self, received: bytes = b"") -> None:
         """Hello, load, ready (or failed), serve once told to, drain once told to."""
         control = socket.socket(fileno=self.control_fd)
-        self.channel = channel = await protocol.Channel.open(
+        self.channel = channel = await Channel.open(
             control, protocol.SUPERVISOR_MESSAGES, max_line=protocol.TRUSTED_MAX_LINE
         )
         channel.feed(received)
@@ -164,7 +164,7 @@ class WorkerRun:
             self.channel.send(protocol.Ready(self.generation, error_page=False))
         return started
 
-    async def _serve_then_drain(self, server: Server, channel: protocol.Channel) -> None:
+    async def _serve_then_drain(self, server: Server, channel: Channel) -> None:
         """Serve (and adopt the connections handed over) until `drain`; then drain, handing idle
         connections over to the next generation at their request boundaries."""
         handoff = socket.socket(fileno=self.settings.handoff_fd)

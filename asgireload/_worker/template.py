@@ -42,13 +42,13 @@ from typing import Any, NoReturn
 
 import uvicorn
 
-from .. import _forkwire, _reaper, _warmcache
+from .. import _reaper, _warmcache, _wire
 from .. import _protocol as protocol
 from . import exiting
 
 
 def _read_settings(
-    receiver: _forkwire.LineReceiver,
+    receiver: _wire.LineReceiver,
 ) -> tuple[protocol.Settings, list[tuple[dict[str, Any], list[int]]]]:
     """The settings, and the requests that came right behind them (with their descriptors)."""
     received: list[tuple[dict[str, Any], list[int]]] = []
@@ -61,7 +61,7 @@ def _read_settings(
     if first.get("type") != protocol.Settings.TYPE:
         print("asgireload fork server: no settings first; exiting.", file=sys.stderr)
         os._exit(1)
-    return protocol.Settings.from_json(first), rest
+    return protocol.decode_as(protocol.Settings, first), rest
 
 
 def _warm_up(options: dict[str, Any]) -> None:
@@ -145,7 +145,7 @@ class Template:
     def __init__(
         self,
         control: socket.socket,
-        receiver: _forkwire.LineReceiver,
+        receiver: _wire.LineReceiver,
         received: list[tuple[dict[str, Any], list[int]]],
     ) -> None:
         self.control = control
@@ -192,7 +192,7 @@ class Template:
             messages = self.receiver.receive()
         except BlockingIOError:
             raise
-        except (_forkwire.WireError, OSError) as exc:
+        except (_wire.ProtocolError, OSError) as exc:
             print(f"asgireload fork server: {exc}; exiting.", file=sys.stderr)
             os._exit(1)
         if messages is None:  # the supervisor is gone; its workers notice by themselves
@@ -227,7 +227,7 @@ class Template:
             pid = os.fork()
         except OSError as exc:  # out of memory or processes: the supervisor spawns this one
             pid = -1
-            _forkwire.send(self.control, {"type": "refused", "error": str(exc)})
+            _wire.send(self.control, {"type": "refused", "error": str(exc)})
         if pid == 0:
             _become_worker(tag, fds, self.control, list(self.children))
         for fd in fds:
@@ -237,7 +237,7 @@ class Template:
         pidfd = os.pidfd_open(pid)
         self.children[pidfd] = pid
         self.poller.register(pidfd, select.POLLIN)
-        _forkwire.send(self.control, {"type": "forked", "pid": pid}, [pidfd])
+        _wire.send(self.control, {"type": "forked", "pid": pid}, [pidfd])
 
     def _reap(self, pidfd: int) -> None:
         pid = self.children.pop(pidfd)
@@ -245,7 +245,7 @@ class Template:
         os.close(pidfd)
         _, status = os.waitpid(pid, 0)
         returncode = os.waitstatus_to_exitcode(status)
-        _forkwire.send(self.control, {"type": "exited", "pid": pid, "returncode": returncode})
+        _wire.send(self.control, {"type": "exited", "pid": pid, "returncode": returncode})
         self._exit_if_done()
 
     def _exit_if_done(self) -> None:
@@ -261,7 +261,7 @@ def main() -> None:
     os.closerange(control_fd + 1, os.sysconf("SC_OPEN_MAX"))
     os.set_inheritable(control_fd, False)
     control = socket.socket(fileno=control_fd)
-    receiver = _forkwire.LineReceiver(control, max_line=protocol.TRUSTED_MAX_LINE)  # the settings' size
+    receiver = _wire.LineReceiver(control, max_line=protocol.TRUSTED_MAX_LINE)  # the settings' size
     early = sys.argv[2:]
     if early[:1] == ["--early"]:
         # It has time before its settings come (the supervisor is still importing): what the
@@ -292,7 +292,7 @@ def _say_hello(control: socket.socket, kind: str, **more: object) -> None:
     """`hello` (forking is possible) or `warm` (and the preload list is imported), with the
     threads running (more than one: no forking) and every module imported so far."""
     message = {"type": kind, "pid": os.getpid(), "threads": threading.active_count(), **more}
-    _forkwire.send(control, {**message, "modules": sorted(sys.modules)})
+    _wire.send(control, {**message, "modules": sorted(sys.modules)})
 
 
 if __name__ == "__main__":

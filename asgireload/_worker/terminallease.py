@@ -19,6 +19,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, TextIO
 
 from .. import _protocol as protocol
+from .. import _wire
 
 if TYPE_CHECKING:
     from .debugger import TerminalPdb
@@ -77,7 +78,7 @@ class TerminalLender:
         self._counting = threading.Lock()
         self._holder: int | None = None  # the thread whose pdb has the terminal
         self._lease: TerminalLease | None = None
-        self._buffer = b""
+        self._answers = _wire.LineReceiver(self._channel, protocol.DEBUG_MAX_LINE, protocol.DEBUG_MAX_LINE)
         # what a CTRL+C forwarded by the supervisor does now (main thread only): interrupt the
         # prompt, interrupt a step, or nothing once the terminal is given back
         self.on_interrupt: Callable[[FrameType | None], None] | None = None
@@ -148,18 +149,14 @@ class TerminalLender:
 
     def _receive(self) -> tuple[protocol.Message | None, list[int]]:
         """One answer from the supervisor, with the descriptors that came with it."""
-        fds: list[int] = []
-        while b"\n" not in self._buffer:
-            try:
-                data, received, _flags, _address = socket.recv_fds(self._channel, protocol.DEBUG_MAX_LINE, 4)
-            except OSError:
-                data, received = b"", []
-            fds.extend(received)
-            if not data:
-                return None, fds
-            self._buffer += data
-        line, _, self._buffer = self._buffer.partition(b"\n")
         try:
-            return protocol.decode(line, protocol.DEBUG_SUPERVISOR_MESSAGES), fds
+            while (received := self._answers.next()) is None:
+                if not self._answers.read():
+                    return None, []
+            data, fds = received
+        except (OSError, protocol.ProtocolError):
+            return None, []
+        try:
+            return protocol.message_of(data, protocol.DEBUG_SUPERVISOR_MESSAGES), fds
         except protocol.ProtocolError:
             return None, fds

@@ -28,7 +28,7 @@ from .. import _reaper
 
 TAG_LENGTH = 64  # characters of a template's tag: room for any worker's tag (template._retag)
 
-_HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # by serving.run_with_signals
+_HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # by signals.CommandLineSignals
 _TRACERS = ("debugpy", "pydevd", "coverage")  # loaded before us: they follow spawned processes
 # the command line's flags that turn forking off, or say the command ends before serving
 _NO_TEMPLATE_FLAGS = frozenset({"-h", "--help", "--version", "--no-fork", "--no-standby", "--no-preload"})

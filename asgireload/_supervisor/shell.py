@@ -33,7 +33,7 @@ from ..errors import AsgireloadError, ReloadTimeout, StartupError
 from ..events import EventStream, ReloadEvent, State
 from . import commands as c
 from . import editable, forkserver, settings, sockets
-from . import events as e
+from . import machineevents as e
 from .assets import LiveAssets, is_stylesheet_change, log_line
 from .debugging import DebugTerminal, coverage_misses_workers
 from .liveconfig import LiveSettings

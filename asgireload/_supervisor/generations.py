@@ -101,6 +101,15 @@ class Generations:
         self._roster.move(worker, Trigger.LOAD)
         self.prepare_load(worker, failure)
 
+    def load_again_cold(self, cause: Cause, failure: Failure | None) -> None:
+        """The same generation again, on a worker spawned without preloading (the OS refused one)."""
+        self.generation -= 1
+        self.load(cause, failure, cold=True)
+
+    def end_load(self) -> None:
+        """The newest generation's load is over, and it will not serve (it failed, or never started)."""
+        self.cause = None
+
     def prepare_load(self, worker: Worker, failure: Failure | None) -> None:
         """Read the env file and tell the worker to load (at its hello, if it has not said it yet)."""
         env, env_failure = self._context.read_env()

@@ -54,7 +54,7 @@ class Recovery:
         if failure.kind == "usage" and worker.generation == 1:
             # A mistake in the command: start() turns it into one line and a failed exit.
             self._reporter.failure = failure
-            generations.cause = None
+            generations.end_load()
             self._roster.kill(worker)
             self._reporter.settle(1, "failed", cause, failure)
             return
@@ -80,7 +80,7 @@ class Recovery:
         if keep:
             assert current is not None
             # --keep-last-good: the failed worker exits, the last good generation serves on.
-            generations.cause = None
+            generations.end_load()
             self._roster.kill(worker)
             self._reporter.settle_failure()
             self._out.log(
@@ -148,14 +148,13 @@ class Recovery:
         assert cause is not None
         if not worker.cold:
             self._out.log(logging.ERROR, f"{reason}; trying again without preloading.")
-            self._generations.generation -= 1
             failure = worker.pending_load.failure if worker.pending_load is not None else None
-            self._generations.load(cause, failure, cold=True)
+            self._generations.load_again_cold(cause, failure)
             return
         failure = Failure(kind="spawn", summary=f"{reason}.")
         self._reporter.failure = failure
         self._out.log(logging.ERROR, f"Generation {self._generations.generation} could not start: {reason}.")
-        self._generations.cause = None
+        self._generations.end_load()
         current = self._roster.serving
         if current is not None and current.error_page:
             self._out.emit(c.Tell(current.id, protocol.ShowFailure(failure)))

@@ -521,6 +521,57 @@ def test_a_broken_env_file_loads_the_error_page_and_reports_the_failure_once_it_
     assert run.feed(e.WorkerDraining(1)) == ["gen 2 failed"]
 
 
+def test_a_workers_stage_follows_its_life_one_value_at_a_time() -> None:
+    """How far a worker got is its stage alone: warming, warm, importing, starting up, serving,
+    draining, gone; a failure that waits for the rest of a save keeps it FAILED."""
+    run = Harness()
+    stages: list[tuple[int, str]] = []
+
+    def feed(event: e.Event) -> None:
+        run.feed(event)
+        stages.extend((w.id, w.stage.name) for w in run.machine.workers.values() if w.id == 2)
+
+    run.run(STARTED[:5])
+    for event in (started(2), hello(2), changed("main.py"), e.FilesReported(2), ready(2)):
+        feed(event)
+    feed(changed("main.py"))  # generation 3 on the new standby (worker 3): worker 2 serves on
+    feed(e.WorkerDraining(1))
+    assert [stage for _, stage in stages] == [
+        "WARMING",
+        "WARM",
+        "IMPORTING",
+        "STARTING_UP",
+        "SERVING",
+        "SERVING",
+        "SERVING",
+    ]
+    run.run([(started(3), []), (hello(3), ["load 3 gen 3"])])
+    run.feed(failed(3))
+    assert run.machine.workers[3].stage is WorkerStage.FAILED  # its failure waits FAILURE_GRACE
+    run.feed(timer(T.FAILURE_GRACE, 3))
+    assert run.machine.workers[3].stage is WorkerStage.SERVING
+    assert run.machine.workers[2].stage is WorkerStage.DRAINING
+    run.feed(exited(2))
+    assert 2 not in run.machine.workers
+
+
+def test_a_load_for_a_worker_not_yet_started_is_one_pending_value() -> None:
+    """A worker spawned for a load has its load prepared once it runs and sent at its hello."""
+    run = Harness(standby=False)
+    run.feed(e.ReloadRequested("start"))
+    worker = run.machine.workers[1]
+    assert worker.stage is WorkerStage.STARTING
+    assert worker.pending_load is not None
+    assert worker.pending_load.message is None
+    run.feed(started(1))
+    assert worker.pending_load is not None
+    assert worker.pending_load.message is not None
+    assert worker.pending_load.message.generation == 1
+    assert run.feed(hello(1)) == ["load 1 gen 1"]
+    assert worker.pending_load is None
+    assert worker.stage is WorkerStage.IMPORTING
+
+
 def test_a_slow_start_is_reported_every_five_seconds() -> None:
     run = Harness(app="main:app")
     run.run(RELOADING)

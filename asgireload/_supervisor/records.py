@@ -115,7 +115,7 @@ class PendingLoad:
 
 @dataclasses.dataclass(eq=False)
 class Worker:
-    """What the machine knows of one worker process."""
+    """What the machine knows of one worker process. How far it got is its `stage` alone."""
 
     id: int
     stage: WorkerStage
@@ -123,11 +123,11 @@ class Worker:
     cold: bool = False  # spawned for a load without preloading: a spawn failure is final
     pid: int | None = None
     generation: int | None = None  # set once it is told to load
-    pending_load: PendingLoad | None = None
+    pending_load: PendingLoad | None = None  # told to load before it said hello
     loaded_at: float = 0.0
     shows: Shows = Shows.APP
-    failure: Failure | None = None  # its own (it said failed, or its env file is broken); not yet
-    # recorded while FAILED: it waits FAILURE_GRACE
+    # its own failure (it said failed, or its env file is broken); while FAILED, not yet recorded
+    failure: Failure | None = None
     after_drain: Announcement | None = None
     paused_since: float | None = None  # stopped at a breakpoint (its debugger has the terminal)
     time_paused: float = 0.0  # seconds spent at breakpoints before now (not start-up time)

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from asgireload import ConfigError, Reloader, ReloadTimeout, serve
-from asgireload._supervisor.events import ReloadRequested
+from asgireload._supervisor.machineevents import ReloadRequested
 from asgireload.errors import AsgireloadError
 from asgireload.serving import resolve_import_string
 

@@ -16,10 +16,10 @@ import pytest
 from asgireload import _protocol as protocol
 from asgireload._protocol import Failure
 from asgireload._supervisor import commands as c
-from asgireload._supervisor import events as e
+from asgireload._supervisor import machineevents as e
 from asgireload._supervisor.machine import Machine
 from asgireload._supervisor.records import Policy, Worker
-from asgireload._supervisor.table import IGNORED, TRANSITIONS, IllegalTransition, Role, Trigger
+from asgireload._supervisor.table import IGNORED, TRANSITIONS, IllegalTransition, Trigger, WorkerStage
 
 T = e.TimerKind
 ADDRESS_IN_USE = "OSError: [Errno 98] Address already in use"
@@ -118,7 +118,7 @@ def timer(kind: e.TimerKind, worker: int | None = None) -> e.TimerFired:
 
 def drains(old: int) -> list[str]:
     """Telling worker `old` to drain: the message, then its two deadlines."""
-    return [f"drain {old}", f"timer draining_deadline({old}) 1", f"timer drain_deadline({old}) 11"]
+    return [f"drain {old}", f"timer announce_deadline({old}) 1", f"timer kill_deadline({old}) 11"]
 
 
 def replaces(old: int, by: int, then: str) -> list[str]:
@@ -151,15 +151,15 @@ SCENARIOS: dict[str, list[Step]] = {
         (ready(2), replaces(1, by=2, then="spawn 3 preloading")),
         (e.WorkerDraining(1), ["gen 2 ready"]),
         (exited(1), []),
-        (timer(T.DRAINING_DEADLINE, 1), []),  # stale timers of a worker that is gone
-        (timer(T.DRAIN_DEADLINE, 1), []),
+        (timer(T.ANNOUNCE_DEADLINE, 1), []),  # stale timers of a worker that is gone
+        (timer(T.KILL_DEADLINE, 1), []),
     ],
     "an old generation that never says draining is announced at the deadline, killed at the timeout": [
         *RELOADING,
         (ready(2), replaces(1, by=2, then="spawn 3 preloading")),
-        (timer(T.DRAINING_DEADLINE, 1), ["gen 2 ready"]),
+        (timer(T.ANNOUNCE_DEADLINE, 1), ["gen 2 ready"]),
         (e.WorkerDraining(1), []),  # said too late: announced once only
-        (timer(T.DRAIN_DEADLINE, 1), ["kill 1"]),
+        (timer(T.KILL_DEADLINE, 1), ["kill 1"]),
         (exited(1, -9), []),
     ],
     "a reload superseded by a newer change: the loading one is killed and never serves": [
@@ -358,13 +358,13 @@ SCENARIOS: dict[str, list[Step]] = {
         *RELOADING,
         (e.WorkerPaused(1), []),
         (ready(2), replaces(1, by=2, then="spawn 3 preloading")),  # a reload goes on as usual
-        (timer(T.DRAINING_DEADLINE, 1), ["gen 2 ready"]),  # it answers nothing new: announced
+        (timer(T.ANNOUNCE_DEADLINE, 1), ["gen 2 ready"]),  # it answers nothing new: announced
         (Advance(60), []),
-        (timer(T.DRAIN_DEADLINE, 1), []),  # paused: left alone
-        (e.WorkerResumed(1), ["timer drain_deadline(1) 11"]),  # the drain timeout again, from now
+        (timer(T.KILL_DEADLINE, 1), []),  # paused: left alone
+        (e.WorkerResumed(1), ["timer kill_deadline(1) 11"]),  # the drain timeout again, from now
         (e.WorkerPaused(1, announce=False), []),  # a step (`n`): paused again
-        (e.WorkerResumed(1), ["timer drain_deadline(1) 11"]),
-        (timer(T.DRAIN_DEADLINE, 1), ["kill 1"]),  # running, and past it: killed as any other
+        (e.WorkerResumed(1), ["timer kill_deadline(1) 11"]),
+        (timer(T.KILL_DEADLINE, 1), ["kill 1"]),  # running, and past it: killed as any other
         (exited(1, -9), []),
     ],
     "a pause while serving changes nothing; the same worker drains normally afterwards": [
@@ -372,7 +372,7 @@ SCENARIOS: dict[str, list[Step]] = {
         (e.WorkerPaused(1), []),
         (e.WorkerResumed(1), []),
         (ready(2), replaces(1, by=2, then="spawn 3 preloading")),
-        (timer(T.DRAIN_DEADLINE, 1), ["kill 1"]),
+        (timer(T.KILL_DEADLINE, 1), ["kill 1"]),
     ],
     "a pause reported by a killed or exited worker is ignored": [
         *RELOADING,
@@ -387,8 +387,8 @@ SCENARIOS: dict[str, list[Step]] = {
 SCENARIOS["under a debugger (debugpy) a draining generation is never killed at its drain timeout"] = [
     *RELOADING,
     (ready(2), replaces(1, by=2, then="spawn 3 preloading")),
-    (timer(T.DRAINING_DEADLINE, 1), ["gen 2 ready"]),
-    (timer(T.DRAIN_DEADLINE, 1), []),  # it may be stopped at a breakpoint nobody told us of
+    (timer(T.ANNOUNCE_DEADLINE, 1), ["gen 2 ready"]),
+    (timer(T.KILL_DEADLINE, 1), []),  # it may be stopped at a breakpoint nobody told us of
     (e.WorkerDraining(1), []),
     (exited(1), []),
 ]
@@ -521,6 +521,57 @@ def test_a_broken_env_file_loads_the_error_page_and_reports_the_failure_once_it_
     assert run.feed(e.WorkerDraining(1)) == ["gen 2 failed"]
 
 
+def test_a_workers_stage_follows_its_life_one_value_at_a_time() -> None:
+    """How far a worker got is its stage alone: warming, warm, importing, starting up, serving,
+    draining, gone; a failure that waits for the rest of a save keeps it FAILED."""
+    run = Harness()
+    stages: list[tuple[int, str]] = []
+
+    def feed(event: e.Event) -> None:
+        run.feed(event)
+        stages.extend((w.id, w.stage.name) for w in run.machine.workers.values() if w.id == 2)
+
+    run.run(STARTED[:5])
+    for event in (started(2), hello(2), changed("main.py"), e.FilesReported(2), ready(2)):
+        feed(event)
+    feed(changed("main.py"))  # generation 3 on the new standby (worker 3): worker 2 serves on
+    feed(e.WorkerDraining(1))
+    assert [stage for _, stage in stages] == [
+        "WARMING",
+        "WARM",
+        "IMPORTING",
+        "STARTING_UP",
+        "SERVING",
+        "SERVING",
+        "SERVING",
+    ]
+    run.run([(started(3), []), (hello(3), ["load 3 gen 3"])])
+    run.feed(failed(3))
+    assert run.machine.workers[3].stage is WorkerStage.FAILED  # its failure waits FAILURE_GRACE
+    run.feed(timer(T.FAILURE_GRACE, 3))
+    assert run.machine.workers[3].stage is WorkerStage.SERVING
+    assert run.machine.workers[2].stage is WorkerStage.DRAINING
+    run.feed(exited(2))
+    assert 2 not in run.machine.workers
+
+
+def test_a_load_for_a_worker_not_yet_started_is_one_pending_value() -> None:
+    """A worker spawned for a load has its load prepared once it runs and sent at its hello."""
+    run = Harness(standby=False)
+    run.feed(e.ReloadRequested("start"))
+    worker = run.machine.workers[1]
+    assert worker.stage is WorkerStage.STARTING
+    assert worker.pending_load is not None
+    assert worker.pending_load.message is None
+    run.feed(started(1))
+    assert worker.pending_load is not None
+    assert worker.pending_load.message is not None
+    assert worker.pending_load.message.generation == 1
+    assert run.feed(hello(1)) == ["load 1 gen 1"]
+    assert worker.pending_load is None
+    assert worker.stage is WorkerStage.IMPORTING
+
+
 def test_a_slow_start_is_reported_every_five_seconds() -> None:
     run = Harness(app="main:app")
     run.run(RELOADING)
@@ -594,7 +645,7 @@ def test_a_paused_drain_says_once_what_happens_to_the_paused_request() -> None:
     run.feed(ready(2))
     run.feed(e.WorkerResumed(1))
     run.feed(e.WorkerPaused(1, announce=False))  # a step at the prompt: not said again
-    run.feed(timer(T.DRAIN_DEADLINE, 1))
+    run.feed(timer(T.KILL_DEADLINE, 1))
     said = [line for line in run.logs() if "paused" in line]
     assert said == [
         "Generation 1 is paused at a breakpoint: generation 2 serves new requests, and the paused "
@@ -644,8 +695,8 @@ def event_for(trigger: Trigger, worker: int) -> e.WorkerEvent | None:
         Trigger.BROKE: e.ChannelBroken(worker, "garbage"),
         Trigger.SLOW_START: timer(T.SLOW_START, worker),
         Trigger.STANDBY_LATE: timer(T.STANDBY_LATE, worker),
-        Trigger.DRAINING_DEADLINE: timer(T.DRAINING_DEADLINE, worker),
-        Trigger.DRAIN_DEADLINE: timer(T.DRAIN_DEADLINE, worker),
+        Trigger.ANNOUNCE_DEADLINE: timer(T.ANNOUNCE_DEADLINE, worker),
+        Trigger.KILL_DEADLINE: timer(T.KILL_DEADLINE, worker),
         Trigger.FAILURE_GRACE: timer(T.FAILURE_GRACE, worker),
         Trigger.PAUSED: e.WorkerPaused(worker),
         Trigger.RESUMED: e.WorkerResumed(worker),
@@ -654,40 +705,40 @@ def event_for(trigger: Trigger, worker: int) -> e.WorkerEvent | None:
 
 
 ILLEGAL = [
-    (role, trigger)
-    for role in Role
+    (stage, trigger)
+    for stage in WorkerStage
     for trigger in Trigger
-    if (role, trigger) not in TRANSITIONS and event_for(trigger, 7) is not None
+    if (stage, trigger) not in TRANSITIONS and event_for(trigger, 7) is not None
 ]
 
 
 @pytest.mark.parametrize(
-    ("role", "trigger"), ILLEGAL, ids=[f"{r.value}-{t.name.lower()}" for r, t in ILLEGAL]
+    ("stage", "trigger"), ILLEGAL, ids=[f"{s.name.lower()}-{t.name.lower()}" for s, t in ILLEGAL]
 )
-def test_an_illegal_event_names_the_state_and_the_event(role: Role, trigger: Trigger) -> None:
+def test_an_illegal_event_names_the_state_and_the_event(stage: WorkerStage, trigger: Trigger) -> None:
     run = Harness()
-    if role is not Role.GONE:
-        run.machine.workers[7] = Worker(7, role, greeted=True, generation=1)
+    if stage is not WorkerStage.GONE:
+        run.machine.workers[7] = Worker(7, stage, generation=1)
     event = event_for(trigger, 7)
     assert event is not None
     with pytest.raises(IllegalTransition) as raised:
         run.machine.handle(event)
-    assert f"is {role.value}, and '{trigger.value}' cannot happen to a {role.value} worker" in str(
+    assert f"is {stage.value}, and '{trigger.value}' cannot happen to a {stage.value} worker" in str(
         raised.value
     )
 
 
 def test_the_illegal_list_is_not_empty_and_ignored_events_change_nothing() -> None:
     assert len(ILLEGAL) > 20
-    for (role, trigger), allowed in TRANSITIONS.items():
+    for (stage, trigger), allowed in TRANSITIONS.items():
         event = event_for(trigger, 7)
         if allowed is not IGNORED or event is None:
             continue
         run = Harness()
-        if role is not Role.GONE:
-            run.machine.workers[7] = Worker(7, role, greeted=True, generation=1)
-        assert run.machine.handle(event) == [], (role, trigger)
-        assert run.machine.workers.get(7, Worker(7, Role.GONE)).role is role
+        if stage is not WorkerStage.GONE:
+            run.machine.workers[7] = Worker(7, stage, generation=1)
+        assert run.machine.handle(event) == [], (stage, trigger)
+        assert run.machine.workers.get(7, Worker(7, WorkerStage.GONE)).stage is stage
 
 
 def test_nothing_happens_after_stop() -> None:
@@ -700,11 +751,11 @@ def test_nothing_happens_after_stop() -> None:
 
 def test_a_decision_the_table_does_not_allow_is_an_error_too() -> None:
     run = Harness()
-    run.machine.workers[7] = Worker(7, Role.DRAINING, greeted=True, generation=1)
+    run.machine.workers[7] = Worker(7, WorkerStage.DRAINING, generation=1)
     with pytest.raises(
         IllegalTransition, match="Worker 7 is draining: a draining worker cannot be moved because"
     ):
-        run.machine._move(run.machine.workers[7], Trigger.LOAD)
+        run.machine.roster.move(run.machine.workers[7], Trigger.LOAD)
 
 
 @pytest.mark.parametrize(

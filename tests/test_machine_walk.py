@@ -23,7 +23,7 @@ import pytest
 from asgireload import _protocol as protocol
 from asgireload._protocol import Failure
 from asgireload._supervisor import commands as c
-from asgireload._supervisor import events as e
+from asgireload._supervisor import machineevents as e
 from asgireload._supervisor.machine import Machine
 from asgireload._supervisor.records import Policy
 

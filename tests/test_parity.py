@@ -21,6 +21,7 @@ import pytest
 from asgireload import Reloader
 from asgireload._supervisor import forkserver
 from asgireload._supervisor.sitestate import SiteState
+from asgireload._supervisor.table import WorkerStage
 
 from .conftest import until, write
 from .test_forkserver import GLIBC_INTERNAL
@@ -268,7 +269,7 @@ sys.meta_path.append(SitelibFinder)
 def warm_standby(server: Reloader) -> bool:
     """A standby has said hello: its interpreter has read site-packages as they were."""
     machine = server._running._machine
-    return machine is not None and machine.standby is not None and machine.standby.greeted
+    return machine is not None and machine.standby is not None and machine.standby.stage is WorkerStage.WARM
 
 
 def change_site(site: Path, lib: Path, how: str) -> None:

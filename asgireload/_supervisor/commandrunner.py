@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from .. import _protocol as protocol
 from . import commands as c
-from . import events as e
+from . import machineevents as e
 from .assets import is_stylesheet_change, log_line
 from .machine import Machine
 from .outcomes import Outcomes

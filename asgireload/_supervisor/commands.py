@@ -1,7 +1,8 @@
 """What the supervisor's core asks the shell to do: one frozen dataclass per kind of command.
 
-The shell carries them out in order. Those that start something report back as events: a
-`Spawn` as WorkerStarted or SpawnFailed (before any other event), an `ArmTimer` as its event.
+The shell carries them out in order (`StepCommands` collects those of one step of the machine).
+Those that start something report back as events: a `Spawn` as WorkerStarted or SpawnFailed
+(before any other event), an `ArmTimer` as its event.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import dataclasses
 from typing import Literal
 
 from .._protocol import Failure, FileEntry, SupervisorMessage
-from .events import TimerFired
+from .machineevents import TimerFired, TimerKind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,3 +76,24 @@ class Log:
 
 
 Command = Spawn | Tell | Kill | Watch | ReportOutcome | ArmTimer | Log
+
+
+class StepCommands:
+    """The commands one step of the machine emits, in order: each of its parts appends here."""
+
+    def __init__(self) -> None:
+        self._commands: list[Command] = []
+
+    def emit(self, command: Command) -> None:
+        self._commands.append(command)
+
+    def log(self, level: int, text: str) -> None:
+        self._commands.append(Log(level, text))
+
+    def later(self, delay: float, kind: TimerKind, worker: int | None = None) -> None:
+        """Have `kind` fire (for `worker`) in `delay` seconds, replacing that timer if armed."""
+        self._commands.append(ArmTimer(delay, TimerFired(kind, worker)))
+
+    def take(self) -> list[Command]:
+        commands, self._commands = self._commands, []
+        return commands

@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 
 from .. import _handoff, _warmcache
 from .. import _protocol as protocol
-from . import events, workers
+from . import machineevents as events
+from . import workers
 from .debugging import DebugTerminal
 from .forkserver import ForkServer
 from .workers import WorkerProcess

@@ -1,16 +1,21 @@
-"""What the supervisor's core remembers: its policy, each worker, and why a generation loads."""
+"""What the supervisor's core remembers: its policy, each worker, why a generation loads, the
+crash backoff; and what its parts share (MachineContext)."""
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import signal
 from collections.abc import Callable, Mapping
 
+from .. import _protocol as protocol
+from .._paths import relative
 from .._protocol import Failure
-from . import commands as c
+from .commands import StepCommands
 from .importgraph import ImportGraph
-from .table import Role
+from .table import Role, WorkerStage
 
+BACKOFF_START, BACKOFF_MAX = 0.1, 5.0  # seconds before restarting a crashed app, doubling
 ReadEnv = Callable[[], tuple[Mapping[str, str], Failure | None]]  # the env file: values, or why not
 
 
@@ -29,6 +34,21 @@ class Policy:
     settings_files: tuple[str, ...] = ()  # pyproject.toml, --log-config: a save replaces the standby
     cwd: str = "/"  # paths in log lines are shown relative to it
     under_debugger: bool = False  # a worker may be stopped at a breakpoint we are not told of
+
+
+@dataclasses.dataclass
+class MachineContext:
+    """What every part of the machine shares: the policy (replaced when a settings file is
+    saved), the clock, the env file, and the commands of the step under way."""
+
+    policy: Policy
+    clock: Callable[[], float]
+    read_env: ReadEnv
+    out: StepCommands = dataclasses.field(default_factory=StepCommands)
+
+    def relative(self, path: str) -> str:
+        """A path as log lines show it: relative to the current folder."""
+        return relative(path, self.policy.cwd)
 
 
 @dataclasses.dataclass
@@ -52,6 +72,22 @@ class Cause:
         return merged
 
 
+@dataclasses.dataclass
+class Backoff:
+    """How long a crashed app waits to be started again: BACKOFF_START, doubling with each crash
+    up to BACKOFF_MAX. A change or a healthy generation starts it afresh."""
+
+    crashes: int = 0
+
+    def next_delay(self) -> float:
+        delay: float = min(BACKOFF_START * 2**self.crashes, BACKOFF_MAX)
+        self.crashes += 1
+        return delay
+
+    def reset(self) -> None:
+        self.crashes = 0
+
+
 @dataclasses.dataclass(frozen=True)
 class Announcement:
     """What to report once the generation before it no longer answers new requests."""
@@ -60,32 +96,55 @@ class Announcement:
     cause: Cause | None = None
 
 
+class Shows(enum.Enum):
+    """What a worker serves (or will, once told to): its app, or an error page."""
+
+    APP = "the app"
+    GIVEN_FAILURE = "the error page it was loaded with"  # a crash's, the env file's: it said ready
+    ITS_FAILURE = "the error page of its own failure"  # it said failed, and was told to serve
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingLoad:
+    """A load a worker cannot take yet. One spawned for a load has it prepared once its process
+    runs (`message` is None until then); it is sent once the worker says hello."""
+
+    failure: Failure | None = None  # what it shows instead of the app
+    message: protocol.Load | None = None
+
+
 @dataclasses.dataclass(eq=False)
 class Worker:
-    """What the machine knows of one worker process."""
+    """What the machine knows of one worker process. How far it got is its `stage` alone."""
 
     id: int
-    role: Role
+    stage: WorkerStage
     preloaded: bool = False  # it was asked to preload installed modules
     cold: bool = False  # spawned for a load without preloading: a spawn failure is final
     pid: int | None = None
-    greeted: bool = False
     generation: int | None = None  # set once it is told to load
-    load_at_start: bool = False  # spawned for a load: the load is prepared once it runs
-    failure_to_show: Failure | None = None  # what that load shows instead of the app
-    queued_load: c.Tell | None = None  # a load waiting for its hello
+    pending_load: PendingLoad | None = None  # told to load before it said hello
     loaded_at: float = 0.0
-    error_page: bool = False
-    failed: bool = False  # it reported a failure (so its crash is not a second one)
-    held_failure: Failure | None = None  # a failure waiting FAILURE_GRACE before it is shown
-    grace_given: bool = False  # its failure has waited once already
-    said_ready: bool = False
-    reported_files: bool = False  # it finished importing the app (or failed to)
+    shows: Shows = Shows.APP
+    # its own failure (it said failed, or its env file is broken); while FAILED, not yet recorded
+    failure: Failure | None = None
     after_drain: Announcement | None = None
-    paused: bool = False  # stopped at a breakpoint, its debugger has the terminal: not killed by a deadline
-    paused_since: float = 0.0  # when it last paused
+    paused_since: float | None = None  # stopped at a breakpoint (its debugger has the terminal)
     time_paused: float = 0.0  # seconds spent at breakpoints before now (not start-up time)
     imports: ImportGraph = dataclasses.field(default_factory=ImportGraph)  # the modules it ran
+
+    @property
+    def role(self) -> Role:
+        return self.stage.role
+
+    @property
+    def error_page(self) -> bool:
+        return self.shows is not Shows.APP
+
+    @property
+    def paused(self) -> bool:
+        """At a breakpoint: no deadline kills it."""
+        return self.paused_since is not None
 
     @property
     def holds_app(self) -> bool:

@@ -28,8 +28,8 @@ from ..config import Config
 from ..errors import AsgireloadError, ReloadTimeout, StartupError
 from ..events import EventStream, ReloadEvent, State
 from . import commands as c
-from . import events as e
 from . import forkserver, settings, sockets
+from . import machineevents as e
 from .commandrunner import CommandRunner, WorkerSettings
 from .debugging import DebugTerminal, coverage_misses_workers
 from .liveconfig import LiveSettings

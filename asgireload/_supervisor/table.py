@@ -1,26 +1,33 @@
-"""The supervisor's states and their legal transitions, as one table.
+"""The workers' stages and their moves, as one table: (stage, trigger) -> the one stage that results.
 
-Each worker has one role. A worker's life, with the trigger of every move (TRANSITIONS below
+Each worker has one stage. A worker's life, with the trigger of every move (TRANSITIONS below
 says the same as a table, and the machine checks every move against it):
 
-    Spawn ─▶ STANDBY ──load──▶ LOADING ──ready, or failed and shows the error page──▶ SERVING
-    (warm)      │      (cold: Spawn straight to LOADING)  │                            │ drain
-                │ kill (env file or                       │ kill (superseded, failed   ▼
-                │ packages changed)                       │ and not shown, late)    DRAINING
-                ▼                                         ▼                            │
-              KILLED ◀────────────────────────────────────┘                            │
-                │ exit                                              exit (any role) ───┤
-                └────────────────────────────────────────────────────────────────────▶ GONE
+    Spawn ─▶ WARMING ──hello──▶ WARM                       (a standby: role STANDBY)
+                │ load            │ load
+                ▼                 ▼
+    Spawn ─▶ STARTING ──hello──▶ IMPORTING ──files──▶ STARTING_UP     (role LOADING)
+    (cold)  (the load waits        │  ready / failed        │ ready / failed
+             for its hello)        ▼                        ▼
+                            READY ──serve──▶ SERVING ──drain──▶ DRAINING ──exit──▶ GONE
+                            FAILED ─serve─┘ (the app, or      (an older generation)
+                             │               the error page)
+                             └─ stays FAILED while its failure waits FAILURE_GRACE
 
-A worker whose app stopped at a breakpoint keeps its role; while it is paused (Worker.paused) the
-drain deadline does not kill it, and once it resumes it has the drain timeout again.
+    any live stage ──kill (superseded, replaced, failed and not shown, late) or stop──▶ KILLED ──exit──▶ GONE
 
-Stop kills every worker, except that a SERVING one drains and a DRAINING one that was ready
-finishes. A worker whose process exits while LOADING or SERVING crashed; a STANDBY that exits or
+An event moves a worker to the one stage it names (it said ready: READY); the machine's decision
+that follows is a move of its own (told to serve: SERVING). READY lasts only until that decision;
+FAILED lasts while the failure waits FAILURE_GRACE, otherwise it too is decided at once. A worker
+whose app stopped at a breakpoint keeps its stage (Worker.paused): the drain's kill deadline does
+not kill it, and once it resumes it has the drain timeout again.
+
+Stop kills every worker, except that a SERVING one drains and a DRAINING one that said ready
+finishes. A worker whose process exits while loading or serving crashed; a standby that exits or
 breaks the protocol is replaced, at most three times in a row; a KILLED worker's exit only means
 that it no longer holds the app's ports, locks and files.
 
-A pair (role, trigger) that is not in the table raises IllegalTransition, with a sentence that
+A pair (stage, trigger) that is not in the table raises IllegalTransition, with a sentence that
 names both: it is a bug in the shell (which checks what a worker says before it gets here), never
 something to step over. IGNORED marks the pairs that are legal and change nothing: what a
 superseded worker still says, a timer that fired after the fact.
@@ -31,7 +38,7 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-from . import events as e
+from . import machineevents as e
 
 
 class IllegalTransition(Exception):
@@ -39,12 +46,32 @@ class IllegalTransition(Exception):
 
 
 class Role(enum.Enum):
+    """What a worker is for: the shell's view of its stage (the pids it reports by role)."""
+
     STANDBY = "standby"  # warm (or warming up), waits to be told to load
-    LOADING = "loading"  # the newest generation: told to load (the load waits for its hello)
+    LOADING = "loading"  # the newest generation: told to load
     SERVING = "serving"  # the current generation: the app, or the error page
     DRAINING = "draining"  # an older generation, finishing its requests
     KILLED = "killed"  # no longer wanted (superseded, failed, replaced): only its exit matters
     GONE = "gone"  # exited; only stale timers can still name it
+
+
+class WorkerStage(enum.Enum):
+    WARMING = "warming"  # a standby importing uvicorn and the preload list: not greeted yet
+    WARM = "warm"  # a standby that said hello: waits to be told to load
+    STARTING = "starting"  # told to load (or spawned for a load), not greeted: the load waits
+    IMPORTING = "importing"  # the load was sent: importing the app
+    STARTING_UP = "starting up"  # it reported the files it imported: lifespan start-up
+    READY = "ready"  # it said ready: told to serve in the same step
+    FAILED = "failed"  # it said failed: shown, killed, or its failure waits FAILURE_GRACE
+    SERVING = "serving"  # the current generation: the app, or the error page
+    DRAINING = "draining"  # an older generation, finishing its requests
+    KILLED = "killed"  # no longer wanted: only its exit matters
+    GONE = "gone"  # exited; only stale timers can still name it
+
+    @property
+    def role(self) -> Role:
+        return _ROLES[self]
 
 
 class Trigger(enum.Enum):
@@ -63,8 +90,8 @@ class Trigger(enum.Enum):
     # its timers
     SLOW_START = "its slow-start report was due"
     STANDBY_LATE = "its hello was late"
-    DRAINING_DEADLINE = "its draining deadline passed"
-    DRAIN_DEADLINE = "its drain timeout passed"
+    ANNOUNCE_DEADLINE = "its deadline to say draining passed"
+    KILL_DEADLINE = "its drain timeout passed"
     FAILURE_GRACE = "the grace before its failure is shown passed"
     # what the supervisor decided about it
     LOAD = "a reload chose it"
@@ -74,90 +101,104 @@ class Trigger(enum.Enum):
     STOP = "the server stopped"
 
 
-IGNORED: Final = frozenset[Role]()  # legal, and changes nothing: a superseded worker, a stale timer
-S, L, V, D, K, G = Role.STANDBY, Role.LOADING, Role.SERVING, Role.DRAINING, Role.KILLED, Role.GONE
-T = Trigger
+class Ignored(enum.Enum):
+    IGNORED = "legal, and changes nothing"
 
-# (role, trigger) -> the roles the worker may have once it is handled. A pair that is not here
-# is illegal. Events (the first groups of Trigger) may lead to several roles, depending on what
-# the machine decides; the decisions themselves (LOAD, SERVE, DRAIN, KILL, STOP) lead to one.
-TRANSITIONS: Final[dict[tuple[Role, Trigger], frozenset[Role]]] = {
-    (S, T.STARTED): frozenset({S}),
-    (S, T.SPAWN_FAILED): frozenset({G}),
-    (S, T.HELLO): frozenset({S}),
-    (S, T.EXITED): frozenset({G}),  # replaced by a new standby (not preloading if it died doing so)
-    (S, T.BROKE): frozenset({K}),  # killed and replaced at once: it must not take a load
-    (S, T.LOAD): frozenset({L}),
-    (S, T.KILL): frozenset({K}),  # the env file or an installed package changed; a cold load
-    (S, T.STOP): frozenset({K}),
-    (L, T.STARTED): frozenset({L}),  # a worker spawned for this load: the load goes out at its hello
-    (L, T.SPAWN_FAILED): frozenset({G}),  # tried again without preloading, then reported
-    (L, T.HELLO): frozenset({L}),  # the load waiting for its hello goes out
-    (L, T.FILES): frozenset({L}),
-    (L, T.READY): frozenset({V}),
-    (L, T.FAILED): frozenset({V, K, L}),  # shows the error page; or killed (usage, kept, retried
-    # alone); or stays loading for FAILURE_GRACE, while a healthy generation serves: a change may follow
-    (L, T.FAILURE_GRACE): frozenset({V}),  # its failure is shown now
-    (L, T.EXITED): frozenset({G}),  # a crash before ready
-    (L, T.BROKE): frozenset({L}),
-    (L, T.SLOW_START): frozenset({L}),
-    (L, T.STANDBY_LATE): frozenset({L, K}),  # killed unless greeted; a cold worker loads instead
-    (L, T.SERVE): frozenset({V}),
-    (L, T.KILL): frozenset({K}),
-    (L, T.STOP): frozenset({K}),
-    (V, T.FILES): frozenset({V}),
-    (V, T.EXITED): frozenset({G}),  # a crash while serving
-    (V, T.BROKE): frozenset({V}),
-    (V, T.SLOW_START): IGNORED,
-    (V, T.STANDBY_LATE): IGNORED,
-    (V, T.DRAIN): frozenset({D}),
-    (V, T.FAILURE_GRACE): IGNORED,
-    (V, T.STOP): frozenset({K}),  # killed when forced (else it is told to drain)
-    (D, T.FILES): IGNORED,
-    (D, T.DRAINING): frozenset({D}),  # the next generation is announced
-    (D, T.EXITED): frozenset({G}),
-    (D, T.BROKE): frozenset({D}),
-    (D, T.SLOW_START): IGNORED,
-    (D, T.STANDBY_LATE): IGNORED,
-    (D, T.DRAINING_DEADLINE): frozenset({D}),  # announced anyway
-    (D, T.DRAIN_DEADLINE): frozenset({D}),  # killed; still draining until its exit
-    (D, T.FAILURE_GRACE): IGNORED,
-    (D, T.STOP): frozenset({K}),  # killed, unless it was ready: then it finishes its requests
-    (K, T.STARTED): frozenset({K}),
-    (K, T.SPAWN_FAILED): frozenset({G}),
-    (K, T.HELLO): frozenset({K}),  # a preload failure it reports still counts
-    (K, T.FILES): IGNORED,
-    (K, T.READY): IGNORED,
-    (K, T.FAILED): IGNORED,
-    (K, T.DRAINING): IGNORED,
-    (K, T.EXITED): frozenset({G}),
-    (K, T.BROKE): frozenset({K}),
-    (K, T.SLOW_START): IGNORED,
-    (K, T.STANDBY_LATE): IGNORED,
-    (K, T.DRAINING_DEADLINE): IGNORED,
-    (K, T.DRAIN_DEADLINE): IGNORED,
-    (K, T.FAILURE_GRACE): IGNORED,  # superseded by a newer change while its failure waited
-    (K, T.STOP): frozenset({K}),
-    # A breakpoint changes no role: a paused worker only escapes the drain deadline (Worker.paused).
-    (S, T.PAUSED): frozenset({S}),
-    (S, T.RESUMED): frozenset({S}),
-    (L, T.PAUSED): frozenset({L}),
-    (L, T.RESUMED): frozenset({L}),
-    (V, T.PAUSED): frozenset({V}),
-    (V, T.RESUMED): frozenset({V}),
-    (D, T.PAUSED): frozenset({D}),
-    (D, T.RESUMED): frozenset({D}),
-    (K, T.PAUSED): IGNORED,
-    (K, T.RESUMED): IGNORED,
-    (G, T.PAUSED): IGNORED,  # it exited (its terminal came back with its channel's end)
-    (G, T.RESUMED): IGNORED,
-    (G, T.SLOW_START): IGNORED,
-    (G, T.STANDBY_LATE): IGNORED,
-    (G, T.DRAINING_DEADLINE): IGNORED,
-    (G, T.DRAIN_DEADLINE): IGNORED,
-    (G, T.FAILURE_GRACE): IGNORED,
+
+IGNORED: Final = Ignored.IGNORED  # a superseded worker, a stale timer: nothing happens
+
+WARMING, WARM, STARTING, IMPORTING, STARTING_UP, READY, FAILED, SERVING, DRAINING, KILLED, GONE = WorkerStage
+_ROLES: Final = {
+    WARMING: Role.STANDBY,
+    WARM: Role.STANDBY,
+    STARTING: Role.LOADING,
+    IMPORTING: Role.LOADING,
+    STARTING_UP: Role.LOADING,
+    READY: Role.LOADING,
+    FAILED: Role.LOADING,
+    SERVING: Role.SERVING,
+    DRAINING: Role.DRAINING,
+    KILLED: Role.KILLED,
+    GONE: Role.GONE,
 }
-del S, L, V, D, K, G, T
+T = Trigger
+_STANDBY = (WARMING, WARM)
+_LOADING = (STARTING, IMPORTING, STARTING_UP, FAILED)  # (READY never outlasts its step)
+_ALIVE = (*_STANDBY, *_LOADING, SERVING, DRAINING)  # told nothing that ends it
+
+# (stage, trigger) -> the one stage that results, or IGNORED. A pair that is not here is illegal.
+TRANSITIONS: Final[dict[tuple[WorkerStage, Trigger], WorkerStage | Ignored]] = {
+    # a standby
+    (WARMING, T.STARTED): WARMING,
+    (WARMING, T.SPAWN_FAILED): GONE,  # the next reload spawns a worker instead
+    (WARMING, T.HELLO): WARM,
+    (WARMING, T.LOAD): STARTING,  # the load waits for its hello (STANDBY_LATE: a cold one instead)
+    (WARM, T.LOAD): IMPORTING,
+    # a second hello is a protocol error the shell ends the worker for; its preload failures count
+    **{(stage, T.HELLO): stage for stage in (WARM, IMPORTING, STARTING_UP, FAILED)},
+    **{(stage, T.EXITED): GONE for stage in _STANDBY},  # replaced (not preloading if it died doing so)
+    # a worker loading the newest generation
+    (STARTING, T.STARTED): STARTING,  # spawned for this load: the load is prepared now
+    (STARTING, T.SPAWN_FAILED): GONE,  # tried again without preloading, then reported
+    (STARTING, T.HELLO): IMPORTING,  # the load waiting for its hello goes out
+    (STARTING, T.STANDBY_LATE): STARTING,  # killed: a cold worker loads instead
+    (IMPORTING, T.FILES): STARTING_UP,
+    (STARTING_UP, T.FILES): STARTING_UP,
+    (IMPORTING, T.READY): READY,
+    (STARTING_UP, T.READY): READY,
+    (IMPORTING, T.FAILED): FAILED,  # shown; killed (usage, kept, retried alone); or waits FAILURE_GRACE,
+    (STARTING_UP, T.FAILED): FAILED,  # while a healthy generation serves: a change may follow
+    (FAILED, T.FILES): FAILED,
+    (FAILED, T.FAILURE_GRACE): FAILED,  # its failure is decided now: shown
+    (READY, T.SERVE): SERVING,
+    (FAILED, T.SERVE): SERVING,  # the error page
+    **{(stage, T.STANDBY_LATE): IGNORED for stage in (IMPORTING, STARTING_UP, FAILED)},  # greeted
+    **{(stage, T.SLOW_START): stage for stage in _LOADING},
+    **{(stage, T.EXITED): GONE for stage in _LOADING},  # a crash before ready
+    # the current generation, and the older ones
+    (SERVING, T.FILES): SERVING,  # imported lazily
+    (SERVING, T.EXITED): GONE,  # a crash while serving
+    (SERVING, T.DRAIN): DRAINING,
+    (DRAINING, T.FILES): IGNORED,
+    (DRAINING, T.DRAINING): DRAINING,  # the next generation is announced
+    (DRAINING, T.ANNOUNCE_DEADLINE): DRAINING,  # announced anyway
+    (DRAINING, T.KILL_DEADLINE): DRAINING,  # killed; still draining until its exit
+    (DRAINING, T.EXITED): GONE,
+    **{(stage, T.SLOW_START): IGNORED for stage in (SERVING, DRAINING, KILLED, GONE)},
+    **{(stage, T.STANDBY_LATE): IGNORED for stage in (SERVING, DRAINING, KILLED, GONE)},
+    **{(stage, T.FAILURE_GRACE): IGNORED for stage in (SERVING, DRAINING, KILLED, GONE)},  # superseded
+    # what the machine decides about a live worker; a broken one is killed at once if a standby,
+    # else told to die, keeping its stage: its exit is what counts
+    **{(stage, T.KILL): KILLED for stage in (*_STANDBY, *_LOADING)},
+    **{(stage, T.STOP): KILLED for stage in _ALIVE},  # a SERVING one drains instead, unless forced
+    **{(stage, T.BROKE): stage for stage in _ALIVE},
+    # a breakpoint changes no stage: a paused worker only escapes the kill deadline (Worker.paused)
+    **{(stage, T.PAUSED): stage for stage in _ALIVE},
+    **{(stage, T.RESUMED): stage for stage in _ALIVE},
+    # a worker that was killed: only its exit matters
+    (KILLED, T.STARTED): KILLED,
+    (KILLED, T.SPAWN_FAILED): GONE,
+    (KILLED, T.HELLO): KILLED,  # a preload failure it reports still counts
+    (KILLED, T.EXITED): GONE,
+    (KILLED, T.BROKE): KILLED,
+    (KILLED, T.STOP): KILLED,
+    **{
+        (KILLED, trigger): IGNORED
+        for trigger in (
+            T.FILES,
+            T.READY,
+            T.FAILED,
+            T.DRAINING,
+            T.ANNOUNCE_DEADLINE,
+            T.KILL_DEADLINE,
+            T.PAUSED,
+            T.RESUMED,
+        )
+    },
+    # a worker that exited: its timers still fire; its terminal came back with its channel's end
+    **{(GONE, trigger): IGNORED for trigger in (T.ANNOUNCE_DEADLINE, T.KILL_DEADLINE, T.PAUSED, T.RESUMED)},
+}
+del WARMING, WARM, STARTING, IMPORTING, STARTING_UP, READY, FAILED, SERVING, DRAINING, KILLED, GONE, T
 
 _EVENT_TRIGGERS: Final[dict[type, Trigger]] = {
     e.WorkerStarted: Trigger.STARTED,
@@ -180,12 +221,25 @@ def trigger_of(event: e.WorkerEvent) -> Trigger:
     return _EVENT_TRIGGERS[type(event)]
 
 
-def check(role: Role, trigger: Trigger, worker: int | None, event: object) -> frozenset[Role]:
-    """The roles a worker may have after `trigger`; IllegalTransition if the table has no such move."""
-    allowed = TRANSITIONS.get((role, trigger))
-    if allowed is None:
+def after_event(
+    stage: WorkerStage, trigger: Trigger, worker: int | None, event: object
+) -> WorkerStage | Ignored:
+    """The stage a worker has once `event` happened to it; IllegalTransition if the table has no such move."""
+    after = TRANSITIONS.get((stage, trigger))
+    if after is None:
         raise IllegalTransition(
-            f"Worker {worker} is {role.value}, and '{trigger.value}' cannot happen to a "
-            f"{role.value} worker ({event})."
+            f"Worker {worker} is {stage.value}, and '{trigger.value}' cannot happen to a "
+            f"{stage.value} worker ({event})."
         )
-    return allowed
+    return after
+
+
+def after_decision(stage: WorkerStage, trigger: Trigger, worker: int) -> WorkerStage:
+    """The stage a worker has once the machine decided `trigger` about it; IllegalTransition if none."""
+    after = TRANSITIONS.get((stage, trigger))
+    if not isinstance(after, WorkerStage):
+        raise IllegalTransition(
+            f"Worker {worker} is {stage.value}: a {stage.value} worker cannot be moved because "
+            f"'{trigger.value}'."
+        )
+    return after

@@ -20,7 +20,7 @@ from .._watchfilter import WatchFilter
 from ..config import Config
 from . import commands as c
 from . import editable
-from . import events as e
+from . import machineevents as e
 from .assets import LiveAssets
 from .liveconfig import LiveSettings
 from .scanner import Scanner, stat_key

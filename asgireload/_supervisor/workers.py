@@ -22,7 +22,7 @@ from collections.abc import Callable
 from .. import _protocol as protocol
 from .. import _reaper
 from .._channel import Channel
-from . import events
+from . import machineevents as events
 from .children import Child, SpawnedChild
 from .debugging import DebugTerminal
 

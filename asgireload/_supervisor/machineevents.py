@@ -1,4 +1,4 @@
-"""What the supervisor's core is told: one frozen dataclass per kind of event.
+"""What the supervisor's core (the machine) is told: one frozen dataclass per kind of event.
 
 The shell turns everything that happens (a file changed, a worker said something or exited, a
 timer fired, someone asked for a reload or a stop) into one of these and hands it to
@@ -141,8 +141,8 @@ class TimerKind(enum.Enum):
     RETRY = "the crash backoff ended"
     SLOW_START = "its start-up is slow"
     STANDBY_LATE = "the standby was not greeted in time"
-    DRAINING_DEADLINE = "its draining deadline passed"
-    DRAIN_DEADLINE = "its drain timeout passed"
+    ANNOUNCE_DEADLINE = "it did not say draining in time: the next generation is announced anyway"
+    KILL_DEADLINE = "its drain timeout passed: it is killed"
     FAILURE_GRACE = "its failure waited long enough for the rest of a save"
 
 

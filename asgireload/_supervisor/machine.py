@@ -50,6 +50,9 @@ class Machine(Generations):
             names = ", ".join(self._relative(p) for p in event.paths[:3])
             self._log(logging.INFO, f"Installed packages changed ({names}); replacing the warm worker.")
             self._replace_standby()
+        elif isinstance(event, e.StandbyUnfit):
+            self._log(logging.DEBUG, f"Replacing the warm worker: {event.why}.")
+            self._replace_standby()
         elif isinstance(event, e.Stop):
             self._stop(event.force)
         else:
@@ -126,6 +129,7 @@ class Machine(Generations):
 
     def _on_started(self, worker: Worker, event: e.WorkerStarted) -> None:
         worker.pid = event.pid
+        worker.held = event.held
         if worker.load_at_start:
             worker.load_at_start = False
             self._prepare_load(worker, worker.failure_to_show)

@@ -32,7 +32,7 @@ from ..config import Config
 from ..errors import AsgireloadError, ReloadTimeout, StartupError
 from ..events import EventStream, ReloadEvent, State
 from . import commands as c
-from . import editable, forkserver, settings, sockets
+from . import editable, forkserver, projectlayers, settings, sockets
 from . import events as e
 from .assets import LiveAssets, is_stylesheet_change, log_line
 from .debugging import DebugTerminal, coverage_misses_workers
@@ -188,6 +188,9 @@ class Supervisor:
                 force_polling=self.config.force_polling,
                 quiet_gap=self.config.reload_delay,
             )
+            projectlayers.connect(
+                self._processes.layers, machine, self._scanner.stat_of, self._queue.put_nowait
+            )
             self._start_task(self._run(), "asgireload-supervisor")
             self._start_task(self._scanner.run(), "asgireload-scanner")
             if self.config.standby:  # warm processes, started before the next reload
@@ -281,6 +284,8 @@ class Supervisor:
         if code and self.live_settings is not None:
             code = self._reconfigure(code)
         if code:
+            if self._processes is not None and self._processes.layers is not None:
+                self._processes.layers.changed(code)  # layers holding these files fork no more
             self._check_site()
             self._queue.put_nowait(e.FileChanged(tuple(code), since))
 
@@ -335,6 +340,11 @@ class Supervisor:
         if isinstance(event, e.WorkerExited):
             self._processes.exited(event.worker)
         results: collections.deque[e.Event] = collections.deque([event])
+        unfit = projectlayers.standby_check(self._processes.layers, self._machine, event)
+        if unfit is not None:
+            results.appendleft(unfit)  # before it: what loads next must not be that standby
+        if isinstance(event, e.StandbyUnfit) and not event.why:
+            results.remove(event)  # (only a nudge to look again)
         while results:
             for command in self._machine.handle(results.popleft()):
                 result = await self._execute(command)

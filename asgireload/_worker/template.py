@@ -44,7 +44,7 @@ import uvicorn
 
 from .. import _forkwire, _reaper, _warmcache
 from .. import _protocol as protocol
-from . import exiting
+from . import exiting, layer
 
 
 def _read_settings(
@@ -62,6 +62,17 @@ def _read_settings(
         print("asgireload fork server: no settings first; exiting.", file=sys.stderr)
         os._exit(1)
     return protocol.Settings.from_json(first), rest
+
+
+def _read_settings_like(receiver: _forkwire.LineReceiver) -> list[tuple[dict[str, Any], list[int]]]:
+    """The first lines on a channel, waited for (end of file: the supervisor is gone)."""
+    received: list[tuple[dict[str, Any], list[int]]] = []
+    while not received:
+        messages = receiver.receive()
+        if messages is None:
+            os._exit(0)
+        received += messages
+    return received
 
 
 def _warm_up(options: dict[str, Any]) -> None:
@@ -141,14 +152,43 @@ def _become_worker(tag: str, fds: list[int], control: socket.socket, pidfds: lis
         exiting.leave(code)  # as a spawned worker's interpreter ends it: atexit handlers and all
 
 
+def _become_layer(
+    settings: protocol.Settings, fd: int, control: socket.socket, pidfds: list[int]
+) -> NoReturn:
+    """The forked child: a project layer (see layer.py), then a template serving its own channel,
+    whose first line says which modules to hold (a long line: not the base template's to read)."""
+    try:
+        control.close()
+        for pidfd in pidfds:
+            os.close(pidfd)
+        channel = socket.socket(fileno=fd)
+        receiver = _forkwire.LineReceiver(channel, max_line=protocol.TRUSTED_MAX_LINE)
+        (first, _), *_rest = _read_settings_like(receiver)
+        modules = first.get("modules")
+        if first.get("type") != "hold" or not isinstance(modules, list):
+            os._exit(1)
+        report = layer.become_layer(channel, settings, [str(name) for name in modules])
+        if report["type"] != "layered":
+            os._exit(0)  # the supervisor launches another without that module
+        template = Template(channel, receiver, [], settings)
+        gc.collect()
+        gc.freeze()
+        template.serve()
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+
+
 class Template:
     def __init__(
         self,
         control: socket.socket,
         receiver: _forkwire.LineReceiver,
         received: list[tuple[dict[str, Any], list[int]]],
+        settings: protocol.Settings | None = None,
     ) -> None:
         self.control = control
+        self.settings = settings  # what a project layer forked from here needs to import
         self.receiver = receiver
         self.received = received  # requests read with the settings
         self.poller = select.poll()
@@ -209,6 +249,9 @@ class Template:
             if message["type"] == "preload" and not fds and isinstance(modules, list):
                 self.warm_up([str(name) for name in modules])  # what the app turned out to import
                 continue
+            if message["type"] == "layer" and len(fds) == 1:
+                self._fork_layer(fds[0])
+                continue
             tag = message.get("tag")
             if message["type"] != "fork" or len(fds) != 4 or not isinstance(tag, str):
                 print(
@@ -234,6 +277,28 @@ class Template:
             os.close(fd)
         if pid < 0:
             return
+        pidfd = os.pidfd_open(pid)
+        self.children[pidfd] = pid
+        self.poller.register(pidfd, select.POLLIN)
+        _forkwire.send(self.control, {"type": "forked", "pid": pid}, [pidfd])
+
+    def _fork_layer(self, fd: int) -> None:
+        """Fork a project layer (layer.py): a template of its own on `fd`, reaped here like a worker."""
+        if self.retired or self.settings is None:
+            os.close(fd)
+            _forkwire.send(self.control, {"type": "refused", "error": "this fork server forks no layers"})
+            return
+        exiting.flush_standard_streams()
+        gc.freeze()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(fd)
+            _forkwire.send(self.control, {"type": "refused", "error": str(exc)})
+            return
+        if pid == 0:
+            _become_layer(self.settings, fd, self.control, list(self.children))
+        os.close(fd)
         pidfd = os.pidfd_open(pid)
         self.children[pidfd] = pid
         self.poller.register(pidfd, select.POLLIN)
@@ -282,7 +347,7 @@ def main() -> None:
     # as a spawned one would), the second once the preload list is imported too. The requests
     # that came in between are forked first, so preloading never delays the first generation.
     _say_hello(control, "hello")
-    template = Template(control, receiver, received)
+    template = Template(control, receiver, received, settings)
     template.serve_waiting()
     template.warm_up(list(settings.preload))
     template.serve()

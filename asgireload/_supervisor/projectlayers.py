@@ -78,6 +78,7 @@ class ProjectLayers:
         self.server = server
         self.book = LayerBook()
         self._asked_git = False
+        self._wanted: protocol.Settings | None = None  # the last fork's settings
         self.handles: dict[int, LayerHandle] = {}
         self.graph: Callable[[], ImportGraph | None] = lambda: None  # the newest generation's
         self.view: Callable[[str], Stat] = _disk_stat  # the scanner's, once there is one
@@ -101,6 +102,7 @@ class ProjectLayers:
         """A worker forked from a fitting layer; None: the base template's to fork. A layer that
         this worker shows to be wanted is launched in the background."""
         self.book.forked_from[worker_id] = FROM_BASE
+        self._wanted = wanted
         base = self._base(wanted)
         if base is None:
             return None
@@ -110,15 +112,20 @@ class ProjectLayers:
         self.book.other_bases(base.id)
         record = self.book.fitting(base.id, self.view)
         self._carry_out()
-        if (new := self.book.wanted(self.graph(), base.id)) is not None:
-            self.server._run(self._launch(base, new))
+        self._prepare(base)
         handle = self.handles.get(record.id) if record is not None else None
         if record is None or handle is None or not handle.child.alive:
             return None
         process = await self.server._fork_from(handle, worker_id, wanted, FORK_WAIT, emit, terminal)  # type: ignore[arg-type]
         if process is not None:
             self.book.forked_from[worker_id] = record.id
+            logger.debug("Worker %d is forked from the project layer (pid %d).", worker_id, handle.pid)
         return process
+
+    def _prepare(self, base: TemplateHandle | None) -> None:
+        """Launch the layer the newest graph calls for, if there is none like it yet."""
+        if base is not None and (new := self.book.wanted(self.graph(), base.id)) is not None:
+            self.server._run(self._launch(base, new))
 
     def held_by(self, worker_id: int) -> int:
         return self.book.held_by(worker_id)
@@ -206,7 +213,9 @@ class ProjectLayers:
             module, why = str(message.get("module")), str(message.get("why"))
             self.book.refuse(handle.id, module, why, unsafe=kind == "unsafe")
             self._carry_out()
-            return True  # it exits by itself; the next fork launches another without it
+            if self._wanted is not None:
+                self._prepare(self._base(self._wanted))  # another without it (this one exits)
+            return True
         return self.server._take(handle, message, fds)  # type: ignore[arg-type]
 
     async def _watch(self, handle: LayerHandle) -> None:

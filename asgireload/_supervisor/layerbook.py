@@ -116,6 +116,9 @@ class LayerBook:
         self.log.append(
             (logging.DEBUG, f"The project layer is ready: it holds {len(record.held)} project modules.")
         )
+        for other in self.layers.values():  # the newest ready one is the one to fork from
+            if other is not record and other.base == record.base and other.stage is LayerStage.READY:
+                self._unfit(other, "a newer project layer is ready")
 
     def refuse(self, layer: int, module: str, why: str, unsafe: bool) -> None:
         """It stopped at `module` (unsafe to fork with, or unfit to hold): no layer holds it."""

@@ -15,10 +15,10 @@ Three things keep it honest:
   stub (the module object made from the spec, with its `__path__`, never executed) stands in,
   and is taken out of `sys.modules` afterwards (the worker runs the real `__init__`).
 - Fork safety is checked per module, not guessed: a module whose import started a thread or a
-  process, left a descriptor open, or forked makes the layer say `unsafe` naming it and exit;
-  the supervisor then holds neither it nor what imports it. A module that fails to import here,
-  or that pulls in a project module the layer was not asked to hold, is reported the same way
-  (`unfit`), said at debug level.
+  process, left a socket, a pipe or an event descriptor open, or forked makes the layer say
+  `unsafe` naming it and exit; the supervisor then holds neither it nor what imports it. A
+  module that fails to import here, or that pulls in a project module the layer was not asked
+  to hold, is reported the same way (`unfit`), said at debug level.
 """
 
 from __future__ import annotations
@@ -64,7 +64,21 @@ class _Forked:
 
 
 def _descriptors() -> set[int]:
-    return {int(name) for name in os.listdir("/proc/self/fd")}
+    """The open descriptors, but the one that lists them (its number may be reused by an import)."""
+    listing = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        found = {int(name) for name in os.listdir(listing)} - {listing}
+    finally:
+        os.close(listing)
+    return {fd for fd in found if _is_open(fd)}  # (listdir lists through a copy of its own)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 def _children() -> set[str]:
@@ -78,12 +92,12 @@ def _children() -> set[str]:
     return found
 
 
-def _describe_fd(fd: int) -> str | None:
-    """What a descriptor opened by an import points to, or None if it is closed by now."""
-    try:
-        os.fstat(fd)
-    except OSError:
-        return None  # (the one that listed /proc/self/fd)
+# descriptors a fork shares badly: a connection, a pipe, an event loop's epoll or eventfd
+_SHARED_BADLY = ("socket:", "pipe:", "anon_inode:", "a descriptor")
+
+
+def _describe_fd(fd: int) -> str:
+    """What a descriptor opened by an import points to."""
     try:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
@@ -97,9 +111,11 @@ class SafetyCheck:
         self.fds = _descriptors()
         self.children = _children()
         self.forks = _Forked.count
+        self.threads = threading.active_count(), len(os.listdir("/proc/self/task"))
 
     def problem(self) -> str | None:
-        if threading.active_count() > 1 or len(os.listdir("/proc/self/task")) > 1:
+        threads = threading.active_count(), len(os.listdir("/proc/self/task"))
+        if any(now > before for now, before in zip(threads, self.threads, strict=True)):
             return "it started a thread at import"
         if _Forked.count != self.forks:
             return "it forked at import"
@@ -107,7 +123,7 @@ class SafetyCheck:
             return "it started a process at import"
         for fd in sorted(_descriptors() - self.fds):
             what = _describe_fd(fd)
-            if what is not None:
+            if what.startswith(_SHARED_BADLY):  # (a file read or mapped is fine: a model's weights)
                 return f"it left {what} open at import"
         return None
 

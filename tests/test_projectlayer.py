@@ -237,3 +237,62 @@ async def test_turned_off_every_reload_runs_everything(tmp_path: Path, option: s
                 assert (await http.get(f"http://127.0.0.1:{port}")).text == f"g{generation}"
     assert not any("project layer" in line for line in cli.stderr), cli.transcript()
     assert heavy_runs(tmp_path) == 3  # every generation ran it
+
+
+DJANGO_FILES = {
+    "mysite/__init__.py": "",
+    "mysite/settings.py": (
+        "SECRET_KEY = 'x'\nDEBUG = True\nALLOWED_HOSTS = ['*']\nDATABASES = {}\nUSE_TZ = True\n"
+        "INSTALLED_APPS = ['django.contrib.contenttypes', 'django.contrib.auth', 'shop']\n"
+        "ROOT_URLCONF = 'mysite.urls'\n"
+    ),
+    "mysite/urls.py": (
+        "from django.urls import path\nfrom shop import views\nurlpatterns = [path('', views.index)]\n"
+    ),
+    "mysite/asgi.py": (
+        "import os\nos.environ.setdefault('DJANGO_SETTINGS_MODULE', 'mysite.settings')\n"
+        "from django.core.asgi import get_asgi_application\napplication = get_asgi_application()\n"
+    ),
+    "shop/__init__.py": "",
+    "shop/helpers.py": "LABEL = 'h0'\n",
+    "shop/models.py": (
+        "from django.db import models\n"
+        "class Item(models.Model):\n    name = models.CharField(max_length=10)\n"
+    ),
+    "shop/views.py": (
+        "from django.http import HttpResponse\nfrom .models import Item\nfrom .helpers import LABEL\n"
+        "def index(request):\n    return HttpResponse(LABEL + ':' + Item._meta.verbose_name + ':v0')\n"
+    ),
+}
+
+
+async def test_a_django_project_reloads_as_before(tmp_path: Path) -> None:
+    pytest.importorskip("django")
+    for name, source in DJANGO_FILES.items():
+        write(tmp_path / name, source)
+    views = DJANGO_FILES["shop/views.py"]
+    models = DJANGO_FILES["shop/models.py"]
+    edits = [
+        ("shop/views.py", views.replace(":v0", ":v1"), "h0:item:v1"),
+        ("shop/views.py", views.replace(":v0", ":v2"), "h0:item:v2"),
+        ("shop/helpers.py", "LABEL = 'h1'\n", "h1:item:v2"),
+        ("shop/models.py", models.replace("class Item", "class Thing"), None),  # (the view fails)
+        ("shop/models.py", models + "class Other(models.Model):\n    pass\n", "h1:item:v2"),
+    ]
+    app = ("mysite.asgi:application", "--port", "0", "--log-level", "debug", "--lifespan", "off")
+    async with run_cli(tmp_path, *app, "--no-live-reload") as cli:
+        port = int((await cli.wait_for_line(r"serving on http://127\.0\.0\.1:(\d+)"))[1])
+        url = f"http://127.0.0.1:{port}/"
+        async with client() as http:
+            assert (await http.get(url)).text == "h0:item:v0"
+            for generation, (name, source, expected) in enumerate(edits, start=2):
+                write_atomically(tmp_path / name, source)
+                await cli.wait_for_line(rf"\(generation {generation}\)")
+                response = await http.get(url)
+                if expected is None:
+                    assert response.status_code == 500
+                else:
+                    assert response.text == expected, cli.transcript()
+    assert not any("already registered" in line or "Conflicting" in line for line in cli.stderr), (
+        cli.transcript()
+    )

@@ -105,6 +105,18 @@ def test_a_package_running_again_finds_its_held_submodules(project: Path) -> Non
     assert again.sub is sys.modules["pkg.sub"]
 
 
+def test_a_module_patched_at_import_depends_on_its_patcher(project: Path) -> None:
+    write(project / "main.py", "import patcher\nimport reader\nimport pkg.late\n")
+    write(project / "target.py", "VALUE = 1\n")
+    write(project / "patcher.py", "import target\ntarget.VALUE = 2\nimport pkg\n")
+    write(project / "reader.py", "from target import VALUE\n")  # got the patched value
+    write(project / "pkg/__init__.py", "")
+    write(project / "pkg/late.py", "")  # (the import system setting pkg.late is no patch)
+    graph = record(project, "main")
+    assert graph["target"] == {"patcher"}
+    assert graph["pkg"] == set()
+
+
 def test_dotted_import_binds_every_package_on_the_way(project: Path) -> None:
     write(project / "main.py", "import pkg.sub.leaf\n")
     write(project / "pkg/__init__.py", "")

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
 from asgireload._supervisor.layerbook import FROM_BASE, LayerBook, LayerStage, Stat
+from asgireload._supervisor.projectlayers import likely_edited
 
 from .test_importgraph import f, graph_of
 
@@ -140,3 +147,20 @@ def test_a_newer_ready_layer_retires_the_older() -> None:
     held_files(book, new.id, ["models"])
     assert old.stage is LayerStage.RETIRED
     assert book.fitting(1, lambda path: STAT) is new
+
+
+def test_files_modified_in_the_work_tree_are_likely_edited(tmp_path: Path) -> None:
+    if shutil.which("git") is None:
+        pytest.skip("no git here")
+    assert likely_edited(str(tmp_path)) == []  # not a work tree: nothing, and no error
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    for name in ("app/main.py", "app/models.py", "notes.txt"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "start"], check=True)
+    (tmp_path / "app/models.py").write_text("x = 1\n")
+    (tmp_path / "notes.txt").write_text("x\n")
+    (tmp_path / "app/new.py").write_text("")  # untracked: no module of the last generation
+    assert likely_edited(str(tmp_path / "app")) == [str(tmp_path / "app/models.py")]

@@ -19,7 +19,8 @@ what the statement bound is. An import that is no statement (`importlib.import_m
 framework's registry) makes the module on top of the stack depend on every module it ran.
 A module imported under two names is two modules of one file. A body that calls a function of
 another module which imports something makes the *caller's* body depend on it (its result came
-from that import), not the callee's. Modules imported later, while serving (inside a function),
+from that import), not the callee's. A body that assigns into another project module's namespace
+(a patch) makes that module depend on it. Modules imported later, while serving (inside a function),
 are reported without importers: the code that imports them does so each time it runs, so nothing
 else must run again when they change.
 """
@@ -51,6 +52,7 @@ class ImportGraphRecorder:
         self._statements: list[str] = []  # the module of each import statement in progress
         self.held: frozenset[str] = frozenset()  # imported by a project layer before the fork
         self._ran_during_statement: list[str] = []  # project modules run since the last statement
+        self._namespaces: dict[str, dict[str, int]] = {}  # module -> its names, as its body left them
         self._reported: set[str] = set()
         self._original_exec: Any = None
         self._original_import: Any = None
@@ -76,6 +78,7 @@ class ImportGraphRecorder:
                 recorder._running.pop()
             if recorder.held and hasattr(module, "__path__"):
                 recorder._adopt_held_submodules(module)
+            recorder._note_patches(name, module)
 
         def recording_import(
             name: str,
@@ -138,6 +141,21 @@ class ImportGraphRecorder:
             if name.startswith(prefix) and "." not in child and module and not hasattr(package, child):
                 setattr(package, child, module)
 
+    def _note_patches(self, name: str, module: ModuleType) -> None:
+        """A body that assigned into another project module's namespace (a patch at import): that
+        module depends on it too, as if it had imported it (so what imports the patched module runs
+        again with the patcher)."""
+        for target in self.imports.get(name, ()):
+            before = self._namespaces.get(target)
+            patched = sys.modules.get(target)
+            if before is None or patched is None:
+                continue
+            now = _names_of(patched)
+            if now != before:
+                self.imports.setdefault(target, set()).add(name)
+                self._namespaces[target] = now
+        self._namespaces[name] = _names_of(module)
+
     def _failed(self, importer: str) -> None:
         """A statement that raised: its module depends on every module it ran (conservatively)."""
         imported = self.imports.setdefault(importer, set())
@@ -191,6 +209,17 @@ class ImportGraphRecorder:
             path = getattr(module, "__file__", None)
             if isinstance(path, str) and path.endswith(".py") and self._is_project(path):
                 self.files[name] = os.path.abspath(path)
+
+
+def _names_of(module: ModuleType) -> dict[str, int]:
+    """A module's own names and what they are bound to, but its submodules (the import system
+    sets those on the package) and dunders (`__warningregistry__` and the like)."""
+    prefix = f"{module.__name__}."
+    return {
+        key: id(value)
+        for key, value in list(vars(module).items())
+        if not key.startswith("__") and not (isinstance(value, ModuleType) and value.__name__ == prefix + key)
+    }
 
 
 def _is_ours(hook: object) -> bool:

@@ -165,7 +165,6 @@ class LayerImport:
         """The report: `layered` with what it holds, or `unsafe`/`unfit` naming a module."""
         os.register_at_fork(after_in_parent=_Forked.note)
         wanted = set(self.modules)
-        saved_path = list(sys.path)
         project_paths = [self.app_dir, *_pythonpath()]
         for shadowed in worker._shadowed_modules(project_paths, worker._AT_START | worker._UVICORN):
             del sys.modules[shadowed]  # as a worker does (see main._prepare_imports)
@@ -180,7 +179,9 @@ class LayerImport:
         finally:
             self.graph.uninstall()
             self.files.uninstall()
-            sys.path[:] = saved_path
+            for entry in project_paths:  # (what a held module put there stays, as in a worker)
+                if entry in sys.path:
+                    sys.path.remove(entry)
             _unstub(self.stubs)
         return self._report()
 

@@ -164,3 +164,13 @@ def test_files_modified_in_the_work_tree_are_likely_edited(tmp_path: Path) -> No
     (tmp_path / "notes.txt").write_text("x\n")
     (tmp_path / "app/new.py").write_text("")  # untracked: no module of the last generation
     assert likely_edited(str(tmp_path / "app")) == [str(tmp_path / "app/models.py")]
+
+
+def test_layers_that_die_importing_are_given_up_after_a_few() -> None:
+    book = LayerBook()
+    for _ in range(3):
+        record = book.wanted(graph_of(EDGES), base=1)
+        assert record is not None
+        book.gone(record.id)  # died before saying what it holds (a crash at import)
+    assert book.wanted(graph_of(EDGES), base=1) is None
+    assert book.take_log()[-1] == (10, "3 project layers died importing: no more layers.")

@@ -31,6 +31,7 @@ from .importgraph import ImportGraph
 
 Stat = tuple[int, int, int] | None  # (mtime_ns, size, ino) as the scanner keeps it; None: missing
 FROM_BASE = 0  # forked_from: the base template
+MAX_LOST = 3  # layers that die before saying what they hold: then no more layers
 
 
 class LayerStage(enum.Enum):
@@ -62,6 +63,7 @@ class LayerBook:
         self._next_id = 0
         self.log: list[tuple[int, str]] = []  # what to say, taken by the caller
         self.retiring: list[int] = []  # layers found unfit: to retire, taken by the caller
+        self.lost = 0  # layers that died importing (a crash at import would crash every one)
 
     # ---------------------------------------------------------------- what a layer holds
 
@@ -86,7 +88,7 @@ class LayerBook:
     def wanted(self, graph: ImportGraph | None, base: int) -> LayerRecord | None:
         """A layer to launch from `base` now, or None: one with this plan exists, or it would hold
         nothing. A preparing layer with an older plan is left to finish (retired once unfit)."""
-        if graph is None or not graph:
+        if graph is None or not graph or self.lost >= MAX_LOST:
             return None
         order = tuple(self.plan(graph))
         if not order:
@@ -126,10 +128,14 @@ class LayerBook:
             self.refused[module] = why
             level = logging.INFO if unsafe else logging.DEBUG
             self.log.append((level, f"The project layer does not hold {module}: {why}."))
-        self.gone(layer)
+        self.layers.pop(layer, None)  # (it exits by itself: not lost)
 
     def gone(self, layer: int) -> None:
-        self.layers.pop(layer, None)
+        record = self.layers.pop(layer, None)
+        if record is not None and record.stage is LayerStage.PREPARING:
+            self.lost += 1
+            if self.lost == MAX_LOST:
+                self.log.append((logging.DEBUG, f"{MAX_LOST} project layers died importing: no more layers."))
 
     # ---------------------------------------------------------------- fitting
 

@@ -112,7 +112,6 @@ class ProjectLayers:
         self.book.other_bases(base.id)
         record = self.book.fitting(base.id, self.view)
         self._carry_out()
-        self._prepare(base)
         handle = self.handles.get(record.id) if record is not None else None
         if record is None or handle is None or not handle.child.alive:
             return None
@@ -122,8 +121,13 @@ class ProjectLayers:
             logger.debug("Worker %d is forked from the project layer (pid %d).", worker_id, handle.pid)
         return process
 
+    def prepare(self) -> None:
+        """Launch the layer the newest graph calls for, if there is none like it yet (called once
+        no generation loads: a layer importing the project beside a reload slows the reload)."""
+        if self._wanted is not None:
+            self._prepare(self._base(self._wanted))
+
     def _prepare(self, base: TemplateHandle | None) -> None:
-        """Launch the layer the newest graph calls for, if there is none like it yet."""
         if base is not None and (new := self.book.wanted(self.graph(), base.id)) is not None:
             self.server._run(self._launch(base, new))
 
@@ -213,8 +217,7 @@ class ProjectLayers:
             module, why = str(message.get("module")), str(message.get("why"))
             self.book.refuse(handle.id, module, why, unsafe=kind == "unsafe")
             self._carry_out()
-            if self._wanted is not None:
-                self._prepare(self._base(self._wanted))  # another without it (this one exits)
+            self.on_ready()  # (the shell prepares another without it, once nothing loads)
             return True
         return self.server._take(handle, message, fds)  # type: ignore[arg-type]
 
@@ -306,6 +309,12 @@ def connect(
     layers.graph = newest_graph
     layers.view = view
     layers.on_ready = lambda: nudge(StandbyUnfit(""))
+
+
+def prepare_when_idle(layers: ProjectLayers | None, machine: Machine) -> None:
+    """After each of the machine's events: once no generation loads, the layer it calls for."""
+    if layers is not None and not machine.stopped and machine.loading is None:
+        layers.prepare()
 
 
 def standby_check(layers: ProjectLayers | None, machine: Machine, event: object) -> StandbyUnfit | None:

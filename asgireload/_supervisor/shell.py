@@ -350,6 +350,7 @@ class Supervisor:
                 result = await self._execute(command)
                 if result is not None:
                     results.append(result)
+        projectlayers.prepare_when_idle(self._processes.layers, self._machine)
 
     def _start_task(self, work: Coroutine[Any, Any, None], name: str) -> None:
         """A task of ours that must never end with an error unseen: one that does stops us."""

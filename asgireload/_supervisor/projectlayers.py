@@ -24,7 +24,7 @@ from .. import _protocol as protocol
 from . import templatespawn
 from .children import ForkedChild
 from .debugging import DebugTerminal
-from .events import StandbyUnfit
+from .events import StandbyUnfit, Stop
 from .importgraph import ImportGraph
 from .layerbook import FROM_BASE, LayerBook, LayerRecord, LayerStage, Stat
 from .templatelife import FORK_WAIT
@@ -320,7 +320,7 @@ def prepare_when_idle(layers: ProjectLayers | None, machine: Machine) -> None:
 def standby_check(layers: ProjectLayers | None, machine: Machine, event: object) -> StandbyUnfit | None:
     """The event to feed the machine before `event`: replace the standby, which a layer that
     no longer fits made (or which a ready layer would beat); None if it is fine."""
-    if layers is None or machine.stopped or (standby := machine.standby) is None:
+    if layers is None or machine.stopped or isinstance(event, Stop) or (standby := machine.standby) is None:
         return None
     why = layers.standby_unfit(standby.id)
     return StandbyUnfit(why) if why is not None else None

@@ -299,3 +299,34 @@ async def test_a_django_project_reloads_as_before(tmp_path: Path) -> None:
     assert not any("already registered" in line or "Conflicting" in line for line in cli.stderr), (
         cli.transcript()
     )
+
+
+async def test_a_module_under_two_names_and_one_shadowing_an_installed_module(tmp_path: Path) -> None:
+    # ctypes: imported by the template (not by uvicorn), so under `uvicorn APP` the project's wins
+    write(tmp_path / "ctypes.py", "VALUE = 'c0'\n")
+    write(tmp_path / "lib/__init__.py", "import os, sys\nsys.path.insert(0, os.path.dirname(__file__))\n")
+    write(tmp_path / "lib/util.py", "VALUE = 'u0'\n")
+    write(
+        tmp_path / "main.py",
+        "import ctypes\nimport lib.util\nimport util\n\n"
+        "async def app(scope, receive, send):\n"
+        "    body = '/'.join((ctypes.VALUE, lib.util.VALUE, util.VALUE)).encode()\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': body})\n",
+    )
+    async with run_cli(tmp_path, *ARGS) as cli:
+        port = await cli.started()
+        url = f"http://127.0.0.1:{port}/"
+        async with client() as http:
+            assert (await http.get(url)).text == "c0/u0/u0"
+            mark = 0
+            edits = [
+                ("lib/util.py", "VALUE = 'u1'\n", "c0/u1/u1"),
+                ("ctypes.py", "VALUE = 'c1'\n", "c1/u1/u1"),
+            ]
+            for generation, (name, source, expected) in enumerate(edits, start=2):
+                await forked_from_a_layer(cli, mark)  # it holds both
+                mark = len(cli.lines)
+                write_atomically(tmp_path / name, source)
+                await cli.wait_for_line(reloaded(generation))
+                assert (await http.get(url)).text == expected, cli.transcript()

@@ -86,11 +86,14 @@ def heavy_runs(folder: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-async def forked_from_a_layer(cli: Cli, since: int) -> None:
-    """Wait for a worker forked from a project layer, said after line `since` of the output (after
-    an edit that made the standby's layer unfit: the next standby, that the next edit loads)."""
+async def forked_from_a_layer(cli: Cli, since: int, holding: int | None = None) -> None:
+    """Wait for a worker forked from a project layer (that holds `holding` modules, if given), said
+    after line `since` of the output (after an edit that made the standby's layer unfit: the next
+    standby, that the next edit loads)."""
+    held = r"\d+" if holding is None else str(holding)
+    forked = re.compile(rf"is forked from the project layer \(pid \d+, {held} project modules\)")
     async with asyncio.timeout(DEADLINE), cli._changed:
-        while not any("is forked from the project layer" in line for _, line in cli.lines[since:]):
+        while not any(forked.search(line) for _, line in cli.lines[since:]):
             await cli._changed.wait()
 
 
@@ -109,8 +112,9 @@ async def test_a_route_edited_again_runs_the_route_alone_and_never_the_heavy_mod
             write_atomically(tmp_path / "routes/items.py", "import heavy\nVALUE = 'v1'\n")
             await cli.wait_for_line(reloaded(2))
             assert (await http.get(url)).text == "v1"
-            # the layer prepared for this edit: the warm worker is forked from it
-            await forked_from_a_layer(cli, mark)
+            # the layer prepared for this edit (all but main, routes, routes.items): the warm
+            # worker is forked from it (a layer that read routes/items.py after the edit holds it)
+            await forked_from_a_layer(cli, mark, holding=12)
             runs = heavy_runs(tmp_path)
             for generation, value in ((3, "v2"), (4, "v3")):
                 write_atomically(tmp_path / "routes/items.py", f"import heavy\nVALUE = '{value}'\n")

@@ -99,8 +99,8 @@ class ProjectLayers:
     async def fork(
         self, worker_id: int, wanted: protocol.Settings, emit: Emit, terminal: DebugTerminal | None
     ) -> WorkerProcess | None:
-        """A worker forked from a fitting layer; None: the base template's to fork. A layer that
-        this worker shows to be wanted is launched in the background."""
+        """A worker forked from a fitting layer; None: the base template's to fork (no layer
+        fits, or the base template is not warm, or was started with other settings)."""
         self.book.forked_from[worker_id] = FROM_BASE
         self._wanted = wanted
         base = self._base(wanted)
@@ -118,7 +118,8 @@ class ProjectLayers:
         process = await self.server._fork_from(handle, worker_id, wanted, FORK_WAIT, emit, terminal)  # type: ignore[arg-type]
         if process is not None:
             self.book.forked_from[worker_id] = record.id
-            logger.debug("Worker %d is forked from the project layer (pid %d).", worker_id, handle.pid)
+            said = f"pid {handle.pid}, {len(record.held)} project modules"
+            logger.debug("Worker %d is forked from the project layer (%s).", worker_id, said)
         return process
 
     def prepare(self) -> None:

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import logging
 import os
+import signal
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,7 @@ class LayerHandle:
         self.answers: collections.deque[asyncio.Future[ForkedChild]] = collections.deque()
         self.forked: dict[int, ForkedChild] = {}
         self.sending: asyncio.Task[None] | None = None
+        self.stopped = False  # held back while a generation loads (see ProjectLayers.hold_back)
 
     def end(self) -> None:
         """Kill the layer alone (its workers lead sessions of their own); close its channel."""
@@ -121,6 +123,17 @@ class ProjectLayers:
             said = f"pid {handle.pid}, {len(record.held)} project modules"
             logger.debug("Worker %d is forked from the project layer (%s).", worker_id, said)
         return process
+
+    def hold_back(self, loading: bool) -> None:
+        """While a generation loads, the layers still importing are stopped (SIGSTOP), so that the
+        reload has the cores to itself; they go on (SIGCONT) once nothing loads."""
+        for handle in self.handles.values():
+            record = self.book.layers.get(handle.id)
+            stop = loading and record is not None and record.stage is LayerStage.PREPARING
+            if stop != handle.stopped and handle.child.alive:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(handle.pid, signal.SIGSTOP if stop else signal.SIGCONT)
+                handle.stopped = stop
 
     def prepare(self) -> None:
         """Launch the layer the newest graph calls for, if there is none like it yet (called once
@@ -313,8 +326,12 @@ def connect(
 
 
 def prepare_when_idle(layers: ProjectLayers | None, machine: Machine) -> None:
-    """After each of the machine's events: once no generation loads, the layer it calls for."""
-    if layers is not None and not machine.stopped and machine.loading is None:
+    """After each of the machine's events: layers importing wait while a generation loads; once
+    none loads, the layer the newest graph calls for is launched."""
+    if layers is None or machine.stopped:
+        return
+    layers.hold_back(machine.loading is not None)
+    if machine.loading is None:
         layers.prepare()
 
 

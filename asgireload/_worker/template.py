@@ -33,6 +33,7 @@ import importlib.util
 import json
 import os
 import select
+import signal
 import socket
 import sys
 import threading
@@ -62,6 +63,9 @@ def _read_settings(
         print("asgireload fork server: no settings first; exiting.", file=sys.stderr)
         os._exit(1)
     return protocol.Settings.from_json(first), rest
+
+
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def _read_settings_like(receiver: _forkwire.LineReceiver) -> list[tuple[dict[str, Any], list[int]]]:
@@ -158,6 +162,12 @@ def _become_layer(
     """The forked child: a project layer (see layer.py), then a template serving its own channel,
     whose first line says which modules to hold (a long line: not the base template's to read)."""
     try:
+        parent = os.getppid()
+        # killed with the template: the supervisor may stop it (SIGSTOP) while a reload runs, and
+        # a stopped process would not see its channel close if the supervisor were SIGKILLed
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(0)
         control.close()
         for pidfd in pidfds:
             os.close(pidfd)

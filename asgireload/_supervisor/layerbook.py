@@ -93,12 +93,27 @@ class LayerBook:
         order = tuple(self.plan(graph))
         if not order:
             return None
+        wanted = set(order)
         for record in self.layers.values():
-            if record.base == base and record.stage is not LayerStage.RETIRED and record.order == order:
+            # one that holds nothing this plan leaves out will do (the plan may only have grown by
+            # a module imported since, while serving)
+            if (
+                record.base == base
+                and record.stage is not LayerStage.RETIRED
+                and wanted.issuperset(record.order)
+            ):
                 return None
         self._next_id -= 1
         record = LayerRecord(self._next_id, base, order)
         self.layers[record.id] = record
+        left_out = [m for m in graph.files if m not in wanted]
+        self.log.append(
+            (
+                logging.DEBUG,
+                f"Preparing a project layer of {len(order)} project modules; it leaves out "
+                f"{len(left_out)}: {', '.join(left_out[:8])}{' and more' if len(left_out) > 8 else ''}.",
+            )
+        )
         return record
 
     # ---------------------------------------------------------------- what layers say

@@ -143,6 +143,7 @@ class ProjectLayers:
 
     def _prepare(self, base: TemplateHandle | None) -> None:
         if base is not None and (new := self.book.wanted(self.graph(), base.id)) is not None:
+            self._carry_out()
             self.server._run(self._launch(base, new))
 
     def held_by(self, worker_id: int) -> int:

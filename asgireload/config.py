@@ -147,6 +147,12 @@ class Config:
         "app's installed packages once, instead of starting a new interpreter for each.",
         negatable=True,
     )
+    project_layer: bool = _option(
+        True,
+        "With forking: keep a second template that has also imported the project modules the next "
+        "edits likely leave alone, so that a reload runs only what changed and what imports it.",
+        negatable=True,
+    )
     force_polling: bool = _option(
         False,
         "Find changes by polling every watched file, never by file events (for mounts that deliver "

@@ -35,6 +35,8 @@ from bench_common import (
     log,
     median,
     probe_asgireload,
+    proc_pss_kib,
+    process_tree,
     start_servers,
     wait_serving,
 )
@@ -148,6 +150,8 @@ def run_big_project(
         by_route = measure(servers, route, edits, counter, pause)
         log(f"project of {modules} modules: {edits} edits of {model.path}")
         by_model = measure(servers, model, edits, counter, pause)
+        time.sleep(STARTUP_SETTLE)  # the standby (and asgireload's project layer) in place
+        memory = {key: tree_pss_mib(server) for key, server in servers.items()}
         lines = reloaded_lines(servers["asgireload"]) if "asgireload" in servers else []
         route_lines, model_lines = lines[:edits], lines[edits : 2 * edits]
         what = f"{modules}-module project + 1 s import"
@@ -179,7 +183,23 @@ def run_big_project(
                 reran(model_lines),
             )
         )
+        rows.append(memory_row(f"{what}, the whole tree's PSS after the edits (MiB)", memory))
     return rows
+
+
+def tree_pss_mib(server: Server) -> float | None:
+    """The proportional set size of the server and every process under it (templates, layers,
+    workers): what the whole reloader costs the machine."""
+    sizes = [proc_pss_kib(pid) for pid in process_tree(server.proc.pid)]
+    known = [size for size in sizes if size is not None]
+    return sum(known) / 1024 if known else None
+
+
+def memory_row(figure: str, values: dict[str, float | None]) -> str:
+    a, u = values.get("asgireload"), values.get("uvicorn")
+    ratio = f"{a / u:.2f}x" if a is not None and u else "—"
+    shown = [f"{v:,.0f}" if v is not None else "n/a" for v in (a, u)]
+    return f"| {figure} | {shown[0]} | {shown[1]} | {ratio} | |"
 
 
 def run_heavy_app(reloaders: Sequence[Reloader], tmp: Path, edits: int, pause: float) -> list[str]:

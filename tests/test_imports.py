@@ -67,11 +67,54 @@ def test_submodules_through_their_package_and_relative_imports(project: Path) ->
     write(project / "app/routes/users.py", "from .items import router\n")
     write(project / "app/models.py", "Item = 1\nrouter = 2\n")
     graph = record(project, "main")
-    assert graph["main"] == {"app", "app.routes", "app.routes.items"}
+    # `from app import routes` binds the submodule: running app/__init__ first is the import
+    # system's doing, not main's (issue 23: a package's __init__ may run again alone)
+    assert graph["main"] == {"app.routes", "app.routes.items"}
     assert graph["app.routes"] == {"app.routes.items", "app.routes.users"}
     assert graph["app.routes.items"] == {"app.models"}
     assert graph["app.routes.users"] == {"app.routes.items"}
     assert graph["app"] == set()
+
+
+def test_a_name_the_package_defines_is_a_dependency_on_the_package(project: Path) -> None:
+    write(project / "main.py", "import pkg.a\nimport pkg.b\n")
+    write(project / "pkg/__init__.py", "helper = 1\n")
+    write(project / "pkg/a.py", "from . import helper\n")  # reads a name __init__ defines
+    write(project / "pkg/b.py", "from pkg import c\n")  # a submodule: not the package
+    write(project / "pkg/c.py", "")
+    graph = record(project, "main")
+    assert graph["pkg.a"] == {"pkg"}
+    assert graph["pkg.b"] == {"pkg.c"}
+
+
+def test_a_package_running_again_finds_its_held_submodules(project: Path) -> None:
+    write(project / "pkg/__init__.py", "import sys\nSEEN = hasattr(sys.modules[__name__], 'sub')\n")
+    write(project / "pkg/sub.py", "VALUE = 7\n")
+    importlib.import_module("pkg.sub")
+    held = sys.modules.pop("pkg")  # as in a worker forked from a layer holding pkg.sub only
+    recorder = ImportGraphRecorder(lambda path: path.startswith(str(project)))
+    recorder.held = frozenset({"pkg.sub"})
+    recorder.install()
+    try:
+        again = importlib.import_module("pkg")
+    finally:
+        recorder.uninstall()
+    # as in a fresh process: not an attribute while the body runs, one once `import pkg.sub` is done
+    assert again is not held
+    assert again.SEEN is False
+    assert again.sub is sys.modules["pkg.sub"]
+
+
+def test_a_module_patched_at_import_depends_on_its_patcher(project: Path) -> None:
+    write(project / "main.py", "import patcher\nimport reader\nimport pkg.late\n")
+    write(project / "target.py", "VALUE = 1\n")
+    write(project / "patcher.py", "import target\ntarget.VALUE = 2\nimport pkg\n")
+    write(project / "reader.py", "from target import VALUE\n")  # got the patched value
+    write(project / "pkg/__init__.py", "")
+    write(project / "pkg/late.py", "")  # (the import system setting pkg.late is no patch)
+    graph = record(project, "main")
+    assert graph["target"] == {"patcher"}
+    assert graph["pkg"] == set()
 
 
 def test_dotted_import_binds_every_package_on_the_way(project: Path) -> None:

@@ -41,7 +41,7 @@ async def test_the_log_names_the_file_the_counts_and_the_modules_that_had_to_run
 ) -> None:
     chain_project(tmp_path)
     async with run_cli(
-        tmp_path, "main:app", "--port", "0", "--log-level", "debug", "--lifespan", "off"
+        tmp_path, "main:app", "--port", "0", "--log-level", "debug", "--lifespan", "off", "--no-project-layer"
     ) as cli:
         port = await cli.started()
         async with client() as http:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from .. import _protocol as protocol
 from . import commands as c
 from . import machineevents as e
+from . import projectlayers
 from .assets import is_stylesheet_change, log_line
 from .machine import Machine
 from .outcomes import Outcomes
@@ -62,11 +63,18 @@ class CommandRunner:
         if isinstance(event, e.WorkerExited):
             self.processes.exited(event.worker)
         results: collections.deque[e.Event] = collections.deque([event])
+        layers = self.processes.layers
+        unfit = projectlayers.standby_check(layers, self.machine, event)
+        if unfit is not None:
+            results.appendleft(unfit)  # before it: what loads next must not be that standby
+        if isinstance(event, e.StandbyUnfit) and not event.why:
+            results.remove(event)  # (only a nudge to look again)
         while results:
             for command in self.machine.handle(results.popleft()):
                 result = await self._execute(command)
                 if result is not None:
                     results.append(result)
+        projectlayers.prepare_when_idle(layers, self.machine)
 
     async def _execute(self, command: c.Command) -> e.Event | None:
         processes = self.processes

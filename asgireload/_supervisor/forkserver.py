@@ -37,6 +37,7 @@ from . import debugging, templatelife, templatespawn, workers
 from . import templatetable as tt
 from .children import ForkedChild, TemplateChild
 from .debugging import DebugTerminal
+from .projectlayers import ProjectLayers
 from .workers import Emit, SpawnError, WorkerProcess
 
 logger = logging.getLogger("asgireload")
@@ -64,7 +65,9 @@ def for_config(
         if reason is not None:
             logger.debug("Spawning workers instead of forking them: %s.", reason)
         return None
-    return ForkServer(listener, output)
+    server = ForkServer(listener, output)
+    server.layers = ProjectLayers(server) if config.project_layer else None
+    return server
 
 
 class TemplateHandle:
@@ -109,6 +112,7 @@ class ForkServer:
         self._changed = asyncio.Event()  # set (and replaced) once templatelife took an event
         self.history: collections.deque[tt.Event] = collections.deque(maxlen=HISTORY)  # the latest
         self._tasks: set[asyncio.Task[None]] = set()
+        self.layers: ProjectLayers | None = None  # the project layers, unless turned off
 
     @property
     def started(self) -> bool:
@@ -166,6 +170,8 @@ class ForkServer:
         """A worker forked from the template, with these settings (its breakpoint()s ask
         `terminal`); None when it must be spawned instead (SpawnError if the OS has no sockets
         left for it)."""
+        if self.layers is not None and (forked := await self.layers.fork(worker_id, wanted, emit, terminal)):
+            return forked
         request = tt.ForkRequest(wanted)
         loop = asyncio.get_running_loop()
         phase, phase_started = request.phase, loop.time()
@@ -379,6 +385,8 @@ class ForkServer:
     async def aclose(self) -> None:
         """End the templates (the workers they forked are ended by their owners) and wait for them."""
         templates = list(self._templates.values())  # in use, retired, or ended and not yet gone
+        if self.layers is not None:
+            self.layers.close()
         self._feed(tt.Close())  # the early one too, if it was never taken
         # the supervisor is stopping: whatever still carries a template's tag goes too
         await asyncio.gather(*(template.child.aclose(0) for template in templates))

@@ -127,6 +127,9 @@ class Machine:
                     logging.INFO, f"Installed packages changed ({names}); replacing the warm worker."
                 )
                 self.standby_keeper.replace()
+            case e.StandbyUnfit(why):
+                self._out.log(logging.DEBUG, f"Replacing the warm worker: {why}.")
+                self.standby_keeper.replace()
             case e.Stop(force):
                 self._stop(force)
             case _:
@@ -168,8 +171,8 @@ class Machine:
             return
         worker.stage = after
         match event:
-            case e.WorkerStarted(_, pid):
-                self._started(worker, pid)
+            case e.WorkerStarted(_, pid, held):
+                self._started(worker, pid, held)
             case e.SpawnFailed(_, reason):
                 self._spawn_failed(worker, was, reason)
             case e.WorkerGreeted(_, preload_failed):
@@ -202,8 +205,9 @@ class Machine:
             case e.TimerFired(kind=e.TimerKind.KILL_DEADLINE):
                 self._past_drain_timeout(worker)
 
-    def _started(self, worker: Worker, pid: int) -> None:
+    def _started(self, worker: Worker, pid: int, held: int) -> None:
         worker.pid = pid
+        worker.held = held
         pending = worker.pending_load
         if worker.stage is WorkerStage.STARTING and pending is not None and pending.message is None:
             self.generations.prepare_load(worker, pending.failure)  # spawned for this load

@@ -38,6 +38,14 @@ class PackagesChanged:
 
 
 @dataclasses.dataclass(frozen=True)
+class StandbyUnfit:
+    """The standby must be replaced before it loads (its project layer holds a changed file, or a
+    project layer is ready that it was not forked from); why, said at debug level."""
+
+    why: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Stop:
     """Stop: drain what serves, kill the rest (everything at once with `force`). Nothing follows."""
 
@@ -49,10 +57,11 @@ class Stop:
 
 @dataclasses.dataclass(frozen=True)
 class WorkerStarted:
-    """The process asked for by `Spawn` runs."""
+    """The process asked for by `Spawn` runs (forked from a project layer: `held` modules imported)."""
 
     worker: int
     pid: int
+    held: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,4 +177,4 @@ WorkerEvent = (
     | WorkerResumed
     | TimerFired
 )
-Event = FileChanged | ReloadRequested | PackagesChanged | Stop | WorkerEvent
+Event = FileChanged | ReloadRequested | PackagesChanged | StandbyUnfit | Stop | WorkerEvent

@@ -14,6 +14,7 @@ from . import machineevents as events
 from . import workers
 from .debugging import DebugTerminal
 from .forkserver import ForkServer
+from .projectlayers import ProjectLayers
 from .workers import WorkerProcess
 
 logger = logging.getLogger("asgireload")
@@ -38,6 +39,11 @@ class Processes:
         self._held = _handoff.Held()  # handed-over connections waiting for a generation to serve them
         self.forkserver = forkserver  # where warm workers come from, if forking is possible
         self._memory = _warmcache.Memory()  # the preload list, for the next start-up's template
+
+    @property
+    def layers(self) -> ProjectLayers | None:
+        """The fork server's project layers, if it has them."""
+        return self.forkserver.layers if self.forkserver is not None else None
 
     def __iter__(self) -> Iterator[WorkerProcess]:
         return iter(list(self._by_id.values()))
@@ -66,7 +72,8 @@ class Processes:
             raise
         self._by_id[process.id] = process
         process.stop_relaying = _handoff.listen(process.handoff, lambda fds: self.relay(process, fds))
-        return events.WorkerStarted(worker, process.pid)
+        held = self.layers.held_by(worker) if self.layers is not None else 0
+        return events.WorkerStarted(worker, process.pid, held)
 
     async def _start(
         self, worker: int, settings: Callable[[int, int, int], protocol.Settings], fork: bool

@@ -132,6 +132,7 @@ class Worker:
     paused_since: float | None = None  # stopped at a breakpoint (its debugger has the terminal)
     time_paused: float = 0.0  # seconds spent at breakpoints before now (not start-up time)
     imports: ImportGraph = dataclasses.field(default_factory=ImportGraph)  # the modules it ran
+    held: int = 0  # project modules its project layer had imported (it did not run them)
 
     @property
     def role(self) -> Role:

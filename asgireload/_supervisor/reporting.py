@@ -118,8 +118,7 @@ class Reporter:
         """ "; re-ran N of M project modules" for the Reloaded line, and at debug level the modules
         that the import graph (the last generation's, known before this load) says had to run again.
 
-        Every generation runs all of its project modules today (N == M); a worker forked from a
-        template holding project modules would run fewer."""
+        N counts the modules the worker ran: those its project layer held, it did not."""
         loaded = worker.imports
         if not loaded:
             return ""
@@ -130,4 +129,4 @@ class Reporter:
             f"Generation {worker.generation}: the import graph says {len(needed)} project modules had "
             f"to run again: {', '.join(needed)}",
         )
-        return f"; re-ran {len(loaded)} of {len(loaded)} project modules"
+        return f"; re-ran {max(len(loaded) - worker.held, 0)} of {len(loaded)} project modules"

@@ -114,6 +114,10 @@ class Scanner(Bursts):
     def __contains__(self, path: object) -> bool:
         return path in self._baseline
 
+    def stat_of(self, path: str) -> Stat:
+        """The stat this file has as far as the scanner knows (None: missing or not watched)."""
+        return self._baseline.get(path)
+
     def watch(self, entries: Iterable[tuple[str, Stat]]) -> None:
         """Set the baseline of these files to the stat their code was built from, and check them now."""
         for path, stat_ in entries:

@@ -28,7 +28,7 @@ from ..config import Config
 from ..errors import AsgireloadError, ReloadTimeout, StartupError
 from ..events import EventStream, ReloadEvent, State
 from . import commands as c
-from . import forkserver, settings, sockets
+from . import forkserver, projectlayers, settings, sockets
 from . import machineevents as e
 from .commandrunner import CommandRunner, WorkerSettings
 from .debugging import DebugTerminal, coverage_misses_workers
@@ -142,7 +142,15 @@ class Supervisor:
                 tell_pages=runner.tell_pages,
                 replace_template=self._replace_template,
                 reconfigured=self._reconfigured,
+                code_changed=self._layers_changed,
             )
+            if self._watching.scanner is not None and self._machine is not None:
+                projectlayers.connect(
+                    self._processes.layers if self._processes is not None else None,
+                    self._machine,
+                    self._watching.scanner.stat_of,
+                    self._queue.put_nowait,
+                )
             await self._queue.put(e.ReloadRequested("start"))
             first = await self.wait_for_generation(1, timeout=timeout)
             failure = self.failure
@@ -247,6 +255,12 @@ class Supervisor:
         self.config = config
         if self._machine is not None:
             self._machine.policy = self._policy()
+
+    def _layers_changed(self, paths: list[str]) -> None:
+        """Code changed: a project layer holding one of these files forks no more."""
+        layers = self._processes.layers if self._processes is not None else None
+        if layers is not None:
+            layers.changed(paths)
 
     def _worker_settings(self, preload: tuple[str, ...]) -> WorkerSettings:
         roots, run = self.project.roots, self.live.run

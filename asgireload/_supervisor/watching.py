@@ -57,6 +57,7 @@ class Watching:
         self._tell_pages: Callable[[list[str]], None] = lambda assets: None
         self._replace_template: Callable[[], None] = lambda: None
         self._reconfigured: Callable[[Config], None] = lambda config: None
+        self._code_changed: Callable[[list[str]], None] = lambda paths: None
 
     def start(
         self,
@@ -66,12 +67,13 @@ class Watching:
         tell_pages: Callable[[list[str]], None],
         replace_template: Callable[[], None],
         reconfigured: Callable[[Config], None],
+        code_changed: Callable[[list[str]], None] = lambda paths: None,
     ) -> None:
         """Start the scanners (as tasks of the supervisor) and watch the env and settings files."""
         config = self.config
         self._live_settings = live_settings
         self._tell_pages, self._replace_template = tell_pages, replace_template
-        self._reconfigured = reconfigured
+        self._reconfigured, self._code_changed = reconfigured, code_changed
         self.scanner = Scanner(
             self._on_change,
             interval=config.poll_interval,
@@ -130,6 +132,7 @@ class Watching:
         if code and self._live_settings is not None:
             code = self._reconfigure(code)
         if code:
+            self._code_changed(code)  # project layers holding these files fork no more
             self.check_site()
             self._emit(e.FileChanged(tuple(code), since))
 

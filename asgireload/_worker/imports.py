@@ -11,10 +11,16 @@ A ran, A imported B", which two hooks see, both active only while the app import
   modules imported already (a module used by two others, a circular import); a statement of
   installed code costs one dictionary look-up more than it did.
 
-Relative imports and `from pkg import sub` resolve to the module bound (`pkg.sub`, and `pkg`).
+Relative imports and `from pkg import sub` resolve to the module bound: `pkg.sub` if `sub` is that
+submodule, `pkg` for a name its `__init__` defines (`from . import helper`, `from pkg import *`),
+every package of the name for `import pkg.sub` (which binds `pkg`). The import system running a
+package's `__init__` before one of its submodules is no edge of the statement's module: only
+what the statement bound is. An import that is no statement (`importlib.import_module`, a
+framework's registry) makes the module on top of the stack depend on every module it ran.
 A module imported under two names is two modules of one file. A body that calls a function of
 another module which imports something makes the *caller's* body depend on it (its result came
-from that import), not the callee's. Modules imported later, while serving (inside a function),
+from that import), not the callee's. A body that assigns into another project module's namespace
+(a patch) makes that module depend on it. Modules imported later, while serving (inside a function),
 are reported without importers: the code that imports them does so each time it runs, so nothing
 else must run again when they change.
 """
@@ -43,6 +49,10 @@ class ImportGraphRecorder:
         self.files: dict[str, str] = {}  # project module name -> its file, in the order they ran
         self.imports: dict[str, set[str]] = {}  # module name -> project modules its body imported
         self._running: list[str] = []  # project module bodies running, innermost last
+        self._statements: list[str] = []  # the module of each import statement in progress
+        self.held: frozenset[str] = frozenset()  # imported by a project layer before the fork
+        self._ran_during_statement: list[str] = []  # project modules run since the last statement
+        self._namespaces: dict[str, dict[str, int]] = {}  # module -> its names, as its body left them
         self._reported: set[str] = set()
         self._original_exec: Any = None
         self._original_import: Any = None
@@ -51,7 +61,7 @@ class ImportGraphRecorder:
 
     def install(self) -> None:
         """Record from now until `uninstall` (the app's import)."""
-        recorder, running, files = self, self._running, self.files
+        recorder, running, files, statements = self, self._running, self.files, self._statements
         original_exec = self._original_exec = importlib.machinery.SourceFileLoader.exec_module
         original_import = self._original_import = builtins.__import__
 
@@ -63,9 +73,12 @@ class ImportGraphRecorder:
             recorder._ran(name, os.path.abspath(path))
             recorder._running.append(name)
             try:
-                return original_exec(loader, module)
+                original_exec(loader, module)
             finally:
                 recorder._running.pop()
+            if recorder.held and hasattr(module, "__path__"):
+                recorder._adopt_held_submodules(module)
+            recorder._note_patches(name, module)
 
         def recording_import(
             name: str,
@@ -74,10 +87,19 @@ class ImportGraphRecorder:
             fromlist: Any = (),
             level: int = 0,
         ) -> Any:
-            module = original_import(name, globals, locals, fromlist, level)
             # only statements in project code: installed code runs thousands while models build
-            if running and globals is not None and globals.get("__name__") in files:
-                recorder._statement(module, name, fromlist, level)
+            if not (running and globals is not None and globals.get("__name__") in files):
+                return original_import(name, globals, locals, fromlist, level)
+            importer = running[-1]
+            statements.append(importer)
+            try:
+                module = original_import(name, globals, locals, fromlist, level)
+            except BaseException:
+                recorder._failed(importer)  # (caught, it may have chosen what the body did)
+                raise
+            finally:
+                statements.pop()
+            recorder._statement(importer, module, name, fromlist, level)
             return module
 
         importlib.machinery.SourceFileLoader.exec_module = exec_module  # type: ignore[method-assign,assignment]
@@ -102,15 +124,47 @@ class ImportGraphRecorder:
         return known
 
     def _ran(self, name: str, path: str) -> None:
-        if self._running:
-            self.imports.setdefault(self._running[-1], set()).add(name)
+        running, statements = self._running, self._statements
+        if running and not (statements and statements[-1] == running[-1]):
+            self.imports.setdefault(running[-1], set()).add(name)  # (a statement's: see _statement)
+        self._ran_during_statement.append(name)
         self.files[name] = path
         self.imports.setdefault(name, set())
 
-    def _statement(self, module: ModuleType, name: str, fromlist: Any, level: int) -> None:
+    def _adopt_held_submodules(self, package: ModuleType) -> None:
+        """A package that ran again while a project layer holds some of its submodules: they are
+        its attributes once its body ran, as the import system set them when they were imported."""
+        prefix = f"{package.__name__}."
+        for name in self.held:
+            child = name[len(prefix) :]
+            module = sys.modules.get(name)
+            if name.startswith(prefix) and "." not in child and module and not hasattr(package, child):
+                setattr(package, child, module)
+
+    def _note_patches(self, name: str, module: ModuleType) -> None:
+        """A body that assigned into another project module's namespace (a patch at import): that
+        module depends on it too, as if it had imported it (so what imports the patched module runs
+        again with the patcher)."""
+        for target in self.imports.get(name, ()):
+            before = self._namespaces.get(target)
+            patched = sys.modules.get(target)
+            if before is None or patched is None:
+                continue
+            now = _names_of(patched)
+            if now != before:
+                self.imports.setdefault(target, set()).add(name)
+                self._namespaces[target] = now
+        self._namespaces[name] = _names_of(module)
+
+    def _failed(self, importer: str) -> None:
+        """A statement that raised: its module depends on every module it ran (conservatively)."""
+        imported = self.imports.setdefault(importer, set())
+        imported.update(m for m in self._ran_during_statement if m != importer)
+
+    def _statement(self, importer: str, module: ModuleType, name: str, fromlist: Any, level: int) -> None:
         """Note what an `import` statement bound, for the body on top of the stack."""
         files = self.files
-        importer = self._running[-1]
+        self._ran_during_statement.clear()
         if level == 0 and not fromlist:
             parts = name.split(".")
             targets = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
@@ -118,10 +172,14 @@ class ImportGraphRecorder:
             base = getattr(module, "__name__", None)
             if not isinstance(base, str):
                 return
-            targets = [base]
-            if fromlist:
-                targets += [f"{base}.{item}" for item in fromlist if isinstance(item, str) and item != "*"]
-        imported = self.imports[importer]
+            targets = [base] if not fromlist else []
+            for item in fromlist or ():
+                submodule = f"{base}.{item}" if isinstance(item, str) and item != "*" else ""
+                if submodule in files and getattr(module, item, None) is sys.modules.get(submodule):
+                    targets.append(submodule)  # a submodule: not the package's own names
+                else:
+                    targets.append(base)  # a name the package's __init__ defines (or *)
+        imported = self.imports.setdefault(importer, set())
         for target in targets:
             if target in files and target != importer:
                 imported.add(target)
@@ -151,6 +209,17 @@ class ImportGraphRecorder:
             path = getattr(module, "__file__", None)
             if isinstance(path, str) and path.endswith(".py") and self._is_project(path):
                 self.files[name] = os.path.abspath(path)
+
+
+def _names_of(module: ModuleType) -> dict[str, int]:
+    """A module's own names and what they are bound to, but its submodules (the import system
+    sets those on the package) and dunders (`__warningregistry__` and the like)."""
+    prefix = f"{module.__name__}."
+    return {
+        key: id(value)
+        for key, value in list(vars(module).items())
+        if not key.startswith("__") and not (isinstance(value, ModuleType) and value.__name__ == prefix + key)
+    }
 
 
 def _is_ours(hook: object) -> bool:

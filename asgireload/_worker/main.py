@@ -113,6 +113,11 @@ class WorkerRun:
         self.project = WatchFilter(settings.roots, settings.includes, settings.excludes)
         self.recorder = ImportRecorder(self.project)
         self.graph = ImportGraphRecorder(self.project.is_project_file)
+        self.held: frozenset[str] = frozenset()  # project modules a project layer imported (layer.py)
+        inherited = getattr(sys.modules.get("asgireload._worker.layer"), "INHERITED", None)
+        if inherited is not None:  # forked from a project layer: its files' stats, its graph
+            self.recorder.stats.update(inherited.stats)
+            self.graph, self.held = inherited.graph, inherited.held
         self.generation = 0
         self.shown: dict[str, Any] = {}  # the failure the error page shows (it follows updates)
         self.server: Server | None = None
@@ -205,7 +210,7 @@ class WorkerRun:
     def _prepare_imports(self) -> None:
         """Put the project where `uvicorn APP` has it: first on sys.path, PYTHONPATH after it."""
         project_paths = [self.settings.app_dir, *_PYTHONPATH]
-        for name in _shadowed_modules(project_paths, self.imported_by_uvicorn):
+        for name in _shadowed_modules(project_paths, self.imported_by_uvicorn | self.held):
             del sys.modules[name]
         sys.path[0:0] = project_paths
         importlib.invalidate_caches()

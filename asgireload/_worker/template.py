@@ -33,6 +33,7 @@ import importlib.util
 import json
 import os
 import select
+import signal
 import socket
 import sys
 import threading
@@ -43,8 +44,9 @@ from typing import Any, NoReturn
 import uvicorn
 
 from .. import _reaper, _warmcache, _wire
+from .._preload import import_each
 from .. import _protocol as protocol
-from . import exiting
+from . import exiting, layer
 
 
 def _read_settings(
@@ -64,6 +66,20 @@ def _read_settings(
     return protocol.decode_as(protocol.Settings, first), rest
 
 
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _read_settings_like(receiver: _wire.LineReceiver) -> list[tuple[dict[str, Any], list[int]]]:
+    """The first lines on a channel, waited for (end of file: the supervisor is gone)."""
+    received: list[tuple[dict[str, Any], list[int]]] = []
+    while not received:
+        messages = receiver.receive()
+        if messages is None:
+            os._exit(0)
+        received += messages
+    return received
+
+
 def _warm_up(options: dict[str, Any]) -> None:
     """What every worker imports before the app: uvicorn's protocols for these options (the
     defaults: {}), and the event loop's module. Enough to fork the first worker."""
@@ -76,16 +92,8 @@ def _warm_up(options: dict[str, Any]) -> None:
 def _preload(names: tuple[str, ...]) -> tuple[int, list[str]]:
     """The installed modules the app imported last time: all that import. The failures are left
     to the forked worker, which reports the first through its own hello, as a spawned one does."""
-    imported, failed = 0, []
-    for name in names:
-        try:
-            importlib.import_module(name)
-            imported += 1
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            failed.append(name)
-    return imported, failed
+    failed = [name for name, _error in import_each(names)]
+    return len(names) - len(failed), failed
 
 
 def _retag(tag: str) -> None:
@@ -141,14 +149,49 @@ def _become_worker(tag: str, fds: list[int], control: socket.socket, pidfds: lis
         exiting.leave(code)  # as a spawned worker's interpreter ends it: atexit handlers and all
 
 
+def _become_layer(
+    settings: protocol.Settings, fd: int, control: socket.socket, pidfds: list[int]
+) -> NoReturn:
+    """The forked child: a project layer (see layer.py), then a template serving its own channel,
+    whose first line says which modules to hold (a long line: not the base template's to read)."""
+    try:
+        parent = os.getppid()
+        # killed with the template: the supervisor may stop it (SIGSTOP) while a reload runs, and
+        # a stopped process would not see its channel close if the supervisor were SIGKILLed
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(0)
+        control.close()
+        for pidfd in pidfds:
+            os.close(pidfd)
+        channel = socket.socket(fileno=fd)
+        receiver = _wire.LineReceiver(channel, max_line=protocol.TRUSTED_MAX_LINE)
+        (first, _), *_rest = _read_settings_like(receiver)
+        modules = first.get("modules")
+        if first.get("type") != "hold" or not isinstance(modules, list):
+            os._exit(1)
+        report = layer.become_layer(channel, settings, [str(name) for name in modules])
+        if report["type"] != "layered":
+            os._exit(0)  # the supervisor launches another without that module
+        template = Template(channel, receiver, [], settings)
+        gc.collect()
+        gc.freeze()
+        template.serve()
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+
+
 class Template:
     def __init__(
         self,
         control: socket.socket,
         receiver: _wire.LineReceiver,
         received: list[tuple[dict[str, Any], list[int]]],
+        settings: protocol.Settings | None = None,
     ) -> None:
         self.control = control
+        self.settings = settings  # what a project layer forked from here needs to import
         self.receiver = receiver
         self.received = received  # requests read with the settings
         self.poller = select.poll()
@@ -209,6 +252,9 @@ class Template:
             if message["type"] == "preload" and not fds and isinstance(modules, list):
                 self.warm_up([str(name) for name in modules])  # what the app turned out to import
                 continue
+            if message["type"] == "layer" and len(fds) == 1:
+                self._fork_layer(fds[0])
+                continue
             tag = message.get("tag")
             if message["type"] != "fork" or len(fds) != 4 or not isinstance(tag, str):
                 print(
@@ -234,6 +280,28 @@ class Template:
             os.close(fd)
         if pid < 0:
             return
+        pidfd = os.pidfd_open(pid)
+        self.children[pidfd] = pid
+        self.poller.register(pidfd, select.POLLIN)
+        _wire.send(self.control, {"type": "forked", "pid": pid}, [pidfd])
+
+    def _fork_layer(self, fd: int) -> None:
+        """Fork a project layer (layer.py): a template of its own on `fd`, reaped here like a worker."""
+        if self.retired or self.settings is None:
+            os.close(fd)
+            _wire.send(self.control, {"type": "refused", "error": "this fork server forks no layers"})
+            return
+        exiting.flush_standard_streams()
+        gc.freeze()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(fd)
+            _wire.send(self.control, {"type": "refused", "error": str(exc)})
+            return
+        if pid == 0:
+            _become_layer(self.settings, fd, self.control, list(self.children))
+        os.close(fd)
         pidfd = os.pidfd_open(pid)
         self.children[pidfd] = pid
         self.poller.register(pidfd, select.POLLIN)
@@ -282,7 +350,7 @@ def main() -> None:
     # as a spawned one would), the second once the preload list is imported too. The requests
     # that came in between are forked first, so preloading never delays the first generation.
     _say_hello(control, "hello")
-    template = Template(control, receiver, received)
+    template = Template(control, receiver, received, settings)
     template.serve_waiting()
     template.warm_up(list(settings.preload))
     template.serve()

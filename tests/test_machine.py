@@ -24,6 +24,8 @@ from asgireload._supervisor.table import IGNORED, TRANSITIONS, IllegalTransition
 T = e.TimerKind
 ADDRESS_IN_USE = "OSError: [Errno 98] Address already in use"
 ENV_FILE = "/project/.env"
+SITE_PTH = "/venv/site-packages/mypkg.pth"
+FASTAPI = "/venv/site-packages/fastapi/__init__.py"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,8 @@ def render(command: c.Command) -> str | None:
             return f"kill {worker}"
         case c.ReportOutcome(generation, outcome):
             return f"gen {generation} {outcome}"
+        case c.ReplaceTemplate():
+            return "new template"
         case c.ArmTimer(delay, e.TimerFired(kind, worker)):
             return f"timer {kind.name.lower()}{'' if worker is None else f'({worker})'} {delay:g}"
     return None
@@ -324,10 +328,23 @@ SCENARIOS: dict[str, list[Step]] = {
         ),
         (exited(2, -9), []),
     ],
-    "changed packages replace the standby without a reload": [
+    "changed packages replace the template, then the standby, without a reload": [
         *STARTED,
-        (e.PackagesChanged(("/venv/site-packages/fastapi/__init__.py",)), ["kill 2", "spawn 3 preloading"]),
+        (
+            e.PackagesChanged(("/venv/site-packages/fastapi/__init__.py",)),
+            ["new template", "kill 2", "spawn 3 preloading"],
+        ),
         (exited(2, -9), []),
+    ],
+    "one install reported twice replaces the template and the standby once": [
+        *STARTED,
+        (e.PackagesChanged((SITE_PTH,), since=999.0), ["new template", "kill 2", "spawn 3 preloading"]),
+        (exited(2, -9), []),
+        # the packages' scanner reports the same install later: first seen before the replacement
+        (Advance(1.0), []),
+        (e.PackagesChanged((FASTAPI,), since=999.5), []),
+        # files still being written after the replacement: the template may have missed them
+        (e.PackagesChanged((FASTAPI,), since=1000.5), ["new template", "kill 3", "spawn 4 preloading"]),
     ],
     "a standby that dies is replaced; one that dies preloading, without preloading": [
         *STARTED,

@@ -95,6 +95,9 @@ class CommandRunner:
                 self._watch(command)
             case c.ReportOutcome():
                 self._outcomes.report(command)
+            case c.ReplaceTemplate():
+                if processes.forkserver is not None:
+                    processes.forkserver.replace()
             case c.ArmTimer(delay, event):
                 if (earlier := self._timers.pop(event, None)) is not None:
                     earlier.cancel()

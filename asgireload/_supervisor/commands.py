@@ -60,6 +60,11 @@ class ReportOutcome:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReplaceTemplate:
+    """The next fork comes from a new template: the current one imported out-of-date packages."""
+
+
+@dataclasses.dataclass(frozen=True)
 class ArmTimer:
     """Feed `event` back in `delay` seconds; arming the same event again replaces the earlier timer."""
 
@@ -75,7 +80,7 @@ class Log:
     text: str
 
 
-Command = Spawn | Tell | Kill | Watch | ReportOutcome | ArmTimer | Log
+Command = Spawn | Tell | Kill | Watch | ReportOutcome | ReplaceTemplate | ArmTimer | Log
 
 
 class StepCommands:

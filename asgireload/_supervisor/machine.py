@@ -45,6 +45,7 @@ class Machine:
         self._context = context = MachineContext(policy, clock, read_env)
         self._out = context.out
         self.stopped = False
+        self._packages_replaced_at = float("-inf")  # when a package change last replaced the template
         backoff = Backoff()
         self.roster = Roster(context)
         self.standby_keeper = WarmStandby(context, self.roster)
@@ -121,12 +122,8 @@ class Machine:
                 self._file_changed(event)
             case e.ReloadRequested(reason):
                 self.generations.begin(Cause((), self._context.clock(), reason))
-            case e.PackagesChanged(paths):
-                names = ", ".join(self._context.relative(p) for p in paths[:3])
-                self._out.log(
-                    logging.INFO, f"Installed packages changed ({names}); replacing the warm worker."
-                )
-                self.standby_keeper.replace()
+            case e.PackagesChanged(paths, since):
+                self._packages_changed(paths, since)
             case e.StandbyUnfit(why):
                 self._out.log(logging.DEBUG, f"Replacing the warm worker: {why}.")
                 self.standby_keeper.replace()
@@ -145,6 +142,17 @@ class Machine:
         cause = Cause(event.paths, event.since, "change")
         cause.mark("detected", self._context.clock())
         self.generations.begin(cause)
+
+    def _packages_changed(self, paths: tuple[str, ...], since: float | None) -> None:
+        """A new template and a new standby, unless they were made after this change was first
+        seen: one install is often reported twice (the site watch, the packages' scanner)."""
+        if since is not None and since < self._packages_replaced_at:
+            return
+        self._packages_replaced_at = self._context.clock()
+        names = ", ".join(self._context.relative(p) for p in paths[:3])
+        self._out.log(logging.INFO, f"Installed packages changed ({names}); replacing the warm worker.")
+        self._out.emit(c.ReplaceTemplate())  # first: the new standby is forked from the new template
+        self.standby_keeper.replace()
 
     def _stop(self, force: bool) -> None:
         """Drain what serves (kill it, with force), let a draining worker that was ready finish,

@@ -32,9 +32,11 @@ class ReloadRequested:
 
 @dataclasses.dataclass(frozen=True)
 class PackagesChanged:
-    """Installed files the standby preloaded changed (a package was upgraded)."""
+    """Installed files the standby preloaded changed (a package was upgraded), or what a new
+    interpreter imports from did (site-packages, `.pth` files); first seen at `since` (None: now)."""
 
     paths: tuple[str, ...]
+    since: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -140,7 +140,6 @@ class Supervisor:
                 self._start_task,
                 live_settings=self.live_settings,
                 tell_pages=runner.tell_pages,
-                replace_template=self._replace_template,
                 reconfigured=self._reconfigured,
                 code_changed=self._layers_changed,
             )
@@ -265,10 +264,6 @@ class Supervisor:
     def _worker_settings(self, preload: tuple[str, ...]) -> WorkerSettings:
         roots, run = self.project.roots, self.live.run
         return functools.partial(settings.worker_settings, self.config, roots, preload, self._fd_limit, run)
-
-    def _replace_template(self) -> None:
-        if self._processes is not None and self._processes.forkserver is not None:
-            self._processes.forkserver.replace()  # before the machine asks for a new standby
 
     def _capture(self, line: str) -> None:
         self.output.append(line)

@@ -55,7 +55,6 @@ class Watching:
         self._site: SiteWatch | None = None  # what a process started now would import from
         self._live_settings: LiveSettings | None = None
         self._tell_pages: Callable[[list[str]], None] = lambda assets: None
-        self._replace_template: Callable[[], None] = lambda: None
         self._reconfigured: Callable[[Config], None] = lambda config: None
         self._code_changed: Callable[[list[str]], None] = lambda paths: None
 
@@ -65,14 +64,13 @@ class Watching:
         *,
         live_settings: LiveSettings | None,
         tell_pages: Callable[[list[str]], None],
-        replace_template: Callable[[], None],
         reconfigured: Callable[[Config], None],
         code_changed: Callable[[list[str]], None] = lambda paths: None,
     ) -> None:
         """Start the scanners (as tasks of the supervisor) and watch the env and settings files."""
         config = self.config
         self._live_settings = live_settings
-        self._tell_pages, self._replace_template = tell_pages, replace_template
+        self._tell_pages = tell_pages
         self._reconfigured, self._code_changed = reconfigured, code_changed
         self.scanner = Scanner(
             self._on_change,
@@ -147,5 +145,4 @@ class Watching:
         return [path for path in paths if path not in reread.quiet]
 
     def _on_packages_change(self, paths: list[str], since: float) -> None:
-        self._replace_template()  # before the machine asks for a new standby
-        self._emit(e.PackagesChanged(tuple(paths)))
+        self._emit(e.PackagesChanged(tuple(paths), since))

@@ -96,6 +96,7 @@ class Files:
     files: tuple[FileEntry, ...] = sent_always(())
     modules: tuple[str, ...] = ()
     imports: tuple[ImportEntry, ...] = ()
+    env: tuple[str, ...] = ()  # environment variables the app's import set, changed or removed
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@ fork safety detected per module."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import threading
@@ -109,3 +110,32 @@ def test_an_import_that_fails_here_or_pulls_in_a_module_not_held_is_unfit(projec
     assert report["why"].startswith("RuntimeError: no running event loop")
     report = LayerImport(settings_for(project), ["greedy"]).run()
     assert report == {"type": "unfit", "module": "greedy", "why": "it imported excluded, not held"}
+
+
+def test_a_file_left_open_for_writing_at_import_is_unsafe_one_for_appending_is_not(project: Path) -> None:
+    write(project / "appender.py", "LOG = open(__file__ + '.log', 'a')\n")
+    write(
+        project / "database.py",
+        "import sqlite3\nDB = sqlite3.connect(__file__ + '.db')\nDB.execute('create table t (x)')\n",
+    )
+    try:
+        report = LayerImport(settings_for(project), ["appender", "database"]).run()
+    finally:
+        for name, attribute in (("appender", "LOG"), ("database", "DB")):
+            opened = getattr(sys.modules.get(name), attribute, None)
+            if opened is not None:
+                opened.close()
+    assert report["type"] == "unsafe", report
+    assert report["module"] == "database"
+    assert report["why"].endswith("database.py.db open for writing at import")
+
+
+def test_an_exit_handler_registered_at_import_is_unsafe(project: Path) -> None:
+    write(project / "cleaner.py", "import atexit\natexit.register(print, 'bye')\n")
+    report = LayerImport(settings_for(project), ["cleaner"]).run()
+    atexit.unregister(print)
+    assert report == {
+        "type": "unsafe",
+        "module": "cleaner",
+        "why": "it registered an exit handler (atexit) at import",
+    }

@@ -127,21 +127,37 @@ def test_a_file_that_is_no_module_makes_every_layer_unfit() -> None:
 
 def test_the_standby_is_replaced_when_its_layer_does_not_fit_or_once_a_layer_is_ready() -> None:
     book = LayerBook()
+    same = lambda path: STAT  # noqa: E731  (the scanner sees every file as the layer did)
     book.forked_from[7] = FROM_BASE
-    assert book.standby_unfit(7) is None  # no layer yet
-    assert book.standby_unfit(99) is None  # spawned: nothing to say
+    assert book.standby_unfit(7, same) is None  # no layer yet
+    assert book.standby_unfit(99, same) is None  # spawned: nothing to say
     record = book.wanted(graph_of(EDGES), base=1)
     assert record is not None
     held_files(book, record.id, ["models"])
-    assert book.standby_unfit(7) == "a project layer is ready"
-    assert book.standby_unfit(7) is None  # once (a fork from it that failed does not loop)
+    assert book.standby_unfit(7, same) == "a project layer is ready"
+    assert book.standby_unfit(7, same) is None  # once (a fork from it that failed does not loop)
     book.forked_from[8] = record.id
     assert book.held_by(8) == 1
-    assert book.standby_unfit(8) is None
+    assert book.standby_unfit(8, same) is None
     book.changed([f("models")])
-    assert book.standby_unfit(8) == (
+    assert book.standby_unfit(8, same) == (
         "the project layer it was forked from does not fit: it holds /p/models.py, which changed"
     )
+
+
+def test_a_standby_whose_layer_read_a_file_that_changed_since_is_replaced() -> None:
+    book = LayerBook()
+    record = book.wanted(graph_of(EDGES), base=1)
+    assert record is not None
+    data = "/p/data.json"  # read at import by a held module: no scanner reports it
+    book.ready(record.id, ["models"], {f("models"): STAT, data: STAT}, lambda path: STAT)
+    book.forked_from[8] = record.id
+    assert book.standby_unfit(8, lambda path: STAT) is None
+    changed = lambda path: None if path == data else STAT  # noqa: E731
+    assert book.standby_unfit(8, changed) == (
+        "the project layer it was forked from does not fit: it holds /p/data.json, which changed"
+    )
+    assert record.stage is LayerStage.RETIRED
 
 
 def test_a_newer_ready_layer_retires_the_older() -> None:

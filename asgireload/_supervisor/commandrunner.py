@@ -64,6 +64,8 @@ class CommandRunner:
             self.processes.exited(event.worker)
         results: collections.deque[e.Event] = collections.deque([event])
         layers = self.processes.layers
+        if layers is not None and isinstance(event, e.WorkerFailed) and event.failure.kind == "stale-layer":
+            layers.retire_all(event.failure.summary)
         unfit = projectlayers.standby_check(layers, self.machine, event)
         if unfit is not None:
             results.appendleft(unfit)  # before it: what loads next must not be that standby

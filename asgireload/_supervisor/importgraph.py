@@ -27,6 +27,7 @@ class ImportGraph:
         self.files: dict[str, str] = {}  # module name -> file, in the order the worker ran them
         self._by_file: dict[str, set[str]] = {}  # file -> the module names built from it
         self._importers: dict[str, set[str]] = {}  # module -> the modules whose body imported it
+        self.env_set: set[str] = set()  # environment variables the app's import set or changed
 
     def __len__(self) -> int:
         return len(self.files)

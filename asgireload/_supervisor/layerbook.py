@@ -170,6 +170,11 @@ class LayerBook:
                     self._unfit(record, f"it holds {hit}, which changed")
             # (one still importing is checked against the scanner's view when it is ready)
 
+    def retire_all(self, why: str) -> None:
+        for record in self.layers.values():
+            if record.stage is not LayerStage.RETIRED:
+                self._unfit(record, why)
+
     def _unfit(self, record: LayerRecord, why: str) -> None:
         record.stage, record.unfit = LayerStage.RETIRED, why
         self.retiring.append(record.id)
@@ -192,13 +197,18 @@ class LayerBook:
             self._unfit(record, f"it holds {changed}, which changed")
         return None
 
-    def standby_unfit(self, worker: int) -> str | None:
-        """Why this standby must be replaced before it loads, or None."""
+    def standby_unfit(self, worker: int, view: Callable[[str], Stat]) -> str | None:
+        """Why this standby must be replaced before it loads, or None. Its layer's files are looked
+        at again: a data file it read changes with no report from the scanner."""
         layer = self.forked_from.get(worker)
         if layer is None:
             return None  # spawned: no layer could have held anything
         if layer != FROM_BASE:
             record = self.layers.get(layer)
+            if record is not None and record.stage is LayerStage.READY:
+                changed = next((p for p, stat in record.files.items() if view(p) != stat), None)
+                if changed is not None:
+                    self._unfit(record, f"it holds {changed}, which changed")
             if record is None or record.stage is not LayerStage.READY:
                 why = record.unfit if record is not None and record.unfit else "it is gone"
                 return f"the project layer it was forked from does not fit: {why}"

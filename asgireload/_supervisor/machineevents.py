@@ -91,6 +91,7 @@ class FilesReported:
     files: tuple[FileEntry, ...] = ()
     modules: tuple[str, ...] = ()
     imports: tuple[ImportEntry, ...] = ()
+    env: tuple[str, ...] = ()  # environment variables its app's import set (a layer must not read them)
 
 
 @dataclasses.dataclass(frozen=True)

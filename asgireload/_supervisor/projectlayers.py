@@ -35,6 +35,7 @@ from .workers import Emit, SpawnError, WorkerProcess
 if TYPE_CHECKING:
     from .forkserver import ForkServer, TemplateHandle
     from .machine import Machine
+    from .scanner import Scanner
 
 logger = logging.getLogger("asgireload")
 
@@ -154,8 +155,13 @@ class ProjectLayers:
         self.book.changed(paths)
         self._carry_out()
 
+    def retire_all(self, why: str) -> None:
+        """No layer forks again (a worker forked from one found what it holds out of date)."""
+        self.book.retire_all(why)
+        self._carry_out()
+
     def standby_unfit(self, worker_id: int) -> str | None:
-        why = self.book.standby_unfit(worker_id)
+        why = self.book.standby_unfit(worker_id, self.view)
         self._carry_out()
         return why
 
@@ -194,7 +200,9 @@ class ProjectLayers:
         self.handles[record.id] = handle
         parent.setblocking(False)
         asyncio.get_running_loop().add_reader(parent.fileno(), self._readable, handle)
-        line = _wire.frame({"type": "hold", "modules": list(record.order)})
+        graph = self.graph()
+        env = sorted(graph.env_set) if graph is not None else []
+        line = _wire.frame({"type": "hold", "modules": list(record.order), "env": env})
         handle.sending = self.server._run(self.server._send(handle, line))  # type: ignore[arg-type]
         self.server._run(self._watch(handle))
 
@@ -264,6 +272,12 @@ def _stats(value: object) -> dict[str, Stat]:
             ok = all(isinstance(x, int) for x in (mtime, size, ino))
             found[entry[0]] = (mtime, size, ino) if ok else None
     return found
+
+
+def view_of(scanner: Scanner) -> Callable[[str], Stat]:
+    """A file's stat as the scanner knows it; a file it does not watch (a data file or a module
+    from PYTHONPATH that a held module read) as it is on disk now."""
+    return lambda path: scanner.stat_of(path) if path in scanner else _disk_stat(path)
 
 
 def _disk_stat(path: str) -> Stat:

@@ -51,6 +51,15 @@ class Recovery:
         worker.failure = failure
         generations, policy = self._generations, self._context.policy
         cause = generations.cause or Cause((), self._context.clock(), "start")
+        if failure.kind == "stale-layer":
+            # what the project layer held is not what a fresh process would have built now: the
+            # same generation again, in a worker spawned for it (nothing was served)
+            self._out.log(
+                logging.DEBUG, f"Generation {worker.generation}: {failure.summary}; loading it again."
+            )
+            self._roster.kill(worker)
+            self._generations.load_again_cold(cause, None)
+            return
         if failure.kind == "usage" and worker.generation == 1:
             # A mistake in the command: start() turns it into one line and a failed exit.
             self._reporter.failure = failure

@@ -147,7 +147,7 @@ class Supervisor:
                 projectlayers.connect(
                     self._processes.layers if self._processes is not None else None,
                     self._machine,
-                    self._watching.scanner.stat_of,
+                    projectlayers.view_of(self._watching.scanner),
                     self._queue.put_nowait,
                 )
             await self._queue.put(e.ReloadRequested("start"))

@@ -23,6 +23,7 @@ Three things keep it honest:
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import importlib.util
 import os
@@ -36,9 +37,10 @@ from typing import Any
 from .. import _protocol as protocol
 from .. import _wire
 from .._watchfilter import WatchFilter
+from . import datafiles, layerenv
 from . import main as worker
 from .imports import ImportGraphRecorder
-from .loader import ImportRecorder
+from .loader import ImportRecorder, stat_of
 
 
 class Inherited:
@@ -104,10 +106,22 @@ def _describe_fd(fd: int) -> str:
         return "a descriptor"
 
 
+def _writable(fd: int) -> bool:
+    """Whether a descriptor was opened for writing (not only appending): every worker forked would
+    share its one offset, and none would truncate it as a fresh process does."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as info:
+            flags = next((int(line.split()[1], 8) for line in info if line.startswith("flags:")), 0)
+    except (OSError, ValueError):
+        return False
+    return flags & os.O_ACCMODE != os.O_RDONLY and not flags & os.O_APPEND
+
+
 class SafetyCheck:
     """What one module's import left behind that a fork cannot copy safely; None if nothing."""
 
     def __init__(self) -> None:
+        self.exit_handlers = atexit._ncallbacks()
         self.fds = _descriptors()
         self.children = _children()
         self.forks = _Forked.count
@@ -121,10 +135,15 @@ class SafetyCheck:
             return "it forked at import"
         if _children() - self.children:
             return "it started a process at import"
+        if atexit._ncallbacks() > self.exit_handlers:
+            # it would run in every generation's exit, on what the layer made (a folder, a file)
+            return "it registered an exit handler (atexit) at import"
         for fd in sorted(_descriptors() - self.fds):
             what = _describe_fd(fd)
             if what.startswith(_SHARED_BADLY):  # (a file read or mapped is fine: a model's weights)
                 return f"it left {what} open at import"
+            if _writable(fd):  # (a database file, a log opened for writing)
+                return f"it left {what} open for writing at import"
         return None
 
 
@@ -160,6 +179,7 @@ class LayerImport:
         self.graph = ImportGraphRecorder(self.project.is_project_file)
         self.app_dir = settings.app_dir
         self.stubs: dict[str, types.ModuleType] = {}
+        self.opened: set[str] = set()  # files the held modules opened to read at import
 
     def run(self) -> dict[str, Any]:
         """The report: `layered` with what it holds, or `unsafe`/`unfit` naming a module."""
@@ -191,13 +211,19 @@ class LayerImport:
         check = SafetyCheck()
         try:
             _stub_parents(name, wanted, self.stubs)
-            importlib.import_module(name)
+            with layerenv.recording_reads() as read, datafiles.recording_opens(self.opened):
+                importlib.import_module(name)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             return {"type": "unfit", "module": name, "why": f"{type(exc).__name__}: {exc}"[:300]}
         if (problem := check.problem()) is not None:
             return {"type": "unsafe", "module": name, "why": problem}
+        if set_by_app := sorted(layerenv.APP_SETS.intersection(read)):
+            why = f"it reads {set_by_app[0]} at import, which the app's own import sets"
+            return {"type": "unfit", "module": name, "why": why}
+        for variable, value in read.items():
+            layerenv.SEEN.setdefault(variable, value)
         extra = [m for m in self.graph.files if m not in wanted and m not in self.stubs]
         if extra:
             return {"type": "unfit", "module": name, "why": f"it imported {extra[0]}, not held"}
@@ -215,11 +241,13 @@ class LayerImport:
             if os.path.abspath(path) in paths
         }
         INHERITED = Inherited(stats, self.graph)
+        files = [list(stats[path]) for path in dict.fromkeys(held.values()) if path in stats]
+        read = datafiles.own_files(self.opened - paths, self.project)  # data, PYTHONPATH's modules
         return {
             "type": "layered",
             "pid": os.getpid(),
             "modules": list(held),
-            "files": [list(stats[path]) for path in dict.fromkeys(held.values()) if path in stats],
+            "files": files + [list(stat_of(path)) for path in read],
         }
 
 

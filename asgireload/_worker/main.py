@@ -51,7 +51,7 @@ from .._channel import Channel  # noqa: E402
 from .._paths import relative  # noqa: E402
 from .._protocol import Failure  # noqa: E402
 from .._watchfilter import WatchFilter  # noqa: E402
-from . import debugger  # noqa: E402
+from . import debugger, layerenv  # noqa: E402
 from .errorpage import error_app  # noqa: E402
 from .hangup import exit_with_children, watch_for_hangup  # noqa: E402
 from .importreports import preload, report_chunks  # noqa: E402
@@ -118,6 +118,8 @@ class WorkerRun:
         if inherited is not None:  # forked from a project layer: its files' stats, its graph
             self.recorder.stats.update(inherited.stats)
             self.graph, self.held = inherited.graph, inherited.held
+            self.graph.held = inherited.held  # (a package run again adopts its held submodules)
+        self.env_set: tuple[str, ...] = ()  # environment variables the app's import set
         self.generation = 0
         self.shown: dict[str, Any] = {}  # the failure the error page shows (it follows updates)
         self.server: Server | None = None
@@ -217,6 +219,7 @@ class WorkerRun:
 
     async def _start_app(self) -> bool:
         """Import the app and run its lifespan start-up (not accepting yet); on failure report it."""
+        environment = dict(os.environ)
         self.graph.install()
         try:
             app = load_app(
@@ -231,7 +234,11 @@ class WorkerRun:
             self._fail(exc.failure)
             return False
         self.graph.uninstall()
+        self.env_set = tuple(sorted(layerenv.set_by_import(environment)))
         self._report_files()
+        if (stale := layerenv.stale_environment()) is not None:
+            self._fail(stale)  # the supervisor loads this generation again, with no layer
+            return False
         sink: dict[str, Failure] = {}
         try:
             ok = await self._start_server(app, lifespan_sink=sink)
@@ -297,6 +304,9 @@ class WorkerRun:
         imports = self.graph.new_entries()
         for chunk in report_chunks({"files": files, "modules": modules, "imports": imports}):
             self.channel.send(protocol.Files(**{kind: tuple(items) for kind, items in chunk.items()}))
+        if self.env_set:
+            self.channel.send(protocol.Files(env=self.env_set))
+            self.env_set = ()
 
     async def _report_lazy_imports(self) -> None:
         """Modules imported inside request handlers are watched too, within a second."""

@@ -46,7 +46,7 @@ import uvicorn
 from .. import _reaper, _warmcache, _wire
 from .._preload import import_each
 from .. import _protocol as protocol
-from . import exiting, layer
+from . import exiting, layer, layerenv
 
 
 def _read_settings(
@@ -170,6 +170,7 @@ def _become_layer(
         modules = first.get("modules")
         if first.get("type") != "hold" or not isinstance(modules, list):
             os._exit(1)
+        layerenv.APP_SETS = frozenset(str(name) for name in first.get("env") or ())
         report = layer.become_layer(channel, settings, [str(name) for name in modules])
         if report["type"] != "layered":
             os._exit(0)  # the supervisor launches another without that module

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from asgireload._supervisor.layerbook import FROM_BASE, LayerBook, LayerStage, Stat
+from asgireload._supervisor.layerbook import FROM_BASE, LIKELY_KEPT, LayerBook, LayerStage, Stat
 from asgireload._supervisor.projectlayers import likely_edited
 
 from .test_importgraph import f, graph_of
@@ -174,7 +175,7 @@ def test_a_newer_ready_layer_retires_the_older() -> None:
 
 
 def test_files_modified_in_the_work_tree_are_likely_edited(tmp_path: Path) -> None:
-    if shutil.which("git") is None:
+    if shutil.which("git") is None and os.environ.get("CI") != "true":  # CI installs git
         pytest.skip("no git here")
     assert likely_edited(str(tmp_path)) == []  # not a work tree: nothing, and no error
     git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -188,6 +189,11 @@ def test_files_modified_in_the_work_tree_are_likely_edited(tmp_path: Path) -> No
     (tmp_path / "notes.txt").write_text("x\n")
     (tmp_path / "app/new.py").write_text("")  # untracked: no module of the last generation
     assert likely_edited(str(tmp_path / "app")) == [str(tmp_path / "app/models.py")]
+    subprocess.run([*git, "mv", "app/main.py", "app/server.py"], check=True)  # a rename: two paths
+    assert sorted(likely_edited(str(tmp_path / "app"))) == [
+        str(tmp_path / "app/models.py"),
+        str(tmp_path / "app/server.py"),
+    ]
 
 
 def test_layers_that_die_importing_are_given_up_after_a_few() -> None:
@@ -198,3 +204,15 @@ def test_layers_that_die_importing_are_given_up_after_a_few() -> None:
         book.gone(record.id)  # died before saying what it holds (a crash at import)
     assert book.wanted(graph_of(EDGES), base=1) is None
     assert book.take_log()[-1] == (10, "3 project layers died importing: no more layers.")
+
+
+def test_only_the_latest_changed_files_are_likely_edited() -> None:
+    book = LayerBook()
+    checkout = [f"/p/m{i}.py" for i in range(LIKELY_KEPT + 10)]
+    book.changed(checkout)  # a checkout of many files: they are not all edited next
+    assert book.likely == set(checkout[-LIKELY_KEPT:])
+    book.changed([checkout[-LIKELY_KEPT]])  # edited again: the newest now
+    book.changed(["/p/new.py"])
+    assert checkout[-LIKELY_KEPT] in book.likely
+    assert checkout[-LIKELY_KEPT + 1] not in book.likely
+    assert "/p/new.py" in book.likely

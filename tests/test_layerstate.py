@@ -130,3 +130,46 @@ async def test_an_exit_handler_registered_at_import_keeps_the_module_out_of_the_
         said = [line for _, line in cli.lines if "does not hold scratch" in line]
         assert said, cli.transcript()
         assert "exit handler" in said[0]
+
+
+async def test_a_module_created_where_a_held_module_looked_is_found(tmp_path: Path) -> None:
+    write(
+        tmp_path / "main.py",
+        "import optional\nimport routes\n\n\n"
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] != 'http':\n        return\n"
+        "    body = optional.FOUND + '|' + ','.join(optional.PLUGINS)\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': body.encode()})\n",
+    )
+    # an optional import and a plugin folder listed at import: what a fresh process finds changes
+    # when a file is created, with no edit to the module itself
+    write(
+        tmp_path / "optional.py",
+        "import pkgutil\nimport plugins\n"
+        "try:\n    import fastlib\n    FOUND = 'fast'\nexcept ImportError:\n    FOUND = 'slow'\n"
+        "PLUGINS = sorted(info.name for info in pkgutil.iter_modules(plugins.__path__))\n",
+    )
+    write(tmp_path / "plugins/__init__.py", "")
+    write(tmp_path / "plugins/a.py", "")
+    write(tmp_path / "routes.py", "VALUE = 0\n")
+    async with run_cli(tmp_path, *ARGS) as cli:
+        port = await cli.started()
+        url = f"http://127.0.0.1:{port}/"
+        async with client() as http:
+            assert (await http.get(url)).text == "slow|a"
+            generation, mark = 1, 0
+            steps = [("plugins/b.py", "slow|a,b"), ("fastlib.py", "fast|a,b")]
+            for value in range(1, 3):  # a layer that leaves routes.py out, holding optional.py
+                generation += 1
+                mark = len(cli.lines)
+                write_atomically(tmp_path / "routes.py", f"VALUE = {value}\n")
+                await cli.wait_for_line(reloaded(generation))
+            for created, expected in steps:
+                await forked_from_a_layer(cli, mark)
+                write(tmp_path / created, "")  # (a new file: no generation watches it)
+                generation += 1
+                mark = len(cli.lines)
+                write_atomically(tmp_path / "routes.py", f"VALUE = {generation}\n")
+                await cli.wait_for_line(reloaded(generation))
+                assert (await http.get(url)).text == expected, cli.transcript()

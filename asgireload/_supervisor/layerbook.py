@@ -32,6 +32,7 @@ from .importgraph import ImportGraph
 Stat = tuple[int, int, int] | None  # (mtime_ns, size, ino) as the scanner keeps it; None: missing
 FROM_BASE = 0  # forked_from: the base template
 MAX_LOST = 3  # layers that die before saying what they hold: then no more layers
+LIKELY_KEPT = 32  # changed files kept as likely edited, the latest (a checkout's hundreds are not)
 
 
 class LayerStage(enum.Enum):
@@ -57,6 +58,7 @@ class LayerBook:
 
     def __init__(self, likely: Iterable[str] = ()) -> None:
         self.likely: set[str] = set(likely)  # files the next edits likely touch
+        self._changed: list[str] = []  # the files changed, oldest first (at most LIKELY_KEPT)
         self.refused: dict[str, str] = {}  # module -> why no layer holds it (and its importers)
         self.layers: dict[int, LayerRecord] = {}  # not yet gone
         self.forked_from: dict[int, int] = {}  # worker id -> the layer it was forked from (or FROM_BASE)
@@ -157,7 +159,11 @@ class LayerBook:
     def changed(self, paths: Iterable[str]) -> None:
         """Files changed: they are likely edited again; the layers they make unfit are retired."""
         paths = list(paths)
-        self.likely.update(p for p in paths if p.endswith(".py"))
+        edited = [p for p in dict.fromkeys(paths) if p.endswith(".py")]
+        self.likely.update(edited)
+        self._changed = [p for p in self._changed if p not in set(edited)] + edited
+        while len(self._changed) > LIKELY_KEPT:  # a layer holds them again, until edited again
+            self.likely.discard(self._changed.pop(0))
         data = [p for p in paths if not p.endswith(".py")]
         for record in list(self.layers.values()):
             if record.stage is LayerStage.RETIRED:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as protocol
 from .. import _wire
+from .._listing import listing_key
 from . import templatespawn
 from .children import ForkedChild
 from .debugging import DebugTerminal
@@ -277,7 +278,13 @@ def _stats(value: object) -> dict[str, Stat]:
 def view_of(scanner: Scanner) -> Callable[[str], Stat]:
     """A file's stat as the scanner knows it; a file it does not watch (a data file or a module
     from PYTHONPATH that a held module read) as it is on disk now."""
-    return lambda path: scanner.stat_of(path) if path in scanner else _disk_stat(path)
+
+    def view(path: str) -> Stat:
+        if path.endswith(os.sep):  # a folder a held module imported from: its module names
+            return listing_key(path)
+        return scanner.stat_of(path) if path in scanner else _disk_stat(path)
+
+    return view
 
 
 def _disk_stat(path: str) -> Stat:
@@ -309,7 +316,10 @@ def likely_edited(folder: str) -> list[str]:
         return []
     root = top.stdout.decode(errors="replace").strip()
     found = []
-    for entry in result.stdout.decode(errors="replace").split("\0"):
+    entries = iter(result.stdout.decode(errors="replace").split("\0"))
+    for entry in entries:
+        if entry[:1] in ("R", "C"):
+            next(entries, None)  # a rename or copy is followed by its old path, with no status
         if len(entry) > 3 and entry[3:].endswith(".py"):
             found.append(os.path.join(root, entry[3:]))
     return found

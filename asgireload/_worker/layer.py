@@ -36,6 +36,7 @@ from typing import Any
 
 from .. import _protocol as protocol
 from .. import _wire
+from .._listing import listing_key
 from .._watchfilter import WatchFilter
 from . import datafiles, layerenv
 from . import main as worker
@@ -243,12 +244,12 @@ class LayerImport:
         INHERITED = Inherited(stats, self.graph)
         files = [list(stats[path]) for path in dict.fromkeys(held.values()) if path in stats]
         read = datafiles.own_files(self.opened - paths, self.project)  # data, PYTHONPATH's modules
-        return {
-            "type": "layered",
-            "pid": os.getpid(),
-            "modules": list(held),
-            "files": files + [list(stat_of(path)) for path in read],
-        }
+        files += [list(stat_of(path)) for path in read]
+        searched = {os.path.dirname(path) for path in paths} | {self.app_dir, *_pythonpath()}
+        files += [
+            [os.path.join(folder, ""), *key] for folder in sorted(searched) if (key := listing_key(folder))
+        ]
+        return {"type": "layered", "pid": os.getpid(), "modules": list(held), "files": files}
 
 
 def _pythonpath() -> Iterator[str]:

@@ -97,6 +97,7 @@ class Files:
     modules: tuple[str, ...] = ()
     imports: tuple[ImportEntry, ...] = ()
     env: tuple[str, ...] = ()  # environment variables the app's import set, changed or removed
+    fingerprints: tuple[tuple[str, int], ...] = ()  # project modules it ran: their plain values
 
 
 @dataclasses.dataclass(frozen=True)

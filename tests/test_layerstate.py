@@ -173,3 +173,29 @@ async def test_a_module_created_where_a_held_module_looked_is_found(tmp_path: Pa
                 write_atomically(tmp_path / "routes.py", f"VALUE = {generation}\n")
                 await cli.wait_for_line(reloaded(generation))
                 assert (await http.get(url)).text == expected, cli.transcript()
+
+
+async def test_a_registry_filled_by_a_module_run_again_is_read_as_in_a_fresh_process(tmp_path: Path) -> None:
+    write(
+        tmp_path / "main.py",
+        "import routes\nimport held\n\n\n"
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] != 'http':\n        return\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': held.VALUE.encode()})\n",
+    )
+    write(tmp_path / "registry.py", "NAMES = []\n")
+    # routes.py (edited, so run again by every generation) fills the registry before held.py,
+    # which the layer would import alone, reads it
+    write(tmp_path / "routes.py", "import registry\nregistry.NAMES.append('items')\nVALUE = 0\n")
+    write(tmp_path / "held.py", "import registry\nVALUE = ','.join(registry.NAMES) or 'EMPTY'\n")
+    async with run_cli(tmp_path, *ARGS) as cli:
+        port = await cli.started()
+        async with client() as http:
+            for generation in range(2, 6):
+                if generation == 4:  # a layer prepared for routes.py: it holds held.py, or says why not
+                    await cli.wait_for_line(r"is forked from the project layer|does not hold registry")
+                source = f"import registry\nregistry.NAMES.append('items')\nVALUE = {generation}\n"
+                write_atomically(tmp_path / "routes.py", source)
+                await cli.wait_for_line(reloaded(generation))
+                assert (await http.get(f"http://127.0.0.1:{port}/")).text == "items", cli.transcript()

@@ -66,6 +66,8 @@ class CommandRunner:
         layers = self.processes.layers
         if layers is not None and isinstance(event, e.WorkerFailed) and event.failure.kind == "stale-layer":
             layers.retire_all(event.failure.summary)
+        if layers is not None and isinstance(event, e.FilesReported):
+            layers.fingerprints.update(event.fingerprints)  # what a layer's modules must agree with
         unfit = projectlayers.standby_check(layers, self.machine, event)
         if unfit is not None:
             results.appendleft(unfit)  # before it: what loads next must not be that standby

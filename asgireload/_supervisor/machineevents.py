@@ -92,6 +92,7 @@ class FilesReported:
     modules: tuple[str, ...] = ()
     imports: tuple[ImportEntry, ...] = ()
     env: tuple[str, ...] = ()  # environment variables its app's import set (a layer must not read them)
+    fingerprints: tuple[tuple[str, int], ...] = ()  # the plain values of the project modules it ran
 
 
 @dataclasses.dataclass(frozen=True)

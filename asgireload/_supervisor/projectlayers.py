@@ -85,6 +85,7 @@ class ProjectLayers:
         self._wanted: protocol.Settings | None = None  # the last fork's settings
         self.handles: dict[int, LayerHandle] = {}
         self.graph: Callable[[], ImportGraph | None] = lambda: None  # the newest generation's
+        self.fingerprints: dict[str, int] = {}  # module -> its plain values when a worker last ran it
         self.view: Callable[[str], Stat] = _disk_stat  # the scanner's, once there is one
         self.on_ready: Callable[[], None] = lambda: None  # a layer is ready: check the standby
 
@@ -203,7 +204,10 @@ class ProjectLayers:
         asyncio.get_running_loop().add_reader(parent.fileno(), self._readable, handle)
         graph = self.graph()
         env = sorted(graph.env_set) if graph is not None else []
-        line = _wire.frame({"type": "hold", "modules": list(record.order), "env": env})
+        prints = {name: self.fingerprints[name] for name in record.order if name in self.fingerprints}
+        line = _wire.frame(
+            {"type": "hold", "modules": list(record.order), "env": env, "fingerprints": prints}
+        )
         handle.sending = self.server._run(self.server._send(handle, line))  # type: ignore[arg-type]
         self.server._run(self._watch(handle))
 

@@ -130,8 +130,8 @@ class WorkerProcess:
         match message:
             case protocol.Hello():
                 raise protocol.ProtocolError("a second 'hello'")
-            case protocol.Files(files, modules, imports, env):
-                return events.FilesReported(self.id, files, modules, imports, env)
+            case protocol.Files(files, modules, imports, env, fingerprints):
+                return events.FilesReported(self.id, files, modules, imports, env, fingerprints)
             case protocol.Draining() if self.told_to_drain:
                 return events.WorkerDraining(self.id)
             case protocol.Draining():

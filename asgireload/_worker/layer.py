@@ -40,6 +40,7 @@ from .._listing import listing_key
 from .._watchfilter import WatchFilter
 from . import datafiles, layerenv
 from . import main as worker
+from .fingerprints import fingerprint
 from .imports import ImportGraphRecorder
 from .loader import ImportRecorder, stat_of
 
@@ -53,6 +54,7 @@ class Inherited:
         self.held = frozenset(graph.files)
 
 
+FINGERPRINTS: dict[str, int] = {}  # module -> its fingerprint in the last import that ran it in full
 INHERITED: Inherited | None = None  # set in a layer; a worker forked from it finds it here
 
 
@@ -204,7 +206,17 @@ class LayerImport:
                 if entry in sys.path:
                     sys.path.remove(entry)
             _unstub(self.stubs)
-        return self._report()
+        return self._differs() or self._report()
+
+    def _differs(self) -> dict[str, Any] | None:
+        """The first held module whose plain values differ from those of the last import that ran
+        it in full: what it read at import was changed by a module the layer left out."""
+        for name in self.modules:
+            expected, module = FINGERPRINTS.get(name), sys.modules.get(name)
+            if expected is not None and module is not None and fingerprint(module) != expected:
+                why = "its values at import differ from a full import's (a module run before it changes them)"
+                return {"type": "unfit", "module": name, "why": why}
+        return None
 
     def _import(self, name: str, wanted: set[str]) -> dict[str, Any] | None:
         if name in sys.modules:

@@ -53,6 +53,7 @@ from .._protocol import Failure  # noqa: E402
 from .._watchfilter import WatchFilter  # noqa: E402
 from . import debugger, layerenv  # noqa: E402
 from .errorpage import error_app  # noqa: E402
+from .fingerprints import fingerprint  # noqa: E402
 from .hangup import exit_with_children, watch_for_hangup  # noqa: E402
 from .importreports import preload, report_chunks  # noqa: E402
 from .imports import ImportGraphRecorder  # noqa: E402
@@ -307,6 +308,10 @@ class WorkerRun:
         if self.env_set:
             self.channel.send(protocol.Files(env=self.env_set))
             self.env_set = ()
+        ran = [name for name, _, _ in imports if name not in self.held and name in sys.modules]
+        prints = tuple((name, fingerprint(sys.modules[name])) for name in dict.fromkeys(ran))
+        for start in range(0, len(prints), 2000):
+            self.channel.send(protocol.Files(fingerprints=prints[start : start + 2000]))
 
     async def _report_lazy_imports(self) -> None:
         """Modules imported inside request handlers are watched too, within a second."""

@@ -171,6 +171,9 @@ def _become_layer(
         if first.get("type") != "hold" or not isinstance(modules, list):
             os._exit(1)
         layerenv.APP_SETS = frozenset(str(name) for name in first.get("env") or ())
+        layer.FINGERPRINTS = {
+            str(k): v for k, v in (first.get("fingerprints") or {}).items() if isinstance(v, int)
+        }
         report = layer.become_layer(channel, settings, [str(name) for name in modules])
         if report["type"] != "layered":
             os._exit(0)  # the supervisor launches another without that module

@@ -203,15 +203,15 @@ class LayerBook:
             self._unfit(record, f"it holds {changed}, which changed")
         return None
 
-    def standby_unfit(self, worker: int, view: Callable[[str], Stat]) -> str | None:
-        """Why this standby must be replaced before it loads, or None. Its layer's files are looked
-        at again: a data file it read changes with no report from the scanner."""
+    def standby_unfit(self, worker: int, view: Callable[[str], Stat] | None = None) -> str | None:
+        """Why this standby must be replaced before it loads, or None. With `view` (before a load)
+        its layer's files are looked at again: a data file it read changes with no report."""
         layer = self.forked_from.get(worker)
         if layer is None:
             return None  # spawned: no layer could have held anything
         if layer != FROM_BASE:
             record = self.layers.get(layer)
-            if record is not None and record.stage is LayerStage.READY:
+            if view is not None and record is not None and record.stage is LayerStage.READY:
                 changed = next((p for p, stat in record.files.items() if view(p) != stat), None)
                 if changed is not None:
                     self._unfit(record, f"it holds {changed}, which changed")

@@ -28,7 +28,7 @@ from .children import ForkedChild
 from .debugging import DebugTerminal
 from .importgraph import ImportGraph
 from .layerbook import FROM_BASE, LayerBook, LayerRecord, LayerStage, Stat
-from .machineevents import StandbyUnfit, Stop
+from .machineevents import FileChanged, ReloadRequested, StandbyUnfit, Stop
 from .templatelife import FORK_WAIT
 from .templatetable import Stage
 from .workers import Emit, SpawnError, WorkerProcess
@@ -162,8 +162,8 @@ class ProjectLayers:
         self.book.retire_all(why)
         self._carry_out()
 
-    def standby_unfit(self, worker_id: int) -> str | None:
-        why = self.book.standby_unfit(worker_id, self.view)
+    def standby_unfit(self, worker_id: int, before_a_load: bool = False) -> str | None:
+        why = self.book.standby_unfit(worker_id, self.view if before_a_load else None)
         self._carry_out()
         return why
 
@@ -369,5 +369,5 @@ def standby_check(layers: ProjectLayers | None, machine: Machine, event: object)
     no longer fits made (or which a ready layer would beat); None if it is fine."""
     if layers is None or machine.stopped or isinstance(event, Stop) or (standby := machine.standby) is None:
         return None
-    why = layers.standby_unfit(standby.id)
+    why = layers.standby_unfit(standby.id, before_a_load=isinstance(event, (FileChanged, ReloadRequested)))
     return StandbyUnfit(why) if why is not None else None

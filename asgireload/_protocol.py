@@ -96,6 +96,11 @@ class Files:
     files: tuple[FileEntry, ...] = sent_always(())
     modules: tuple[str, ...] = ()
     imports: tuple[ImportEntry, ...] = ()
+    # the app's import ran django.setup(): the settings module, the variables that import set,
+    # the project modules that ran while the app registry populated (see _worker/djangosetup.py)
+    django_settings: str = ""
+    django_env: tuple[tuple[str, str], ...] = ()
+    django_setup: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

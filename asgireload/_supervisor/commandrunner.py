@@ -64,6 +64,7 @@ class CommandRunner:
             self.processes.exited(event.worker)
         results: collections.deque[e.Event] = collections.deque([event])
         layers = self.processes.layers
+        projectlayers.django_seen(layers, event)
         unfit = projectlayers.standby_check(layers, self.machine, event)
         if unfit is not None:
             results.appendleft(unfit)  # before it: what loads next must not be that standby

@@ -27,7 +27,7 @@ import enum
 import logging
 from collections.abc import Callable, Iterable
 
-from .importgraph import ImportGraph
+from .importgraph import DjangoSetup, ImportGraph
 
 Stat = tuple[int, int, int] | None  # (mtime_ns, size, ino) as the scanner keeps it; None: missing
 FROM_BASE = 0  # forked_from: the base template
@@ -50,6 +50,7 @@ class LayerRecord:
     files: dict[str, Stat] = dataclasses.field(default_factory=dict)  # held file -> stat it saw
     unfit: str | None = None  # why it does not fit any more
     offered: bool = False  # a standby from the base template was replaced once for it
+    django: DjangoSetup | None = None  # it runs django.setup() before what it holds
 
 
 class LayerBook:
@@ -64,6 +65,8 @@ class LayerBook:
         self.log: list[tuple[int, str]] = []  # what to say, taken by the caller
         self.retiring: list[int] = []  # layers found unfit: to retire, taken by the caller
         self.lost = 0  # layers that died importing (a crash at import would crash every one)
+        self.django_refused: str | None = None  # why no layer runs django.setup() any more
+        self.django_skipped: str | None = None  # why the last plan's layer does not run it
 
     # ---------------------------------------------------------------- what a layer holds
 
@@ -85,6 +88,18 @@ class LayerBook:
                 pending.extend(graph.importers_of(module))
         return found
 
+    def django(self, graph: ImportGraph, order: Iterable[str]) -> DjangoSetup | None:
+        """The Django set-up a layer of this plan runs: the app's, if the plan holds the settings
+        module and every project module django.setup() ran (else the layer would run one that must
+        run again); None if the app sets no Django up, or a layer's set-up went wrong once."""
+        setup = graph.django
+        if setup is None or self.django_refused is not None:
+            return None
+        held = set(order)
+        missing = sorted(({setup.settings} | setup.modules) - held)
+        self.django_skipped = f"{missing[0]} must run again" if missing else None
+        return None if missing else setup
+
     def wanted(self, graph: ImportGraph | None, base: int) -> LayerRecord | None:
         """A layer to launch from `base` now, or None: one with this plan exists, or it would hold
         nothing. A preparing layer with an older plan is left to finish (retired once unfit)."""
@@ -94,6 +109,7 @@ class LayerBook:
         if not order:
             return None
         wanted = set(order)
+        django = self.django(graph, order)
         for record in self.layers.values():
             # one that holds nothing this plan leaves out will do (the plan may only have grown by
             # a module imported since, while serving)
@@ -101,16 +117,18 @@ class LayerBook:
                 record.base == base
                 and record.stage is not LayerStage.RETIRED
                 and wanted.issuperset(record.order)
+                and _same_setup(record.django, django)
             ):
                 return None
         self._next_id -= 1
-        record = LayerRecord(self._next_id, base, order)
+        record = LayerRecord(self._next_id, base, order, django=django)
         self.layers[record.id] = record
         left_out = [m for m in graph.files if m not in wanted]
         self.log.append(
             (
                 logging.DEBUG,
-                f"Preparing a project layer of {len(order)} project modules; it leaves out "
+                f"Preparing a project layer of {len(order)} project modules"
+                f"{_django_said(django, self.django_skipped if graph.django else None)}; it leaves out "
                 f"{len(left_out)}: {', '.join(left_out[:8])}{' and more' if len(left_out) > 8 else ''}.",
             )
         )
@@ -144,6 +162,22 @@ class LayerBook:
             level = logging.INFO if unsafe else logging.DEBUG
             self.log.append((level, f"The project layer does not hold {module}: {why}."))
         self.layers.pop(layer, None)  # (it exits by itself: not lost)
+
+    def refuse_django(self, layer: int, why: str) -> None:
+        """Its django.setup() went wrong: no layer runs it again (the project reloads as without)."""
+        if self.django_refused is None:
+            self.django_refused = why
+            said = f"The project layer does not run django.setup() any more: {why}."
+            self.log.append((logging.DEBUG, said))
+        self.layers.pop(layer, None)
+
+    def django_seen(self, setup: DjangoSetup) -> None:
+        """A worker's app set Django up so: a layer that set it up otherwise does not fit."""
+        for record in list(self.layers.values()):
+            if record.stage is LayerStage.RETIRED or record.django is None:
+                continue
+            if not record.django.same_setup(setup):
+                self._unfit(record, f"the app's import now sets Django up otherwise ({setup.settings})")
 
     def gone(self, layer: int) -> None:
         record = self.layers.pop(layer, None)
@@ -221,3 +255,15 @@ class LayerBook:
     def take_retiring(self) -> list[int]:
         out, self.retiring = self.retiring, []
         return out
+
+
+def _same_setup(one: DjangoSetup | None, other: DjangoSetup | None) -> bool:
+    if one is None or other is None:
+        return one is other
+    return one.same_setup(other)
+
+
+def _django_said(django: DjangoSetup | None, skipped: str | None) -> str:
+    if django is not None:
+        return f" after django.setup() with {django.settings}"
+    return f" without django.setup() ({skipped})" if skipped else ""

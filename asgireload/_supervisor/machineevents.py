@@ -11,6 +11,7 @@ import dataclasses
 import enum
 
 from .._protocol import Failure, FileEntry, ImportEntry
+from .importgraph import DjangoSetup
 
 # ------------------------------------------------------------------ about the whole server
 
@@ -91,6 +92,7 @@ class FilesReported:
     files: tuple[FileEntry, ...] = ()
     modules: tuple[str, ...] = ()
     imports: tuple[ImportEntry, ...] = ()
+    django: DjangoSetup | None = None  # its app's import ran django.setup()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,7 +51,7 @@ from .._channel import Channel  # noqa: E402
 from .._paths import relative  # noqa: E402
 from .._protocol import Failure  # noqa: E402
 from .._watchfilter import WatchFilter  # noqa: E402
-from . import debugger  # noqa: E402
+from . import debugger, djangosetup  # noqa: E402
 from .errorpage import error_app  # noqa: E402
 from .hangup import exit_with_children, watch_for_hangup  # noqa: E402
 from .importreports import preload, report_chunks  # noqa: E402
@@ -217,6 +217,7 @@ class WorkerRun:
 
     async def _start_app(self) -> bool:
         """Import the app and run its lifespan start-up (not accepting yet); on failure report it."""
+        env_before = dict(os.environ)
         self.graph.install()
         try:
             app = load_app(
@@ -232,6 +233,9 @@ class WorkerRun:
             return False
         self.graph.uninstall()
         self._report_files()
+        if (failure := self._report_django(env_before)) is not None:
+            self._fail(failure)
+            return False
         sink: dict[str, Failure] = {}
         try:
             ok = await self._start_server(app, lifespan_sink=sink)
@@ -296,7 +300,23 @@ class WorkerRun:
         files, modules = self.recorder.new_modules()
         imports = self.graph.new_entries()
         for chunk in report_chunks({"files": files, "modules": modules, "imports": imports}):
-            self.channel.send(protocol.Files(**{kind: tuple(items) for kind, items in chunk.items()}))
+            self.channel.send(
+                protocol.Files(tuple(chunk["files"]), tuple(chunk["modules"]), tuple(chunk["imports"]))
+            )
+
+    def _report_django(self, env_before: dict[str, str]) -> Failure | None:
+        """Say whether the app's import set Django up (a project layer may then do it); the
+        failure of a worker whose layer set it up otherwise than the app's import did."""
+        layered = getattr(sys.modules.get("asgireload._worker.layer"), "INHERITED", None)
+        seen = djangosetup.seen(env_before, self.graph.env_at_settings, layered and layered.django)
+        if seen is None:
+            return None
+        settings, env, failure = seen
+        assert self.channel is not None
+        ran = tuple(self.graph.django_setup)
+        report = protocol.Files((), django_settings=settings, django_env=tuple(env.items()), django_setup=ran)
+        self.channel.send(report)
+        return failure
 
     async def _report_lazy_imports(self) -> None:
         """Modules imported inside request handlers are watched too, within a second."""

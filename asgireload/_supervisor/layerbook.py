@@ -58,6 +58,7 @@ class LayerBook:
 
     def __init__(self, likely: Iterable[str] = ()) -> None:
         self.likely: set[str] = set(likely)  # files the next edits likely touch
+        self.last_changed: set[str] = set()  # the files of the last change
         self.refused: dict[str, str] = {}  # module -> why no layer holds it (and its importers)
         self.layers: dict[int, LayerRecord] = {}  # not yet gone
         self.forked_from: dict[int, int] = {}  # worker id -> the layer it was forked from (or FROM_BASE)
@@ -72,15 +73,36 @@ class LayerBook:
 
     def plan(self, graph: ImportGraph) -> list[str]:
         """The modules the next layer holds, in the order the worker ran them."""
-        refused_files = {graph.files[m] for m in self.refused if m in graph.files}
-        excluded = graph.must_run_again(self.likely | refused_files)
-        excluded |= self._refused_importers(graph)
+        setup = self._django_setup_files(graph)
+        refused = {m: why for m, why in self.refused.items() if graph.files.get(m) not in setup}
+        refused_files = {graph.files[m] for m in refused if m in graph.files}
+        excluded = graph.must_run_again((self.likely - setup) | refused_files)
+        excluded |= self._refused_importers(graph, refused)
+        if (
+            graph.django is not None
+            and self.django(graph, (m for m in graph.files if m not in excluded)) is None
+        ):
+            # no set-up in the layer: what it ran cannot be imported before it (a model)
+            ran = graph.django.modules | {graph.django.settings}
+            excluded |= graph.must_run_again({graph.files[m] for m in ran if m in graph.files})
         return [m for m in graph.files if m not in excluded]
 
-    def _refused_importers(self, graph: ImportGraph) -> set[str]:
+    def _django_setup_files(self, graph: ImportGraph) -> set[str]:
+        """The files of what django.setup() runs that a layer holds though they were edited (a
+        models.py): every model is imported by the setup, so a layer leaving one out holds none;
+        one that holds them costs a reload as slow as without a layer when one of them changes
+        again, and makes every other edit fast. The files of the last change are left out (edited
+        again, likely), and so are refusals by a layer that ran no setup (a model cannot import)."""
+        setup = graph.django
+        if setup is None or self.django_refused is not None:
+            return set()
+        files = {graph.files[m] for m in setup.modules | {setup.settings} if m in graph.files}
+        return files - self.last_changed
+
+    def _refused_importers(self, graph: ImportGraph, refused: dict[str, str]) -> set[str]:
         """A refused module that is not in the graph by its own file (imported under two names)."""
         found: set[str] = set()
-        pending = [m for m in self.refused if m in graph]
+        pending = [m for m in refused if m in graph]
         while pending:
             module = pending.pop()
             if module not in found:
@@ -192,6 +214,7 @@ class LayerBook:
         """Files changed: they are likely edited again; the layers they make unfit are retired."""
         paths = list(paths)
         self.likely.update(p for p in paths if p.endswith(".py"))
+        self.last_changed = set(paths)
         data = [p for p in paths if not p.endswith(".py")]
         for record in list(self.layers.values()):
             if record.stage is LayerStage.RETIRED:

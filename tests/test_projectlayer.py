@@ -392,3 +392,24 @@ async def test_a_module_under_two_names_and_one_shadowing_an_installed_module(tm
                 write_atomically(tmp_path / name, source)
                 await cli.wait_for_line(reloaded(generation))
                 assert (await http.get(url)).text == expected, cli.transcript()
+
+
+async def test_a_django_app_naming_other_settings_is_never_served_the_layers(tmp_path: Path) -> None:
+    django_project(tmp_path)
+    write(tmp_path / "mysite/other.py", "from .settings import *\nGREETING = 'other'\n")
+    asgi = DJANGO_FILES["mysite/asgi.py"].replace("mysite.settings", "mysite.other")
+    async with run_cli(tmp_path, *DJANGO_APP, "--no-live-reload") as cli:
+        port = int((await cli.wait_for_line(r"serving on http://127\.0\.0\.1:(\d+)"))[1])
+        url = f"http://127.0.0.1:{port}/"
+        async with client() as http:
+            assert (await http.get(url)).text == "h0:id+name:s0:v0"
+            await forked_from_a_django_layer(cli, 0)
+            write_atomically(tmp_path / "mysite/asgi.py", asgi)
+            # the standby's layer set Django up with mysite.settings: it must not serve them
+            await cli.wait_for_line(
+                r"Generation 2 failed: the project layer set Django up with mysite\.settings"
+            )
+            assert (await http.get(url)).status_code == 500
+            write_atomically(tmp_path / "mysite/asgi.py", asgi + "# saved again\n")
+            await cli.wait_for_line(reloaded(3))
+            assert (await http.get(url)).text == "h0:id+name:other:v0", cli.transcript()

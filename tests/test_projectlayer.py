@@ -272,7 +272,9 @@ DJANGO_FILES = {
         "from django.core.asgi import get_asgi_application\napplication = get_asgi_application()\n"
     ),
     "shop/__init__.py": "",
-    "shop/admin.py": "from django.contrib import admin\nfrom .models import Item\nadmin.site.register(Item)\n",
+    "shop/admin.py": (
+        "from django.contrib import admin\nfrom .models import Item\nadmin.site.register(Item)\n"
+    ),
     "shop/helpers.py": "LABEL = 'h0'\n",
     "shop/models.py": DJANGO_MODELS,
     "shop/views.py": (

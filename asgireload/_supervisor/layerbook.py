@@ -16,6 +16,11 @@ template (a reload no slower than without layers), and a fitting one is prepared
 to a file that is no module (a data file, a template read at import) makes every layer unfit:
 what a held module read from it at import may be out of date.
 
+Django (`django`): when the app's import ran `django.setup()`, a layer whose plan holds the
+settings module and every project module the set-up ran runs the set-up itself; those modules are
+held even when edited before (every model is imported by the set-up: a layer leaving one out holds
+none), except the files of the last change. A plan that cannot run it leaves them all out.
+
 The standby: a worker forked from a layer that no longer fits is replaced before it loads; one
 forked from the base template is replaced once when a fitting layer is ready (`standby_unfit`).
 """

@@ -20,9 +20,12 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._protocol import Failure
+from .._protocol import Failure, Files
+
+if TYPE_CHECKING:
+    from .imports import ImportGraphRecorder
 
 SETTINGS_VARIABLE = "DJANGO_SETTINGS_MODULE"
 DjangoPlan = tuple[str, dict[str, str]]  # the settings module, the variables the app's import set
@@ -98,3 +101,17 @@ def seen(
         "or pass --no-project-layer."
     )
     return settings, env, Failure("import", summary)
+
+
+def report(env_before: dict[str, str], graph: ImportGraphRecorder) -> tuple[Files | None, Failure | None]:
+    """After the app's import: the message that says how it set Django up (None: it did not), and
+    the failure of a worker whose project layer set Django up otherwise than its app asks."""
+    layered = getattr(sys.modules.get("asgireload._worker.layer"), "INHERITED", None)
+    found = seen(env_before, graph.env_at_settings, layered.django if layered is not None else None)
+    if found is None:
+        return None, None
+    settings, env, failure = found
+    said = Files(
+        (), django_settings=settings, django_env=tuple(env.items()), django_setup=tuple(graph.django_setup)
+    )
+    return said, failure

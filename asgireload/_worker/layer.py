@@ -19,6 +19,9 @@ Three things keep it honest:
   `unsafe` naming it and exit; the supervisor then holds neither it nor what imports it. A
   module that fails to import here, or that pulls in a project module the layer was not asked
   to hold, is reported the same way (`unfit`), said at debug level.
+
+A Django project's layer runs `django.setup()` first, as the app's import did (djangosetup.py);
+the same checks apply to it, and a refusal of it is flagged `django`.
 """
 
 from __future__ import annotations

@@ -233,7 +233,10 @@ class WorkerRun:
             return False
         self.graph.uninstall()
         self._report_files()
-        if (failure := self._report_django(env_before)) is not None:
+        django, failure = djangosetup.report(env_before, self.graph)  # (a layer may set it up)
+        if django is not None and self.channel is not None:
+            self.channel.send(django)
+        if failure is not None:
             self._fail(failure)
             return False
         sink: dict[str, Failure] = {}
@@ -303,20 +306,6 @@ class WorkerRun:
             self.channel.send(
                 protocol.Files(tuple(chunk["files"]), tuple(chunk["modules"]), tuple(chunk["imports"]))
             )
-
-    def _report_django(self, env_before: dict[str, str]) -> Failure | None:
-        """Say whether the app's import set Django up (a project layer may then do it); the
-        failure of a worker whose layer set it up otherwise than the app's import did."""
-        layered = getattr(sys.modules.get("asgireload._worker.layer"), "INHERITED", None)
-        seen = djangosetup.seen(env_before, self.graph.env_at_settings, layered and layered.django)
-        if seen is None:
-            return None
-        settings, env, failure = seen
-        assert self.channel is not None
-        ran = tuple(self.graph.django_setup)
-        report = protocol.Files((), django_settings=settings, django_env=tuple(env.items()), django_setup=ran)
-        self.channel.send(report)
-        return failure
 
     async def _report_lazy_imports(self) -> None:
         """Modules imported inside request handlers are watched too, within a second."""

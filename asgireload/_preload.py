@@ -8,6 +8,7 @@ template imports it.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Iterable, Iterator
 
 
@@ -24,4 +25,15 @@ def import_each(names: Iterable[str]) -> Iterator[tuple[str, BaseException]]:
             failure = exc
         else:
             continue
+        _take_out_orphans()
         yield name, failure
+
+
+def _take_out_orphans() -> None:
+    """Take out the submodules whose package failed to import (its `__init__` imported them, then
+    raised): no fresh process has a submodule without its package, and the package's next import
+    would find them half-made (wagtail's `rich_text` then fails in every worker)."""
+    for name in list(sys.modules):  # (in the order they were added: a package before its own)
+        package = name.rpartition(".")[0]
+        if package and package not in sys.modules:
+            del sys.modules[name]

@@ -98,6 +98,11 @@ class Files:
     imports: tuple[ImportEntry, ...] = ()
     env: tuple[str, ...] = ()  # environment variables the app's import set, changed or removed
     fingerprints: tuple[tuple[str, int], ...] = ()  # project modules it ran: their plain values
+    # the app's import ran django.setup(): the settings module, the variables that import set,
+    # the project modules that ran while the app registry populated (see _worker/djangosetup.py)
+    django_settings: str = ""
+    django_env: tuple[tuple[str, str], ...] = ()
+    django_setup: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

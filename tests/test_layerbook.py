@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from asgireload._supervisor.importgraph import DjangoSetup, ImportGraph
 from asgireload._supervisor.layerbook import FROM_BASE, LIKELY_KEPT, LayerBook, LayerStage, Stat
 from asgireload._supervisor.projectlayers import likely_edited
 
@@ -216,3 +217,71 @@ def test_only_the_latest_changed_files_are_likely_edited() -> None:
     assert checkout[-LIKELY_KEPT] in book.likely
     assert checkout[-LIKELY_KEPT + 1] not in book.likely
     assert "/p/new.py" in book.likely
+
+
+DJANGO_EDGES: dict[str, list[str]] = {
+    "site": [],
+    "site.asgi": ["site.settings", "blog", "blog.models", "blog.admin", "helpers"],
+    "site.settings": [],
+    "blog": [],
+    "blog.models": [],
+    "blog.admin": ["blog.models"],
+    "helpers": [],
+    "blog.views": [],  # imported while serving (by the URLconf)
+}
+
+
+def django_graph() -> ImportGraph:
+    graph = graph_of(DJANGO_EDGES, app="site.asgi")
+    graph.django = DjangoSetup(
+        "site.settings",
+        {"DJANGO_SETTINGS_MODULE": "site.settings"},
+        frozenset({"blog", "blog.models", "blog.admin"}),
+    )
+    return graph
+
+
+def test_a_django_layer_sets_django_up_and_holds_the_models_but_those_of_the_last_change() -> None:
+    graph = django_graph()
+    book = LayerBook([f("blog.views")])
+    record = book.wanted(graph, base=1)
+    assert record is not None
+    assert record.django == graph.django
+    assert {"site.settings", "blog.models", "blog.admin"} <= set(record.order)
+    assert "blog.views" not in record.order
+    book.changed([f("blog.models")])  # edited: left out while it is the last change
+    plan = book.plan(graph)
+    assert book.django(graph, plan) is None
+    assert not {"site.settings", "blog", "blog.models", "blog.admin"} & set(plan)  # (need the set-up)
+    assert "helpers" in plan
+    book.changed([f("blog.views")])  # the next edit is elsewhere: the models are held again
+    plan = book.plan(graph)
+    assert "blog.models" in plan
+    assert book.django(graph, plan) == graph.django
+
+
+def test_a_django_set_up_that_went_wrong_once_is_not_tried_again() -> None:
+    graph = django_graph()
+    book = LayerBook()
+    record = book.wanted(graph, base=1)
+    assert record is not None
+    assert record.django is not None
+    book.refuse_django(record.id, "django.setup() imported blog.signals, which it does not hold")
+    again = book.wanted(graph, base=1)
+    assert again is not None
+    assert again.django is None
+    assert "blog.models" not in again.order  # (it cannot be imported without the set-up)
+
+
+def test_a_django_layer_set_up_otherwise_than_the_app_now_does_is_retired() -> None:
+    graph = django_graph()
+    book = LayerBook()
+    record = book.wanted(graph, base=1)
+    assert record is not None
+    held_files(book, record.id, list(record.order))
+    assert record.django is not None
+    book.django_seen(record.django)
+    assert record.stage is LayerStage.READY
+    book.django_seen(DjangoSetup("site.other", {"DJANGO_SETTINGS_MODULE": "site.other"}, frozenset()))
+    assert record.stage is LayerStage.RETIRED
+    assert book.take_retiring() == [record.id]

@@ -51,3 +51,29 @@ def test_keyboard_interrupt_goes_through(tmp_path: Path, monkeypatch: pytest.Mon
             list(import_each(["preload_interrupted"]))
     finally:
         sys.modules.pop("preload_interrupted", None)
+
+
+def test_no_submodule_is_left_without_its_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the package's __init__ imports a submodule, then fails (a Django app's, before the settings):
+    # the submodule must not stay imported alone, or the package's next import finds it half-made
+    package = tmp_path / "preload_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "import os\nfrom . import sub\nif not os.environ.get('PRELOAD_PKG_READY'):\n"
+        "    raise RuntimeError('settings are not configured')\n"
+    )
+    (package / "sub.py").write_text("from . import deeper\n")
+    (package / "deeper.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    names = ["preload_pkg.sub", "preload_pkg.deeper"]
+    try:
+        assert [name for name, _ in import_each(names)] == names
+        assert not [name for name in sys.modules if name.startswith("preload_pkg")]
+        monkeypatch.setenv("PRELOAD_PKG_READY", "1")
+        import preload_pkg  # type: ignore[import-not-found]  # (as the app would, once it can)
+
+        assert preload_pkg.sub is sys.modules["preload_pkg.sub"]
+        assert preload_pkg.sub.deeper is sys.modules["preload_pkg.deeper"]
+    finally:
+        for name in [name for name in sys.modules if name.startswith("preload_pkg")]:
+            del sys.modules[name]

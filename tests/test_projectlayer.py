@@ -247,12 +247,22 @@ async def test_turned_off_every_reload_runs_everything(tmp_path: Path, option: s
     assert heavy_runs(tmp_path) == 3  # every generation ran it
 
 
+DJANGO_MODELS = """\
+import os
+from django.db import models
+with open(os.path.join(os.path.dirname(__file__), "model_runs.txt"), "a") as counter:
+    counter.write("ran\\n")  # counts the body's runs: a view edit must not run it again
+class Item(models.Model):
+    name = models.CharField(max_length=10)
+"""
+
 DJANGO_FILES = {
     "mysite/__init__.py": "",
     "mysite/settings.py": (
         "SECRET_KEY = 'x'\nDEBUG = True\nALLOWED_HOSTS = ['*']\nDATABASES = {}\nUSE_TZ = True\n"
-        "INSTALLED_APPS = ['django.contrib.contenttypes', 'django.contrib.auth', 'shop']\n"
-        "ROOT_URLCONF = 'mysite.urls'\n"
+        "INSTALLED_APPS = ['django.contrib.contenttypes', 'django.contrib.auth', 'django.contrib.admin',\n"
+        "    'django.contrib.sessions', 'django.contrib.messages', 'shop']\n"
+        "ROOT_URLCONF = 'mysite.urls'\nGREETING = 's0'\n"
     ),
     "mysite/urls.py": (
         "from django.urls import path\nfrom shop import views\nurlpatterns = [path('', views.index)]\n"
@@ -262,46 +272,94 @@ DJANGO_FILES = {
         "from django.core.asgi import get_asgi_application\napplication = get_asgi_application()\n"
     ),
     "shop/__init__.py": "",
-    "shop/helpers.py": "LABEL = 'h0'\n",
-    "shop/models.py": (
-        "from django.db import models\n"
-        "class Item(models.Model):\n    name = models.CharField(max_length=10)\n"
+    "shop/admin.py": (
+        "from django.contrib import admin\nfrom .models import Item\nadmin.site.register(Item)\n"
     ),
+    "shop/helpers.py": "LABEL = 'h0'\n",
+    "shop/models.py": DJANGO_MODELS,
     "shop/views.py": (
-        "from django.http import HttpResponse\nfrom .models import Item\nfrom .helpers import LABEL\n"
-        "def index(request):\n    return HttpResponse(LABEL + ':' + Item._meta.verbose_name + ':v0')\n"
+        "from django.conf import settings\nfrom django.http import HttpResponse\n"
+        "from .models import Item\nfrom .helpers import LABEL\n"
+        "def index(request):\n"
+        "    fields = '+'.join(f.name for f in Item._meta.get_fields())\n"
+        "    return HttpResponse(':'.join((LABEL, fields, settings.GREETING, 'v0')))\n"
     ),
 }
+DJANGO_APP = ("mysite.asgi:application", "--port", "0", "--log-level", "debug", "--lifespan", "off")
 
 
-async def test_a_django_project_reloads_as_before(tmp_path: Path) -> None:
+def django_project(folder: Path) -> None:
     if os.environ.get("CI") != "true":  # CI installs the test extra, Django included: never skipped there
         pytest.importorskip("django")
     for name, source in DJANGO_FILES.items():
-        write(tmp_path / name, source)
+        write(folder / name, source)
+
+
+def model_runs(folder: Path) -> int:
+    return len((folder / "shop/model_runs.txt").read_text().splitlines())
+
+
+async def forked_from_a_django_layer(cli: Cli, since: int) -> None:
+    """Wait for a standby forked from a layer that ran django.setup() (prepared after line `since`)."""
+    prepared = re.compile(r"Preparing a project layer of (\d+) project modules after django\.setup\(\)")
+    async with asyncio.timeout(DEADLINE), cli._changed:
+        while not (found := [m for _, line in cli.lines[since:] if (m := prepared.search(line))]):
+            await cli._changed.wait()
+    await forked_from_a_layer(cli, since, holding=int(found[-1][1]))
+
+
+async def test_a_django_view_edit_runs_no_model_and_every_edit_is_served_fresh(tmp_path: Path) -> None:
+    django_project(tmp_path)
     views = DJANGO_FILES["shop/views.py"]
-    models = DJANGO_FILES["shop/models.py"]
-    edits = [
-        ("shop/views.py", views.replace(":v0", ":v1"), "h0:item:v1"),
-        ("shop/views.py", views.replace(":v0", ":v2"), "h0:item:v2"),
-        ("shop/helpers.py", "LABEL = 'h1'\n", "h1:item:v2"),
-        ("shop/models.py", models.replace("class Item", "class Thing"), None),  # (the view fails)
-        ("shop/models.py", models + "class Other(models.Model):\n    pass\n", "h1:item:v2"),
-    ]
-    app = ("mysite.asgi:application", "--port", "0", "--log-level", "debug", "--lifespan", "off")
-    async with run_cli(tmp_path, *app, "--no-live-reload") as cli:
+    async with run_cli(tmp_path, *DJANGO_APP, "--no-live-reload") as cli:
         port = int((await cli.wait_for_line(r"serving on http://127\.0\.0\.1:(\d+)"))[1])
         url = f"http://127.0.0.1:{port}/"
         async with client() as http:
-            assert (await http.get(url)).text == "h0:item:v0"
-            for generation, (name, source, expected) in enumerate(edits, start=2):
+            assert (await http.get(url)).text == "h0:id+name:s0:v0"
+            await forked_from_a_django_layer(cli, 0)  # it holds the settings, the models, the admin
+            runs, generation = model_runs(tmp_path), 1
+            for value in ("v1", "v2"):
+                generation += 1
+                write_atomically(tmp_path / "shop/views.py", views.replace("'v0'", f"'{value}'"))
+                match = await cli.wait_for_line(reloaded(generation))
+                assert (await http.get(url)).text == f"h0:id+name:s0:{value}", cli.transcript()
+                assert int(match[1]) < int(match[2]), cli.transcript()  # (the models were inherited)
+                assert model_runs(tmp_path) == runs, cli.transcript()  # the layer's, never run again
+            edits = [  # each of a file the layer held: never served stale
+                (
+                    "shop/models.py",
+                    DJANGO_MODELS + "    extra = models.IntegerField(default=0)\n",
+                    "id+name+extra:s0",
+                ),
+                (
+                    "mysite/settings.py",
+                    DJANGO_FILES["mysite/settings.py"].replace("'s0'", "'s1'"),
+                    "id+name+extra:s1",
+                ),
+                ("shop/helpers.py", "LABEL = 'h1'\n", "id+name+extra:s1"),  # (imported by the view)
+            ]
+            for name, source, expected in edits:
+                generation += 1
+                mark = len(cli.lines)
                 write_atomically(tmp_path / name, source)
-                await cli.wait_for_line(rf"\(generation {generation}\)")
-                response = await http.get(url)
-                if expected is None:
-                    assert response.status_code == 500
-                else:
-                    assert response.text == expected, cli.transcript()
+                await cli.wait_for_line(reloaded(generation))
+                label = "h1" if name == "shop/helpers.py" else "h0"
+                assert (await http.get(url)).text == f"{label}:{expected}:v2", cli.transcript()
+                # then view edits: the first sets Django up in the next layer again (with that file:
+                # the last change's files are left out), the second is forked from it
+                for step in ("first", "second"):
+                    generation += 1
+                    mark = len(cli.lines)
+                    runs = model_runs(tmp_path)
+                    write_atomically(
+                        tmp_path / "shop/views.py", views.replace("'v0'", "'v2'") + f"# {generation}\n"
+                    )
+                    await cli.wait_for_line(reloaded(generation))
+                    assert (await http.get(url)).text == f"{label}:{expected}:v2", cli.transcript()
+                    if step == "first" and name != "shop/helpers.py":  # (a layer holds no helper)
+                        await forked_from_a_django_layer(cli, mark)
+                    else:
+                        assert model_runs(tmp_path) == runs, cli.transcript()
     assert not any("already registered" in line or "Conflicting" in line for line in cli.stderr), (
         cli.transcript()
     )
@@ -336,3 +394,23 @@ async def test_a_module_under_two_names_and_one_shadowing_an_installed_module(tm
                 write_atomically(tmp_path / name, source)
                 await cli.wait_for_line(reloaded(generation))
                 assert (await http.get(url)).text == expected, cli.transcript()
+
+
+async def test_a_django_app_naming_other_settings_is_never_served_the_layers(tmp_path: Path) -> None:
+    django_project(tmp_path)
+    write(tmp_path / "mysite/other.py", "from .settings import *\nGREETING = 'other'\n")
+    asgi = DJANGO_FILES["mysite/asgi.py"].replace("mysite.settings", "mysite.other")
+    async with run_cli(tmp_path, *DJANGO_APP, "--no-live-reload") as cli:
+        port = int((await cli.wait_for_line(r"serving on http://127\.0\.0\.1:(\d+)"))[1])
+        url = f"http://127.0.0.1:{port}/"
+        async with client() as http:
+            assert (await http.get(url)).text == "h0:id+name:s0:v0"
+            await forked_from_a_django_layer(cli, 0)
+            write_atomically(tmp_path / "mysite/asgi.py", asgi)
+            # the standby's layer set Django up with mysite.settings: it must not serve them, and
+            # the generation is loaded again in a fresh worker, with no second save
+            await cli.wait_for_line(
+                r"Generation 2: the project layer set Django up with mysite\.settings .*; loading it again"
+            )
+            await cli.wait_for_line(reloaded(2))
+            assert (await http.get(url)).text == "h0:id+name:other:v0", cli.transcript()

@@ -68,6 +68,7 @@ class CommandRunner:
             layers.retire_all(event.failure.summary)
         if layers is not None and isinstance(event, e.FilesReported):
             layers.fingerprints.update(event.fingerprints)  # what a layer's modules must agree with
+        projectlayers.django_seen(layers, event)
         unfit = projectlayers.standby_check(layers, self.machine, event)
         if unfit is not None:
             results.appendleft(unfit)  # before it: what loads next must not be that standby

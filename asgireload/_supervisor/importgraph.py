@@ -14,9 +14,24 @@ the project layer's decision (plain import semantics say yes), not the graph's.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from .._protocol import ImportEntry
+
+
+@dataclasses.dataclass(frozen=True)
+class DjangoSetup:
+    """The app's import ran `django.setup()`: with this settings module, having set these
+    variables; these project modules ran while the app registry populated."""
+
+    settings: str
+    env: dict[str, str]
+    modules: frozenset[str]
+
+    def same_setup(self, other: DjangoSetup) -> bool:
+        """Whether a layer set up like `other` has this generation's settings."""
+        return (self.settings, self.env) == (other.settings, other.env)
 
 
 class ImportGraph:
@@ -28,6 +43,7 @@ class ImportGraph:
         self._by_file: dict[str, set[str]] = {}  # file -> the module names built from it
         self._importers: dict[str, set[str]] = {}  # module -> the modules whose body imported it
         self.env_set: set[str] = set()  # environment variables the app's import set or changed
+        self.django: DjangoSetup | None = None  # the app's import ran django.setup()
 
     def __len__(self) -> int:
         return len(self.files)

@@ -16,6 +16,11 @@ template (a reload no slower than without layers), and a fitting one is prepared
 to a file that is no module (a data file, a template read at import) makes every layer unfit:
 what a held module read from it at import may be out of date.
 
+Django (`django`): when the app's import ran `django.setup()`, a layer whose plan holds the
+settings module and every project module the set-up ran runs the set-up itself; those modules are
+held even when edited before (every model is imported by the set-up: a layer leaving one out holds
+none), except the files of the last change. A plan that cannot run it leaves them all out.
+
 The standby: a worker forked from a layer that no longer fits is replaced before it loads; one
 forked from the base template is replaced once when a fitting layer is ready (`standby_unfit`).
 """
@@ -27,7 +32,7 @@ import enum
 import logging
 from collections.abc import Callable, Iterable
 
-from .importgraph import ImportGraph
+from .importgraph import DjangoSetup, ImportGraph
 
 Stat = tuple[int, int, int] | None  # (mtime_ns, size, ino) as the scanner keeps it; None: missing
 FROM_BASE = 0  # forked_from: the base template
@@ -51,6 +56,7 @@ class LayerRecord:
     files: dict[str, Stat] = dataclasses.field(default_factory=dict)  # held file -> stat it saw
     unfit: str | None = None  # why it does not fit any more
     offered: bool = False  # a standby from the base template was replaced once for it
+    django: DjangoSetup | None = None  # it runs django.setup() before what it holds
 
 
 class LayerBook:
@@ -59,6 +65,7 @@ class LayerBook:
     def __init__(self, likely: Iterable[str] = ()) -> None:
         self.likely: set[str] = set(likely)  # files the next edits likely touch
         self._changed: list[str] = []  # the files changed, oldest first (at most LIKELY_KEPT)
+        self.last_changed: set[str] = set()  # the files of the last change
         self.refused: dict[str, str] = {}  # module -> why no layer holds it (and its importers)
         self.layers: dict[int, LayerRecord] = {}  # not yet gone
         self.forked_from: dict[int, int] = {}  # worker id -> the layer it was forked from (or FROM_BASE)
@@ -66,26 +73,61 @@ class LayerBook:
         self.log: list[tuple[int, str]] = []  # what to say, taken by the caller
         self.retiring: list[int] = []  # layers found unfit: to retire, taken by the caller
         self.lost = 0  # layers that died importing (a crash at import would crash every one)
+        self.django_refused: str | None = None  # why no layer runs django.setup() any more
+        self.django_skipped: str | None = None  # why the last plan's layer does not run it
 
     # ---------------------------------------------------------------- what a layer holds
 
     def plan(self, graph: ImportGraph) -> list[str]:
         """The modules the next layer holds, in the order the worker ran them."""
-        refused_files = {graph.files[m] for m in self.refused if m in graph.files}
-        excluded = graph.must_run_again(self.likely | refused_files)
-        excluded |= self._refused_importers(graph)
+        setup = self._django_setup_files(graph)
+        refused = {m: why for m, why in self.refused.items() if graph.files.get(m) not in setup}
+        refused_files = {graph.files[m] for m in refused if m in graph.files}
+        excluded = graph.must_run_again((self.likely - setup) | refused_files)
+        excluded |= self._refused_importers(graph, refused)
+        if (
+            graph.django is not None
+            and self.django(graph, (m for m in graph.files if m not in excluded)) is None
+        ):
+            # no set-up in the layer: what it ran cannot be imported before it (a model)
+            ran = graph.django.modules | {graph.django.settings}
+            excluded |= graph.must_run_again({graph.files[m] for m in ran if m in graph.files})
         return [m for m in graph.files if m not in excluded]
 
-    def _refused_importers(self, graph: ImportGraph) -> set[str]:
+    def _django_setup_files(self, graph: ImportGraph) -> set[str]:
+        """The files of what django.setup() runs that a layer holds though they were edited (a
+        models.py): every model is imported by the setup, so a layer leaving one out holds none;
+        one that holds them costs a reload as slow as without a layer when one of them changes
+        again, and makes every other edit fast. The files of the last change are left out (edited
+        again, likely), and so are refusals by a layer that ran no setup (a model cannot import)."""
+        setup = graph.django
+        if setup is None or self.django_refused is not None:
+            return set()
+        files = {graph.files[m] for m in setup.modules | {setup.settings} if m in graph.files}
+        return files - self.last_changed
+
+    def _refused_importers(self, graph: ImportGraph, refused: dict[str, str]) -> set[str]:
         """A refused module that is not in the graph by its own file (imported under two names)."""
         found: set[str] = set()
-        pending = [m for m in self.refused if m in graph]
+        pending = [m for m in refused if m in graph]
         while pending:
             module = pending.pop()
             if module not in found:
                 found.add(module)
                 pending.extend(graph.importers_of(module))
         return found
+
+    def django(self, graph: ImportGraph, order: Iterable[str]) -> DjangoSetup | None:
+        """The Django set-up a layer of this plan runs: the app's, if the plan holds the settings
+        module and every project module django.setup() ran (else the layer would run one that must
+        run again); None if the app sets no Django up, or a layer's set-up went wrong once."""
+        setup = graph.django
+        if setup is None or self.django_refused is not None:
+            return None
+        held = set(order)
+        missing = sorted(({setup.settings} | setup.modules) - held)
+        self.django_skipped = f"{missing[0]} must run again" if missing else None
+        return None if missing else setup
 
     def wanted(self, graph: ImportGraph | None, base: int) -> LayerRecord | None:
         """A layer to launch from `base` now, or None: one with this plan exists, or it would hold
@@ -96,6 +138,7 @@ class LayerBook:
         if not order:
             return None
         wanted = set(order)
+        django = self.django(graph, order)
         for record in self.layers.values():
             # one that holds nothing this plan leaves out will do (the plan may only have grown by
             # a module imported since, while serving)
@@ -103,16 +146,18 @@ class LayerBook:
                 record.base == base
                 and record.stage is not LayerStage.RETIRED
                 and wanted.issuperset(record.order)
+                and _same_setup(record.django, django)
             ):
                 return None
         self._next_id -= 1
-        record = LayerRecord(self._next_id, base, order)
+        record = LayerRecord(self._next_id, base, order, django=django)
         self.layers[record.id] = record
         left_out = [m for m in graph.files if m not in wanted]
         self.log.append(
             (
                 logging.DEBUG,
-                f"Preparing a project layer of {len(order)} project modules; it leaves out "
+                f"Preparing a project layer of {len(order)} project modules"
+                f"{_django_said(django, self.django_skipped if graph.django else None)}; it leaves out "
                 f"{len(left_out)}: {', '.join(left_out[:8])}{' and more' if len(left_out) > 8 else ''}.",
             )
         )
@@ -147,6 +192,22 @@ class LayerBook:
             self.log.append((level, f"The project layer does not hold {module}: {why}."))
         self.layers.pop(layer, None)  # (it exits by itself: not lost)
 
+    def refuse_django(self, layer: int, why: str) -> None:
+        """Its django.setup() went wrong: no layer runs it again (the project reloads as without)."""
+        if self.django_refused is None:
+            self.django_refused = why
+            said = f"The project layer does not run django.setup() any more: {why}."
+            self.log.append((logging.DEBUG, said))
+        self.layers.pop(layer, None)
+
+    def django_seen(self, setup: DjangoSetup) -> None:
+        """A worker's app set Django up so: a layer that set it up otherwise does not fit."""
+        for record in list(self.layers.values()):
+            if record.stage is LayerStage.RETIRED or record.django is None:
+                continue
+            if not record.django.same_setup(setup):
+                self._unfit(record, f"the app's import now sets Django up otherwise ({setup.settings})")
+
     def gone(self, layer: int) -> None:
         record = self.layers.pop(layer, None)
         if record is not None and record.stage is LayerStage.PREPARING:
@@ -164,6 +225,7 @@ class LayerBook:
         self._changed = [p for p in self._changed if p not in set(edited)] + edited
         while len(self._changed) > LIKELY_KEPT:  # a layer holds them again, until edited again
             self.likely.discard(self._changed.pop(0))
+        self.last_changed = set(paths)
         data = [p for p in paths if not p.endswith(".py")]
         for record in list(self.layers.values()):
             if record.stage is LayerStage.RETIRED:
@@ -237,3 +299,15 @@ class LayerBook:
     def take_retiring(self) -> list[int]:
         out, self.retiring = self.retiring, []
         return out
+
+
+def _same_setup(one: DjangoSetup | None, other: DjangoSetup | None) -> bool:
+    if one is None or other is None:
+        return one is other
+    return one.same_setup(other)
+
+
+def _django_said(django: DjangoSetup | None, skipped: str | None) -> str:
+    if django is not None:
+        return f" after django.setup() with {django.settings}"
+    return f" without django.setup() ({skipped})" if skipped else ""

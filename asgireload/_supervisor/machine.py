@@ -230,6 +230,8 @@ class Machine:
     def _files(self, worker: Worker, event: e.FilesReported) -> None:
         worker.imports.add(event.imports)
         worker.imports.env_set.update(event.env)
+        if event.django is not None:
+            worker.imports.django = event.django
         if event.files:
             self._out.emit(c.Watch(reported=event.files))
         self.standby_keeper.learn(event.modules)

@@ -11,6 +11,7 @@ import dataclasses
 import enum
 
 from .._protocol import Failure, FileEntry, ImportEntry
+from .importgraph import DjangoSetup
 
 # ------------------------------------------------------------------ about the whole server
 
@@ -93,6 +94,7 @@ class FilesReported:
     imports: tuple[ImportEntry, ...] = ()
     env: tuple[str, ...] = ()  # environment variables its app's import set (a layer must not read them)
     fingerprints: tuple[tuple[str, int], ...] = ()  # the plain values of the project modules it ran
+    django: DjangoSetup | None = None  # its app's import ran django.setup()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ from .children import ForkedChild
 from .debugging import DebugTerminal
 from .importgraph import ImportGraph
 from .layerbook import FROM_BASE, LayerBook, LayerRecord, LayerStage, Stat
-from .machineevents import FileChanged, ReloadRequested, StandbyUnfit, Stop
+from .machineevents import FileChanged, FilesReported, ReloadRequested, StandbyUnfit, Stop
 from .templatelife import FORK_WAIT
 from .templatetable import Stage
 from .workers import Emit, SpawnError, WorkerProcess
@@ -205,9 +205,15 @@ class ProjectLayers:
         graph = self.graph()
         env = sorted(graph.env_set) if graph is not None else []
         prints = {name: self.fingerprints[name] for name in record.order if name in self.fingerprints}
-        line = _wire.frame(
-            {"type": "hold", "modules": list(record.order), "env": env, "fingerprints": prints}
-        )
+        hold: dict[str, Any] = {
+            "type": "hold",
+            "modules": list(record.order),
+            "env": env,
+            "fingerprints": prints,
+        }
+        if record.django is not None:
+            hold["django"] = {"settings": record.django.settings, "env": record.django.env}
+        line = _wire.frame(hold)
         handle.sending = self.server._run(self.server._send(handle, line))  # type: ignore[arg-type]
         self.server._run(self._watch(handle))
 
@@ -243,7 +249,10 @@ class ProjectLayers:
             return True
         if kind in ("unsafe", "unfit") and not fds:
             module, why = str(message.get("module")), str(message.get("why"))
-            self.book.refuse(handle.id, module, why, unsafe=kind == "unsafe")
+            if message.get("django") is True:
+                self.book.refuse_django(handle.id, why)
+            else:
+                self.book.refuse(handle.id, module, why, unsafe=kind == "unsafe")
             self._carry_out()
             self.on_ready()  # (the shell prepares another without it, once nothing loads)
             return True
@@ -352,6 +361,13 @@ def connect(
     layers.graph = newest_graph
     layers.view = view
     layers.on_ready = lambda: nudge(StandbyUnfit(""))
+
+
+def django_seen(layers: ProjectLayers | None, event: object) -> None:
+    """A worker said how its app set Django up: layers that set it up otherwise are retired."""
+    if layers is not None and isinstance(event, FilesReported) and event.django is not None:
+        layers.book.django_seen(event.django)
+        layers._carry_out()
 
 
 def prepare_when_idle(layers: ProjectLayers | None, machine: Machine) -> None:

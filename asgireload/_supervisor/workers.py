@@ -25,6 +25,7 @@ from .._channel import Channel
 from . import machineevents as events
 from .children import Child, SpawnedChild
 from .debugging import DebugTerminal
+from .importgraph import DjangoSetup
 
 EXIT_AFTER_EOF = 1.0  # seconds a worker may live on after closing its channel
 FLOOD_LIMIT = 2000  # messages a second a worker may send before it is taken for broken
@@ -130,8 +131,9 @@ class WorkerProcess:
         match message:
             case protocol.Hello():
                 raise protocol.ProtocolError("a second 'hello'")
-            case protocol.Files(files, modules, imports, env, fingerprints):
-                return events.FilesReported(self.id, files, modules, imports, env, fingerprints)
+            case protocol.Files(files, modules, imports, env, fingerprints, settings, django_env, setup):
+                django = DjangoSetup(settings, dict(django_env), frozenset(setup)) if settings else None
+                return events.FilesReported(self.id, files, modules, imports, env, fingerprints, django)
             case protocol.Draining() if self.told_to_drain:
                 return events.WorkerDraining(self.id)
             case protocol.Draining():

@@ -8,11 +8,14 @@ six bytes each in JSON.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from .. import _protocol as protocol
 from .._preload import import_each
+from .._protocol import ImportEntry
+from .fingerprints import fingerprint
 
 REPORT_BYTES = protocol.MAX_LINE // 4  # encoded bytes of files and modules per `files` message
 PRELOAD_ERROR_CHARS = 500  # of each failed preload's error, in `hello`
@@ -50,3 +53,16 @@ def report_chunks(lists: dict[str, list[Any]]) -> Iterator[dict[str, list[Any]]]
             chunk[kind].append(item)
             size += cost
     yield chunk
+
+
+def layer_checks(
+    env_set: Iterable[str], imports: list[ImportEntry], held: frozenset[str]
+) -> Iterator[protocol.Files]:
+    """What a project layer's modules must agree with: the variables the app's import set, and
+    the plain values of the project modules this worker ran itself (see fingerprints.py)."""
+    if env := tuple(env_set):
+        yield protocol.Files(env=env)
+    ran = dict.fromkeys(name for name, _, _ in imports if name not in held and name in sys.modules)
+    prints = tuple((name, fingerprint(sys.modules[name])) for name in ran)
+    for start in range(0, len(prints), 2000):
+        yield protocol.Files(fingerprints=prints[start : start + 2000])

@@ -36,6 +36,7 @@ from types import ModuleType
 from typing import Any
 
 from .._protocol import ImportEntry
+from .djangosetup import SETTINGS_VARIABLE, populating
 
 MAX_IMPORTS_PER_ENTRY = 500  # a module importing more is sent as several entries (no size limit)
 
@@ -54,6 +55,8 @@ class ImportGraphRecorder:
         self._ran_during_statement: list[str] = []  # project modules run since the last statement
         self._namespaces: dict[str, dict[str, int]] = {}  # module -> its names, as its body left them
         self._reported: set[str] = set()
+        self.django_setup: list[str] = []  # project modules run while Django's registry populated
+        self.env_at_settings: dict[str, str] | None = None  # os.environ when Django's settings ran
         self._original_exec: Any = None
         self._original_import: Any = None
 
@@ -128,6 +131,10 @@ class ImportGraphRecorder:
         if running and not (statements and statements[-1] == running[-1]):
             self.imports.setdefault(running[-1], set()).add(name)  # (a statement's: see _statement)
         self._ran_during_statement.append(name)
+        if populating():
+            self.django_setup.append(name)
+        elif self.env_at_settings is None and name == os.environ.get(SETTINGS_VARIABLE):
+            self.env_at_settings = dict(os.environ)  # what Django's settings ran with
         self.files[name] = path
         self.imports.setdefault(name, set())
 

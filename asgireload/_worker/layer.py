@@ -19,6 +19,9 @@ Three things keep it honest:
   `unsafe` naming it and exit; the supervisor then holds neither it nor what imports it. A
   module that fails to import here, or that pulls in a project module the layer was not asked
   to hold, is reported the same way (`unfit`), said at debug level.
+
+A Django project's layer runs `django.setup()` first, as the app's import did (djangosetup.py);
+the same checks apply to it, and a refusal of it is flagged `django`.
 """
 
 from __future__ import annotations
@@ -38,20 +41,25 @@ from .. import _protocol as protocol
 from .. import _wire
 from .._listing import listing_key
 from .._watchfilter import WatchFilter
-from . import datafiles, layerenv
+from . import datafiles, djangosetup, layerenv
 from . import main as worker
 from .fingerprints import fingerprint
 from .imports import ImportGraphRecorder
 from .loader import ImportRecorder, stat_of
 
+DjangoPlan = djangosetup.DjangoPlan
+
 
 class Inherited:
     """What a worker forked from a layer takes over: the stats the layer saw and its graph."""
 
-    def __init__(self, stats: dict[str, protocol.FileEntry], graph: ImportGraphRecorder) -> None:
+    def __init__(
+        self, stats: dict[str, protocol.FileEntry], graph: ImportGraphRecorder, django: DjangoPlan | None
+    ) -> None:
         self.stats = stats
         self.graph = graph
         self.held = frozenset(graph.files)
+        self.django = django  # the settings module and variables it ran django.setup() with
 
 
 FINGERPRINTS: dict[str, int] = {}  # module -> its fingerprint in the last import that ran it in full
@@ -175,8 +183,11 @@ def _unstub(stubs: dict[str, types.ModuleType]) -> None:
 class LayerImport:
     """Imports the modules a layer holds, checking each; the first that does not fit stops it."""
 
-    def __init__(self, settings: protocol.Settings, modules: list[str]) -> None:
+    def __init__(
+        self, settings: protocol.Settings, modules: list[str], django: DjangoPlan | None = None
+    ) -> None:
         self.modules = modules
+        self.django = django
         self.project = WatchFilter(settings.roots, settings.includes, settings.excludes)
         self.files = ImportRecorder(self.project)
         self.graph = ImportGraphRecorder(self.project.is_project_file)
@@ -196,6 +207,8 @@ class LayerImport:
         self.files.install()
         self.graph.install()
         try:
+            if self.django is not None and (refusal := self._set_up_django(wanted)) is not None:
+                return refusal
             for name in self.modules:
                 if (refusal := self._import(name, wanted)) is not None:
                     return refusal
@@ -232,7 +245,9 @@ class LayerImport:
             return {"type": "unfit", "module": name, "why": f"{type(exc).__name__}: {exc}"[:300]}
         if (problem := check.problem()) is not None:
             return {"type": "unsafe", "module": name, "why": problem}
-        if set_by_app := sorted(layerenv.APP_SETS.intersection(read)):
+        # (the variables a Django layer sets itself before django.setup() are checked by djangosetup)
+        applied = set(self.django[1]) if self.django is not None else set()
+        if set_by_app := sorted((layerenv.APP_SETS - applied).intersection(read)):
             why = f"it reads {set_by_app[0]} at import, which the app's own import sets"
             return {"type": "unfit", "module": name, "why": why}
         for variable, value in read.items():
@@ -240,6 +255,28 @@ class LayerImport:
         extra = [m for m in self.graph.files if m not in wanted and m not in self.stubs]
         if extra:
             return {"type": "unfit", "module": name, "why": f"it imported {extra[0]}, not held"}
+        return None
+
+    def _set_up_django(self, wanted: set[str]) -> dict[str, Any] | None:
+        """Run django.setup() as the app's import did; a refusal flagged `django` if it failed,
+        was not fork-safe or imported a project module the layer does not hold (the supervisor
+        then launches layers without it)."""
+        assert self.django is not None
+        settings, env = self.django
+        check = SafetyCheck()
+        try:
+            djangosetup.set_up_in_layer(env)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            why = f"django.setup() failed: {type(exc).__name__}: {exc}"[:300]
+            return {"type": "unfit", "module": settings, "why": why, "django": True}
+        problem = check.problem()
+        extra = [m for m in self.graph.files if m not in wanted]
+        if problem is None and extra:
+            problem = f"django.setup() imported {extra[0]}, which it does not hold"
+        if problem is not None:
+            return {"type": "unfit", "module": settings, "why": problem, "django": True}
         return None
 
     def _report(self) -> dict[str, Any]:
@@ -253,7 +290,7 @@ class LayerImport:
             for path, entry in self.files.stats.items()
             if os.path.abspath(path) in paths
         }
-        INHERITED = Inherited(stats, self.graph)
+        INHERITED = Inherited(stats, self.graph, self.django)
         files = [list(stats[path]) for path in dict.fromkeys(held.values()) if path in stats]
         read = datafiles.own_files(self.opened - paths, self.project)  # data, PYTHONPATH's modules
         files += [list(stat_of(path)) for path in read]
@@ -268,9 +305,12 @@ def _pythonpath() -> Iterator[str]:
     return iter(worker._PYTHONPATH)
 
 
-def become_layer(control: socket.socket, settings: protocol.Settings, modules: list[str]) -> dict[str, Any]:
-    """In the forked child: import `modules` and say what it holds (the caller then serves)."""
+def become_layer(
+    control: socket.socket, settings: protocol.Settings, modules: list[str], django: DjangoPlan | None = None
+) -> dict[str, Any]:
+    """In the forked child: import `modules` (after django.setup(), given its settings module and
+    variables) and say what it holds (the caller then serves)."""
     os.setsid()  # its own group: ending it never reaches the base template or its workers
-    report = LayerImport(settings, modules).run()
+    report = LayerImport(settings, modules, django).run()
     _wire.send(control, report)
     return report

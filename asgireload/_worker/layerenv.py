@@ -16,8 +16,10 @@ of `main.py`), so two checks keep a layer from serving a value a fresh process w
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from types import FrameType
 
 from .._protocol import Failure
 
@@ -43,10 +45,10 @@ def recording_reads() -> Iterator[dict[str, str | None]]:
         try:
             value = original(self, key)
         except KeyError:
-            if self is os.environ:
+            if self is os.environ and not _asgireload_reads():
                 read.setdefault(key, None)
             raise
-        if self is os.environ:
+        if self is os.environ and not _asgireload_reads():
             read.setdefault(key, value)
         return value
 
@@ -55,6 +57,18 @@ def recording_reads() -> Iterator[dict[str, str | None]]:
         yield read
     finally:
         environ_type.__getitem__ = original  # type: ignore[method-assign]
+
+
+def _asgireload_reads() -> bool:
+    """Whether the read comes from asgireload's own hooks (the import recorder), not the module."""
+    frame: FrameType | None = sys._getframe(2)  # (past getitem and this function)
+    for _ in range(3):  # `environ[key]`, or through Mapping.get / os.getenv
+        if frame is None:
+            return False
+        if str(frame.f_globals.get("__name__", "")).startswith("asgireload."):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def stale_environment() -> Failure | None:

@@ -51,11 +51,10 @@ from .._channel import Channel  # noqa: E402
 from .._paths import relative  # noqa: E402
 from .._protocol import Failure  # noqa: E402
 from .._watchfilter import WatchFilter  # noqa: E402
-from . import debugger, layerenv  # noqa: E402
+from . import debugger, djangosetup, layerenv  # noqa: E402
 from .errorpage import error_app  # noqa: E402
-from .fingerprints import fingerprint  # noqa: E402
 from .hangup import exit_with_children, watch_for_hangup  # noqa: E402
-from .importreports import preload, report_chunks  # noqa: E402
+from .importreports import layer_checks, preload, report_chunks  # noqa: E402
 from .imports import ImportGraphRecorder  # noqa: E402
 from .livereload import Hub, LiveReload, adds_script, quiet_access_log  # noqa: E402
 from .loader import AppLoadError, ImportRecorder, load_app  # noqa: E402
@@ -237,8 +236,12 @@ class WorkerRun:
         self.graph.uninstall()
         self.env_set = tuple(sorted(layerenv.set_by_import(environment)))
         self._report_files()
-        if (stale := layerenv.stale_environment()) is not None:
-            self._fail(stale)  # the supervisor loads this generation again, with no layer
+        django, failure = djangosetup.report(environment, self.graph)  # (a layer may set it up)
+        if django is not None and self.channel is not None:
+            self.channel.send(django)
+        failure = failure or layerenv.stale_environment()
+        if failure is not None:
+            self._fail(failure)  # the supervisor loads this generation again, with no layer
             return False
         sink: dict[str, Failure] = {}
         try:
@@ -304,14 +307,11 @@ class WorkerRun:
         files, modules = self.recorder.new_modules()
         imports = self.graph.new_entries()
         for chunk in report_chunks({"files": files, "modules": modules, "imports": imports}):
-            self.channel.send(protocol.Files(**{kind: tuple(items) for kind, items in chunk.items()}))
-        if self.env_set:
-            self.channel.send(protocol.Files(env=self.env_set))
-            self.env_set = ()
-        ran = [name for name, _, _ in imports if name not in self.held and name in sys.modules]
-        prints = tuple((name, fingerprint(sys.modules[name])) for name in dict.fromkeys(ran))
-        for start in range(0, len(prints), 2000):
-            self.channel.send(protocol.Files(fingerprints=prints[start : start + 2000]))
+            files_, modules_, imports_ = (tuple(chunk[kind]) for kind in ("files", "modules", "imports"))
+            self.channel.send(protocol.Files(files_, modules_, imports_))
+        for message in layer_checks(self.env_set, imports, self.held):
+            self.channel.send(message)
+        self.env_set = ()
 
     async def _report_lazy_imports(self) -> None:
         """Modules imported inside request handlers are watched too, within a second."""

@@ -174,7 +174,7 @@ def _become_layer(
         layer.FINGERPRINTS = {
             str(k): v for k, v in (first.get("fingerprints") or {}).items() if isinstance(v, int)
         }
-        report = layer.become_layer(channel, settings, [str(name) for name in modules])
+        report = layer.become_layer(channel, settings, [str(name) for name in modules], _django_plan(first))
         if report["type"] != "layered":
             os._exit(0)  # the supervisor launches another without that module
         template = Template(channel, receiver, [], settings)
@@ -184,6 +184,16 @@ def _become_layer(
     except BaseException:
         traceback.print_exc()
         os._exit(1)
+
+
+def _django_plan(hold: dict[str, Any]) -> layer.DjangoPlan | None:
+    """The `django` of a `hold` message: {"settings": name, "env": {variable: value}}, or None."""
+    plan = hold.get("django")
+    if not isinstance(plan, dict) or not isinstance(plan.get("settings"), str):
+        return None
+    env = plan.get("env")
+    pairs = env.items() if isinstance(env, dict) else ()
+    return plan["settings"], {str(key): str(value) for key, value in pairs}
 
 
 class Template:

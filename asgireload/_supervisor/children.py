@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from typing import Any
 
 from .. import _reaper
 from . import templatespawn
@@ -178,3 +179,20 @@ class TemplateChild(Child):
         if self.process.pidfd >= 0:
             with contextlib.suppress(ValueError, OSError):
                 asyncio.get_running_loop().remove_reader(self.process.pidfd)
+
+
+def end_forker(handle: Any, error: Exception) -> None:
+    """End a process that forks workers, as the fork server holds it (a template's or a project
+    layer's handle): killed alone (its workers lead sessions of their own), its channel closed,
+    the fork requests waiting on it failed with `error`, its workers' exits no news any more."""
+    handle.child.kill(tagged=False)
+    with contextlib.suppress(ValueError, OSError):
+        asyncio.get_running_loop().remove_reader(handle.channel.fileno())
+    handle.channel.close()
+    handle.receiver.close()
+    for answer in handle.answers:
+        if not answer.done():
+            answer.set_exception(error)
+    handle.answers.clear()
+    for worker in handle.forked.values():
+        worker.orphan()

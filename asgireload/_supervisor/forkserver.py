@@ -35,7 +35,7 @@ from .._channel import Channel
 from ..config import Config
 from . import debugging, templatelife, templatespawn, workers
 from . import templatetable as tt
-from .children import ForkedChild, TemplateChild
+from .children import ForkedChild, TemplateChild, end_forker
 from .debugging import DebugTerminal
 from .projectlayers import ProjectLayers
 from .workers import Emit, SpawnError, WorkerProcess
@@ -88,17 +88,7 @@ class TemplateHandle:
         """Kill the template alone (the workers it forked lead sessions of their own) and close
         its channel: a fork request waiting on it spawns instead; its workers' exits need no
         status any more."""
-        self.child.kill(tagged=False)
-        with contextlib.suppress(ValueError, OSError):
-            asyncio.get_running_loop().remove_reader(self.channel.fileno())
-        self.channel.close()
-        self.receiver.close()
-        for answer in self.answers:
-            if not answer.done():
-                answer.set_exception(SpawnError("the fork server ended"))
-        self.answers.clear()
-        for worker in self.forked.values():
-            worker.orphan()
+        end_forker(self, SpawnError("the fork server ended"))
 
 
 class ForkServer:

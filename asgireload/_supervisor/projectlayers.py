@@ -24,7 +24,7 @@ from .. import _protocol as protocol
 from .. import _wire
 from .._listing import listing_key
 from . import templatespawn
-from .children import ForkedChild
+from .children import ForkedChild, end_forker
 from .debugging import DebugTerminal
 from .importgraph import ImportGraph
 from .layerbook import FROM_BASE, LayerBook, LayerRecord, LayerStage, Stat
@@ -62,17 +62,7 @@ class LayerHandle:
 
     def end(self) -> None:
         """Kill the layer alone (its workers lead sessions of their own); close its channel."""
-        self.child.kill(tagged=False)
-        with contextlib.suppress(ValueError, OSError):
-            asyncio.get_running_loop().remove_reader(self.channel.fileno())
-        self.channel.close()
-        self.receiver.close()
-        for answer in self.answers:
-            if not answer.done():
-                answer.set_exception(SpawnError("the project layer ended"))
-        self.answers.clear()
-        for worker in self.forked.values():
-            worker.orphan()
+        end_forker(self, SpawnError("the project layer ended"))
 
 
 class ProjectLayers:

@@ -53,12 +53,7 @@ def _read_settings(
     receiver: _wire.LineReceiver,
 ) -> tuple[protocol.Settings, list[tuple[dict[str, Any], list[int]]]]:
     """The settings, and the requests that came right behind them (with their descriptors)."""
-    received: list[tuple[dict[str, Any], list[int]]] = []
-    while not received:
-        messages = receiver.receive()
-        if messages is None:
-            os._exit(0)
-        received += messages
+    received = _read_settings_like(receiver)
     (first, _), rest = received[0], received[1:]
     if first.get("type") != protocol.Settings.TYPE:
         print("asgireload fork server: no settings first; exiting.", file=sys.stderr)

@@ -645,6 +645,7 @@ async def test_the_embedded_example_serves_beside_another_task(tmp_path: Path) -
 # (or while it sets up its standard streams: "Fatal Python error: init_sys_streams")
 INTERPRETER_START_UP = (
     "Could not import runpy module",
+    "Could not import runpy._run_module_as_main",  # (3.15: runpy imported, its import of importlib.util not)
     "Failed to import the site module",
     "Fatal Python error: init_",
 )

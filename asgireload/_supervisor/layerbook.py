@@ -173,10 +173,9 @@ class LayerBook:
         if record is None or record.stage is not LayerStage.PREPARING:
             return
         record.stage, record.held, record.files = LayerStage.READY, frozenset(held), dict(files)
-        for path, stat in record.files.items():
-            if stat is None or view(path) != stat:
-                self._unfit(record, f"{path} changed while it imported it")
-                return
+        if (changed := _changed_file(record, view)) is not None:
+            self._unfit(record, f"{changed} changed while it imported it")
+            return
         self.log.append(
             (logging.DEBUG, f"The project layer is ready: it holds {len(record.held)} project modules.")
         )
@@ -259,7 +258,7 @@ class LayerBook:
         for record in sorted(self.layers.values(), key=lambda r: r.id):
             if record.base != base or record.stage is not LayerStage.READY:
                 continue
-            changed = next((p for p, stat in record.files.items() if view(p) != stat), None)
+            changed = _changed_file(record, view)
             if changed is None:
                 return record
             self._unfit(record, f"it holds {changed}, which changed")
@@ -274,7 +273,7 @@ class LayerBook:
         if layer != FROM_BASE:
             record = self.layers.get(layer)
             if view is not None and record is not None and record.stage is LayerStage.READY:
-                changed = next((p for p, stat in record.files.items() if view(p) != stat), None)
+                changed = _changed_file(record, view)
                 if changed is not None:
                     self._unfit(record, f"it holds {changed}, which changed")
             if record is None or record.stage is not LayerStage.READY:
@@ -311,3 +310,8 @@ def _django_said(django: DjangoSetup | None, skipped: str | None) -> str:
     if django is not None:
         return f" after django.setup() with {django.settings}"
     return f" without django.setup() ({skipped})" if skipped else ""
+
+
+def _changed_file(record: LayerRecord, view: Callable[[str], Stat]) -> str | None:
+    """A file the layer read whose stat is not the one it saw (or that it could not stat), or None."""
+    return next((p for p, stat in record.files.items() if stat is None or view(p) != stat), None)
